@@ -1,0 +1,541 @@
+"""Meta-training: learn the representation ``phi`` and the Gaussian prior over segment heads (torch).
+
+The model (docs/ARCHITECTURE.md): ``reward = w_s . phi(x, a) + e``, ``e ~ N(0, noise_var)``, with one head
+``w_s ~ N(mu0, Sigma0)`` per segment. For a Gaussian linear head the head integrates out in closed form, so
+``phi``, ``mu0``, ``Sigma0`` and ``noise_var`` are fitted by gradient descent on a likelihood in which the
+segment heads never appear as parameters (ALPaCA, Harrison, Sharma & Pavone 2018; the prior then drives
+Thompson sampling as in Meta-Thompson Sampling, Kveton et al. 2021).
+
+Two objectives (``TrainConfig.objective``), both computed with d×d matrices only:
+
+``"predictive"`` (ALPaCA-style, default)
+    For each sampled segment, shuffle ``n`` of its rows, take the first ``c`` (``c`` uniform in
+    ``[0, n)``) as *context*, condition the head on them and score the remaining *query* rows by the
+    posterior predictive ``N(phi^T m_c, noise_var + phi^T P_c phi)``. This trains exactly what online
+    adaptation uses: predictions after a few observations.
+``"marginal"``
+    The segment's exact log marginal likelihood ``y ~ N(Phi mu0, Phi Sigma0 Phi^T + noise_var I)``,
+    evaluated with the matrix determinant lemma and Woodbury identity.
+
+Numerics work in whitened head coordinates ``w = mu0 + L v`` (``Sigma0 = L L^T``, ``v ~ N(0, I)``,
+``psi = L^T phi``): the posterior precision of ``v`` is ``I + Psi^T Psi / noise_var`` which is always
+well conditioned, and ``log det(Phi Sigma0 Phi^T + s I) = log det(I + Psi^T Psi / s) + n log s``.
+
+Rewards are centred and scaled by their standard deviation for training and the prior/noise are mapped
+back to reward units when the artifact is written, so the artifact is in the units the logs use.
+
+Only this module (and other ``policy.train*`` modules) import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from policy.artifact import (
+    ArtifactMeta,
+    PolicyArtifact,
+    RewardSpec,
+    TrainingDataSummary,
+    now_utc,
+)
+from policy.exceptions import PolicyError
+from policy.features import build_inputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from policy.logs import LoggedData
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class TrainingError(PolicyError, ValueError):
+    """Training cannot run on the given data or configuration (the message says why)."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train`. Every field has a default that works on the simulator's logs."""
+
+    d: int = 32
+    """Feature dimension of ``phi`` including the constant 1 (so the MLP outputs ``d - 1`` values)."""
+    hidden: int = 64
+    """Width of the MLP's hidden ReLU layer."""
+    objective: Literal["predictive", "marginal"] = "predictive"
+    """``"predictive"``: ALPaCA context/query posterior-predictive NLL; ``"marginal"``: exact marginal
+    likelihood of each sampled segment batch."""
+    reward: Literal["logged", "click", "value", "mix"] = "logged"
+    """Which reward to fit: the logs' ``reward`` column, ``click``, ``value``, or
+    ``click + value_weight * value`` (``"mix"``; needs the optional click/value columns)."""
+    value_weight: float = 0.0
+    """Weight of purchase value in the ``"mix"`` reward."""
+    heldout_fraction: float = 0.2
+    """Fraction of segments held out (never trained on) for early stopping and the held-out NLL curve."""
+    segments_per_batch: int = 32
+    """Segments per gradient step."""
+    rows_per_segment: int = 256
+    """Rows sampled (without replacement) from each segment per step; fewer if the segment is smaller."""
+    epochs: int = 40
+    """Maximum number of epochs; an epoch is ``steps_per_epoch`` gradient steps then one evaluation."""
+    steps_per_epoch: int = 50
+    """Gradient steps between evaluations of the held-out NLL."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    weight_decay: float = 1e-5
+    """Adam (decoupled, AdamW) weight decay on the MLP weights."""
+    patience: int = 6
+    """Stop after this many epochs without a held-out improvement; the best epoch's weights are kept."""
+    init_prior_std: float = 0.1
+    """Initial prior standard deviation of each head coefficient (in standardised reward units)."""
+    init_noise_var: float = 0.9
+    """Initial noise variance (in standardised reward units, where the reward variance is 1)."""
+    eval_rows_per_segment: int = 512
+    """Rows of each held-out segment used for the held-out NLL."""
+    eval_context_sizes: tuple[int, ...] = (0, 8, 32, 128)
+    """Context sizes at which the held-out posterior-predictive NLL is evaluated and averaged."""
+    max_events: int | None = None
+    """If set, train on a uniform random subset of at most this many logged events."""
+    max_seconds: float | None = None
+    """If set, stop training (keeping the best epoch so far) after this many seconds."""
+    seed: int = 0
+    """Seed of numpy and torch (segment split, minibatches, initialisation)."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or any torch device string."""
+    threads: int = 2
+    """torch intra-op CPU threads."""
+    jitter: float = 1e-6
+    """Added to the diagonal of the prior covariance (standardised units) so it stays positive definite."""
+    kind: Literal["ads", "retention"] = "ads"
+    """Artifact kind recorded in the metadata."""
+    version: str | None = None
+    """Artifact version; default ``<kind>-<UTC time>-<hash of the arrays>``."""
+    source: str | None = None
+    """Description of the training data for the metadata; default: the log path or ``"in-memory"``."""
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+    """Free-form entries merged into the metadata's ``config`` record."""
+
+
+ProgressFn = Callable[[dict[str, float]], None]
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class _Prepared:
+    u: np.ndarray  # float32[N, d_in], raw inputs of the chosen candidates
+    y: np.ndarray  # float64[N]
+    order: np.ndarray  # int64[N], row indices grouped by segment
+    starts: np.ndarray  # int64[S]
+    counts: np.ndarray  # int64[S]
+    n_segments: int
+
+
+def _select_reward(logs: Any, config: TrainConfig) -> np.ndarray:
+    def col(name: str) -> np.ndarray:
+        value = getattr(logs, name, None)
+        if value is None:
+            raise TrainingError(f"reward={config.reward!r} needs the optional {name!r} column in the logs")
+        return np.asarray(value, dtype=np.float64)
+
+    if config.reward == "logged":
+        return np.asarray(logs.reward, dtype=np.float64)
+    if config.reward == "click":
+        return col("click")
+    if config.reward == "value":
+        return col("value")
+    if config.reward == "mix":
+        return col("click") + config.value_weight * col("value")
+    raise TrainingError(f"unknown reward {config.reward!r}")
+
+
+def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepared:
+    segment = np.asarray(logs.segment, dtype=np.int64)
+    context = np.asarray(logs.context)
+    candidates = np.asarray(logs.candidates)
+    action = np.asarray(logs.action, dtype=np.int64)
+    n = segment.shape[0]
+    if n == 0:
+        raise TrainingError("the logs hold no events")
+    if context.ndim != 2 or candidates.ndim != 3 or context.shape[0] != n or candidates.shape[0] != n:
+        raise TrainingError(
+            f"inconsistent shapes: segment {segment.shape}, context {context.shape}, "
+            f"candidates {candidates.shape}"
+        )
+    if np.any(action < 0) or np.any(action >= candidates.shape[1]):
+        raise TrainingError("action out of range of the candidates")
+    y = _select_reward(logs, config)
+    if y.shape != (n,) or not np.all(np.isfinite(y)):
+        raise TrainingError("rewards must be finite, one per event")
+    if config.max_events is not None and n > config.max_events:
+        keep = np.sort(rng.choice(n, size=config.max_events, replace=False))
+        segment, context, candidates, action, y = (
+            segment[keep], context[keep], candidates[keep], action[keep], y[keep]
+        )
+        n = keep.shape[0]
+    chosen = candidates[np.arange(n), action]
+    u = build_inputs(context, chosen[:, None, :]).astype(np.float32)
+    if not np.all(np.isfinite(u)):
+        raise TrainingError("context/candidates contain NaN or inf")
+    n_segments = int(max(len(getattr(logs, "segment_names", [])), segment.max() + 1))
+    order = np.argsort(segment, kind="stable")
+    counts = np.bincount(segment, minlength=n_segments).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return _Prepared(u=u, y=y, order=order, starts=starts, counts=counts, n_segments=n_segments)
+
+
+# --------------------------------------------------------------------------- model
+class _MetaModel(nn.Module):
+    """phi (MLP on standardised inputs) + whitened Gaussian prior + noise, in standardised reward units."""
+
+    def __init__(self, d_in: int, hidden: int, d: int, config: TrainConfig) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(d_in, hidden)
+        self.lin2 = nn.Linear(hidden, d - 1)
+        self.mu0 = nn.Parameter(torch.zeros(d))
+        # Sigma0 = L L^T, L lower triangular with a positive (softplus) diagonal.
+        self.l_offdiag = nn.Parameter(torch.zeros(d, d))
+        inv_softplus = math.log(math.expm1(config.init_prior_std))
+        self.l_diag_raw = nn.Parameter(torch.full((d,), inv_softplus))
+        self.log_noise = nn.Parameter(torch.tensor(math.log(config.init_noise_var)))
+        self.d = d
+
+    def phi(self, u: torch.Tensor) -> torch.Tensor:
+        z = torch.tanh(self.lin2(torch.relu(self.lin1(u))))
+        return torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
+
+    def chol_prior(self) -> torch.Tensor:
+        return torch.tril(self.l_offdiag, -1) + torch.diag(nn.functional.softplus(self.l_diag_raw))
+
+    def noise_var(self) -> torch.Tensor:
+        return torch.exp(self.log_noise)
+
+
+def _posterior(
+    model: _MetaModel, phi: torch.Tensor, y: torch.Tensor, ctx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Whitened posterior given the context rows ``ctx`` (bool [B, n]).
+
+    Returns ``(psi, resid, chol_lambda, m_v, eta)`` where ``psi = Phi L``, ``resid = y - Phi mu0``,
+    ``chol_lambda`` is the Cholesky factor of ``I + Psi_c^T Psi_c / s``, ``m_v = Lambda^-1 eta`` and
+    ``eta = Psi_c^T resid_c / s``.
+    """
+    s = model.noise_var()
+    psi = phi @ model.chol_prior()  # [B, n, d]  (row i is (L^T phi_i)^T)
+    resid = y - phi @ model.mu0  # [B, n]
+    w = ctx.to(phi.dtype)
+    psi_c = psi * w.unsqueeze(-1)
+    eye = torch.eye(model.d, dtype=phi.dtype, device=phi.device)
+    lam = eye + psi_c.transpose(1, 2) @ psi_c / s
+    chol = torch.linalg.cholesky(lam)
+    eta = (psi_c.transpose(1, 2) @ (resid * w).unsqueeze(-1)) / s  # [B, d, 1]
+    m_v = torch.cholesky_solve(eta, chol)  # [B, d, 1]
+    return psi, resid, chol, m_v, eta
+
+
+def _predictive_nll(
+    model: _MetaModel, phi: torch.Tensor, y: torch.Tensor, ctx: torch.Tensor, query: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of query rows' posterior-predictive NLL given the context rows, and the number of query rows."""
+    s = model.noise_var()
+    psi, resid, chol, m_v, _ = _posterior(model, phi, y, ctx)
+    mean_resid = (psi @ m_v).squeeze(-1)  # [B, n]
+    half = torch.linalg.solve_triangular(chol, psi.transpose(1, 2), upper=False)  # [B, d, n]
+    var = s + (half * half).sum(dim=1)
+    nll = 0.5 * (LOG_2PI + torch.log(var) + (resid - mean_resid) ** 2 / var)
+    q = query.to(phi.dtype)
+    return (nll * q).sum(), q.sum()
+
+
+def _marginal_nll(
+    model: _MetaModel, phi: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over segments of the negative log marginal likelihood, and the number of rows."""
+    s = model.noise_var()
+    _, resid, chol, m_v, eta = _posterior(model, phi, y, valid)
+    w = valid.to(phi.dtype)
+    n_rows = w.sum(dim=1)
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1) + n_rows * torch.log(s)
+    quad = (resid * resid * w).sum(dim=1) / s - (eta * m_v).sum(dim=(1, 2))
+    nll = 0.5 * (n_rows * LOG_2PI + logdet + quad)
+    return nll.sum(), n_rows.sum()
+
+
+# --------------------------------------------------------------------------- batching
+def _sample_batch(
+    prep: _Prepared, segs: np.ndarray, n_rows: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices [B, n] (random rows of each segment, random order) and a validity mask [B, n]."""
+    idx = np.zeros((len(segs), n_rows), dtype=np.int64)
+    valid = np.zeros((len(segs), n_rows), dtype=bool)
+    for b, s in enumerate(segs):
+        count = int(prep.counts[s])
+        take = min(count, n_rows)
+        pick = rng.choice(count, size=take, replace=False) if count > take else rng.permutation(count)
+        idx[b, :take] = prep.order[prep.starts[s] + pick]
+        valid[b, :take] = True
+    return idx, valid
+
+
+class _EvalSet:
+    """A fixed held-out batch: rows of the held-out segments in a fixed random order."""
+
+    def __init__(self, prep: _Prepared, segs: np.ndarray, config: TrainConfig, device: torch.device):
+        rng = np.random.default_rng(config.seed + 7919)
+        n_rows = int(min(config.eval_rows_per_segment, max(int(prep.counts[segs].max()), 1)))
+        idx, valid = _sample_batch(prep, segs, n_rows, rng)
+        self.idx = torch.as_tensor(idx, device=device)
+        self.valid = torch.as_tensor(valid, device=device)
+        self.n_valid = self.valid.sum(dim=1, keepdim=True)
+        self.sizes = config.eval_context_sizes
+        self.position = torch.arange(n_rows, device=device).unsqueeze(0)
+
+    @torch.no_grad()
+    def nll(self, model: _MetaModel, u: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
+        phi = model.phi(u[self.idx])
+        yy = y[self.idx]
+        out: dict[int, float] = {}
+        for c in self.sizes:
+            # context = the first min(c, n_valid - 1) rows, query = the rest
+            c_eff = torch.clamp(self.n_valid - 1, max=c)
+            ctx = (self.position < c_eff) & self.valid
+            query = (self.position >= c_eff) & self.valid
+            total, count = _predictive_nll(model, phi, yy, ctx, query)
+            out[c] = float(total / count)
+        return out
+
+
+# --------------------------------------------------------------------------- training
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(
+    logs: "LoggedData | str | os.PathLike[str]",
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> PolicyArtifact:
+    """Meta-train ``phi`` and the prior on logged bandit data and return (and optionally save) the artifact.
+
+    Parameters
+    ----------
+    logs
+        A :class:`policy.logs.LoggedData` or the path of a logged-bandit ``.npz`` (read with
+        :func:`policy.logs.read_logs`).
+    config
+        :class:`TrainConfig`; defaults if omitted.
+    out_dir
+        If given, the artifact is saved there (atomically).
+    progress
+        Called after every epoch with ``{"epoch", "train_nll", "heldout_nll", "elapsed_s"}``.
+
+    Returns
+    -------
+    PolicyArtifact
+        With per-epoch ``train_nll`` / ``heldout_nll`` curves and final metrics in its metadata. NLLs are
+        per row, in the reward units of the logs (nats).
+    """
+    config = config or TrainConfig()
+    if config.d < 2 or config.hidden < 1:
+        raise TrainingError("need d >= 2 and hidden >= 1")
+    source = config.source
+    if isinstance(logs, (str, os.PathLike)):
+        from policy.logs import read_logs
+
+        source = source or str(logs)
+        logs = read_logs(logs)
+    source = source or "in-memory"
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, int(config.threads)))
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+
+    prep = _prepare(logs, config, rng)
+    present = np.flatnonzero(prep.counts >= 2)
+    if present.size < 2:
+        raise TrainingError("need at least two segments with two or more events each")
+    n_hold = int(round(config.heldout_fraction * present.size))
+    n_hold = min(max(n_hold, 1), present.size - 1)
+    perm = rng.permutation(present)
+    heldout_segs, train_segs = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+
+    train_rows = np.concatenate(
+        [prep.order[prep.starts[s] : prep.starts[s] + prep.counts[s]] for s in train_segs]
+    )
+    u_mean = prep.u[train_rows].astype(np.float64).mean(axis=0)
+    u_sd = prep.u[train_rows].astype(np.float64).std(axis=0)
+    u_sd = np.where(u_sd > 1e-8, u_sd, 1.0)
+    y_mean = float(prep.y[train_rows].mean())
+    y_sd = float(prep.y[train_rows].std())
+    y_sd = y_sd if y_sd > 1e-12 else 1.0
+
+    u_t = torch.as_tensor(((prep.u - u_mean) / u_sd).astype(np.float32), device=device)
+    y_t = torch.as_tensor(((prep.y - y_mean) / y_sd).astype(np.float32), device=device)
+
+    d_in = prep.u.shape[1]
+    model = _MetaModel(d_in, config.hidden, config.d, config).to(device)
+    decay, no_decay = [model.lin1.weight, model.lin2.weight], [
+        p for n, p in model.named_parameters() if n not in ("lin1.weight", "lin2.weight")
+    ]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    evaluator = _EvalSet(prep, heldout_segs, config, device)
+    log_scale = math.log(y_sd)
+
+    def heldout() -> tuple[float, dict[int, float]]:
+        by_c = {c: v + log_scale for c, v in evaluator.nll(model, u_t, y_t).items()}
+        return float(np.mean(list(by_c.values()))), by_c
+
+    init_nll, _ = heldout()
+    curves: dict[str, list[float]] = {"train_nll": [], "heldout_nll": [init_nll]}
+    best = (init_nll, {k: v.detach().clone() for k, v in model.state_dict().items()}, 0)
+    n_rows = int(config.rows_per_segment)
+    pos = torch.arange(n_rows, device=device).unsqueeze(0)
+    epochs_run, stale, steps = 0, 0, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        running, count = 0.0, 0
+        for _ in range(config.steps_per_epoch):
+            segs = rng.choice(train_segs, size=min(config.segments_per_batch, train_segs.size), replace=False)
+            idx_np, valid_np = _sample_batch(prep, segs, n_rows, rng)
+            idx = torch.as_tensor(idx_np, device=device)
+            valid = torch.as_tensor(valid_np, device=device)
+            phi = model.phi(u_t[idx])
+            yy = y_t[idx]
+            if config.objective == "predictive":
+                n_valid = valid_np.sum(axis=1)
+                c = torch.as_tensor(rng.integers(0, np.maximum(n_valid, 1)), device=device).unsqueeze(1)
+                total, cnt = _predictive_nll(model, phi, yy, (pos < c) & valid, (pos >= c) & valid)
+            elif config.objective == "marginal":
+                total, cnt = _marginal_nll(model, phi, yy, valid)
+            else:
+                raise TrainingError(f"unknown objective {config.objective!r}")
+            loss = total / cnt
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach()) + log_scale
+            count += 1
+            steps += 1
+        epochs_run = epoch
+        model.eval()
+        h_nll, _ = heldout()
+        curves["train_nll"].append(running / max(count, 1))
+        curves["heldout_nll"].append(h_nll)
+        if h_nll < best[0] - 1e-6:
+            best = (h_nll, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch)
+            stale = 0
+        else:
+            stale += 1
+        elapsed = time.perf_counter() - t0
+        if progress is not None:
+            progress(
+                {"epoch": float(epoch), "train_nll": curves["train_nll"][-1], "heldout_nll": h_nll,
+                 "elapsed_s": elapsed}
+            )
+        if stale >= config.patience:
+            break
+        if config.max_seconds is not None and elapsed > config.max_seconds:
+            break
+
+    model.load_state_dict(best[1])
+    model.eval()
+    final_nll, by_c = heldout()
+    train_seconds = time.perf_counter() - t0
+
+    arrays = _export_arrays(model, u_mean, u_sd, y_mean, y_sd, config.jitter)
+    metrics = {
+        "heldout_nll": final_nll,
+        "heldout_nll_initial": init_nll,
+        "best_epoch": float(best[2]),
+        "epochs_run": float(epochs_run),
+        "steps": float(steps),
+        "train_seconds": train_seconds,
+        "noise_var": float(arrays["noise_var"]),
+    }
+    metrics.update({f"heldout_nll_ctx{c}": v for c, v in by_c.items()})
+    version = config.version or _default_version(config.kind, arrays)
+    reward_name = {"logged": "custom", "click": "click", "value": "value", "mix": "mix"}[config.reward]
+    used_rows = prep.u.shape[0]
+    meta = ArtifactMeta(
+        version=version,
+        kind=config.kind,
+        dx=int(np.asarray(logs.context).shape[1]),
+        da=int(np.asarray(logs.candidates).shape[2]),
+        d=config.d,
+        hidden=config.hidden,
+        reward=RewardSpec(name=reward_name, value_weight=config.value_weight if config.reward == "mix" else 0.0),
+        created_at=now_utc(),
+        training_data=TrainingDataSummary(
+            source=source,
+            n_events=int(used_rows),
+            n_segments=int(present.size),
+            n_train_segments=int(train_segs.size),
+            n_heldout_segments=int(heldout_segs.size),
+            reward_mean=y_mean,
+            reward_std=float(prep.y[train_rows].std()),
+        ),
+        metrics=metrics,
+        curves=curves,
+        config={**_jsonable(asdict(config)), "device_used": str(device)},
+    )
+    artifact = PolicyArtifact(meta=meta, **arrays)
+    if out_dir is not None:
+        artifact.save(out_dir)
+    return artifact
+
+
+def _export_arrays(
+    model: _MetaModel, u_mean: np.ndarray, u_sd: np.ndarray, y_mean: float, y_sd: float, jitter: float
+) -> dict[str, Any]:
+    """Fold input standardisation into layer 1 and map the prior/noise back to reward units."""
+    with torch.no_grad():
+        w1_std = model.lin1.weight.detach().cpu().double().numpy().T  # [d_in, H]
+        b1_std = model.lin1.bias.detach().cpu().double().numpy()
+        w2 = model.lin2.weight.detach().cpu().double().numpy().T
+        b2 = model.lin2.bias.detach().cpu().double().numpy()
+        chol = model.chol_prior().detach().cpu().double().numpy()
+        mu0 = model.mu0.detach().cpu().double().numpy()
+        noise = float(model.noise_var().detach().cpu())
+    w1 = w1_std / u_sd[:, None]
+    b1 = b1_std - (u_mean / u_sd) @ w1_std
+    d = mu0.shape[0]
+    prior_mean = y_sd * mu0
+    prior_mean[-1] += y_mean
+    cov = chol @ chol.T + jitter * np.eye(d)
+    prior_cov = (y_sd**2) * 0.5 * (cov + cov.T)
+    return {
+        "w1": w1, "b1": b1, "w2": w2, "b2": b2,
+        "prior_mean": prior_mean, "prior_cov": prior_cov, "noise_var": (y_sd**2) * noise,
+    }
+
+
+def _default_version(kind: str, arrays: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(np.ascontiguousarray(np.asarray(arrays[name], dtype=np.float64)).tobytes())
+    return f"{kind}-{now_utc().strftime('%Y%m%dT%H%M%SZ')}-{digest.hexdigest()[:8]}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
