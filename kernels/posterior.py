@@ -1,0 +1,189 @@
+"""Online posterior of the Bayesian linear head: the rank-1 (Sherman-Morrison) update.
+
+For a Gaussian prior ``w ~ N(m, P)`` and an observation ``r = w . phi + noise``,
+``noise ~ N(0, noise_var)``, the exact posterior is (with an optional forgetting factor ``f``
+in (0, 1] that inflates the prior covariance first, ``P <- P / f``)::
+
+    Pphi = P phi
+    s    = noise_var + phi . Pphi          # predictive variance of r, > 0 when P is PSD
+    k    = Pphi / s                        # gain
+    m   <- m + k (r - phi . m)
+    P   <- P - k Pphi^T                    # = P - Pphi Pphi^T / s, symmetric
+
+The covariance update is computed once per unordered pair ``(a, b)`` from the symmetrised
+``(P[a, b] + P[b, a]) / 2`` and written to both ``P[a, b]`` and ``P[b, a]``, so P stays exactly
+symmetric however many updates it sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels import _validate as v
+from kernels._jit import kernel
+from kernels.exceptions import BAD_SEGMENT, NON_FINITE_INPUT, NON_POSITIVE_VARIANCE, OK, raise_for_status
+
+
+@kernel
+def _update_core(P, m, phi, reward, noise_var, forget, pphi):  # pragma: no cover - compiled
+    """Update ``(P, m)`` in place with one observation; return a status code (0 = ok).
+
+    Nothing is modified unless the status is 0. ``pphi`` is scratch of length d.
+    """
+    d = m.shape[0]
+    inv_f = 1.0 / forget
+    s = noise_var
+    pred = 0.0
+    for a in range(d):
+        acc = 0.0
+        for b in range(d):
+            acc += P[a, b] * phi[b]
+        acc *= inv_f
+        pphi[a] = acc
+        s += np.float64(phi[a]) * acc
+        pred += np.float64(phi[a]) * m[a]
+    if not (np.isfinite(s) and np.isfinite(pred) and np.isfinite(reward)):
+        return NON_FINITE_INPUT
+    if not s > 0.0:
+        return NON_POSITIVE_VARIANCE
+    gain = (reward - pred) / s
+    for a in range(d):
+        m[a] += pphi[a] * gain
+    inv_s = 1.0 / s
+    for a in range(d):
+        ka = pphi[a] * inv_s
+        for b in range(a, d):
+            val = 0.5 * (P[a, b] + P[b, a]) * inv_f - ka * pphi[b]
+            P[a, b] = val
+            P[b, a] = val
+    return OK
+
+
+@kernel
+def _update_one(P, m, phi, reward, noise_var, forget):  # pragma: no cover - compiled
+    pphi = np.empty(m.shape[0], dtype=np.float64)
+    return _update_core(P, m, phi, reward, noise_var, forget, pphi)
+
+
+@kernel
+def _update_many(P, m, seg, phis, rewards, noise_var, forget):  # pragma: no cover - compiled
+    """Apply rows in order; return (status, row). Rows before ``row`` were applied on failure.
+
+    Segment indices are all checked before anything is modified.
+    """
+    n = seg.shape[0]
+    n_seg = P.shape[0]
+    for i in range(n):
+        if seg[i] < 0 or seg[i] >= n_seg:
+            return BAD_SEGMENT, i
+    pphi = np.empty(m.shape[1], dtype=np.float64)
+    for i in range(n):
+        s = seg[i]
+        status = _update_core(P[s], m[s], phis[i], np.float64(rewards[i]), noise_var, forget, pphi)
+        if status != OK:
+            return status, i
+    return OK, -1
+
+
+def _check_noise_forget(noise_var: float, forget: float) -> tuple[float, float]:
+    return (
+        v.scalar("noise_var", noise_var, 0.0, float("inf"), lo_open=True),
+        v.scalar("forget", forget, 0.0, 1.0, lo_open=True),
+    )
+
+
+def update_one(
+    P: np.ndarray, m: np.ndarray, phi: np.ndarray, reward: float, noise_var: float, forget: float = 1.0
+) -> None:
+    """Condition one segment's posterior on one observed reward, in place.
+
+    ``P <- P / forget``; ``Pphi = P phi``; ``s = noise_var + phi . Pphi``; ``k = Pphi / s``;
+    ``m <- m + k (reward - phi . m)``; ``P <- P - k Pphi^T`` (kept exactly symmetric).
+
+    Parameters
+    ----------
+    P : float64, shape (d, d), C-contiguous, writeable
+        Posterior covariance (symmetric positive semi-definite), updated in place.
+    m : float64, shape (d,), C-contiguous, writeable
+        Posterior mean, updated in place.
+    phi : float32 or float64, shape (d,)
+        Features of the chosen candidate.
+    reward : float
+        Observed reward (finite).
+    noise_var : float
+        Observation noise variance, > 0.
+    forget : float, default 1.0
+        Forgetting factor in (0, 1]; 1 means no forgetting.
+
+    Raises
+    ------
+    KernelInputError
+        On bad shapes/dtypes/layout, out-of-range scalars, non-finite values or a non-positive
+        predictive variance. P and m are unchanged when it raises.
+    """
+    v.array("P", P, 2, "f64w")
+    v.array("m", m, 1, "f64w")
+    v.array("phi", phi, 1, "float")
+    d = m.shape[0]
+    if P.shape[0] != d or P.shape[1] != d:
+        raise v.KernelInputError(f"P must have shape (d, d) = ({d}, {d}) to match m, got {P.shape}")
+    v.dim("phi", phi.shape[0], d, "length (d)")
+    nv, f = _check_noise_forget(noise_var, forget)
+    status = _update_one(P, m, phi, v.scalar("reward", reward, -np.inf, np.inf), nv, f)
+    if status != OK:
+        raise_for_status(status, "update_one")
+
+
+def update_many(
+    P: np.ndarray,
+    m: np.ndarray,
+    seg: np.ndarray,
+    phis: np.ndarray,
+    rewards: np.ndarray,
+    noise_var: float,
+    forget: float = 1.0,
+) -> None:
+    """Apply ``n`` observations in row order, row ``i`` to segment ``seg[i]``, in place.
+
+    Equivalent to ``for i in range(n): update_one(P[seg[i]], m[seg[i]], phis[i], rewards[i],
+    noise_var, forget)`` (so with ``forget < 1`` a segment is inflated once per row it receives).
+
+    Parameters
+    ----------
+    P : float64, shape (S, d, d), C-contiguous, writeable
+    m : float64, shape (S, d), C-contiguous, writeable
+    seg : int64, shape (n,)
+        Segment of each row, in [0, S).
+    phis : float32 or float64, shape (n, d)
+    rewards : float32 or float64, shape (n,)
+        Widened to float64 before the kernel runs.
+    noise_var : float
+        > 0.
+    forget : float, default 1.0
+        In (0, 1].
+
+    Raises
+    ------
+    KernelInputError
+        On bad shapes/dtypes/layout or scalars, a segment out of range (checked before anything
+        changes), or a non-finite value / non-positive variance at some row ``i`` (rows before
+        ``i`` have then been applied; the message names ``i``).
+    """
+    v.array("P", P, 3, "f64w")
+    v.array("m", m, 2, "f64w")
+    v.array("seg", seg, 1, "i64")
+    v.array("phis", phis, 2, "float")
+    v.array("rewards", rewards, 1, "float")
+    n_seg, d = m.shape
+    if P.shape != (n_seg, d, d):
+        raise v.KernelInputError(f"P must have shape (S, d, d) = ({n_seg}, {d}, {d}) to match m, got {P.shape}")
+    n = seg.shape[0]
+    v.dim("phis", phis.shape[0], n, "rows (n, the length of seg)")
+    v.dim("phis", phis.shape[1], d, "columns (d)")
+    v.dim("rewards", rewards.shape[0], n, "length (n, the length of seg)")
+    nv, f = _check_noise_forget(noise_var, forget)
+    if n == 0:
+        return
+    status, row = _update_many(P, m, seg, phis, rewards.astype(np.float64, copy=False), nv, f)
+    if status != OK:
+        raise_for_status(status, f"update_many, row {row}")

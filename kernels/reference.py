@@ -1,0 +1,111 @@
+"""Readable numpy references for every kernel: the executable specification the tests compare to.
+
+Written for clarity, not speed; each mirrors one public kernel's contract (no input validation).
+The idea of keeping naive references next to fast kernels comes from stumpy's ``tests/naive.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels._linalg import JITTER_REL
+
+
+def phi_many(u, w1, b1, w2, b2):
+    """``[tanh(relu(u @ w1 + b1) @ w2 + b2), 1]`` in float64."""
+    u, w1, b1, w2, b2 = (np.asarray(a, dtype=np.float64) for a in (u, w1, b1, w2, b2))
+    h = np.maximum(u @ w1 + b1, 0.0)
+    z = np.tanh(h @ w2 + b2)
+    return np.hstack([z, np.ones((u.shape[0], 1))])
+
+
+def update_one(P, m, phi, reward, noise_var, forget=1.0):
+    """Rank-1 posterior update of ``(P, m)`` in place (see ``kernels.posterior``)."""
+    phi = np.asarray(phi, dtype=np.float64)
+    if forget < 1.0:
+        P /= forget
+    p_phi = P @ phi
+    s = noise_var + phi @ p_phi
+    k = p_phi / s
+    m += k * (reward - phi @ m)
+    P -= np.outer(k, p_phi)
+    P[...] = 0.5 * (P + P.T)
+
+
+def update_many(P, m, seg, phis, rewards, noise_var, forget=1.0):
+    """``update_one`` on ``(P[seg[i]], m[seg[i]])`` for each row ``i`` in order."""
+    for i in range(len(seg)):
+        update_one(P[seg[i]], m[seg[i]], phis[i], float(rewards[i]), noise_var, forget)
+
+
+def cholesky_psd(C):
+    """Lower Cholesky factor of ``C + delta I``, ``delta = JITTER_REL * trace(C) / K``.
+
+    Uses LAPACK when ``C + delta I`` is positive definite; otherwise the explicit algorithm where a
+    non-positive pivot zeroes its column (the convention of ``kernels._linalg._cholesky_psd``).
+    Only the lower triangle of ``C`` is read.
+    """
+    k = C.shape[0]
+    C = np.tril(C) + np.tril(C, -1).T
+    trace = np.trace(C)
+    delta = JITTER_REL * trace / k if trace > 0 else 0.0
+    A = C + delta * np.eye(k)
+    try:
+        return np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        pass
+    L = np.zeros((k, k))
+    for j in range(k):
+        pivot = A[j, j] - L[j, :j] @ L[j, :j]
+        if pivot > 0:
+            L[j, j] = np.sqrt(pivot)
+            L[j + 1 :, j] = (A[j + 1 :, j] - L[j + 1 :, :j] @ L[j, :j]) / L[j, j]
+    return L
+
+
+def _explore(uniforms, eps, greedy, k):
+    if uniforms[0] < eps:
+        return min(int(uniforms[1] * k), k - 1)
+    return greedy
+
+
+def thompson_one(phis, P, m, normals, uniforms, eps, scale=1.0):
+    """Eps-mixed Thompson sampling on the K candidate means (see ``kernels.scoring``)."""
+    phis = np.asarray(phis, dtype=np.float64)
+    normals = np.asarray(normals, dtype=np.float64)
+    k = phis.shape[0]
+    mu = phis @ m
+    C = scale * (phis @ P @ phis.T)
+    L = cholesky_psd(C)
+    draws = mu + normals @ L.T  # (n_draws, K)
+    winners = np.argmax(draws, axis=1)  # lowest index on ties
+    counts = np.bincount(winners, minlength=k)
+    propensities = (1.0 - eps) * counts / normals.shape[0] + eps / k
+    return _explore(uniforms, eps, int(winners[0]), k), propensities
+
+
+def ucb_one(phis, P, m, alpha, uniforms, eps):
+    """Eps-mixed UCB: argmax of ``phi . m + alpha * sqrt(phi' P phi)``."""
+    phis = np.asarray(phis, dtype=np.float64)
+    k = phis.shape[0]
+    quad = np.einsum("ka,ab,kb->k", phis, P, phis)
+    scores = phis @ m + alpha * np.sqrt(np.maximum(quad, 0.0))
+    greedy = int(np.argmax(scores))
+    propensities = np.full(k, eps / k)
+    propensities[greedy] += 1.0 - eps
+    return _explore(uniforms, eps, greedy, k), propensities
+
+
+def decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale=1.0):
+    """``thompson_one`` per row on the row's segment and its first ``k_valid[b]`` candidates."""
+    bsz, k_max = phis.shape[:2]
+    choices = np.zeros(bsz, dtype=np.int64)
+    propensities = np.zeros((bsz, k_max))
+    mean_scores = np.zeros((bsz, k_max))
+    for b in range(bsz):
+        s, k = seg[b], k_valid[b]
+        choices[b], propensities[b, :k] = thompson_one(
+            phis[b, :k], P[s], m[s], normals[b, :, :k], uniforms[b], eps, scale
+        )
+        mean_scores[b, :k] = np.asarray(phis[b, :k], dtype=np.float64) @ m[s]
+    return choices, propensities, mean_scores

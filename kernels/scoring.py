@@ -1,0 +1,383 @@
+"""Decisions: Thompson sampling (with Monte-Carlo propensities) and UCB, each eps-mixed.
+
+Thompson sampling works on the K candidates' mean rewards ``phi_k . w`` rather than on ``w``:
+under the posterior ``w ~ N(m, P)`` they are jointly ``N(mu, C)`` with ``mu = Phi m`` and
+``C = scale * Phi P Phi^T`` (K x K, cheaper than sampling in d dimensions when K < d). With
+``L`` the Cholesky factor of ``C`` (plus a small relative jitter, see ``_linalg.JITTER_REL``),
+draw ``j`` is ``s_j = mu + L z_j`` for the supplied standard normals ``z_j``.
+
+- choice: ``argmax s_0`` (lowest index on ties), unless ``uniforms[0] < eps``, then the uniform
+  pick ``min(int(uniforms[1] * K), K - 1)``.
+- propensity: ``(1 - eps) * count_k / n_draws + eps / K`` where ``count_k`` is the number of draws
+  (draw 0 included) whose argmax is ``k``. It is an unbiased Monte-Carlo estimate of the true
+  probability of choosing ``k``; every value is in (0, 1] when eps > 0 and they sum to 1.
+
+The propensity-by-resampling idea is the standard one for logging Thompson sampling decisions
+for off-policy evaluation (e.g. the Open Bandit Pipeline's BernoulliTS ``compute_batch_action_dist``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels import _validate as v
+from kernels._jit import kernel
+from kernels._linalg import _cholesky_psd
+from kernels.exceptions import BAD_K_VALID, BAD_SEGMENT, BAD_UNIFORM, NON_FINITE_INPUT, raise_for_status
+
+
+@kernel
+def _score_moments(phis, P, m, kv, scale, A, C, mu):  # pragma: no cover - compiled
+    """``mu = Phi m`` and the lower triangle of ``C = scale * Phi P Phi^T`` for the first kv rows.
+
+    ``A`` (K x d) is scratch holding ``Phi P``. Returns False if any value is not finite.
+    """
+    d = m.shape[0]
+    for k in range(kv):
+        acc = 0.0
+        for a in range(d):
+            acc += np.float64(phis[k, a]) * m[a]
+        mu[k] = acc
+        for b in range(d):
+            A[k, b] = 0.0
+        for a in range(d):  # A[k] += phi[k, a] * P[a]  (contiguous rows of P)
+            pa = np.float64(phis[k, a])
+            for b in range(d):
+                A[k, b] += pa * P[a, b]
+    ok = True
+    for i in range(kv):
+        if not np.isfinite(mu[i]):
+            ok = False
+        for j in range(i + 1):
+            acc = 0.0
+            for b in range(d):
+                acc += A[i, b] * np.float64(phis[j, b])
+            acc *= scale
+            C[i, j] = acc
+            if not np.isfinite(acc):
+                ok = False
+    return ok
+
+
+@kernel
+def _explore_choice(u0, u1, eps, greedy, kv):  # pragma: no cover - compiled
+    if u0 < eps:
+        c = int(u1 * kv)
+        return c if c < kv else kv - 1
+    return greedy
+
+
+@kernel
+def _thompson_core(phis, P, m, normals, u0, u1, eps, scale, kv, A, C, L, mu, counts, prop, mean):  # pragma: no cover
+    """One Thompson decision over the first kv candidates; writes prop[:kv], mean[:kv].
+
+    Returns the choice, or a negative status code (nothing meaningful written then).
+    """
+    if not (u0 >= 0.0 and u0 <= 1.0 and u1 >= 0.0 and u1 <= 1.0):
+        return BAD_UNIFORM
+    if not _score_moments(phis, P, m, kv, scale, A, C, mu):
+        return NON_FINITE_INPUT
+    _cholesky_psd(C, L, kv)
+    n_draws = normals.shape[0]
+    for k in range(kv):
+        counts[k] = 0
+    greedy = 0
+    for j in range(n_draws):
+        best = 0.0
+        arg = 0
+        for i in range(kv):
+            s = mu[i]
+            for col in range(i + 1):
+                s += L[i, col] * np.float64(normals[j, col])
+            if not np.isfinite(s):
+                return NON_FINITE_INPUT
+            if i == 0 or s > best:
+                best = s
+                arg = i
+        counts[arg] += 1
+        if j == 0:
+            greedy = arg
+    w = (1.0 - eps) / n_draws
+    floor = eps / kv
+    for k in range(kv):
+        prop[k] = w * counts[k] + floor
+        mean[k] = mu[k]
+    return _explore_choice(u0, u1, eps, greedy, kv)
+
+
+@kernel
+def _thompson_one(phis, P, m, normals, u0, u1, eps, scale):  # pragma: no cover - compiled
+    kk, d = phis.shape
+    A = np.empty((kk, d), dtype=np.float64)
+    C = np.empty((kk, kk), dtype=np.float64)
+    L = np.empty((kk, kk), dtype=np.float64)
+    mu = np.empty(kk, dtype=np.float64)
+    counts = np.empty(kk, dtype=np.int64)
+    prop = np.empty(kk, dtype=np.float64)
+    choice = _thompson_core(phis, P, m, normals, u0, u1, eps, scale, kk, A, C, L, mu, counts, prop, mu)
+    return choice, prop
+
+
+@kernel
+def _ucb_one(phis, P, m, alpha, u0, u1, eps):  # pragma: no cover - compiled
+    kk, d = phis.shape
+    prop = np.empty(kk, dtype=np.float64)
+    if not (u0 >= 0.0 and u0 <= 1.0 and u1 >= 0.0 and u1 <= 1.0):
+        return BAD_UNIFORM, prop
+    pp = np.empty(d, dtype=np.float64)
+    best = 0.0
+    greedy = 0
+    for k in range(kk):
+        mean = 0.0
+        quad = 0.0
+        for a in range(d):
+            acc = 0.0
+            for b in range(d):
+                acc += P[a, b] * np.float64(phis[k, b])
+            pp[a] = acc
+        for a in range(d):
+            pa = np.float64(phis[k, a])
+            mean += pa * m[a]
+            quad += pa * pp[a]
+        if quad < 0.0:  # rounding on a (near-)singular P; the true value is >= 0
+            quad = 0.0
+        score = mean + alpha * np.sqrt(quad)
+        if not np.isfinite(score):
+            return NON_FINITE_INPUT, prop
+        if k == 0 or score > best:
+            best = score
+            greedy = k
+    floor = eps / kk
+    for k in range(kk):
+        prop[k] = floor
+    prop[greedy] += 1.0 - eps
+    return _explore_choice(u0, u1, eps, greedy, kk), prop
+
+
+@kernel
+def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale):  # pragma: no cover - compiled
+    """Thompson decisions for B rows; returns (choices, props, means, status, bad_row)."""
+    bsz, kk, d = phis.shape
+    n_seg = P.shape[0]
+    choices = np.empty(bsz, dtype=np.int64)
+    props = np.zeros((bsz, kk), dtype=np.float64)
+    means = np.zeros((bsz, kk), dtype=np.float64)
+    A = np.empty((kk, d), dtype=np.float64)
+    C = np.empty((kk, kk), dtype=np.float64)
+    L = np.empty((kk, kk), dtype=np.float64)
+    mu = np.empty(kk, dtype=np.float64)
+    counts = np.empty(kk, dtype=np.int64)
+    for b in range(bsz):
+        s = seg[b]
+        kv = k_valid[b]
+        if s < 0 or s >= n_seg:
+            return choices, props, means, BAD_SEGMENT, b
+        if kv < 1 or kv > kk:
+            return choices, props, means, BAD_K_VALID, b
+        c = _thompson_core(
+            phis[b], P[s], m[s], normals[b], uniforms[b, 0], uniforms[b, 1], eps, scale, kv,
+            A, C, L, mu, counts, props[b], means[b],
+        )
+        if c < 0:
+            return choices, props, means, c, b
+        choices[b] = c
+    return choices, props, means, 0, -1
+
+
+def _check_state(P: np.ndarray, m: np.ndarray, d: int) -> None:
+    v.array("P", P, 2, "f64")
+    v.array("m", m, 1, "f64")
+    if m.shape[0] != d or P.shape[0] != d or P.shape[1] != d:
+        raise v.KernelInputError(f"P must be ({d}, {d}) and m ({d},) to match phis' d={d}; got {P.shape} and {m.shape}")
+
+
+def _check_uniforms(uniforms: np.ndarray) -> None:
+    v.array("uniforms", uniforms, 1, "f64")
+    v.dim("uniforms", uniforms.shape[0], 2, "length")
+
+
+def thompson_one(
+    phis: np.ndarray,
+    P: np.ndarray,
+    m: np.ndarray,
+    normals: np.ndarray,
+    uniforms: np.ndarray,
+    eps: float,
+    scale: float = 1.0,
+) -> tuple[int, np.ndarray]:
+    """Eps-mixed Thompson sampling over K candidates, with Monte-Carlo propensities.
+
+    ``mu = Phi m``, ``C = scale * Phi P Phi^T``, ``L = chol(C + delta I)`` with
+    ``delta = 1e-10 * trace(C) / K`` (non-positive pivots zero their column, so P = 0 or identical
+    candidates are fine), draws ``s_j = mu + L z_j``. Choice: argmax of ``s_0`` (lowest index on
+    ties), or ``min(int(uniforms[1] * K), K - 1)`` when ``uniforms[0] < eps``. Propensity:
+    ``(1 - eps) * count_k / n_draws + eps / K``.
+
+    Parameters
+    ----------
+    phis : float32 or float64, shape (K, d), K >= 1
+        Candidate features.
+    P : float64, shape (d, d)
+        Posterior covariance (symmetric PSD; only read).
+    m : float64, shape (d,)
+        Posterior mean.
+    normals : float32 or float64, shape (n_draws, K), n_draws >= 1
+        Independent standard normals; row 0 decides.
+    uniforms : float64, shape (2,)
+        Uniforms in [0, 1]: ``[explore coin, explore pick]``.
+    eps : float
+        Uniform exploration rate in [0, 1].
+    scale : float, default 1.0
+        Posterior inflation (>= 0) applied to C.
+
+    Returns
+    -------
+    choice : int
+        Chosen candidate in [0, K).
+    propensities : float64, shape (K,)
+        Probability of each candidate under this policy (sums to 1).
+
+    Raises
+    ------
+    KernelInputError
+        On bad shapes/dtypes/layout, out-of-range scalars or uniforms, or non-finite values.
+    """
+    v.array("phis", phis, 2, "float")
+    kk, d = phis.shape
+    if kk < 1:
+        raise v.KernelInputError("phis must have at least one candidate (K >= 1)")
+    _check_state(P, m, d)
+    v.array("normals", normals, 2, "float")
+    if normals.shape[0] < 1 or normals.shape[1] != kk:
+        raise v.KernelInputError(f"normals must have shape (n_draws >= 1, K={kk}), got {normals.shape}")
+    _check_uniforms(uniforms)
+    e = v.scalar("eps", eps, 0.0, 1.0)
+    sc = v.scalar("scale", scale, 0.0, float("inf"))
+    choice, prop = _thompson_one(phis, P, m, normals, uniforms[0], uniforms[1], e, sc)
+    if choice < 0:
+        raise_for_status(choice, "thompson_one")
+    return choice, prop
+
+
+def ucb_one(
+    phis: np.ndarray, P: np.ndarray, m: np.ndarray, alpha: float, uniforms: np.ndarray, eps: float
+) -> tuple[int, np.ndarray]:
+    """Eps-mixed upper-confidence-bound choice over K candidates.
+
+    Score ``phi_k . m + alpha * sqrt(max(phi_k^T P phi_k, 0))``; greedy = argmax (lowest index on
+    ties); choice = greedy, or ``min(int(uniforms[1] * K), K - 1)`` when ``uniforms[0] < eps``.
+    Propensity ``(1 - eps) * [k == greedy] + eps / K``.
+
+    Parameters
+    ----------
+    phis : float32 or float64, shape (K, d), K >= 1
+    P : float64, shape (d, d)
+    m : float64, shape (d,)
+    alpha : float
+        Width of the bonus, >= 0.
+    uniforms : float64, shape (2,)
+        Uniforms in [0, 1].
+    eps : float
+        In [0, 1].
+
+    Returns
+    -------
+    choice : int
+    propensities : float64, shape (K,)
+
+    Raises
+    ------
+    KernelInputError
+        As :func:`thompson_one`.
+    """
+    v.array("phis", phis, 2, "float")
+    kk, d = phis.shape
+    if kk < 1:
+        raise v.KernelInputError("phis must have at least one candidate (K >= 1)")
+    _check_state(P, m, d)
+    _check_uniforms(uniforms)
+    a = v.scalar("alpha", alpha, 0.0, float("inf"))
+    e = v.scalar("eps", eps, 0.0, 1.0)
+    choice, prop = _ucb_one(phis, P, m, a, uniforms[0], uniforms[1], e)
+    if choice < 0:
+        raise_for_status(choice, "ucb_one")
+    return choice, prop
+
+
+def decide_many(
+    phis: np.ndarray,
+    P: np.ndarray,
+    m: np.ndarray,
+    seg: np.ndarray,
+    k_valid: np.ndarray,
+    normals: np.ndarray,
+    uniforms: np.ndarray,
+    eps: float,
+    scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thompson decisions for a batch of B requests from S segments (see :func:`thompson_one`).
+
+    Row ``b`` uses the posterior of segment ``seg[b]`` and only its first ``k_valid[b]``
+    candidates (``phis[b, :k]``, ``normals[b, :, :k]``); ``eps / K`` uses ``K = k_valid[b]``.
+    Row ``b`` equals ``thompson_one(phis[b, :k], P[seg[b]], m[seg[b]], normals[b, :, :k],
+    uniforms[b], eps, scale)``.
+
+    Parameters
+    ----------
+    phis : float32 or float64, shape (B, K, d)
+    P : float64, shape (S, d, d)
+    m : float64, shape (S, d)
+    seg : int64, shape (B,)
+        Segment of each row, in [0, S).
+    k_valid : int64, shape (B,)
+        Number of real candidates per row, in [1, K]; the rest is padding.
+    normals : float32 or float64, shape (B, n_draws, K), n_draws >= 1
+    uniforms : float64, shape (B, 2)
+    eps : float
+        In [0, 1].
+    scale : float, default 1.0
+        >= 0.
+
+    Returns
+    -------
+    choices : int64, shape (B,)
+        Always < k_valid[b].
+    propensities : float64, shape (B, K)
+        Padding entries are 0; each row sums to 1.
+    mean_scores : float64, shape (B, K)
+        Posterior mean reward ``phi . m`` of each candidate; padding entries are 0.
+
+    Raises
+    ------
+    KernelInputError
+        On bad shapes/dtypes/layout or scalars, or a bad value in some row (the message names it).
+    """
+    v.array("phis", phis, 3, "float")
+    bsz, kk, d = phis.shape
+    if kk < 1:
+        raise v.KernelInputError("phis must have at least one candidate slot (K >= 1)")
+    v.array("P", P, 3, "f64")
+    v.array("m", m, 2, "f64")
+    n_seg = m.shape[0]
+    if m.shape[1] != d or P.shape != (n_seg, d, d):
+        raise v.KernelInputError(
+            f"P must be (S, {d}, {d}) and m (S, {d}) to match phis' d={d}; got {P.shape} and {m.shape}"
+        )
+    v.array("seg", seg, 1, "i64")
+    v.array("k_valid", k_valid, 1, "i64")
+    v.dim("seg", seg.shape[0], bsz, "length (B)")
+    v.dim("k_valid", k_valid.shape[0], bsz, "length (B)")
+    v.array("normals", normals, 3, "float")
+    if normals.shape[0] != bsz or normals.shape[1] < 1 or normals.shape[2] != kk:
+        raise v.KernelInputError(f"normals must have shape (B={bsz}, n_draws >= 1, K={kk}), got {normals.shape}")
+    v.array("uniforms", uniforms, 2, "f64")
+    if uniforms.shape != (bsz, 2):
+        raise v.KernelInputError(f"uniforms must have shape (B={bsz}, 2), got {uniforms.shape}")
+    e = v.scalar("eps", eps, 0.0, 1.0)
+    sc = v.scalar("scale", scale, 0.0, float("inf"))
+    choices, props, means, status, row = _decide_many(phis, P, m, seg, k_valid, normals, uniforms, e, sc)
+    if status != 0:
+        if status == BAD_K_VALID:
+            raise v.KernelInputError(f"decide_many, row {row}: k_valid must be in [1, K={kk}], got {k_valid[row]}")
+        raise_for_status(status, f"decide_many, row {row}")
+    return choices, props, means
