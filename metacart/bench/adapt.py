@@ -1,0 +1,259 @@
+"""``metacart bench adapt``: closed-loop adaptation on held-out simulator segments.
+
+Every policy plays the same held-out segments (never seen in meta-training) for ``T`` rounds; in round
+``t`` each segment receives one request. Requests come from one seeded generator and outcomes from another
+that :meth:`Market.respond` consumes identically whatever is shown, so all policies see the same users and
+candidates and (where their choices agree) the same outcomes. Regret is pseudo-regret: the oracle's true
+expected reward minus that of the shown candidate, from the simulator's ``expected_reward``.
+
+Policies (see :mod:`policy.baselines`): ``random``; ``pooled`` (learned ``phi`` + meta prior, but one
+posterior shared by all segments: a global model without per-segment adaptation); ``scratch_raw``;
+``scratch_phi``; ``meta`` (ours, :class:`policy.adapter.Adapter`); ``oracle``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy.adapter import Adapter
+from policy.artifact import PolicyArtifact
+from policy.baselines import OraclePolicy, RandomPolicy, RawLinearTS, pooled, scratch_phi
+from policy.features import build_inputs
+from policy.simulator.datasets import simulate_logs
+from policy.simulator.market import Market, MarketConfig
+
+POLICIES = ("random", "pooled", "scratch_raw", "scratch_phi", "meta", "oracle")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes of one benchmark run."""
+
+    n_segments: int
+    """Held-out segments played (the first ones of the market's held-out split)."""
+    horizon: int
+    """Decisions per segment."""
+    train_per_segment: int
+    """Logged (uniform) events per training segment when the benchmark trains its own artifact."""
+    train_seconds: float
+    """Wall-clock cap on that training."""
+    eps: float = 0.02
+    """Uniform exploration of every Thompson-sampling policy."""
+    n_draws: int = 64
+    """Posterior draws per decision."""
+    vague_prior_var: float = 1.0
+    """Prior variance per coefficient of the scratch baselines."""
+    value_weight: float = 0.0
+    """Reward = click + value_weight * purchase value."""
+
+
+FULL = BenchConfig(n_segments=50, horizon=2000, train_per_segment=4000, train_seconds=90.0)
+QUICK = BenchConfig(n_segments=20, horizon=500, train_per_segment=1000, train_seconds=20.0)
+
+
+def train_artifact(market: Market, cfg: BenchConfig, seed: int, progress: Callable[[dict], None] | None = None):
+    """Meta-train on uniformly logged events of the market's *training* segments (torch, lazily imported)."""
+    from policy.train import TrainConfig, train
+
+    logs = simulate_logs(market, market.train_segments, cfg.train_per_segment, seed=seed + 1,
+                         value_weight=cfg.value_weight)
+    config = TrainConfig(
+        seed=seed,
+        max_seconds=cfg.train_seconds,
+        reward="logged",
+        source=f"simulator MarketConfig(seed={market.config.seed}) train segments, "
+        f"{cfg.train_per_segment}/segment uniform logging, log seed {seed + 1}",
+    )
+    return train(logs, config, progress=progress), logs
+
+
+def _raw_stats(market: Market, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean/sd of raw inputs [x, a] over training-segment requests (for ``scratch_raw``)."""
+    rng = np.random.default_rng(seed + 17)
+    seg = np.repeat(market.train_segments, 20)
+    req = market.sample_requests(seg, rng)
+    u = build_inputs(req.context, req.candidates)
+    return u.mean(axis=0), u.std(axis=0)
+
+
+def make_policies(
+    artifact: PolicyArtifact, market: Market, cfg: BenchConfig, seed: int
+) -> dict[str, Callable[[], Any]]:
+    """Factories of the benchmark's policies (fresh state each call)."""
+    u_mean, u_sd = _raw_stats(market, seed)
+    ts = {"eps": cfg.eps, "n_draws": cfg.n_draws, "seed": seed + 300}
+    return {
+        "random": lambda: RandomPolicy(seed=seed + 300),
+        "pooled": lambda: pooled(artifact, **ts),
+        "scratch_raw": lambda: RawLinearTS(u_mean, u_sd, artifact.noise_var, cfg.vague_prior_var, **ts),
+        "scratch_phi": lambda: scratch_phi(artifact, cfg.vague_prior_var, **ts),
+        "meta": lambda: Adapter(artifact, **ts),
+        "oracle": lambda: OraclePolicy(market, cfg.value_weight),
+    }
+
+
+def play(policy: Any, market: Market, segments: np.ndarray, horizon: int, seed: int,
+         value_weight: float = 0.0) -> dict[str, np.ndarray]:
+    """Run one policy closed-loop; returns per-(segment, round) regret, expected reward and click prob."""
+    req_rng = np.random.default_rng(seed + 100)
+    out_rng = np.random.default_rng(seed + 200)
+    s = segments.shape[0]
+    regret = np.empty((s, horizon))
+    reward = np.empty((s, horizon))
+    ctr = np.empty((s, horizon))
+    rows = np.arange(s)
+    for t in range(horizon):
+        req = market.sample_requests(segments, req_rng)
+        exp_r = market.expected_reward(segments, req.context, req.candidates, value_weight)
+        dec = policy.decide_many(segments, req.context, req.candidates)
+        out = market.respond(req, dec.choices, out_rng)
+        policy.learn_many(segments, dec.phis_chosen, out.click + value_weight * out.value)
+        chosen = exp_r[rows, dec.choices]
+        regret[:, t] = exp_r.max(axis=1) - chosen
+        reward[:, t] = chosen
+        ctr[:, t] = (
+            chosen if value_weight == 0.0
+            else market.click_prob(segments, req.context, req.candidates)[rows, dec.choices]
+        )
+    return {"regret": regret, "reward": reward, "ctr": ctr}
+
+
+def _fraction(trace: np.ndarray, oracle: np.ndarray, n: int) -> float:
+    return float(trace[:, :n].sum() / oracle[:, :n].sum())
+
+
+def run(
+    quick: bool = False,
+    out: Path | None = None,
+    plot: Path | None = None,
+    seed: int = 0,
+    artifact: Path | None = None,
+) -> dict:
+    """Run the benchmark, print its table, optionally write JSON (``out``) and a PNG (``plot``).
+
+    Returns the JSON-able result: ``T``, ``segments``, ``regret`` (mean cumulative regret at ``T``),
+    ``regret_ci`` (95 % normal CI over segments), ``reward_first500_vs_oracle`` and more.
+    """
+    cfg = QUICK if quick else FULL
+    t_start = time.perf_counter()
+    market = Market(MarketConfig(seed=seed))
+    segments = market.heldout_segments[: cfg.n_segments].astype(np.int64)
+    train_info: dict[str, Any] = {}
+    if artifact is None:
+        print(f"training an artifact on {market.train_segments.size} training segments "
+              f"x {cfg.train_per_segment} logged events (cap {cfg.train_seconds:.0f} s) ...", flush=True)
+        t0 = time.perf_counter()
+        art, logs = train_artifact(market, cfg, seed)
+        train_info = {
+            "trained_here": True,
+            "events": int(logs.segment.shape[0]),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "heldout_nll_initial": art.meta.metrics["heldout_nll_initial"],
+            "heldout_nll": art.meta.metrics["heldout_nll"],
+        }
+    else:
+        art = PolicyArtifact.load(artifact)
+        train_info = {"trained_here": False, "artifact": str(artifact)}
+    train_info["version"] = art.version
+    overlap = set(segments.tolist()) & set(market.train_segments.tolist())
+    assert not overlap, "benchmark segments must be held out from training"
+
+    factories = make_policies(art, market, cfg, seed)
+    traces: dict[str, dict[str, np.ndarray]] = {}
+    timings: dict[str, float] = {}
+    for name in POLICIES:
+        t0 = time.perf_counter()
+        traces[name] = play(factories[name](), market, segments, cfg.horizon, seed, cfg.value_weight)
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    n_seg, horizon = segments.shape[0], cfg.horizon
+    oracle_r, oracle_c = traces["oracle"]["reward"], traces["oracle"]["ctr"]
+    result: dict[str, Any] = {
+        "T": horizon,
+        "segments": int(n_seg),
+        "regret": {},
+        "regret_ci": {},
+        "reward_first100_vs_oracle": {},
+        "reward_first500_vs_oracle": {},
+        "ctr_first100_vs_oracle": {},
+        "ctr_first500_vs_oracle": {},
+    }
+    for name, tr in traces.items():
+        cum = tr["regret"].sum(axis=1)
+        mean = float(cum.mean())
+        half = float(1.96 * cum.std(ddof=1) / np.sqrt(n_seg)) if n_seg > 1 else 0.0
+        result["regret"][name] = round(mean, 3)
+        result["regret_ci"][name] = [round(mean - half, 3), round(mean + half, 3)]
+        for n in (100, 500):
+            result[f"reward_first{n}_vs_oracle"][name] = round(_fraction(tr["reward"], oracle_r, n), 4)
+            result[f"ctr_first{n}_vs_oracle"][name] = round(_fraction(tr["ctr"], oracle_c, n), 4)
+    reg = result["regret"]
+    result["ratios"] = {
+        "meta_vs_scratch_raw": round(reg["meta"] / reg["scratch_raw"], 3),
+        "meta_vs_scratch_phi": round(reg["meta"] / reg["scratch_phi"], 3),
+        "meta_vs_pooled": round(reg["meta"] / reg["pooled"], 3),
+    }
+    result["settings"] = {
+        "quick": quick, "seed": seed, "eps": cfg.eps, "n_draws": cfg.n_draws,
+        "vague_prior_var": cfg.vague_prior_var, "value_weight": cfg.value_weight,
+        "pooled": "learned phi + meta prior, one posterior shared by all segments",
+    }
+    result["training"] = train_info
+    result["seconds_per_policy"] = timings
+    result["seconds_total"] = round(time.perf_counter() - t_start, 1)
+
+    _print_table(result)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    if plot is not None:
+        _plot(traces, plot, horizon, n_seg)
+    return result
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    head = (f"{'policy':<12} {'regret@T':>10} {'95% CI':>20} {'CTR100':>8} {'CTR500':>8} "
+            f"{'rew100':>8} {'rew500':>8}")
+    print(f"bench adapt: {result['segments']} held-out segments x T={result['T']} decisions "
+          f"(fractions are of the oracle's)")
+    print(head)
+    print("-" * len(head))
+    for name in result["regret"]:
+        lo, hi = result["regret_ci"][name]
+        print(
+            f"{name:<12} {result['regret'][name]:>10.2f} {f'[{lo:.2f}, {hi:.2f}]':>20} "
+            f"{result['ctr_first100_vs_oracle'][name]:>8.3f} {result['ctr_first500_vs_oracle'][name]:>8.3f} "
+            f"{result['reward_first100_vs_oracle'][name]:>8.3f} {result['reward_first500_vs_oracle'][name]:>8.3f}"
+        )
+    print("ratios:", result["ratios"])
+
+
+def _plot(traces: dict[str, dict[str, np.ndarray]], path: Path, horizon: int, n_seg: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    t = np.arange(1, horizon + 1)
+    for name, tr in traces.items():
+        cum = np.cumsum(tr["regret"], axis=1)
+        mean = cum.mean(axis=0)
+        half = 1.96 * cum.std(axis=0, ddof=1) / np.sqrt(n_seg) if n_seg > 1 else np.zeros_like(mean)
+        (line,) = ax.plot(t, mean, label=name)
+        ax.fill_between(t, mean - half, mean + half, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("decisions per segment")
+    ax.set_ylabel("mean cumulative pseudo-regret")
+    ax.set_title(f"adaptation on {n_seg} held-out segments")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

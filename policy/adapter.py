@@ -1,0 +1,407 @@
+"""Online per-segment adaptation of a meta-learned policy (torch-free; the maths runs in ``kernels``).
+
+Every segment keeps a Gaussian posterior ``N(m, P)`` over its linear head ``w`` in the artifact's feature
+space ``phi(x, a)``; it starts at the meta-learned prior ``N(mu0, Sigma0)`` and is updated by the rank-1
+recursion of :func:`kernels.update_many`. Decisions are Thompson sampling over the candidates' mean rewards
+(:func:`kernels.decide_many`) mixed with uniform exploration ``eps``, so every logged propensity is > 0.
+
+The same object serves the Python API, the benchmarks and the Faust agents:
+
+>>> adapter = Adapter(PolicyArtifact.load("artifact/"))               # doctest: +SKIP
+>>> dec = adapter.decide_many(["m00-c01"], context, candidates)       # doctest: +SKIP
+>>> adapter.learn_many(["m00-c01"], dec.phis_chosen, rewards)          # doctest: +SKIP
+>>> table[segment] = adapter.state_bytes("m00-c01")                   # doctest: +SKIP
+
+Segment keys are any hashable (``str`` names in the stream, ``int`` indices in benchmarks); numpy integers
+are converted to ``int``.
+
+State bytes (little endian, no pickle): ``b"MCPS"``, uint16 layout version (1), uint16 ``d``, int64
+``n_updates``, float64 ``P[d, d]`` (row-major), float64 ``m[d]``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+import kernels
+from policy.artifact import ArtifactError, PolicyArtifact
+from policy.exceptions import PolicyError
+from policy.features import build_inputs
+
+STATE_MAGIC = b"MCPS"
+STATE_LAYOUT = 1
+_HEADER = struct.Struct("<4sHHq")
+
+
+class StateError(PolicyError, ValueError):
+    """Serialised segment state that cannot be loaded (wrong magic, size, dimension or values)."""
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Decisions for a batch of B requests with K candidate slots and feature dimension d.
+
+    Attributes
+    ----------
+    choices : int64[B]
+        Index of the shown candidate.
+    propensities : float64[B, K]
+        Probability with which each candidate would have been shown (padding slots 0; rows sum to 1).
+    phis_chosen : float64[B, d]
+        Features of the shown candidate: pass them back to :meth:`SegmentBandit.learn_many`.
+    mean_scores : float64[B, K]
+        Posterior-mean expected reward ``phi . m`` of each candidate under the segment's posterior.
+    prior_scores : float64[B, K]
+        Expected reward under the prior mean alone, ``phi . mu0`` (what a brand-new segment believes).
+    n_updates : int64[B]
+        Observations the segment's posterior had absorbed when the decision was taken.
+    version : str
+        Version of the artifact (or baseline name) that decided.
+    """
+
+    choices: np.ndarray
+    propensities: np.ndarray
+    phis_chosen: np.ndarray
+    mean_scores: np.ndarray
+    prior_scores: np.ndarray
+    n_updates: np.ndarray
+    version: str
+
+
+def _key(segment: Hashable) -> Hashable:
+    if isinstance(segment, np.generic):
+        return segment.item()
+    return segment
+
+
+class SegmentBandit:
+    """Per-segment Bayesian linear Thompson sampling over a feature map (subclasses define the features).
+
+    Parameters
+    ----------
+    prior_mean : float[d]
+    prior_cov : float[d, d]
+        Symmetric positive definite.
+    noise_var : float
+        Reward noise variance, > 0.
+    eps : float
+        Uniform exploration mixed into Thompson sampling, in [0, 1].
+    n_draws : int
+        Posterior draws per decision (propensities are estimated from them).
+    forget : float
+        Forgetting factor in (0, 1]; 1 = stationary.
+    scale : float
+        Multiplies the posterior covariance when sampling (1 = plain Thompson sampling).
+    seed : int
+        Seeds the generator of the normals/uniforms passed to the kernels.
+    shared : bool
+        If True, all segments share one posterior (a pooled model).
+    version : str
+        Reported in :class:`Decisions`.
+    """
+
+    def __init__(
+        self,
+        prior_mean: np.ndarray,
+        prior_cov: np.ndarray,
+        noise_var: float,
+        *,
+        eps: float = 0.02,
+        n_draws: int = 64,
+        forget: float = 1.0,
+        scale: float = 1.0,
+        seed: int = 0,
+        shared: bool = False,
+        version: str = "",
+    ) -> None:
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps must be in [0, 1], got {eps}")
+        if n_draws < 1:
+            raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+        if not 0.0 < forget <= 1.0:
+            raise ValueError(f"forget must be in (0, 1], got {forget}")
+        if scale < 0.0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        self.eps = float(eps)
+        self.n_draws = int(n_draws)
+        self.forget = float(forget)
+        self.scale = float(scale)
+        self.shared = bool(shared)
+        self.version = version
+        self._rng = np.random.default_rng(seed)
+        self._set_prior(prior_mean, prior_cov, noise_var)
+        self._slots: dict[Hashable, int] = {}
+        self._P = np.empty((0, self.d, self.d))
+        self._m = np.empty((0, self.d))
+        self._n = np.empty(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------ features (override)
+    def _features(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """float64[B, K, d] features of every candidate."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ prior / slots
+    def _set_prior(self, prior_mean: np.ndarray, prior_cov: np.ndarray, noise_var: float) -> None:
+        mu0 = np.ascontiguousarray(prior_mean, dtype=np.float64)
+        cov = np.ascontiguousarray(prior_cov, dtype=np.float64)
+        d = mu0.shape[0]
+        if mu0.ndim != 1 or cov.shape != (d, d):
+            raise ValueError(f"prior shapes disagree: mean {mu0.shape}, cov {cov.shape}")
+        if not (np.isfinite(noise_var) and noise_var > 0):
+            raise ValueError(f"noise_var must be finite and > 0, got {noise_var}")
+        self.prior_mean, self.prior_cov, self.noise_var, self.d = mu0, cov, float(noise_var), d
+
+    def _slot(self, segment: Hashable) -> int:
+        key = "__shared__" if self.shared else _key(segment)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = len(self._slots)
+            if slot >= self._P.shape[0]:
+                cap = max(8, 2 * self._P.shape[0])
+                P = np.empty((cap, self.d, self.d))
+                m = np.empty((cap, self.d))
+                n = np.zeros(cap, dtype=np.int64)
+                P[:slot], m[:slot], n[:slot] = self._P[:slot], self._m[:slot], self._n[:slot]
+                self._P, self._m, self._n = P, m, n
+            self._P[slot] = self.prior_cov
+            self._m[slot] = self.prior_mean
+            self._n[slot] = 0
+            self._slots[key] = slot
+        return slot
+
+    def _slots_for(self, segments: Sequence[Hashable] | np.ndarray) -> np.ndarray:
+        if isinstance(segments, np.ndarray):
+            if segments.ndim != 1:
+                raise ValueError(f"segments must be 1-D, got shape {segments.shape}")
+            segments = segments.tolist()
+        return np.fromiter((self._slot(s) for s in segments), dtype=np.int64, count=len(segments))
+
+    @property
+    def segments(self) -> list[Hashable]:
+        """Segments that have a posterior (seen by decide/learn/load_state)."""
+        return list(self._slots)
+
+    def posterior(self, segment: Hashable) -> tuple[np.ndarray, np.ndarray, int]:
+        """Copies of the segment's ``(P, m, n_updates)``; an unseen segment reports the prior."""
+        slot = self._slot(segment)
+        return self._P[slot].copy(), self._m[slot].copy(), int(self._n[slot])
+
+    # ------------------------------------------------------------------ decide / learn
+    def decide_many(
+        self,
+        segments: Sequence[Hashable] | np.ndarray,
+        context: np.ndarray,
+        candidates: np.ndarray,
+        k_valid: np.ndarray | None = None,
+    ) -> Decisions:
+        """Thompson-sample one candidate per request.
+
+        Parameters
+        ----------
+        segments : B hashable keys
+        context : float[B, dx]
+        candidates : float[B, K, da]
+        k_valid : int[B], optional
+            Real candidates per request (the rest of the K slots are padding, never chosen).
+        """
+        context = np.asarray(context)
+        candidates = np.asarray(candidates)
+        if candidates.ndim != 3:
+            raise ValueError(f"candidates must be [B, K, da], got shape {candidates.shape}")
+        bsz, kk = candidates.shape[0], candidates.shape[1]
+        if len(segments) != bsz or context.shape[0] != bsz:
+            raise ValueError(
+                f"batch sizes disagree: segments {len(segments)}, context {context.shape}, "
+                f"candidates {candidates.shape}"
+            )
+        slots = self._slots_for(segments)
+        kv = (
+            np.full(bsz, kk, dtype=np.int64)
+            if k_valid is None
+            else np.ascontiguousarray(k_valid, dtype=np.int64)
+        )
+        phis = self._features(context, candidates)
+        normals = self._rng.standard_normal((bsz, self.n_draws, kk))
+        uniforms = self._rng.random((bsz, 2))
+        used = len(self._slots)
+        choices, props, means = kernels.decide_many(
+            phis, self._P[:used], self._m[:used], slots, kv, normals, uniforms, self.eps, self.scale
+        )
+        prior_scores = phis @ self.prior_mean
+        prior_scores[np.arange(kk)[None, :] >= kv[:, None]] = 0.0
+        return Decisions(
+            choices=choices,
+            propensities=props,
+            phis_chosen=np.ascontiguousarray(phis[np.arange(bsz), choices]),
+            mean_scores=means,
+            prior_scores=prior_scores,
+            n_updates=self._n[slots].copy(),
+            version=self.version,
+        )
+
+    def learn_many(
+        self, segments: Sequence[Hashable] | np.ndarray, phis: np.ndarray, rewards: np.ndarray
+    ) -> None:
+        """Absorb observed rewards, row ``i`` into ``segments[i]``'s posterior, in row order."""
+        phis = np.ascontiguousarray(phis, dtype=np.float64)
+        rewards = np.ascontiguousarray(rewards, dtype=np.float64)
+        if phis.ndim != 2 or phis.shape[1] != self.d or rewards.shape != (phis.shape[0],):
+            raise ValueError(
+                f"need phis [n, {self.d}] and rewards [n]; got {phis.shape} and {rewards.shape}"
+            )
+        if len(segments) != phis.shape[0]:
+            raise ValueError(f"{len(segments)} segments for {phis.shape[0]} rows")
+        slots = self._slots_for(segments)
+        used = len(self._slots)
+        kernels.update_many(
+            self._P[:used], self._m[:used], slots, phis, rewards, self.noise_var, self.forget
+        )
+        np.add.at(self._n, slots, 1)
+
+    def learn_one(self, segment: Hashable, phi: np.ndarray, reward: float) -> None:
+        """Absorb one observed reward."""
+        self.learn_many([segment], np.asarray(phi, dtype=np.float64)[None, :], np.array([reward]))
+
+    # ------------------------------------------------------------------ state
+    def reset(self, segment: Hashable) -> None:
+        """Return a segment's posterior to the prior."""
+        slot = self._slot(segment)
+        self._P[slot] = self.prior_cov
+        self._m[slot] = self.prior_mean
+        self._n[slot] = 0
+
+    def reset_all(self) -> None:
+        """Forget every segment."""
+        self._slots.clear()
+        self._P = np.empty((0, self.d, self.d))
+        self._m = np.empty((0, self.d))
+        self._n = np.empty(0, dtype=np.int64)
+
+    def state_bytes(self, segment: Hashable) -> bytes:
+        """The segment's posterior as bytes (layout in the module docstring)."""
+        slot = self._slot(segment)
+        head = _HEADER.pack(STATE_MAGIC, STATE_LAYOUT, self.d, int(self._n[slot]))
+        return head + self._P[slot].astype("<f8").tobytes() + self._m[slot].astype("<f8").tobytes()
+
+    def load_state(self, segment: Hashable, data: bytes) -> None:
+        """Replace the segment's posterior with one produced by :meth:`state_bytes`."""
+        P, m, n = decode_state(data, self.d)
+        slot = self._slot(segment)
+        self._P[slot], self._m[slot], self._n[slot] = P, m, n
+
+
+def decode_state(data: bytes, d: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Parse :meth:`SegmentBandit.state_bytes` output into ``(P, m, n_updates)``; raises :class:`StateError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise StateError(f"state must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _HEADER.size:
+        raise StateError(f"state too short: {len(data)} bytes")
+    magic, layout, dim, n = _HEADER.unpack_from(data)
+    if magic != STATE_MAGIC:
+        raise StateError(f"bad magic {magic!r}")
+    if layout != STATE_LAYOUT:
+        raise StateError(f"unsupported state layout {layout}")
+    if d is not None and dim != d:
+        raise StateError(f"state has d={dim}, the policy has d={d}")
+    if len(data) != _HEADER.size + 8 * (dim * dim + dim):
+        raise StateError(f"state of d={dim} must be {_HEADER.size + 8 * (dim * dim + dim)} bytes, got {len(data)}")
+    if n < 0:
+        raise StateError(f"negative n_updates {n}")
+    body = np.frombuffer(data, dtype="<f8", offset=_HEADER.size)
+    P = body[: dim * dim].reshape(dim, dim).astype(np.float64)
+    m = body[dim * dim :].astype(np.float64)
+    if not (np.all(np.isfinite(P)) and np.all(np.isfinite(m))):
+        raise StateError("state contains NaN or inf")
+    if np.any(np.diag(P) <= 0) or not np.allclose(P, P.T, rtol=1e-6, atol=1e-12 * max(np.abs(P).max(), 1e-300)):
+        raise StateError("state covariance is not symmetric with a positive diagonal")
+    return P, m, int(n)
+
+
+class Adapter(SegmentBandit):
+    """The meta-learned policy online: artifact features ``phi`` + per-segment posteriors from its prior.
+
+    Parameters
+    ----------
+    artifact : PolicyArtifact
+    eps, n_draws, forget, scale, seed
+        See :class:`SegmentBandit`. ``scale`` multiplies the posterior covariance when sampling.
+    prior_scale : float
+        Multiplies the artifact's prior covariance (1 = as learned).
+    """
+
+    def __init__(
+        self,
+        artifact: PolicyArtifact,
+        eps: float = 0.02,
+        n_draws: int = 64,
+        forget: float = 1.0,
+        seed: int = 0,
+        scale: float = 1.0,
+        prior_scale: float = 1.0,
+        shared: bool = False,
+    ) -> None:
+        if not isinstance(artifact, PolicyArtifact):
+            raise ArtifactError("Adapter needs a PolicyArtifact (use PolicyArtifact.load(path))")
+        self.artifact = artifact
+        self.prior_scale = float(prior_scale)
+        super().__init__(
+            artifact.prior_mean,
+            self.prior_scale * artifact.prior_cov,
+            artifact.noise_var,
+            eps=eps,
+            n_draws=n_draws,
+            forget=forget,
+            scale=scale,
+            seed=seed,
+            shared=shared,
+            version=artifact.version,
+        )
+
+    def _features(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        a = self.artifact
+        if context.ndim != 2 or context.shape[1] != a.meta.dx or candidates.shape[2] != a.meta.da:
+            raise ValueError(
+                f"artifact expects context [B, {a.meta.dx}] and candidates [B, K, {a.meta.da}], "
+                f"got {context.shape} and {candidates.shape}"
+            )
+        u = build_inputs(context, candidates)
+        phi = kernels.phi_many(u, a.w1, a.b1, a.w2, a.b2)
+        return phi.reshape(candidates.shape[0], candidates.shape[1], self.d)
+
+    def phi_many(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """float64[B, K, d] artifact features of every candidate."""
+        return self._features(np.asarray(context), np.asarray(candidates))
+
+    def swap_artifact(
+        self, artifact: PolicyArtifact, posteriors: Literal["auto", "keep", "reset"] = "auto"
+    ) -> bool:
+        """Serve a new artifact from now on. Returns True if segment posteriors were kept.
+
+        ``"reset"`` restarts every segment from the new prior. ``"keep"`` keeps each segment's ``(P, m)``
+        (only meaningful when the feature map is unchanged, e.g. a re-calibrated prior; ``d`` must match).
+        ``"auto"`` keeps them exactly when the new artifact's ``phi`` weights equal the current ones.
+        """
+        if not isinstance(artifact, PolicyArtifact):
+            raise ArtifactError("swap_artifact needs a PolicyArtifact")
+        if posteriors not in ("auto", "keep", "reset"):
+            raise ValueError(f"posteriors must be 'auto', 'keep' or 'reset', got {posteriors!r}")
+        same_phi = artifact.d == self.d and all(
+            getattr(artifact, k).shape == getattr(self.artifact, k).shape
+            and np.array_equal(getattr(artifact, k), getattr(self.artifact, k))
+            for k in ("w1", "b1", "w2", "b2")
+        )
+        if posteriors == "keep" and artifact.d != self.d:
+            raise ArtifactError(f"cannot keep posteriors: d changes from {self.d} to {artifact.d}")
+        keep = posteriors == "keep" or (posteriors == "auto" and same_phi)
+        self.artifact = artifact
+        self.version = artifact.version
+        self._set_prior(artifact.prior_mean, self.prior_scale * artifact.prior_cov, artifact.noise_var)
+        if not keep:
+            self.reset_all()
+        return keep
