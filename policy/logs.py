@@ -216,7 +216,9 @@ def read_logs(path: str | os.PathLike[str]) -> LoggedData:
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError, OSError or zip/pickle errors here
-        raise LogFormatError("file", f"{path} is not an .npz archive ({exc})") from None
+        raise LogFormatError(
+            "file", f"{path} is not an .npz archive of numpy arrays ({type(exc).__name__})"
+        ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise LogFormatError("file", f"{path} holds a single array (.npy), not an .npz archive")
     with archive:
@@ -225,7 +227,9 @@ def read_logs(path: str | os.PathLike[str]) -> LoggedData:
             try:
                 arrays[key] = archive[key]
             except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise LogFormatError(key, f"cannot be read without pickle ({exc})") from None
+                raise LogFormatError(
+                    key, f"cannot be read without pickle; store plain arrays (strings as np.array(names)) ({exc})"
+                ) from None
     return _from_file_arrays(arrays)
 
 
