@@ -166,6 +166,8 @@ def _nan_at(key, index):
     return edit
 
 
+ROW_KEYS = ("segment", "context", "candidates", "action", "reward", "propensity", "click", "value")
+
 MALFORMED = {
     "missing segment": ("segment", "missing", _drop("segment")),
     "missing segment_names": ("segment_names", "missing", _drop("segment_names")),
@@ -194,10 +196,10 @@ MALFORMED = {
     "segment_names empty name": ("segment_names", "non-empty", _set("segment_names", np.array(["a", ""]))),
     "NaN reward": ("reward", "non-finite", _nan_at("reward", 2)),
     "NaN context": ("context", "non-finite", _nan_at("context", (4, 1))),
-    "inf candidates": ("candidates", "non-finite", _set("candidates", lambda a: np.where(a["candidates"] > 1, np.inf, 0.0))),
+    "inf candidates": ("candidates", "non-finite", _set("candidates", lambda a: np.full((6, 3, 2), np.inf))),
     "NaN propensity": ("propensity", "non-finite", _nan_at("propensity", 0)),
     "NaN value": ("value", "non-finite", _nan_at("value", 5)),
-    "propensity zero": ("propensity", "(0, 1]", _set("propensity", lambda a: np.r_[a["propensity"][:5], 0.0])),
+    "propensity zero": ("propensity", "row 5 has 0.0", _set("propensity", lambda a: np.r_[a["propensity"][:5], 0.0])),
     "propensity above one": ("propensity", "(0, 1]", _set("propensity", np.full(6, 1.5))),
     "propensity negative": ("propensity", "(0, 1]", _set("propensity", np.full(6, -0.2))),
     "action negative": ("action", "row 0 has -1", _set("action", np.array([-1, 0, 0, 0, 0, 0]))),
@@ -205,7 +207,7 @@ MALFORMED = {
     "segment out of range": ("segment", "[0, 2)", _set("segment", np.array([0, 1, 2, 0, 0, 0]))),
     "segment negative": ("segment", "[0, 2)", _set("segment", np.array([0, -1, 0, 0, 0, 0]))),
     "click not binary": ("click", "0 or 1", _set("click", np.full(6, 0.5))),
-    "no rows": ("segment", "no rows", lambda a: a.update({k: v[:0] for k, v in _arrays().items() if k not in ("schema_version", "segment_names")})),
+    "no rows": ("segment", "no rows", lambda a: a.update({k: a[k][:0] for k in ROW_KEYS})),
 }
 
 
