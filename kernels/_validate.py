@@ -18,6 +18,28 @@ F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
 
 
+FLOATS = (F64, F32)
+ONLY_F64 = (F64,)
+ONLY_I64 = (I64,)
+_ND = np.ndarray
+
+
+def ok(a: object, ndim: int, dtypes: tuple[np.dtype, ...]) -> bool:
+    """Fast check: a C-contiguous ndarray of rank ``ndim`` whose dtype is in ``dtypes``.
+
+    The wrappers call :func:`array` (which explains the problem) only when this returns False.
+    """
+    return type(a) is _ND and a.ndim == ndim and a.dtype in dtypes and a.flags.c_contiguous  # type: ignore[attr-defined]
+
+
+def ok_state(a: object, ndim: int) -> bool:
+    """Fast check for in-place state: float64, C-contiguous and writeable."""
+    if type(a) is not _ND or a.ndim != ndim or a.dtype is not F64:  # type: ignore[attr-defined]
+        return False
+    flags = a.flags  # type: ignore[attr-defined]
+    return flags.c_contiguous and flags.writeable
+
+
 def array(name: str, a: object, ndim: int, kind: str) -> np.ndarray:
     """Check that ``a`` is a C-contiguous ndarray of rank ``ndim`` and the dtype ``kind`` allows.
 
@@ -48,6 +70,8 @@ def array(name: str, a: object, ndim: int, kind: str) -> np.ndarray:
 
 def scalar(name: str, x: object, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
     """Return ``float(x)`` after checking it is finite and within ``[lo, hi]`` (ends optionally open)."""
+    if type(x) is float and lo < x < hi and x - x == 0.0:  # fast path: interior, finite
+        return x
     try:
         v = float(x)  # type: ignore[arg-type]
     except (TypeError, ValueError):

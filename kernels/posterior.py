@@ -10,9 +10,9 @@ in (0, 1] that inflates the prior covariance first, ``P <- P / f``)::
     m   <- m + k (r - phi . m)
     P   <- P - k Pphi^T                    # = P - Pphi Pphi^T / s, symmetric
 
-The covariance update is computed once per unordered pair ``(a, b)`` from the symmetrised
-``(P[a, b] + P[b, a]) / 2`` and written to both ``P[a, b]`` and ``P[b, a]``, so P stays exactly
-symmetric however many updates it sees.
+P must be symmetric (it is read by rows as if it were). The downdate is applied as
+``P <- P - g g^T`` with ``g = Pphi / sqrt(s)``; floating-point products commute, so a symmetric
+P stays exactly symmetric however many updates it sees.
 """
 
 from __future__ import annotations
@@ -28,20 +28,27 @@ from kernels.exceptions import BAD_SEGMENT, NON_FINITE_INPUT, NON_POSITIVE_VARIA
 def _update_core(P, m, phi, reward, noise_var, forget, pphi):  # pragma: no cover - compiled
     """Update ``(P, m)`` in place with one observation; return a status code (0 = ok).
 
-    Nothing is modified unless the status is 0. ``pphi`` is scratch of length d.
+    Nothing is modified unless the status is 0. ``pphi`` is float64 scratch of length d.
+    ``P phi`` is formed as ``sum_b phi[b] P[b]`` (rows of the symmetric P: contiguous, vectorised)
+    and the downdate as ``P <- P / forget - g g^T`` with ``g = Pphi / sqrt(s)``; since
+    ``g[a] g[b] == g[b] g[a]`` in floating point, a symmetric P stays exactly symmetric.
     """
     d = m.shape[0]
     inv_f = 1.0 / forget
-    s = noise_var
+    for a in range(d):
+        pphi[a] = 0.0
+    for b in range(d):
+        pb = np.float64(phi[b])
+        for a in range(d):
+            pphi[a] += pb * P[b, a]
+    s = 0.0
     pred = 0.0
     for a in range(d):
-        acc = 0.0
-        for b in range(d):
-            acc += P[a, b] * phi[b]
-        acc *= inv_f
-        pphi[a] = acc
-        s += np.float64(phi[a]) * acc
-        pred += np.float64(phi[a]) * m[a]
+        pphi[a] *= inv_f
+        pa = np.float64(phi[a])
+        s += pa * pphi[a]
+        pred += pa * m[a]
+    s += noise_var
     if not (np.isfinite(s) and np.isfinite(pred) and np.isfinite(reward)):
         return NON_FINITE_INPUT
     if not s > 0.0:
@@ -49,13 +56,19 @@ def _update_core(P, m, phi, reward, noise_var, forget, pphi):  # pragma: no cove
     gain = (reward - pred) / s
     for a in range(d):
         m[a] += pphi[a] * gain
-    inv_s = 1.0 / s
+    inv_root = 1.0 / np.sqrt(s)
     for a in range(d):
-        ka = pphi[a] * inv_s
-        for b in range(a, d):
-            val = 0.5 * (P[a, b] + P[b, a]) * inv_f - ka * pphi[b]
-            P[a, b] = val
-            P[b, a] = val
+        pphi[a] *= inv_root
+    if inv_f == 1.0:
+        for a in range(d):
+            ga = pphi[a]
+            for b in range(d):
+                P[a, b] -= ga * pphi[b]
+    else:
+        for a in range(d):
+            ga = pphi[a]
+            for b in range(d):
+                P[a, b] = P[a, b] * inv_f - ga * pphi[b]
     return OK
 
 
@@ -85,11 +98,23 @@ def _update_many(P, m, seg, phis, rewards, noise_var, forget):  # pragma: no cov
     return OK, -1
 
 
+def _explain_one(P: object, m: object, phi: object) -> None:
+    """Slow path of :func:`update_one`: raise a KernelInputError naming what is wrong."""
+    v.array("P", P, 2, "f64w")
+    v.array("m", m, 1, "f64w")
+    v.array("phi", phi, 1, "float")
+    d = m.shape[0]  # type: ignore[attr-defined]
+    if P.shape != (d, d):  # type: ignore[attr-defined]
+        raise v.KernelInputError(f"P must have shape (d, d) = ({d}, {d}) to match m, got {P.shape}")  # type: ignore[attr-defined]
+    v.dim("phi", phi.shape[0], d, "length (d)")  # type: ignore[attr-defined]
+
+
 def _check_noise_forget(noise_var: float, forget: float) -> tuple[float, float]:
-    return (
-        v.scalar("noise_var", noise_var, 0.0, float("inf"), lo_open=True),
-        v.scalar("forget", forget, 0.0, 1.0, lo_open=True),
-    )
+    if type(forget) is float and forget == 1.0:  # the common case, skip the general check
+        f = forget
+    else:
+        f = v.scalar("forget", forget, 0.0, 1.0, lo_open=True)
+    return v.scalar("noise_var", noise_var, 0.0, float("inf"), lo_open=True), f
 
 
 def update_one(
@@ -103,7 +128,8 @@ def update_one(
     Parameters
     ----------
     P : float64, shape (d, d), C-contiguous, writeable
-        Posterior covariance (symmetric positive semi-definite), updated in place.
+        Posterior covariance (symmetric positive semi-definite; symmetry is assumed, not
+        checked), updated in place and kept exactly symmetric.
     m : float64, shape (d,), C-contiguous, writeable
         Posterior mean, updated in place.
     phi : float32 or float64, shape (d,)
@@ -121,13 +147,14 @@ def update_one(
         On bad shapes/dtypes/layout, out-of-range scalars, non-finite values or a non-positive
         predictive variance. P and m are unchanged when it raises.
     """
-    v.array("P", P, 2, "f64w")
-    v.array("m", m, 1, "f64w")
-    v.array("phi", phi, 1, "float")
-    d = m.shape[0]
-    if P.shape[0] != d or P.shape[1] != d:
-        raise v.KernelInputError(f"P must have shape (d, d) = ({d}, {d}) to match m, got {P.shape}")
-    v.dim("phi", phi.shape[0], d, "length (d)")
+    if not (
+        v.ok_state(P, 2)
+        and v.ok_state(m, 1)
+        and v.ok(phi, 1, v.FLOATS)
+        and P.shape == (m.shape[0], m.shape[0])
+        and phi.shape[0] == m.shape[0]
+    ):
+        _explain_one(P, m, phi)
     nv, f = _check_noise_forget(noise_var, forget)
     status = _update_one(P, m, phi, v.scalar("reward", reward, -np.inf, np.inf), nv, f)
     if status != OK:

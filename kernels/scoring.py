@@ -27,33 +27,42 @@ from kernels.exceptions import BAD_K_VALID, BAD_SEGMENT, BAD_UNIFORM, NON_FINITE
 
 
 @kernel
-def _score_moments(phis, P, m, kv, scale, A, C, mu):  # pragma: no cover - compiled
-    """``mu = Phi m`` and the lower triangle of ``C = scale * Phi P Phi^T`` for the first kv rows.
+def _score_moments(phis, P, m, kv, scale, row, C, mu):  # pragma: no cover - compiled
+    """``mu = Phi m`` and the lower triangle of ``C = scale * Phi P Phi^T`` (first kv candidates).
 
-    ``A`` (K x d) is scratch holding ``Phi P``. Returns False if any value is not finite.
+    For each candidate ``k`` the row ``phi_k P`` is accumulated in the scratch ``row`` (length d)
+    as axpys over the contiguous rows of P, four rows at a time (vectorised without fastmath), then dotted with
+    ``phi_j`` for ``j <= k``. Returns False if any value is not finite.
     """
     d = m.shape[0]
+    d4 = d - d % 4
+    ok = True
     for k in range(kv):
         acc = 0.0
         for a in range(d):
             acc += np.float64(phis[k, a]) * m[a]
         mu[k] = acc
+        if not np.isfinite(acc):
+            ok = False
         for b in range(d):
-            A[k, b] = 0.0
-        for a in range(d):  # A[k] += phi[k, a] * P[a]  (contiguous rows of P)
+            row[b] = 0.0
+        for a in range(0, d4, 4):  # four rows of P per pass: a quarter of the loads/stores of row
+            p0 = np.float64(phis[k, a])
+            p1 = np.float64(phis[k, a + 1])
+            p2 = np.float64(phis[k, a + 2])
+            p3 = np.float64(phis[k, a + 3])
+            for b in range(d):
+                row[b] += (p0 * P[a, b] + p1 * P[a + 1, b]) + (p2 * P[a + 2, b] + p3 * P[a + 3, b])
+        for a in range(d4, d):
             pa = np.float64(phis[k, a])
             for b in range(d):
-                A[k, b] += pa * P[a, b]
-    ok = True
-    for i in range(kv):
-        if not np.isfinite(mu[i]):
-            ok = False
-        for j in range(i + 1):
+                row[b] += pa * P[a, b]
+        for j in range(k + 1):
             acc = 0.0
             for b in range(d):
-                acc += A[i, b] * np.float64(phis[j, b])
+                acc += row[b] * np.float64(phis[j, b])
             acc *= scale
-            C[i, j] = acc
+            C[k, j] = acc
             if not np.isfinite(acc):
                 ok = False
     return ok
@@ -68,60 +77,103 @@ def _explore_choice(u0, u1, eps, greedy, kv):  # pragma: no cover - compiled
 
 
 @kernel
-def _thompson_core(phis, P, m, normals, u0, u1, eps, scale, kv, A, C, L, mu, counts, prop, mean):  # pragma: no cover
-    """One Thompson decision over the first kv candidates; writes prop[:kv], mean[:kv].
+def _count_argmax_draws(mean, L, normals, kv, zt, acc, best, arg, counts):  # pragma: no cover - compiled
+    """Draws ``s_j = mean + L z_j`` for all j; ``counts[k]`` = draws whose argmax is k; return argmax of draw 0.
 
-    Returns the choice, or a negative status code (nothing meaningful written then).
+    Vectorised across draws: the normals are transposed into ``zt`` (K x n_draws) so that each
+    candidate's draws accumulate as contiguous axpys, and the running argmax over candidates is a
+    branch-free select per draw (strict ``>``: the lowest index wins ties). Returns -1 if a draw
+    is not finite.
     """
-    if not (u0 >= 0.0 and u0 <= 1.0 and u1 >= 0.0 and u1 <= 1.0):
-        return BAD_UNIFORM
-    if not _score_moments(phis, P, m, kv, scale, A, C, mu):
-        return NON_FINITE_INPUT
-    _cholesky_psd(C, L, kv)
     n_draws = normals.shape[0]
+    for j in range(n_draws):
+        for col in range(kv):
+            zt[col, j] = normals[j, col]
+    for i in range(kv):
+        mi = mean[i]
+        for j in range(n_draws):
+            acc[j] = mi
+        for col in range(i + 1):
+            lic = L[i, col]
+            for j in range(n_draws):
+                acc[j] += lic * zt[col, j]
+        if i == 0:
+            for j in range(n_draws):
+                best[j] = acc[j]
+                arg[j] = 0
+        else:
+            for j in range(n_draws):
+                better = acc[j] > best[j]
+                best[j] = acc[j] if better else best[j]
+                arg[j] = i if better else arg[j]
+    total = 0.0
+    for j in range(n_draws):  # acc holds the last candidate's draws, which use every normal
+        total += acc[j]
+    if not np.isfinite(total):  # a nan/inf normal (or overflow) poisons the sum
+        return -1
     for k in range(kv):
         counts[k] = 0
-    greedy = 0
     for j in range(n_draws):
-        best = 0.0
-        arg = 0
-        for i in range(kv):
-            s = mu[i]
-            for col in range(i + 1):
-                s += L[i, col] * np.float64(normals[j, col])
-            if not np.isfinite(s):
-                return NON_FINITE_INPUT
-            if i == 0 or s > best:
-                best = s
-                arg = i
-        counts[arg] += 1
-        if j == 0:
-            greedy = arg
-    w = (1.0 - eps) / n_draws
+        counts[arg[j]] += 1
+    return arg[0]
+
+
+@kernel
+def _thompson_core(phis, P, m, normals, uniforms, eps, scale, kv, scratch, prop, mean):  # pragma: no cover
+    """One Thompson decision over the first kv candidates; writes prop[:kv] and mean[:kv].
+
+    ``scratch`` comes from :func:`_scratch`. Returns the choice, or a negative status code (then
+    prop and mean hold nothing meaningful).
+    """
+    row, C, L, counts, zt, acc, best, arg = scratch
+    u0 = uniforms[0]
+    u1 = uniforms[1]
+    if not (u0 >= 0.0 and u0 <= 1.0 and u1 >= 0.0 and u1 <= 1.0):
+        return BAD_UNIFORM
+    if not _score_moments(phis, P, m, kv, scale, row, C, mean):
+        return NON_FINITE_INPUT
+    _cholesky_psd(C, L, kv)
+    greedy = _count_argmax_draws(mean, L, normals, kv, zt, acc, best, arg, counts)
+    if greedy < 0:
+        return NON_FINITE_INPUT
+    w = (1.0 - eps) / normals.shape[0]
     floor = eps / kv
     for k in range(kv):
         prop[k] = w * counts[k] + floor
-        mean[k] = mu[k]
     return _explore_choice(u0, u1, eps, greedy, kv)
 
 
 @kernel
-def _thompson_one(phis, P, m, normals, u0, u1, eps, scale):  # pragma: no cover - compiled
+def _scratch(kk, d, n_draws):  # pragma: no cover - compiled
+    """Scratch for :func:`_thompson_core`: row (d), C, L (K x K), counts (K), zt (K x n_draws), acc, best, arg (n_draws)."""
+    return (
+        np.empty(d, dtype=np.float64),
+        np.empty((kk, kk), dtype=np.float64),
+        np.empty((kk, kk), dtype=np.float64),
+        np.empty(kk, dtype=np.int64),
+        np.empty((kk, n_draws), dtype=np.float64),
+        np.empty(n_draws, dtype=np.float64),
+        np.empty(n_draws, dtype=np.float64),
+        np.empty(n_draws, dtype=np.int64),
+    )
+
+
+@kernel
+def _thompson_one(phis, P, m, normals, uniforms, eps, scale):  # pragma: no cover - compiled
     kk, d = phis.shape
-    A = np.empty((kk, d), dtype=np.float64)
-    C = np.empty((kk, kk), dtype=np.float64)
-    L = np.empty((kk, kk), dtype=np.float64)
-    mu = np.empty(kk, dtype=np.float64)
-    counts = np.empty(kk, dtype=np.int64)
+    scratch = _scratch(kk, d, normals.shape[0])
     prop = np.empty(kk, dtype=np.float64)
-    choice = _thompson_core(phis, P, m, normals, u0, u1, eps, scale, kk, A, C, L, mu, counts, prop, mu)
+    mean = np.empty(kk, dtype=np.float64)
+    choice = _thompson_core(phis, P, m, normals, uniforms, eps, scale, kk, scratch, prop, mean)
     return choice, prop
 
 
 @kernel
-def _ucb_one(phis, P, m, alpha, u0, u1, eps):  # pragma: no cover - compiled
+def _ucb_one(phis, P, m, alpha, uniforms, eps):  # pragma: no cover - compiled
     kk, d = phis.shape
     prop = np.empty(kk, dtype=np.float64)
+    u0 = uniforms[0]
+    u1 = uniforms[1]
     if not (u0 >= 0.0 and u0 <= 1.0 and u1 >= 0.0 and u1 <= 1.0):
         return BAD_UNIFORM, prop
     pp = np.empty(d, dtype=np.float64)
@@ -130,11 +182,12 @@ def _ucb_one(phis, P, m, alpha, u0, u1, eps):  # pragma: no cover - compiled
     for k in range(kk):
         mean = 0.0
         quad = 0.0
-        for a in range(d):
-            acc = 0.0
+        for b in range(d):
+            pp[b] = 0.0
+        for a in range(d):  # pp = phi_k P as an axpy over rows of the symmetric P
+            pa = np.float64(phis[k, a])
             for b in range(d):
-                acc += P[a, b] * np.float64(phis[k, b])
-            pp[a] = acc
+                pp[b] += pa * P[a, b]
         for a in range(d):
             pa = np.float64(phis[k, a])
             mean += pa * m[a]
@@ -162,11 +215,7 @@ def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale):  # pr
     choices = np.empty(bsz, dtype=np.int64)
     props = np.zeros((bsz, kk), dtype=np.float64)
     means = np.zeros((bsz, kk), dtype=np.float64)
-    A = np.empty((kk, d), dtype=np.float64)
-    C = np.empty((kk, kk), dtype=np.float64)
-    L = np.empty((kk, kk), dtype=np.float64)
-    mu = np.empty(kk, dtype=np.float64)
-    counts = np.empty(kk, dtype=np.int64)
+    scratch = _scratch(kk, d, normals.shape[1])
     for b in range(bsz):
         s = seg[b]
         kv = k_valid[b]
@@ -174,26 +223,31 @@ def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale):  # pr
             return choices, props, means, BAD_SEGMENT, b
         if kv < 1 or kv > kk:
             return choices, props, means, BAD_K_VALID, b
-        c = _thompson_core(
-            phis[b], P[s], m[s], normals[b], uniforms[b, 0], uniforms[b, 1], eps, scale, kv,
-            A, C, L, mu, counts, props[b], means[b],
-        )
+        c = _thompson_core(phis[b], P[s], m[s], normals[b], uniforms[b], eps, scale, kv, scratch, props[b], means[b])
         if c < 0:
             return choices, props, means, c, b
         choices[b] = c
     return choices, props, means, 0, -1
 
 
-def _check_state(P: np.ndarray, m: np.ndarray, d: int) -> None:
+def _explain_one(phis: object, P: object, m: object, normals: object | None, uniforms: object) -> None:
+    """Slow path of the per-event wrappers: raise a KernelInputError naming what is wrong."""
+    v.array("phis", phis, 2, "float")
+    kk, d = phis.shape  # type: ignore[attr-defined]
+    if kk < 1:
+        raise v.KernelInputError("phis must have at least one candidate (K >= 1)")
     v.array("P", P, 2, "f64")
     v.array("m", m, 1, "f64")
-    if m.shape[0] != d or P.shape[0] != d or P.shape[1] != d:
-        raise v.KernelInputError(f"P must be ({d}, {d}) and m ({d},) to match phis' d={d}; got {P.shape} and {m.shape}")
-
-
-def _check_uniforms(uniforms: np.ndarray) -> None:
+    if m.shape != (d,) or P.shape != (d, d):  # type: ignore[attr-defined]
+        raise v.KernelInputError(
+            f"P must be ({d}, {d}) and m ({d},) to match phis' d={d}; got {P.shape} and {m.shape}"  # type: ignore[attr-defined]
+        )
+    if normals is not None:
+        v.array("normals", normals, 2, "float")
+        if normals.shape[0] < 1 or normals.shape[1] != kk:  # type: ignore[attr-defined]
+            raise v.KernelInputError(f"normals must have shape (n_draws >= 1, K={kk}), got {normals.shape}")  # type: ignore[attr-defined]
     v.array("uniforms", uniforms, 1, "f64")
-    v.dim("uniforms", uniforms.shape[0], 2, "length")
+    v.dim("uniforms", uniforms.shape[0], 2, "length")  # type: ignore[attr-defined]
 
 
 def thompson_one(
@@ -242,18 +296,23 @@ def thompson_one(
     KernelInputError
         On bad shapes/dtypes/layout, out-of-range scalars or uniforms, or non-finite values.
     """
-    v.array("phis", phis, 2, "float")
-    kk, d = phis.shape
-    if kk < 1:
-        raise v.KernelInputError("phis must have at least one candidate (K >= 1)")
-    _check_state(P, m, d)
-    v.array("normals", normals, 2, "float")
-    if normals.shape[0] < 1 or normals.shape[1] != kk:
-        raise v.KernelInputError(f"normals must have shape (n_draws >= 1, K={kk}), got {normals.shape}")
-    _check_uniforms(uniforms)
+    if not (
+        v.ok(phis, 2, v.FLOATS)
+        and v.ok(P, 2, v.ONLY_F64)
+        and v.ok(m, 1, v.ONLY_F64)
+        and v.ok(normals, 2, v.FLOATS)
+        and v.ok(uniforms, 1, v.ONLY_F64)
+        and phis.shape[0] >= 1
+        and P.shape == (phis.shape[1], phis.shape[1])
+        and m.shape[0] == phis.shape[1]
+        and normals.shape[0] >= 1
+        and normals.shape[1] == phis.shape[0]
+        and uniforms.shape[0] == 2
+    ):
+        _explain_one(phis, P, m, normals, uniforms)
     e = v.scalar("eps", eps, 0.0, 1.0)
     sc = v.scalar("scale", scale, 0.0, float("inf"))
-    choice, prop = _thompson_one(phis, P, m, normals, uniforms[0], uniforms[1], e, sc)
+    choice, prop = _thompson_one(phis, P, m, normals, uniforms, e, sc)
     if choice < 0:
         raise_for_status(choice, "thompson_one")
     return choice, prop
@@ -290,15 +349,20 @@ def ucb_one(
     KernelInputError
         As :func:`thompson_one`.
     """
-    v.array("phis", phis, 2, "float")
-    kk, d = phis.shape
-    if kk < 1:
-        raise v.KernelInputError("phis must have at least one candidate (K >= 1)")
-    _check_state(P, m, d)
-    _check_uniforms(uniforms)
+    if not (
+        v.ok(phis, 2, v.FLOATS)
+        and v.ok(P, 2, v.ONLY_F64)
+        and v.ok(m, 1, v.ONLY_F64)
+        and v.ok(uniforms, 1, v.ONLY_F64)
+        and phis.shape[0] >= 1
+        and P.shape == (phis.shape[1], phis.shape[1])
+        and m.shape[0] == phis.shape[1]
+        and uniforms.shape[0] == 2
+    ):
+        _explain_one(phis, P, m, None, uniforms)
     a = v.scalar("alpha", alpha, 0.0, float("inf"))
     e = v.scalar("eps", eps, 0.0, 1.0)
-    choice, prop = _ucb_one(phis, P, m, a, uniforms[0], uniforms[1], e)
+    choice, prop = _ucb_one(phis, P, m, a, uniforms, e)
     if choice < 0:
         raise_for_status(choice, "ucb_one")
     return choice, prop
