@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from kernels import phi_many
+from kernels import reference as ref
+
+
+def _weights(rng, d_in, hidden, d_out, dtype):
+    return (
+        (rng.standard_normal((d_in, hidden)) / np.sqrt(d_in)).astype(dtype),
+        rng.standard_normal(hidden).astype(dtype),
+        (rng.standard_normal((hidden, d_out)) / np.sqrt(hidden)).astype(dtype),
+        rng.standard_normal(d_out).astype(dtype),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n", [0, 1, 37])
+def test_phi_many_matches_reference(seed, dtype, n):
+    rng = np.random.default_rng(seed)
+    d_in, hidden, d_out = 7, 16, 5
+    u = rng.standard_normal((n, d_in)).astype(dtype)
+    w = _weights(rng, d_in, hidden, d_out, dtype)
+    got = phi_many(u, *w)
+    want = ref.phi_many(u, *w)
+    assert got.dtype == np.float64
+    assert got.shape == (n, d_out + 1)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(got[:, -1], 1.0)
+
+
+def test_phi_many_mixed_dtypes_and_all_negative_hidden():
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal((4, 3)).astype(np.float32)
+    w1, b1, w2, b2 = _weights(rng, 3, 6, 2, np.float64)
+    b1 = np.full(6, -1e3)  # relu kills every hidden unit: z = tanh(b2)
+    got = phi_many(u, w1, b1, w2, b2)
+    np.testing.assert_allclose(got, ref.phi_many(u, w1, b1, w2, b2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[:, :2], np.tile(np.tanh(b2), (4, 1)))
