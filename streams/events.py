@@ -191,6 +191,17 @@ class DeadLetter(EventModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+class WorkerStats(EventModel):
+    """A worker's running counters (cumulative since it started) and what it serves."""
+
+    worker: Annotated[str, Field(max_length=128)]
+    policy_version: Annotated[str, Field(max_length=64)]
+    counters: dict[str, float]
+    segments_in_memory: int = Field(ge=0)
+    pending: int = Field(ge=0)
+    event_time: AwareDatetime
+
+
 ALL_MODELS: dict[str, type[BaseModel]] = {
     model.__name__: model
     for model in (
@@ -204,5 +215,6 @@ ALL_MODELS: dict[str, type[BaseModel]] = {
         RetentionOutcome,
         PolicyUpdate,
         DeadLetter,
+        WorkerStats,
     )
 }

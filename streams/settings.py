@@ -69,4 +69,5 @@ class Settings(BaseSettings):
     ads: AdsSettings = AdsSettings()
     retention: RetentionSettings = RetentionSettings()
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
-    web_port: int = Field(6066, description="Faust web port (0 disables the web server)")
+    web_port: int = Field(0, description="Faust web port (0 disables the web server)")
+    stats_interval_s: float = Field(1.0, gt=0, description="how often a worker publishes its counters")

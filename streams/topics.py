@@ -80,10 +80,16 @@ class Topics:
         return self._spec("dead-letters", "source_topic", 1, events.DeadLetter,
                           "malformed input with the reason and original bytes")
 
+    @property
+    def worker_stats(self) -> TopicSpec:
+        return self._spec("worker-stats", "worker", 1, events.WorkerStats,
+                          "each worker's counters, once per stats interval")
+
     def all(self) -> list[TopicSpec]:
         return [
             self.ad_requests, self.ad_feedback, self.ad_decisions, self.sessions,
             self.retention_actions, self.retention_outcomes, self.policy_updates, self.dead_letters,
+            self.worker_stats,
         ]
 
 

@@ -1,0 +1,164 @@
+"""Faust glue for ad placement: topics, RocksDB tables, the agent loop, hot-swap and stats.
+
+One agent reads ad requests and ad feedback (both keyed by segment, co-partitioned) as a single stream,
+in batches (``take_events``) bounded in size and wait, and hands each batch to ``AdsEngine``.
+
+Faust routes a table write to the RocksDB partition and changelog partition of the *current event*.
+A batch spans partitions, so ``FaustStore`` sets the current event to one from the right partition
+before each write; a segment's state therefore always follows its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import faust
+from faust.streams import _current_event
+from faust.types import EventT
+
+from policy.adapter import Adapter
+from policy.artifact import ArtifactError, PolicyArtifact
+from streams.ads_engine import AdsEngine, RawMessage
+from streams.app import TABLE_OPTIONS
+from streams.edge import Decoder, Source, dead_letter
+from streams.events import DeadLetter, WorkerStats
+from streams.kafka_io import make_consumer
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger("metacart.ads")
+
+
+@dataclass
+class FaustStore:
+    """``StateStore`` over two Faust tables, writing each key under an event of its own partition."""
+
+    posteriors: faust.Table
+    pending: faust.Table
+    events: dict[int, EventT] = field(default_factory=dict)
+
+    def _within(self, partition: int) -> None:
+        _current_event.set(weakref.ref(self.events[partition]))
+
+    def get_posterior(self, segment: str) -> bytes | None:
+        return self.posteriors.get(segment.encode())
+
+    def put_posterior(self, segment: str, partition: int, value: bytes) -> None:
+        self._within(partition)
+        self.posteriors[segment.encode()] = value
+
+    def get_pending(self, request_id: str) -> bytes | None:
+        return self.pending.get(request_id.encode())
+
+    def put_pending(self, request_id: str, partition: int, value: bytes) -> None:
+        self._within(partition)
+        self.pending[request_id.encode()] = value
+
+    def del_pending(self, request_id: str, partition: int) -> None:
+        key = request_id.encode()
+        if key in self.pending:
+            self._within(partition)
+            del self.pending[key]
+
+    def iter_pending(self) -> Iterator[tuple[str, bytes]]:
+        return ((k.decode(), v) for k, v in list(self.pending.items()))
+
+
+def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter) -> AdsEngine:
+    """Register the ad agent, its tables, the policy watcher and the stats timer on ``app``."""
+    ads = settings.ads
+    parts = settings.kafka.segment_partitions
+    source = app.topic(topics.ad_requests.name, topics.ad_feedback.name,
+                       key_type=bytes, value_type=bytes, partitions=parts)
+    decisions = app.topic(topics.ad_decisions.name, key_type=bytes, value_type=bytes, partitions=parts)
+    dead_letters = app.topic(topics.dead_letters.name, key_type=bytes, value_type=bytes, partitions=1)
+    posteriors = app.Table("ads-posteriors", partitions=parts, key_type=bytes, value_type=bytes,
+                           options=TABLE_OPTIONS)
+    pending = app.Table("ads-pending", partitions=parts, key_type=bytes, value_type=bytes,
+                        options=TABLE_OPTIONS)
+    store = FaustStore(posteriors, pending)
+    engine = AdsEngine(adapter, store, topics, ads, settings.store)
+
+    @app.agent(source, name="ads")
+    async def decide(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(ads.batch_max, within=ads.batch_within_s):
+            batch = []
+            for event in events:
+                msg = event.message
+                store.events[msg.partition] = event
+                batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            out = engine.process_many(batch)
+            for key, value in out.decisions:
+                await decisions.send(key=key, value=value)
+            for key, value in out.dead_letters:
+                await dead_letters.send(key=key, value=value)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
+        engine.on_rebalance()
+
+    @app.task
+    async def watch_policy_updates() -> None:
+        await _watch_policy_updates(settings, topics, engine, dead_letters)
+
+    stats = app.topic(topics.worker_stats.name, key_type=bytes, value_type=bytes, partitions=1)
+    worker_name = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
+
+    @app.timer(interval=settings.stats_interval_s)
+    async def report_stats() -> None:
+        report = WorkerStats(
+            worker=worker_name, policy_version=engine.adapter.version,
+            counters=dict(engine.counters), segments_in_memory=len(engine.adapter.segments),
+            pending=engine.pending_count(), event_time=datetime.now(timezone.utc))
+        await stats.send(key=worker_name.encode(), value=report.model_dump_json().encode())
+
+    return engine
+
+
+async def _watch_policy_updates(settings: Settings, topics: Topics, engine: AdsEngine,
+                                dead_letters: faust.TopicT) -> None:
+    """Every worker reads every policy update (its own consumer group) and applies the last one.
+
+    A refused artifact is logged and dead-lettered; the current policy keeps serving.
+    """
+    decoder = Decoder(topics.policy_updates.payload)
+    consumer = make_consumer(settings.kafka, f"{settings.worker_id}-policy-{uuid.uuid4().hex[:8]}",
+                             **{"enable.auto.commit": False})
+    consumer.subscribe([topics.policy_updates.name])
+    try:
+        while True:
+            msg = consumer.poll(0)
+            if msg is None:
+                await asyncio.sleep(0.2)
+                continue
+            if msg.error():
+                continue
+            src = Source(msg.topic(), msg.partition(), msg.offset(), msg.key())
+            update = decoder.decode_one(msg.value(), src)
+            if isinstance(update, DeadLetter):
+                await dead_letters.send(key=src.topic.encode(), value=update.model_dump_json().encode())
+                continue
+            if update.kind != "ads" or update.version == engine.adapter.version:
+                continue
+            try:
+                artifact = PolicyArtifact.load(update.artifact_uri)
+                engine.swap(artifact, update.on_swap)
+            except (ArtifactError, OSError, ValueError) as exc:
+                reason = f"policy {update.version} at {update.artifact_uri} refused: {exc}"
+                log.error(reason)
+                engine.counters["policy_refused"] += 1
+                letter = dead_letter(msg.value(), src, "policy_refused", reason)
+                await dead_letters.send(key=src.topic.encode(), value=letter.model_dump_json().encode())
+                continue
+            log.warning("policy %s loaded from %s (posteriors: %s)",
+                        update.version, update.artifact_uri, update.on_swap)
+    finally:
+        consumer.close()

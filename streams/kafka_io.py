@@ -1,0 +1,107 @@
+"""confluent-kafka plumbing shared by the simulator, the benchmarks and the tests.
+
+The Faust worker talks to Kafka through aiokafka; everything else uses confluent-kafka. Both must put a
+key on the same partition, so producers here use ``murmur2_random`` (Kafka's Java/aiokafka default).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.exceptions import BrokerUnavailable
+from streams.settings import KafkaSettings
+from streams.topics import TopicSpec
+
+
+def client_config(kafka: KafkaSettings) -> dict[str, object]:
+    """Connection settings common to every client."""
+    config: dict[str, object] = {"bootstrap.servers": kafka.bootstrap}
+    if kafka.sasl_username:
+        config.update({
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": kafka.sasl_username,
+            "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else "",
+        })
+    return config
+
+
+def make_producer(kafka: KafkaSettings, **overrides: object) -> Producer:
+    config = client_config(kafka) | {
+        "partitioner": "murmur2_random",
+        "linger.ms": 2,
+        "enable.idempotence": True,
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    return Producer(config | overrides)
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> Consumer:
+    config = client_config(kafka) | {
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": True,
+    }
+    return Consumer(config | overrides)
+
+
+def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``."""
+    admin = AdminClient(client_config(kafka))
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if admin.list_topics(timeout=2).brokers:
+                return
+        except KafkaException as exc:
+            last = exc
+        time.sleep(0.2)
+    raise BrokerUnavailable(
+        f"no Kafka broker answered at {kafka.bootstrap} within {timeout_s:.0f}s "
+        f"(start one with `deploy/kafka/broker.sh start`): {last}")
+
+
+def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0,
+                  compacted: bool = False) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    ``compacted`` creates them with ``cleanup.policy=compact`` (table changelogs).
+    """
+    admin = AdminClient(client_config(kafka))
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    config = {"cleanup.policy": "compact"} if compacted else {}
+    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=config)
+           for s in specs if s.name not in existing]
+    if not new:
+        return
+    for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def consume(kafka: KafkaSettings, topics: list[str], group_id: str, count: int,
+            timeout_s: float, **overrides: object) -> list[Message]:
+    """Read up to ``count`` messages (or until ``timeout_s``) from the start of ``topics``."""
+    consumer = make_consumer(kafka, group_id, **overrides)
+    consumer.subscribe(topics)
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=min(1000, count - len(out)), timeout=0.2):
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(msg.error())
+                out.append(msg)
+    finally:
+        consumer.close()
+    return out

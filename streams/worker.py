@@ -1,0 +1,75 @@
+"""Build and run one metacart worker process: the Faust app with the ad (and retention) agents."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import faust
+
+from kernels.warmup import warm_up
+from policy.adapter import Adapter
+from policy.artifact import ArtifactError, PolicyArtifact
+from streams.ads_engine import AdsEngine
+from streams.agents import ads as ads_agents
+from streams.app import create_app, topics_for
+from streams.kafka_io import ensure_topics, wait_for_broker
+from streams.settings import Settings
+from streams.topics import TopicSpec
+
+log = logging.getLogger("metacart.worker")
+
+
+def load_policy(path: Path) -> PolicyArtifact:
+    """Load the serving artifact, with an error that says what to do when it is missing."""
+    if not Path(path).exists():
+        raise ArtifactError(
+            f"no policy artifact at {path}: train one with `metacart train --simulate --out {path}` "
+            "or point METACART_POLICY__ARTIFACT at one")
+    return PolicyArtifact.load(path)
+
+
+def build(settings: Settings) -> tuple[faust.App, AdsEngine]:
+    """The app with every agent installed; topics exist afterwards. Kernels are compiled first."""
+    artifact = load_policy(settings.policy.artifact)
+    warm_up()
+    p = settings.policy
+    adapter = Adapter(artifact, eps=p.eps, n_draws=p.n_draws, forget=p.forget, seed=p.seed, scale=p.scale)
+    app = create_app(settings)
+    topics = topics_for(settings)
+    ensure_topics(settings.kafka, topics.all())
+    engine = ads_agents.install(app, settings, topics, adapter)
+    _install_retention(app, settings, topics)
+    _ensure_changelogs(app, settings)
+    return app, engine
+
+
+def _ensure_changelogs(app: faust.App, settings: Settings) -> None:
+    """Create every table's changelog topic before the worker starts.
+
+    Faust declares them lazily and a first write can otherwise race the metadata refresh
+    (``PartitionsMismatch: ... changelog topic has 0 partitions``).
+    """
+    specs = [TopicSpec(table.changelog_topic.get_topic_name(), "table key", table.partitions or
+                       settings.kafka.segment_partitions, bytes, f"changelog of table {name}")
+             for name, table in app.tables.items()]
+    ensure_topics(settings.kafka, specs, compacted=True)
+
+
+def _install_retention(app: faust.App, settings: Settings, topics: object) -> None:
+    try:
+        from streams.agents import retention
+    except ImportError:
+        return
+    if Path(settings.retention.artifact).exists():
+        retention.install(app, settings, topics)
+    else:
+        log.warning("no retention artifact at %s: retention agents not started", settings.retention.artifact)
+
+
+def run(settings: Settings) -> None:
+    """Run a worker until SIGINT/SIGTERM."""
+    wait_for_broker(settings.kafka)
+    app, _ = build(settings)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker.execute_from_commandline()
