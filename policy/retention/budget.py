@@ -1,0 +1,395 @@
+"""Intervention budget: spend caps with pacing, a per-user frequency cap and a never-contact list.
+
+A pure, deterministic state machine (no clock, no randomness, no I/O): every call names its event time
+``now`` (days) and the state serialises to bytes (:meth:`Budget.to_bytes`), so a stream agent can keep it
+in a table and replay input safely.
+
+Rules, checked by :meth:`Budget.try_spend_one` for a contact ``(decision_id, user, segment, cost, now)``:
+
+1. **Idempotence.** A decision id seen before returns its first answer and changes nothing, whatever the
+   other arguments say now.
+2. **Never-contact.** Users on the list (configuration plus :meth:`Budget.add_never_contact`) are never
+   granted.
+3. **Frequency cap.** No window of ``contact_window_days`` contains more than ``max_contacts`` granted
+   contacts of one user — in event time, for contacts arriving in any order.
+4. **Caps with pacing.** Periods are ``[p * period_days, (p + 1) * period_days)``. Within a period, for
+   every event time ``t``, the cost granted at decision times ``<= t`` stays below the *allowance*
+   ``cap * min(1, (t - start) / period_days + pacing_lead)``, both per segment and in total. The cap is
+   never exceeded and cannot be spent in the first hour; late (out-of-order) decisions are checked
+   against every later point of the period, so the invariant holds for any arrival order.
+5. **Retention horizon.** State older than ``horizon_periods`` periods before the latest time seen is
+   dropped; decisions that old are denied as ``expired`` (so a replay of an evicted decision cannot
+   contact anyone twice). Contacts are kept one contact window longer, so rule 3 stays exact.
+
+Costs are reserved at their worst case (a coupon's face value) and may later be lowered to what was
+actually paid with :meth:`Budget.settle_one` (idempotent: it sets, never subtracts twice). Money is kept in
+integer micro-units (cost rounded up, caps rounded down), so sums are exact and a cap check never fails
+by rounding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from policy.retention.exceptions import BudgetStateError
+
+MICRO = 1_000_000
+STATE_VERSION = 1
+
+
+def to_micro_up(x: float) -> int:
+    """Cost in micro-units, rounded up."""
+    return int(math.ceil(round(x * MICRO, 6)))
+
+
+def to_micro_down(x: float) -> int:
+    """Cap or allowance in micro-units, rounded down."""
+    return int(math.floor(round(x * MICRO, 6)))
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Caps and limits of the intervention budget.
+
+    Attributes
+    ----------
+    segment_cap : float
+        Spend cap per segment per period (currency units), unless ``segment_caps`` names the segment.
+    total_cap : float
+        Spend cap over all segments per period.
+    period_days : float
+        Period length in days.
+    pacing_lead : float
+        Fraction of a cap available at the start of a period; the allowance grows linearly to the full
+        cap at the end of the period (0 <= lead <= 1; 1 disables pacing).
+    contact_window_days : float
+        Frequency-cap window.
+    max_contacts : int
+        Contacts allowed per user in any such window.
+    horizon_periods : int
+        Periods of state kept behind the latest period seen.
+    segment_caps : dict[str, float]
+        Per-segment overrides of ``segment_cap``.
+    never_contact : frozenset[str]
+        Users never to contact.
+    """
+
+    segment_cap: float
+    total_cap: float
+    period_days: float = 7.0
+    pacing_lead: float = 0.05
+    contact_window_days: float = 14.0
+    max_contacts: int = 1
+    horizon_periods: int = 4
+    segment_caps: dict[str, float] = field(default_factory=dict)
+    never_contact: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        caps = [self.segment_cap, self.total_cap, *self.segment_caps.values()]
+        if not all(math.isfinite(c) and c >= 0 for c in caps):
+            raise BudgetStateError("caps must be finite and >= 0")
+        if not (math.isfinite(self.period_days) and self.period_days > 0):
+            raise BudgetStateError("period_days must be > 0")
+        if not (0.0 <= self.pacing_lead <= 1.0):
+            raise BudgetStateError("pacing_lead must be in [0, 1]")
+        if not (math.isfinite(self.contact_window_days) and self.contact_window_days >= 0):
+            raise BudgetStateError("contact_window_days must be >= 0")
+        if self.max_contacts < 1:
+            raise BudgetStateError("max_contacts must be >= 1")
+        if self.horizon_periods < 1:
+            raise BudgetStateError("horizon_periods must be >= 1")
+        object.__setattr__(self, "never_contact", frozenset(self.never_contact))
+        object.__setattr__(self, "segment_caps", dict(self.segment_caps))
+
+    def cap_for(self, segment: str) -> float:
+        return self.segment_caps.get(segment, self.segment_cap)
+
+    def to_dict(self) -> dict:
+        return {
+            "segment_cap": self.segment_cap,
+            "total_cap": self.total_cap,
+            "period_days": self.period_days,
+            "pacing_lead": self.pacing_lead,
+            "contact_window_days": self.contact_window_days,
+            "max_contacts": self.max_contacts,
+            "horizon_periods": self.horizon_periods,
+            "segment_caps": dict(sorted(self.segment_caps.items())),
+            "never_contact": sorted(self.never_contact),
+        }
+
+    @staticmethod
+    def from_dict(raw: dict) -> "BudgetConfig":
+        raw = dict(raw)
+        raw["never_contact"] = frozenset(raw.get("never_contact", ()))
+        return BudgetConfig(**raw)
+
+
+class Grant(NamedTuple):
+    """The answer to a spend request."""
+
+    granted: bool
+    reason: str
+    """``granted``, ``never_contact``, ``frequency_cap``, ``segment_cap``, ``segment_pacing``,
+    ``total_cap``, ``total_pacing``, ``invalid_cost`` or ``expired``."""
+    cost: float
+    """Reserved cost (0 when denied)."""
+    duplicate: bool = False
+    """True when the decision id was seen before (the answer is the first one)."""
+
+
+class _Ledger:
+    """Charges of one (period, segment) or one period in total: sorted by (time, id), with a running sum."""
+
+    __slots__ = ("keys", "total", "max_time")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[float, str]] = []
+        self.total = 0
+        self.max_time = -math.inf
+
+    def fits(self, t: float, amount: int, allowance, amounts: dict[str, int]) -> bool:
+        """Whether adding ``amount`` at ``t`` keeps cumulative spend <= allowance at every time >= t."""
+        if t >= self.max_time:  # the common, in-order case
+            return self.total + amount <= allowance(t)
+        pos = bisect.bisect_right(self.keys, (t, "\U0010ffff"))
+        cum = sum(amounts[k[1]] for k in self.keys[:pos]) + amount
+        if cum > allowance(t):
+            return False
+        for ti, did in self.keys[pos:]:
+            cum += amounts[did]
+            if cum > allowance(ti):
+                return False
+        return True
+
+    def add(self, t: float, did: str, amount: int) -> None:
+        bisect.insort(self.keys, (t, did))
+        self.total += amount
+        self.max_time = max(self.max_time, t)
+
+
+class Budget:
+    """The budget state machine (see the module docstring for the rules).
+
+    Parameters
+    ----------
+    config
+        Caps and limits.
+    """
+
+    def __init__(self, config: BudgetConfig) -> None:
+        self.config = config
+        self._decisions: dict[str, dict] = {}
+        """decision id -> {user, segment, time, period, reserved, charged, granted, reason}"""
+        self._amounts: dict[str, int] = {}
+        """decision id -> charged micro-units (granted decisions only)"""
+        self._seg_ledgers: dict[tuple[int, str], _Ledger] = {}
+        self._tot_ledgers: dict[int, _Ledger] = {}
+        self._contacts: dict[str, list[float]] = {}
+        self._never: set[str] = set()
+        self._latest_period: int | None = None
+
+    # ------------------------------------------------------------------ queries
+    def period_of(self, now: float) -> int:
+        return int(math.floor(now / self.config.period_days))
+
+    def _allowance(self, cap: float, period: int):
+        start = period * self.config.period_days
+        cap_micro = to_micro_down(cap)
+
+        def allowance(t: float) -> int:
+            frac = min(1.0, (t - start) / self.config.period_days + self.config.pacing_lead)
+            return min(cap_micro, to_micro_down(cap * max(frac, 0.0)))
+
+        return allowance
+
+    def is_never_contact(self, user: str) -> bool:
+        return user in self._never or user in self.config.never_contact
+
+    def spent(self, segment: str | None, period: int) -> float:
+        """Cost charged in ``period`` for ``segment`` (``None``: all segments)."""
+        ledger = self._tot_ledgers.get(period) if segment is None else self._seg_ledgers.get((period, segment))
+        return 0.0 if ledger is None else ledger.total / MICRO
+
+    def available(self, segment: str, now: float) -> float:
+        """What an in-order contact at ``now`` could still be granted (min of segment and total slack)."""
+        p = self.period_of(now)
+        seg = self._seg_ledgers.get((p, segment))
+        tot = self._tot_ledgers.get(p)
+        s = self._allowance(self.config.cap_for(segment), p)(now) - (seg.total if seg else 0)
+        a = self._allowance(self.config.total_cap, p)(now) - (tot.total if tot else 0)
+        return max(0, min(s, a)) / MICRO
+
+    def contacts_of(self, user: str) -> list[float]:
+        """Event times of the user's granted contacts still in the state, sorted."""
+        return list(self._contacts.get(user, ()))
+
+    def decision(self, decision_id: str) -> dict | None:
+        rec = self._decisions.get(decision_id)
+        return None if rec is None else dict(rec)
+
+    # ------------------------------------------------------------------ updates
+    def add_never_contact(self, user: str) -> None:
+        """Put ``user`` on the never-contact list (opt-out); later requests for them are denied."""
+        self._never.add(user)
+
+    def _frequency_ok(self, user: str, t: float) -> bool:
+        w = self.config.contact_window_days
+        k = self.config.max_contacts
+        times = self._contacts.get(user, [])
+        lo = bisect.bisect_left(times, t - w)
+        hi = bisect.bisect_right(times, t + w)
+        near = times[lo:hi]
+        bisect.insort(near, t)
+        # any k+1 consecutive contacts must span at least the window
+        return all(near[i + k] - near[i] >= w for i in range(len(near) - k))
+
+    def try_spend_one(self, decision_id: str, user: str, segment: str, cost: float, now: float) -> Grant:
+        """Ask to contact ``user`` of ``segment`` at event time ``now`` at (worst-case) ``cost``.
+
+        Returns the first answer for a repeated ``decision_id``. Grants reserve ``cost`` against the
+        segment and total caps of the period of ``now`` and count as a contact for the frequency cap.
+        """
+        prior = self._decisions.get(decision_id)
+        if prior is not None:
+            return Grant(prior["granted"], prior["reason"], prior["charged"] / MICRO, True)
+        if not (isinstance(now, (int, float)) and math.isfinite(now)):
+            raise BudgetStateError(f"now must be a finite number, got {now!r}")
+        period = self.period_of(now)
+        if self._latest_period is not None and period < self._latest_period - self.config.horizon_periods:
+            # remembered (under the latest period, so it ages out) to answer a replay the same way
+            self._decisions[decision_id] = {
+                "user": user,
+                "segment": segment,
+                "time": float(now),
+                "period": self._latest_period,
+                "reserved": 0,
+                "charged": 0,
+                "granted": False,
+                "reason": "expired",
+            }
+            return Grant(False, "expired", 0.0)
+        reason = self._check(user, segment, cost, now, period)
+        granted = reason == "granted"
+        amount = to_micro_up(cost) if granted else 0
+        self._decisions[decision_id] = {
+            "user": user,
+            "segment": segment,
+            "time": float(now),
+            "period": period,
+            "reserved": amount,
+            "charged": amount,
+            "granted": granted,
+            "reason": reason,
+        }
+        if granted:
+            self._amounts[decision_id] = amount
+            self._seg_ledgers.setdefault((period, segment), _Ledger()).add(float(now), decision_id, amount)
+            self._tot_ledgers.setdefault(period, _Ledger()).add(float(now), decision_id, amount)
+            bisect.insort(self._contacts.setdefault(user, []), float(now))
+        if self._latest_period is None or period > self._latest_period:
+            self._latest_period = period
+            self._evict()
+        return Grant(granted, reason, amount / MICRO)
+
+    def _check(self, user: str, segment: str, cost: float, now: float, period: int) -> str:
+        if not (isinstance(cost, (int, float)) and math.isfinite(cost) and cost >= 0):
+            return "invalid_cost"
+        if self.is_never_contact(user):
+            return "never_contact"
+        if not self._frequency_ok(user, float(now)):
+            return "frequency_cap"
+        amount = to_micro_up(cost)
+        for name, ledger, cap in (
+            ("segment", self._seg_ledgers.get((period, segment)), self.config.cap_for(segment)),
+            ("total", self._tot_ledgers.get(period), self.config.total_cap),
+        ):
+            ledger = ledger or _Ledger()
+            if ledger.total + amount > to_micro_down(cap):
+                return f"{name}_cap"
+            if not ledger.fits(float(now), amount, self._allowance(cap, period), self._amounts):
+                return f"{name}_pacing"
+        return "granted"
+
+    def settle_one(self, decision_id: str, actual_cost: float) -> float:
+        """Lower a granted decision's charge to what was actually paid (never raises it).
+
+        Idempotent: settling twice with the same cost changes nothing. Returns the charge now on the
+        books (0 for unknown, denied or evicted decisions).
+        """
+        rec = self._decisions.get(decision_id)
+        if rec is None or not rec["granted"]:
+            return 0.0
+        if not (math.isfinite(actual_cost) and actual_cost >= 0):
+            raise BudgetStateError(f"actual_cost must be finite and >= 0, got {actual_cost!r}")
+        new = min(rec["charged"], to_micro_up(actual_cost))
+        delta = rec["charged"] - new
+        if delta:
+            rec["charged"] = new
+            self._amounts[decision_id] = new
+            self._seg_ledgers[(rec["period"], rec["segment"])].total -= delta
+            self._tot_ledgers[rec["period"]].total -= delta
+        return new / MICRO
+
+    def _evict(self) -> None:
+        oldest = self._latest_period - self.config.horizon_periods
+        stale = [d for d, r in self._decisions.items() if r["period"] < oldest]
+        for d in stale:
+            del self._decisions[d]
+            self._amounts.pop(d, None)
+        for key in [k for k in self._seg_ledgers if k[0] < oldest]:
+            del self._seg_ledgers[key]
+        for key in [k for k in self._tot_ledgers if k < oldest]:
+            del self._tot_ledgers[key]
+        # contacts that can still fall in the window of a decision that is not expired
+        cutoff = oldest * self.config.period_days - self.config.contact_window_days
+        for user in list(self._contacts):
+            times = self._contacts[user]
+            keep = times[bisect.bisect_left(times, cutoff) :]
+            if keep:
+                self._contacts[user] = keep
+            else:
+                del self._contacts[user]
+
+    # ------------------------------------------------------------------ bytes
+    def to_bytes(self) -> bytes:
+        """The configuration and state as deterministic JSON bytes (equal states give equal bytes)."""
+        payload = {
+            "version": STATE_VERSION,
+            "config": self.config.to_dict(),
+            "decisions": dict(sorted(self._decisions.items())),
+            "contacts": dict(sorted(self._contacts.items())),
+            "never": sorted(self._never),
+            "latest_period": self._latest_period,
+        }
+        return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> "Budget":
+        """Inverse of :meth:`to_bytes`; raises :class:`BudgetStateError` on malformed input."""
+        try:
+            payload = json.loads(raw)
+            if payload["version"] != STATE_VERSION:
+                raise BudgetStateError(f"unsupported budget state version {payload['version']!r}")
+            budget = Budget(BudgetConfig.from_dict(payload["config"]))
+            budget._latest_period = payload["latest_period"]
+            budget._never = set(payload["never"])
+            budget._contacts = {u: sorted(float(t) for t in ts) for u, ts in payload["contacts"].items()}
+            for did, rec in payload["decisions"].items():
+                budget._decisions[did] = dict(rec)
+                if rec["granted"]:
+                    budget._amounts[did] = int(rec["charged"])
+                    p, seg, t = int(rec["period"]), str(rec["segment"]), float(rec["time"])
+                    for ledger in (
+                        budget._seg_ledgers.setdefault((p, seg), _Ledger()),
+                        budget._tot_ledgers.setdefault(p, _Ledger()),
+                    ):
+                        ledger.add(t, did, int(rec["charged"]))
+        except BudgetStateError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BudgetStateError(f"malformed budget state: {exc}") from exc
+        return budget
