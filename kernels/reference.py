@@ -80,7 +80,7 @@ def thompson_one(phis, P, m, normals, uniforms, eps, scale=1.0):
     draws = mu + normals @ L.T  # (n_draws, K)
     winners = np.argmax(draws, axis=1)  # lowest index on ties
     counts = np.bincount(winners, minlength=k)
-    propensities = (1.0 - eps) * counts / normals.shape[0] + eps / k
+    propensities = np.minimum((1.0 - eps) * counts / normals.shape[0] + eps / k, 1.0)
     return _explore(uniforms, eps, int(winners[0]), k), propensities
 
 
@@ -92,7 +92,7 @@ def ucb_one(phis, P, m, alpha, uniforms, eps):
     scores = phis @ m + alpha * np.sqrt(np.maximum(quad, 0.0))
     greedy = int(np.argmax(scores))
     propensities = np.full(k, eps / k)
-    propensities[greedy] += 1.0 - eps
+    propensities[greedy] = min(propensities[greedy] + (1.0 - eps), 1.0)
     return _explore(uniforms, eps, greedy, k), propensities
 
 

@@ -10,7 +10,8 @@ draw ``j`` is ``s_j = mu + L z_j`` for the supplied standard normals ``z_j``.
   pick ``min(int(uniforms[1] * K), K - 1)``.
 - propensity: ``(1 - eps) * count_k / n_draws + eps / K`` where ``count_k`` is the number of draws
   (draw 0 included) whose argmax is ``k``. It is an unbiased Monte-Carlo estimate of the true
-  probability of choosing ``k``; every value is in (0, 1] when eps > 0 and they sum to 1.
+  probability of choosing ``k``; every value is in (0, 1] when eps > 0 and they sum to 1 (values
+  are capped at 1.0, which only matters when ``(1 - eps) + eps`` rounds to 1 + 2**-52).
 
 The propensity-by-resampling idea is the standard one for logging Thompson sampling decisions
 for off-policy evaluation (e.g. the Open Bandit Pipeline's BernoulliTS ``compute_batch_action_dist``).
@@ -138,8 +139,8 @@ def _thompson_core(phis, P, m, normals, uniforms, eps, scale, kv, scratch, prop,
         return NON_FINITE_INPUT
     w = (1.0 - eps) / normals.shape[0]
     floor = eps / kv
-    for k in range(kv):
-        prop[k] = w * counts[k] + floor
+    for k in range(kv):  # min: (1 - eps) + eps can round to 1 + 2**-52
+        prop[k] = min(w * counts[k] + floor, 1.0)
     return _explore_choice(u0, u1, eps, greedy, kv)
 
 
@@ -203,7 +204,7 @@ def _ucb_one(phis, P, m, alpha, uniforms, eps):  # pragma: no cover - compiled
     floor = eps / kk
     for k in range(kk):
         prop[k] = floor
-    prop[greedy] += 1.0 - eps
+    prop[greedy] = min(floor + (1.0 - eps), 1.0)  # rounding can exceed 1 by an ulp
     return _explore_choice(u0, u1, eps, greedy, kk), prop
 
 
