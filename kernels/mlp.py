@@ -9,6 +9,21 @@ from kernels._jit import kernel
 
 
 @kernel
+def _tanh(x):  # pragma: no cover - compiled
+    """tanh via one ``exp``: ``sign(x) (1 - e) / (1 + e)`` with ``e = exp(-2|x|)``.
+
+    libm's ``tanh`` is ~3x slower here than ``exp``. The formula's absolute error is a few ulp of
+    1; below |x| = 1/8, where ``1 - e`` would lose relative accuracy, libm's tanh is used.
+    """
+    ax = abs(x)
+    if ax < 0.125:
+        return np.tanh(x)
+    e = np.exp(-2.0 * ax)
+    t = (1.0 - e) / (1.0 + e)
+    return t if x > 0.0 else -t
+
+
+@kernel
 def _phi_many(u, w1, b1, w2, b2):  # pragma: no cover - compiled
     n, d_in = u.shape
     hidden = w1.shape[1]
@@ -31,7 +46,7 @@ def _phi_many(u, w1, b1, w2, b2):  # pragma: no cover - compiled
                 for k in range(d_out):
                     z[k] += hj * w2[j, k]
         for k in range(d_out):
-            out[i, k] = np.tanh(z[k])
+            out[i, k] = _tanh(z[k])
         out[i, d_out] = 1.0
     return out
 

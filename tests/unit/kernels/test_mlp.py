@@ -38,3 +38,14 @@ def test_phi_many_mixed_dtypes_and_all_negative_hidden():
     got = phi_many(u, w1, b1, w2, b2)
     np.testing.assert_allclose(got, ref.phi_many(u, w1, b1, w2, b2), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got[:, :2], np.tile(np.tanh(b2), (4, 1)))
+
+
+def test_tanh_is_accurate_over_its_whole_range():
+    from kernels.mlp import _tanh
+
+    x = np.concatenate([np.linspace(-30, 30, 20001), np.geomspace(1e-300, 1.0, 2000), [0.0, 0.125, -0.125]])
+    got = np.array([_tanh(v) for v in x])
+    want = np.tanh(x)
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=4e-16)
+    assert np.all(np.abs(got) <= 1.0)
+    np.testing.assert_array_equal(np.sign(got), np.sign(want))
