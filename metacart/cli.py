@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import BaseModel
 
 from streams.settings import Settings
 
@@ -33,7 +34,7 @@ def settings() -> None:
     def walk(prefix: str, model: object) -> None:
         for name, value in model:  # type: ignore[attr-defined]
             env = f"{prefix}{name.upper()}"
-            if hasattr(value, "model_fields"):
+            if isinstance(value, BaseModel):
                 walk(env + "__", value)
             else:
                 typer.echo(f"{env}={value}")

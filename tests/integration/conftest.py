@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from streams.kafka_io import consume, ensure_topics, make_producer, wait_for_broker
 from streams.settings import KafkaSettings, Settings
@@ -84,7 +85,7 @@ def settings_env(s: Settings) -> dict[str, str]:
     def walk(prefix: str, model: object) -> None:
         for name, value in model:  # type: ignore[attr-defined]
             key = f"{prefix}{name.upper()}"
-            if hasattr(value, "model_fields"):
+            if isinstance(value, BaseModel):
                 walk(key + "__", value)
             elif value is not None:
                 env[key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)

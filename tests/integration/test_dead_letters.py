@@ -1,0 +1,82 @@
+"""Valid and malformed events through a real worker: every valid one decided, every malformed one
+dead-lettered with its reason and original bytes, and the counts add up exactly."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from streams.app import topics_for
+
+from .conftest import Reader, json_values, produce, start_worker
+from .helpers import click, mixed_requests, requests_for
+
+
+def _malformed(valid: bytes) -> dict[str, bytes]:
+    body = json.loads(valid)
+    def variant(**changes: object) -> bytes:
+        return json.dumps({**body, **changes}).encode()
+    missing = dict(body)
+    del missing["candidates"]
+    return {
+        "not_json": b"{this is not json",
+        "wrong_type": variant(context="abc"),
+        "missing_field": json.dumps(missing).encode(),
+        "nan": valid.replace(b'"context":[', b'"context":[NaN,', 1),
+        "infinity": variant(context=[1e400] + body["context"][1:]),
+        "oversize": variant(user_id="u1", slot="main", context=body["context"]) + b" " * (70 * 1024),
+        "unknown_version": variant(schema_version=2),
+        "naive_time": variant(event_time="2026-01-01T00:00:00"),
+        "extra_field": variant(coupon="free"),
+        "wrong_dims": variant(context=body["context"][:3]),
+    }
+
+
+def test_valid_decided_malformed_dead_lettered(settings, workers):
+    topics = topics_for(settings)
+    valid = mixed_requests(40, "ok", seed=3)
+    bad = _malformed(valid[0][1])
+    later = mixed_requests(10, "after", seed=4)
+    bad_feedback = [(b"m00-c00", b'{"type":"click","request_id":"x"}')]
+    produce(settings.kafka, topics.ad_requests.name,
+            valid[:20] + [(b"m00-c00", v) for v in bad.values()] + valid[20:])
+    produce(settings.kafka, topics.ad_feedback.name, bad_feedback)
+
+    decisions = Reader(settings.kafka, topics.ad_decisions.name)
+    letters = Reader(settings.kafka, topics.dead_letters.name)
+    worker = start_worker(workers, settings)
+    expected_ids = {json.loads(v)["request_id"] for _, v in valid}
+    try:
+        decisions.wait_for(lambda m: len(m) >= len(valid), 120, "40 decisions")
+        letters.wait_for(lambda m: len(m) >= len(bad) + 1, 30, "11 dead letters")
+        # The worker keeps running after bad input: later requests are decided too.
+        produce(settings.kafka, topics.ad_requests.name, later)
+        decisions.wait_for(lambda m: len(m) >= len(valid) + len(later), 60, "later decisions")
+        decisions.poll(2.0)
+        letters.poll(1.0)
+    except AssertionError:
+        print(worker.log_tail())
+        raise
+
+    decided = json_values(decisions.seen)
+    ids = [d["request_id"] for d in decided]
+    assert len(ids) == len(set(ids)) == len(valid) + len(later)
+    assert set(ids) == expected_ids | {json.loads(v)["request_id"] for _, v in later}
+    for d in decided:
+        assert 0.0 < d["propensity"] <= 1.0
+
+    dead = json_values(letters.seen)
+    assert len(dead) == len(bad) + 1
+    originals = {base64.b64decode(d["original_b64"]) for d in dead}
+    assert originals == set(bad.values()) | {bad_feedback[0][1]}
+    by_original = {base64.b64decode(d["original_b64"]): d for d in dead}
+    expected_type = {"not_json": "not_json", "oversize": "oversize", "unknown_version": "unknown_schema_version"}
+    for name, raw in bad.items():
+        letter = by_original[raw]
+        assert letter["error_type"] == expected_type.get(name, "invalid"), (name, letter)
+        assert letter["reason"], name
+        assert letter["source_topic"] == topics.ad_requests.name
+        assert letter["source_offset"] >= 0 and letter["source_partition"] >= 0
+    assert "features" in by_original[bad["wrong_dims"]]["reason"]
+    assert "candidates" in by_original[bad["missing_field"]]["reason"]
+    assert by_original[bad_feedback[0][1]]["source_topic"] == topics.ad_feedback.name
