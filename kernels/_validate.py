@@ -1,8 +1,9 @@
-"""Cheap argument checks shared by the public wrappers.
+"""Argument checks shared by the public wrappers.
 
-These run on the per-event path, so each is a handful of attribute reads; value checks that need
-a pass over the data (finiteness, index ranges) happen inside the kernels, which read the data
-anyway, and come back as status codes (see ``exceptions``).
+The per-event wrappers (``thompson_one``, ``ucb_one``, ``update_one``) test type, dtype, rank and
+layout inline - those decide which compiled specialisation numba would pick - and call
+:func:`array` only to explain a failure. Shape relations, finiteness and index ranges are checked
+inside the kernels, which read the data anyway, and come back as status codes (``exceptions``).
 """
 
 from __future__ import annotations
@@ -16,28 +17,8 @@ from kernels.exceptions import KernelInputError
 F64 = np.dtype(np.float64)
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
-
-
 FLOATS = (F64, F32)
-ONLY_F64 = (F64,)
-ONLY_I64 = (I64,)
-_ND = np.ndarray
-
-
-def ok(a: object, ndim: int, dtypes: tuple[np.dtype, ...]) -> bool:
-    """Fast check: a C-contiguous ndarray of rank ``ndim`` whose dtype is in ``dtypes``.
-
-    The wrappers call :func:`array` (which explains the problem) only when this returns False.
-    """
-    return type(a) is _ND and a.ndim == ndim and a.dtype in dtypes and a.flags.c_contiguous  # type: ignore[attr-defined]
-
-
-def ok_state(a: object, ndim: int) -> bool:
-    """Fast check for in-place state: float64, C-contiguous and writeable."""
-    if type(a) is not _ND or a.ndim != ndim or a.dtype is not F64:  # type: ignore[attr-defined]
-        return False
-    flags = a.flags  # type: ignore[attr-defined]
-    return flags.c_contiguous and flags.writeable
+INF = float("inf")
 
 
 def array(name: str, a: object, ndim: int, kind: str) -> np.ndarray:

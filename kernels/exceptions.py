@@ -13,6 +13,7 @@ NON_POSITIVE_VARIANCE = -2
 BAD_SEGMENT = -3
 BAD_UNIFORM = -4
 BAD_K_VALID = -5
+BAD_SHAPE = -6
 
 _MESSAGES = {
     NON_FINITE_INPUT: "non-finite value (nan or inf) in the inputs or the posterior state",
@@ -20,6 +21,7 @@ _MESSAGES = {
     BAD_SEGMENT: "segment index out of range [0, S)",
     BAD_UNIFORM: "uniforms must lie in [0, 1]",
     BAD_K_VALID: "k_valid must be in [1, K]",
+    BAD_SHAPE: "array shapes do not match",
 }
 
 

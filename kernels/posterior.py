@@ -21,7 +21,7 @@ import numpy as np
 
 from kernels import _validate as v
 from kernels._jit import kernel
-from kernels.exceptions import BAD_SEGMENT, NON_FINITE_INPUT, NON_POSITIVE_VARIANCE, OK, raise_for_status
+from kernels.exceptions import BAD_SEGMENT, BAD_SHAPE, NON_FINITE_INPUT, NON_POSITIVE_VARIANCE, OK, raise_for_status
 
 
 @kernel
@@ -74,6 +74,9 @@ def _update_core(P, m, phi, reward, noise_var, forget, pphi):  # pragma: no cove
 
 @kernel
 def _update_one(P, m, phi, reward, noise_var, forget):  # pragma: no cover - compiled
+    d = m.shape[0]
+    if P.shape != (d, d) or phi.shape[0] != d:
+        return BAD_SHAPE
     pphi = np.empty(m.shape[0], dtype=np.float64)
     return _update_core(P, m, phi, reward, noise_var, forget, pphi)
 
@@ -98,6 +101,9 @@ def _update_many(P, m, seg, phis, rewards, noise_var, forget):  # pragma: no cov
     return OK, -1
 
 
+_ND = np.ndarray
+
+
 def _explain_one(P: object, m: object, phi: object) -> None:
     """Slow path of :func:`update_one`: raise a KernelInputError naming what is wrong."""
     v.array("P", P, 2, "f64w")
@@ -110,11 +116,10 @@ def _explain_one(P: object, m: object, phi: object) -> None:
 
 
 def _check_noise_forget(noise_var: float, forget: float) -> tuple[float, float]:
-    if type(forget) is float and forget == 1.0:  # the common case, skip the general check
-        f = forget
-    else:
-        f = v.scalar("forget", forget, 0.0, 1.0, lo_open=True)
-    return v.scalar("noise_var", noise_var, 0.0, float("inf"), lo_open=True), f
+    return (
+        v.scalar("noise_var", noise_var, 0.0, v.INF, lo_open=True),
+        v.scalar("forget", forget, 0.0, 1.0, lo_open=True),
+    )
 
 
 def update_one(
@@ -147,17 +152,23 @@ def update_one(
         On bad shapes/dtypes/layout, out-of-range scalars, non-finite values or a non-positive
         predictive variance. P and m are unchanged when it raises.
     """
+    # Per-event path: type, dtype, rank, layout here; shapes inside the kernel (see _explain_one).
     if not (
-        v.ok_state(P, 2)
-        and v.ok_state(m, 1)
-        and v.ok(phi, 1, v.FLOATS)
-        and P.shape == (m.shape[0], m.shape[0])
-        and phi.shape[0] == m.shape[0]
+        type(P) is _ND and P.dtype is v.F64 and P.ndim == 2 and P.flags.c_contiguous and P.flags.writeable
+        and type(m) is _ND and m.dtype is v.F64 and m.ndim == 1 and m.flags.c_contiguous and m.flags.writeable
+        and type(phi) is _ND and phi.dtype in v.FLOATS and phi.ndim == 1 and phi.flags.c_contiguous
     ):
         _explain_one(P, m, phi)
-    nv, f = _check_noise_forget(noise_var, forget)
-    status = _update_one(P, m, phi, v.scalar("reward", reward, -np.inf, np.inf), nv, f)
+    if not (type(reward) is float and -v.INF < reward < v.INF):
+        reward = v.scalar("reward", reward, -v.INF, v.INF)
+    if not (type(noise_var) is float and 0.0 < noise_var < v.INF):
+        noise_var = v.scalar("noise_var", noise_var, 0.0, v.INF, lo_open=True)
+    if not (type(forget) is float and 0.0 < forget <= 1.0):
+        forget = v.scalar("forget", forget, 0.0, 1.0, lo_open=True)
+    status = _update_one(P, m, phi, reward, noise_var, forget)
     if status != OK:
+        if status == BAD_SHAPE:
+            _explain_one(P, m, phi)
         raise_for_status(status, "update_one")
 
 

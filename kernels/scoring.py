@@ -24,7 +24,7 @@ import numpy as np
 from kernels import _validate as v
 from kernels._jit import kernel
 from kernels._linalg import _cholesky_psd
-from kernels.exceptions import BAD_K_VALID, BAD_SEGMENT, BAD_UNIFORM, NON_FINITE_INPUT, raise_for_status
+from kernels.exceptions import BAD_K_VALID, BAD_SEGMENT, BAD_SHAPE, BAD_UNIFORM, NON_FINITE_INPUT, raise_for_status
 
 
 @kernel
@@ -162,6 +162,8 @@ def _scratch(kk, d, n_draws):  # pragma: no cover - compiled
 @kernel
 def _thompson_one(phis, P, m, normals, uniforms, eps, scale):  # pragma: no cover - compiled
     kk, d = phis.shape
+    if kk < 1 or P.shape != (d, d) or m.shape[0] != d or normals.shape[0] < 1 or normals.shape[1] != kk or uniforms.shape[0] != 2:
+        return BAD_SHAPE, np.empty(0, dtype=np.float64)
     scratch = _scratch(kk, d, normals.shape[0])
     prop = np.empty(kk, dtype=np.float64)
     mean = np.empty(kk, dtype=np.float64)
@@ -173,6 +175,8 @@ def _thompson_one(phis, P, m, normals, uniforms, eps, scale):  # pragma: no cove
 def _ucb_one(phis, P, m, alpha, uniforms, eps):  # pragma: no cover - compiled
     kk, d = phis.shape
     prop = np.empty(kk, dtype=np.float64)
+    if kk < 1 or P.shape != (d, d) or m.shape[0] != d or uniforms.shape[0] != 2:
+        return BAD_SHAPE, prop
     u0 = uniforms[0]
     u1 = uniforms[1]
     if not (u0 >= 0.0 and u0 <= 1.0 and u1 >= 0.0 and u1 <= 1.0):
@@ -229,6 +233,9 @@ def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale):  # pr
             return choices, props, means, c, b
         choices[b] = c
     return choices, props, means, 0, -1
+
+
+_ND = np.ndarray
 
 
 def _explain_one(phis: object, P: object, m: object, normals: object | None, uniforms: object) -> None:
@@ -297,24 +304,24 @@ def thompson_one(
     KernelInputError
         On bad shapes/dtypes/layout, out-of-range scalars or uniforms, or non-finite values.
     """
+    # Per-event path: only what decides the compiled specialisation is checked here (type, dtype,
+    # rank, layout); shapes are checked inside the kernel and explained by _explain_one.
     if not (
-        v.ok(phis, 2, v.FLOATS)
-        and v.ok(P, 2, v.ONLY_F64)
-        and v.ok(m, 1, v.ONLY_F64)
-        and v.ok(normals, 2, v.FLOATS)
-        and v.ok(uniforms, 1, v.ONLY_F64)
-        and phis.shape[0] >= 1
-        and P.shape == (phis.shape[1], phis.shape[1])
-        and m.shape[0] == phis.shape[1]
-        and normals.shape[0] >= 1
-        and normals.shape[1] == phis.shape[0]
-        and uniforms.shape[0] == 2
+        type(phis) is _ND and phis.dtype in v.FLOATS and phis.ndim == 2 and phis.flags.c_contiguous
+        and type(P) is _ND and P.dtype is v.F64 and P.ndim == 2 and P.flags.c_contiguous
+        and type(m) is _ND and m.dtype is v.F64 and m.ndim == 1 and m.flags.c_contiguous
+        and type(normals) is _ND and normals.dtype in v.FLOATS and normals.ndim == 2 and normals.flags.c_contiguous
+        and type(uniforms) is _ND and uniforms.dtype is v.F64 and uniforms.ndim == 1 and uniforms.flags.c_contiguous
     ):
         _explain_one(phis, P, m, normals, uniforms)
-    e = v.scalar("eps", eps, 0.0, 1.0)
-    sc = v.scalar("scale", scale, 0.0, float("inf"))
-    choice, prop = _thompson_one(phis, P, m, normals, uniforms, e, sc)
+    if not (type(eps) is float and 0.0 <= eps <= 1.0):
+        eps = v.scalar("eps", eps, 0.0, 1.0)
+    if not (type(scale) is float and 0.0 <= scale < v.INF):
+        scale = v.scalar("scale", scale, 0.0, v.INF)
+    choice, prop = _thompson_one(phis, P, m, normals, uniforms, eps, scale)
     if choice < 0:
+        if choice == BAD_SHAPE:
+            _explain_one(phis, P, m, normals, uniforms)
         raise_for_status(choice, "thompson_one")
     return choice, prop
 
@@ -351,20 +358,18 @@ def ucb_one(
         As :func:`thompson_one`.
     """
     if not (
-        v.ok(phis, 2, v.FLOATS)
-        and v.ok(P, 2, v.ONLY_F64)
-        and v.ok(m, 1, v.ONLY_F64)
-        and v.ok(uniforms, 1, v.ONLY_F64)
-        and phis.shape[0] >= 1
-        and P.shape == (phis.shape[1], phis.shape[1])
-        and m.shape[0] == phis.shape[1]
-        and uniforms.shape[0] == 2
+        type(phis) is _ND and phis.dtype in v.FLOATS and phis.ndim == 2 and phis.flags.c_contiguous
+        and type(P) is _ND and P.dtype is v.F64 and P.ndim == 2 and P.flags.c_contiguous
+        and type(m) is _ND and m.dtype is v.F64 and m.ndim == 1 and m.flags.c_contiguous
+        and type(uniforms) is _ND and uniforms.dtype is v.F64 and uniforms.ndim == 1 and uniforms.flags.c_contiguous
     ):
         _explain_one(phis, P, m, None, uniforms)
-    a = v.scalar("alpha", alpha, 0.0, float("inf"))
+    a = v.scalar("alpha", alpha, 0.0, v.INF)
     e = v.scalar("eps", eps, 0.0, 1.0)
     choice, prop = _ucb_one(phis, P, m, a, uniforms, e)
     if choice < 0:
+        if choice == BAD_SHAPE:
+            _explain_one(phis, P, m, None, uniforms)
         raise_for_status(choice, "ucb_one")
     return choice, prop
 
