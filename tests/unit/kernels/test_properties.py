@@ -71,3 +71,29 @@ def test_monte_carlo_propensity_matches_choice_frequency(seed, k, eps):
     # both are means of n Bernoulli(p) variables: the difference has sd <= sqrt(2 p (1 - p) / n)
     tol = 5.0 * np.sqrt(2.0 * prop * (1.0 - prop) / n) + 1e-9
     assert np.all(np.abs(freq - prop) <= tol), (freq, prop)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    d=st.integers(1, 12),
+    n=st.integers(1, 40),
+    noise_var=st.floats(1e-3, 10.0),
+    forget=st.one_of(st.just(1.0), st.floats(0.5, 1.0)),
+)
+def test_updates_keep_the_covariance_symmetric_and_positive_definite(seed, d, n, noise_var, forget):
+    from kernels import update_one
+
+    rng = np.random.default_rng(seed)
+    P, m = segments(rng, 1, d)
+    P, m = P[0], m[0]
+    for _ in range(n):
+        phi = features(rng, (d,))
+        before = phi @ P @ phi / forget
+        update_one(P, m, phi, float(rng.normal()), noise_var, forget)
+        after = phi @ P @ phi
+        # the predictive variance along phi shrinks: after = before * noise_var / (noise_var + before)
+        assert after <= before * (1 + 1e-12)
+        np.testing.assert_allclose(after, before * noise_var / (noise_var + before), rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(P, P.T)
+    assert np.all(np.linalg.eigvalsh(P) > 0)

@@ -156,3 +156,18 @@ def test_decide_many_empty_batch():
         np.empty((0, 8, 4)), np.empty((0, 2)), 0.1,
     )
     assert choices.shape == (0,) and props.shape == (0, 4) and means.shape == (0, 4)
+
+
+def test_decisions_do_not_modify_their_inputs():
+    rng = np.random.default_rng(21)
+    P, m = segments(rng, 3, 5)
+    phis = features(rng, (4, 6, 5))
+    normals = rng.standard_normal((4, 16, 6))
+    unif = uniforms(rng, 4)
+    seg, k_valid = np.array([0, 2, 1, 2]), np.array([6, 3, 1, 6])
+    copies = [a.copy() for a in (P, m, phis, normals, unif, seg, k_valid)]
+    decide_many(phis, P, m, seg, k_valid, normals, unif, 0.1)
+    thompson_one(phis[0], P[0], m[0], normals[0], unif[0], 0.1)
+    ucb_one(phis[0], P[0], m[0], 1.0, unif[0], 0.1)
+    for before, after in zip(copies, (P, m, phis, normals, unif, seg, k_valid), strict=True):
+        np.testing.assert_array_equal(before, after)
