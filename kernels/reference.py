@@ -63,6 +63,12 @@ def cholesky_psd(C):
     return L
 
 
+def _eps_floor(eps, k):
+    """``eps / k``, never 0 when eps > 0 (a subnormal eps would underflow)."""
+    floor = eps / k
+    return 5e-324 if floor == 0.0 and eps > 0.0 else floor
+
+
 def _explore(uniforms, eps, greedy, k):
     if uniforms[0] < eps:
         return min(int(uniforms[1] * k), k - 1)
@@ -80,7 +86,7 @@ def thompson_one(phis, P, m, normals, uniforms, eps, scale=1.0):
     draws = mu + normals @ L.T  # (n_draws, K)
     winners = np.argmax(draws, axis=1)  # lowest index on ties
     counts = np.bincount(winners, minlength=k)
-    propensities = np.minimum((1.0 - eps) * counts / normals.shape[0] + eps / k, 1.0)
+    propensities = np.minimum((1.0 - eps) * counts / normals.shape[0] + _eps_floor(eps, k), 1.0)
     return _explore(uniforms, eps, int(winners[0]), k), propensities
 
 
@@ -91,7 +97,7 @@ def ucb_one(phis, P, m, alpha, uniforms, eps):
     quad = np.einsum("ka,ab,kb->k", phis, P, phis)
     scores = phis @ m + alpha * np.sqrt(np.maximum(quad, 0.0))
     greedy = int(np.argmax(scores))
-    propensities = np.full(k, eps / k)
+    propensities = np.full(k, _eps_floor(eps, k))
     propensities[greedy] = min(propensities[greedy] + (1.0 - eps), 1.0)
     return _explore(uniforms, eps, greedy, k), propensities
 

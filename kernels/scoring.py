@@ -24,6 +24,8 @@ import numpy as np
 from kernels import _validate as v
 from kernels._jit import kernel
 from kernels._linalg import _cholesky_psd
+
+SMALLEST_SUBNORMAL = 5e-324
 from kernels.exceptions import BAD_K_VALID, BAD_SEGMENT, BAD_SHAPE, BAD_UNIFORM, NON_FINITE_INPUT, raise_for_status
 
 
@@ -67,6 +69,15 @@ def _score_moments(phis, P, m, kv, scale, row, C, mu):  # pragma: no cover - com
             if not np.isfinite(acc):
                 ok = False
     return ok
+
+
+@kernel
+def _eps_floor(eps, k):  # pragma: no cover - compiled
+    """``eps / k``, but never 0 when eps > 0 (a subnormal eps would underflow to 0)."""
+    floor = eps / k
+    if floor == 0.0 and eps > 0.0:
+        floor = SMALLEST_SUBNORMAL
+    return floor
 
 
 @kernel
@@ -138,7 +149,7 @@ def _thompson_core(phis, P, m, normals, uniforms, eps, scale, kv, scratch, prop,
     if greedy < 0:
         return NON_FINITE_INPUT
     w = (1.0 - eps) / normals.shape[0]
-    floor = eps / kv
+    floor = _eps_floor(eps, kv)
     for k in range(kv):  # min: (1 - eps) + eps can round to 1 + 2**-52
         prop[k] = min(w * counts[k] + floor, 1.0)
     return _explore_choice(u0, u1, eps, greedy, kv)
@@ -205,7 +216,7 @@ def _ucb_one(phis, P, m, alpha, uniforms, eps):  # pragma: no cover - compiled
         if k == 0 or score > best:
             best = score
             greedy = k
-    floor = eps / kk
+    floor = _eps_floor(eps, kk)
     for k in range(kk):
         prop[k] = floor
     prop[greedy] = min(floor + (1.0 - eps), 1.0)  # rounding can exceed 1 by an ulp
