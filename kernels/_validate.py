@@ -9,6 +9,7 @@ inside the kernels, which read the data anyway, and come back as status codes (`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ FLOATS = (F64, F32)
 INF = float("inf")
 
 
-def array(name: str, a: object, ndim: int, kind: str) -> np.ndarray:
+def array(name: str, a: Any, ndim: int, kind: str) -> np.ndarray:
     """Check that ``a`` is a C-contiguous ndarray of rank ``ndim`` and the dtype ``kind`` allows.
 
     ``kind`` is ``"float"`` (float32 or float64), ``"f64"``, ``"f64w"`` (float64 and writeable: state

@@ -17,6 +17,8 @@ P stays exactly symmetric however many updates it sees.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kernels import _validate as v
@@ -104,15 +106,15 @@ def _update_many(P, m, seg, phis, rewards, noise_var, forget):  # pragma: no cov
 _ND = np.ndarray
 
 
-def _explain_one(P: object, m: object, phi: object) -> None:
+def _explain_one(P: Any, m: Any, phi: Any) -> None:
     """Slow path of :func:`update_one`: raise a KernelInputError naming what is wrong."""
     v.array("P", P, 2, "f64w")
     v.array("m", m, 1, "f64w")
     v.array("phi", phi, 1, "float")
-    d = m.shape[0]  # type: ignore[attr-defined]
-    if P.shape != (d, d):  # type: ignore[attr-defined]
-        raise v.KernelInputError(f"P must have shape (d, d) = ({d}, {d}) to match m, got {P.shape}")  # type: ignore[attr-defined]
-    v.dim("phi", phi.shape[0], d, "length (d)")  # type: ignore[attr-defined]
+    d = m.shape[0]
+    if P.shape != (d, d):
+        raise v.KernelInputError(f"P must have shape (d, d) = ({d}, {d}) to match m, got {P.shape}")
+    v.dim("phi", phi.shape[0], d, "length (d)")
 
 
 def _check_noise_forget(noise_var: float, forget: float) -> tuple[float, float]:

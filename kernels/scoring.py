@@ -9,9 +9,10 @@ draw ``j`` is ``s_j = mu + L z_j`` for the supplied standard normals ``z_j``.
 - choice: ``argmax s_0`` (lowest index on ties), unless ``uniforms[0] < eps``, then the uniform
   pick ``min(int(uniforms[1] * K), K - 1)``.
 - propensity: ``(1 - eps) * count_k / n_draws + eps / K`` where ``count_k`` is the number of draws
-  (draw 0 included) whose argmax is ``k``. It is an unbiased Monte-Carlo estimate of the true
-  probability of choosing ``k``; every value is in (0, 1] when eps > 0 and they sum to 1 (values
-  are capped at 1.0, which only matters when ``(1 - eps) + eps`` rounds to 1 + 2**-52).
+  (draw 0 included) whose argmax is ``k``. Averaged over the normals it equals the true
+  probability of choosing ``k`` (an unbiased Monte-Carlo estimate); every value is in (0, 1] when
+  eps > 0 and they sum to 1 (values are capped at 1.0, which only matters when ``(1 - eps) + eps``
+  rounds to 1 + 2**-52).
 
 The propensity-by-resampling idea is the standard one for logging Thompson sampling decisions
 for off-policy evaluation (e.g. the Open Bandit Pipeline's BernoulliTS ``compute_batch_action_dist``).
@@ -19,14 +20,17 @@ for off-policy evaluation (e.g. the Open Bandit Pipeline's BernoulliTS ``compute
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kernels import _validate as v
 from kernels._jit import kernel
 from kernels._linalg import _cholesky_psd
-
-SMALLEST_SUBNORMAL = 5e-324
 from kernels.exceptions import BAD_K_VALID, BAD_SEGMENT, BAD_SHAPE, BAD_UNIFORM, NON_FINITE_INPUT, raise_for_status
+
+#: Used for ``eps / K`` when a subnormal eps would make it underflow to 0.
+SMALLEST_SUBNORMAL = 5e-324
 
 
 @kernel
@@ -34,8 +38,8 @@ def _score_moments(phis, P, m, kv, scale, row, C, mu):  # pragma: no cover - com
     """``mu = Phi m`` and the lower triangle of ``C = scale * Phi P Phi^T`` (first kv candidates).
 
     For each candidate ``k`` the row ``phi_k P`` is accumulated in the scratch ``row`` (length d)
-    as axpys over the contiguous rows of P, four rows at a time (vectorised without fastmath), then dotted with
-    ``phi_j`` for ``j <= k``. Returns False if any value is not finite.
+    as axpys over the contiguous rows of P, four rows at a time (LLVM vectorises them without
+    fastmath), then dotted with ``phi_j`` for ``j <= k``. Returns False if a value is not finite.
     """
     d = m.shape[0]
     d4 = d - d % 4
@@ -90,7 +94,7 @@ def _explore_choice(u0, u1, eps, greedy, kv):  # pragma: no cover - compiled
 
 @kernel
 def _count_argmax_draws(mean, L, normals, kv, zt, acc, best, arg, counts):  # pragma: no cover - compiled
-    """Draws ``s_j = mean + L z_j`` for all j; ``counts[k]`` = draws whose argmax is k; return argmax of draw 0.
+    """Form every draw ``s_j = mean + L z_j``, count argmaxes into ``counts``; return draw 0's argmax.
 
     Vectorised across draws: the normals are transposed into ``zt`` (K x n_draws) so that each
     candidate's draws accumulate as contiguous axpys, and the running argmax over candidates is a
@@ -157,7 +161,10 @@ def _thompson_core(phis, P, m, normals, uniforms, eps, scale, kv, scratch, prop,
 
 @kernel
 def _scratch(kk, d, n_draws):  # pragma: no cover - compiled
-    """Scratch for :func:`_thompson_core`: row (d), C, L (K x K), counts (K), zt (K x n_draws), acc, best, arg (n_draws)."""
+    """Scratch for :func:`_thompson_core`, allocated once per call or batch.
+
+    row (d), C and L (K x K), counts (K), zt (K x n_draws), acc, best and arg (n_draws).
+    """
     return (
         np.empty(d, dtype=np.float64),
         np.empty((kk, kk), dtype=np.float64),
@@ -173,9 +180,12 @@ def _scratch(kk, d, n_draws):  # pragma: no cover - compiled
 @kernel
 def _thompson_one(phis, P, m, normals, uniforms, eps, scale):  # pragma: no cover - compiled
     kk, d = phis.shape
-    if kk < 1 or P.shape != (d, d) or m.shape[0] != d or normals.shape[0] < 1 or normals.shape[1] != kk or uniforms.shape[0] != 2:
+    n_draws = normals.shape[0]
+    if kk < 1 or P.shape != (d, d) or m.shape[0] != d or uniforms.shape[0] != 2:
         return BAD_SHAPE, np.empty(0, dtype=np.float64)
-    scratch = _scratch(kk, d, normals.shape[0])
+    if n_draws < 1 or normals.shape[1] != kk:
+        return BAD_SHAPE, np.empty(0, dtype=np.float64)
+    scratch = _scratch(kk, d, n_draws)
     prop = np.empty(kk, dtype=np.float64)
     mean = np.empty(kk, dtype=np.float64)
     choice = _thompson_core(phis, P, m, normals, uniforms, eps, scale, kk, scratch, prop, mean)
@@ -249,24 +259,24 @@ def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale):  # pr
 _ND = np.ndarray
 
 
-def _explain_one(phis: object, P: object, m: object, normals: object | None, uniforms: object) -> None:
+def _explain_one(phis: Any, P: Any, m: Any, normals: Any, uniforms: Any) -> None:
     """Slow path of the per-event wrappers: raise a KernelInputError naming what is wrong."""
     v.array("phis", phis, 2, "float")
-    kk, d = phis.shape  # type: ignore[attr-defined]
+    kk, d = phis.shape
     if kk < 1:
         raise v.KernelInputError("phis must have at least one candidate (K >= 1)")
     v.array("P", P, 2, "f64")
     v.array("m", m, 1, "f64")
-    if m.shape != (d,) or P.shape != (d, d):  # type: ignore[attr-defined]
+    if m.shape != (d,) or P.shape != (d, d):
         raise v.KernelInputError(
-            f"P must be ({d}, {d}) and m ({d},) to match phis' d={d}; got {P.shape} and {m.shape}"  # type: ignore[attr-defined]
+            f"P must be ({d}, {d}) and m ({d},) to match phis' d={d}; got {P.shape} and {m.shape}"
         )
     if normals is not None:
         v.array("normals", normals, 2, "float")
-        if normals.shape[0] < 1 or normals.shape[1] != kk:  # type: ignore[attr-defined]
-            raise v.KernelInputError(f"normals must have shape (n_draws >= 1, K={kk}), got {normals.shape}")  # type: ignore[attr-defined]
+        if normals.shape[0] < 1 or normals.shape[1] != kk:
+            raise v.KernelInputError(f"normals must have shape (n_draws >= 1, K={kk}), got {normals.shape}")
     v.array("uniforms", uniforms, 1, "f64")
-    v.dim("uniforms", uniforms.shape[0], 2, "length")  # type: ignore[attr-defined]
+    v.dim("uniforms", uniforms.shape[0], 2, "length")
 
 
 def thompson_one(

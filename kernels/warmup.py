@@ -17,8 +17,9 @@ def warm_up(dtypes: tuple[type, ...] = (np.float32, np.float64)) -> float:
     For each dtype in ``dtypes`` the float inputs (u and weights, phis, normals, rewards) all
     have that dtype; P, m and uniforms are float64 and index arrays int64, as the contracts
     require. The first process after a code change compiles (seconds); later processes load the
-    cached machine code (milliseconds per kernel). Mixed float32/float64 combinations not listed
-    here compile on first use.
+    cached machine code (milliseconds per kernel). Anything else is a different numba type and
+    compiles on first use: mixed float32/float64 inputs, and read-only arrays (e.g. straight from
+    ``np.frombuffer``) - copy those, or call the kernels on such inputs once here.
     """
     start = time.perf_counter()
     d, kk, n_draws, n_seg = 3, 2, 4, 2

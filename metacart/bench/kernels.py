@@ -206,7 +206,11 @@ def _print(result: dict) -> None:
         ("  update_one", f"{result['update_one_us']:.2f} µs", ""),
         ("  ucb_one", f"{result['ucb_one_us']:.2f} µs", ""),
         ("  numpy draws for one decision", f"{result['rng_us']:.2f} µs", ""),
-        (f"decide_many B={cfg['batch']}, S={cfg['segments']} incl. RNG", f"{result['batch_decisions_per_s']:,.0f} /s", "≥ 200,000 /s"),
+        (
+            f"decide_many B={cfg['batch']}, S={cfg['segments']} incl. RNG",
+            f"{result['batch_decisions_per_s']:,.0f} /s",
+            "≥ 200,000 /s",
+        ),
         ("  kernel only", f"{result['batch_decisions_per_s_kernel_only']:,.0f} /s", ""),
         ("update_many", f"{result['update_many_per_s']:,.0f} /s", ""),
         ("phi_many per candidate", f"{result['phi_many_us_per_candidate']:.3f} µs", ""),
