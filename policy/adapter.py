@@ -219,13 +219,25 @@ class SegmentBandit:
                 f"batch sizes disagree: segments {len(segments)}, context {context.shape}, "
                 f"candidates {candidates.shape}"
             )
+        return self.decide_phis(segments, self._features(context, candidates), k_valid)
+
+    def decide_phis(
+        self,
+        segments: Sequence[Hashable] | np.ndarray,
+        phis: np.ndarray,
+        k_valid: np.ndarray | None = None,
+    ) -> Decisions:
+        """Like :meth:`decide_many` but from precomputed features ``phis`` (float64[B, K, d])."""
+        phis = np.ascontiguousarray(phis, dtype=np.float64)
+        if phis.ndim != 3 or phis.shape[2] != self.d or phis.shape[0] != len(segments):
+            raise ValueError(f"phis must be [B={len(segments)}, K, {self.d}], got {phis.shape}")
+        bsz, kk = phis.shape[0], phis.shape[1]
         slots = self._slots_for(segments)
         kv = (
             np.full(bsz, kk, dtype=np.int64)
             if k_valid is None
             else np.ascontiguousarray(k_valid, dtype=np.int64)
         )
-        phis = self._features(context, candidates)
         normals = self._rng.standard_normal((bsz, self.n_draws, kk))
         uniforms = self._rng.random((bsz, 2))
         used = len(self._slots)

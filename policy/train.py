@@ -69,7 +69,7 @@ class TrainConfig:
     """Feature dimension of ``phi`` including the constant 1 (so the MLP outputs ``d - 1`` values)."""
     hidden: int = 64
     """Width of the MLP's hidden ReLU layer."""
-    objective: Literal["predictive", "marginal"] = "predictive"
+    objective: Literal["predictive", "marginal"] = "marginal"
     """``"predictive"``: ALPaCA context/query posterior-predictive NLL; ``"marginal"``: exact marginal
     likelihood of each sampled segment batch."""
     reward: Literal["logged", "click", "value", "mix"] = "logged"
@@ -113,6 +113,17 @@ class TrainConfig:
     """torch intra-op CPU threads."""
     jitter: float = 1e-6
     """Added to the diagonal of the prior covariance (standardised units) so it stays positive definite."""
+    calibrate_prior_scales: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01)
+    """Candidate multipliers of the learned prior covariance, scored by offline replay of the Thompson
+    policy on the logs (see :func:`replay_rewards`); the best is folded into ``prior_cov``. Empty: keep 1."""
+    calibrate_max_events: int = 1500
+    """Logged events per segment replayed for each candidate scale (in logged order)."""
+    calibrate_segments: int = 60
+    """At most this many segments (a seeded random subset) are replayed, to bound the time."""
+    calibrate_eps: float = 0.01
+    """Uniform exploration of the replayed Thompson policy."""
+    calibrate_n_draws: int = 16
+    """Posterior draws per replayed decision."""
     kind: Literal["ads", "retention"] = "ads"
     """Artifact kind recorded in the metadata."""
     version: str | None = None
@@ -135,6 +146,10 @@ class _Prepared:
     starts: np.ndarray  # int64[S]
     counts: np.ndarray  # int64[S]
     n_segments: int
+    context: np.ndarray  # [N, dx] (after any subsampling; same rows as u)
+    candidates: np.ndarray  # [N, K, da]
+    action: np.ndarray  # int64[N]
+    propensity: np.ndarray  # float64[N]
 
 
 def _select_reward(logs: Any, config: TrainConfig) -> np.ndarray:
@@ -160,6 +175,7 @@ def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepa
     context = np.asarray(logs.context)
     candidates = np.asarray(logs.candidates)
     action = np.asarray(logs.action, dtype=np.int64)
+    propensity = np.asarray(logs.propensity, dtype=np.float64)
     n = segment.shape[0]
     if n == 0:
         raise TrainingError("the logs hold no events")
@@ -175,8 +191,8 @@ def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepa
         raise TrainingError("rewards must be finite, one per event")
     if config.max_events is not None and n > config.max_events:
         keep = np.sort(rng.choice(n, size=config.max_events, replace=False))
-        segment, context, candidates, action, y = (
-            segment[keep], context[keep], candidates[keep], action[keep], y[keep]
+        segment, context, candidates, action, y, propensity = (
+            segment[keep], context[keep], candidates[keep], action[keep], y[keep], propensity[keep]
         )
         n = keep.shape[0]
     chosen = candidates[np.arange(n), action]
@@ -187,7 +203,10 @@ def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepa
     order = np.argsort(segment, kind="stable")
     counts = np.bincount(segment, minlength=n_segments).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    return _Prepared(u=u, y=y, order=order, starts=starts, counts=counts, n_segments=n_segments)
+    return _Prepared(
+        u=u, y=y, order=order, starts=starts, counts=counts, n_segments=n_segments,
+        context=context, candidates=candidates, action=action, propensity=propensity,
+    )
 
 
 # --------------------------------------------------------------------------- model
@@ -494,9 +513,72 @@ def train(
         config={**_jsonable(asdict(config)), "device_used": str(device)},
     )
     artifact = PolicyArtifact(meta=meta, **arrays)
+    if config.calibrate_prior_scales:
+        t_cal = time.perf_counter()
+        cal_segs = np.sort(
+            np.random.default_rng(config.seed + 29).permutation(present)[: config.calibrate_segments]
+        )
+        scores = replay_rewards(artifact, prep, cal_segs, config)
+        best_scale = max(scores, key=lambda c: scores[c])
+        metrics = {
+            **metrics,
+            "prior_scale": float(best_scale),
+            "calibration_seconds": time.perf_counter() - t_cal,
+            **{f"replay_reward_prior_scale_{c:g}": v for c, v in scores.items()},
+            "replay_reward_logged": float(prep.y.mean()),
+        }
+        arrays["prior_cov"] = arrays["prior_cov"] * best_scale
+        metrics["train_seconds"] = time.perf_counter() - t0
+        meta = meta.model_copy(update={"metrics": metrics})
+        artifact = PolicyArtifact(meta=meta, **arrays)
     if out_dir is not None:
         artifact.save(out_dir)
     return artifact
+
+
+def replay_rewards(
+    artifact: PolicyArtifact, prep: _Prepared, segments: np.ndarray, config: TrainConfig
+) -> dict[float, float]:
+    """Offline replay (Li, Chu, Langford & Wang, WSDM 2011) of the artifact's Thompson policy.
+
+    For every candidate prior scale ``c`` in ``config.calibrate_prior_scales`` a policy whose segments
+    start at ``N(mu0, c * Sigma0)`` replays each segment's logged events in logged order: it picks a
+    candidate, and the event counts (and its reward is learned) only if the pick equals the logged action
+    and a uniform draw falls below ``p_min / propensity`` (rejection sampling that makes any
+    full-support logging policy look uniform). Returns ``{c: mean reward over counted events}``, an
+    unbiased estimate of each policy's reward over its first ``~calibrate_max_events / K`` decisions.
+    All scales share the features, the acceptance draws and the policy seed.
+    """
+    from policy.adapter import Adapter
+
+    lengths = np.minimum(prep.counts[segments], config.calibrate_max_events)
+    rounds = int(lengths.max())
+    rows = np.full((segments.size, rounds), -1, dtype=np.int64)
+    for b, s in enumerate(segments):
+        rows[b, : lengths[b]] = prep.order[prep.starts[s] : prep.starts[s] + lengths[b]]
+    p_min = float(prep.propensity.min())
+    accept = np.random.default_rng(config.seed + 31).random(rows.shape)
+    policies = {
+        c: Adapter(artifact, eps=config.calibrate_eps, n_draws=config.calibrate_n_draws,
+                   seed=config.seed + 37, prior_scale=c)
+        for c in config.calibrate_prior_scales
+    }
+    features = next(iter(policies.values()))
+    totals = {c: [0.0, 0] for c in policies}
+    for j in range(rounds):
+        active = np.flatnonzero(rows[:, j] >= 0)
+        idx = rows[active, j]
+        segs = segments[active]
+        phis = features.phi_many(prep.context[idx], prep.candidates[idx])
+        gate = accept[active, j] * prep.propensity[idx] < p_min
+        for c, policy in policies.items():
+            dec = policy.decide_phis(segs, phis)
+            hit = gate & (dec.choices == prep.action[idx])
+            if hit.any():
+                policy.learn_many(segs[hit], dec.phis_chosen[hit], prep.y[idx][hit])
+                totals[c][0] += float(prep.y[idx][hit].sum())
+                totals[c][1] += int(hit.sum())
+    return {c: total / max(count, 1) for c, (total, count) in totals.items()}
 
 
 def _export_arrays(
