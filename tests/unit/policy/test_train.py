@@ -175,3 +175,19 @@ def test_bad_inputs_raise_training_error(tmp_path: Path) -> None:
     logs = write_hand_made_logs(tmp_path / "logs2.npz", n_segments=3, n_per=30)
     with pytest.raises(TrainingError, match="click"):
         train(logs, TrainConfig(reward="mix", value_weight=0.1, **TINY))
+
+
+def test_prior_scale_calibration_is_folded_into_the_prior(tmp_path: Path) -> None:
+    logs = write_hand_made_logs(tmp_path / "logs.npz", n_segments=10, n_per=80)
+    base = {**TINY, "epochs": 2, "calibrate_max_events": 80}
+    plain = train(logs, TrainConfig(seed=2, calibrate_prior_scales=(), **base))
+    scaled = train(logs, TrainConfig(seed=2, calibrate_prior_scales=(0.25,), **base))
+    assert "prior_scale" not in plain.meta.metrics
+    assert scaled.meta.metrics["prior_scale"] == 0.25
+    np.testing.assert_allclose(scaled.prior_cov, 0.25 * plain.prior_cov, rtol=1e-12)
+    np.testing.assert_array_equal(scaled.w1, plain.w1)
+    both = train(logs, TrainConfig(seed=2, calibrate_prior_scales=(1.0, 0.25), **base))
+    scores = {c: both.meta.metrics[f"replay_reward_prior_scale_{c:g}"] for c in (1.0, 0.25)}
+    assert both.meta.metrics["prior_scale"] == max(scores, key=lambda c: scores[c])
+    rewards = np.load(logs)["reward"]
+    assert all(rewards.min() <= v <= rewards.max() for v in scores.values())
