@@ -139,6 +139,8 @@ class Grant(NamedTuple):
     """Reserved cost (0 when denied)."""
     duplicate: bool = False
     """True when the decision id was seen before (the answer is the first one)."""
+    tag: str = ""
+    """The caller's tag of the first request (e.g. the treatment), so a replay can repeat the action."""
 
 
 class _Ledger:
@@ -247,15 +249,18 @@ class Budget:
         # any k+1 consecutive contacts must span at least the window
         return all(near[i + k] - near[i] >= w for i in range(len(near) - k))
 
-    def try_spend_one(self, decision_id: str, user: str, segment: str, cost: float, now: float) -> Grant:
+    def try_spend_one(
+        self, decision_id: str, user: str, segment: str, cost: float, now: float, tag: str = ""
+    ) -> Grant:
         """Ask to contact ``user`` of ``segment`` at event time ``now`` at (worst-case) ``cost``.
 
         Returns the first answer for a repeated ``decision_id``. Grants reserve ``cost`` against the
         segment and total caps of the period of ``now`` and count as a contact for the frequency cap.
+        ``tag`` is stored with the decision and returned on replays.
         """
         prior = self._decisions.get(decision_id)
         if prior is not None:
-            return Grant(prior["granted"], prior["reason"], prior["charged"] / MICRO, True)
+            return Grant(prior["granted"], prior["reason"], prior["charged"] / MICRO, True, prior.get("tag", ""))
         if not (isinstance(now, (int, float)) and math.isfinite(now)):
             raise BudgetStateError(f"now must be a finite number, got {now!r}")
         period = self.period_of(now)
@@ -270,8 +275,9 @@ class Budget:
                 "charged": 0,
                 "granted": False,
                 "reason": "expired",
+                "tag": tag,
             }
-            return Grant(False, "expired", 0.0)
+            return Grant(False, "expired", 0.0, False, tag)
         reason = self._check(user, segment, cost, now, period)
         granted = reason == "granted"
         amount = to_micro_up(cost) if granted else 0
@@ -284,6 +290,7 @@ class Budget:
             "charged": amount,
             "granted": granted,
             "reason": reason,
+            "tag": tag,
         }
         if granted:
             self._amounts[decision_id] = amount
@@ -293,7 +300,7 @@ class Budget:
         if self._latest_period is None or period > self._latest_period:
             self._latest_period = period
             self._evict()
-        return Grant(granted, reason, amount / MICRO)
+        return Grant(granted, reason, amount / MICRO, False, tag)
 
     def _check(self, user: str, segment: str, cost: float, now: float, period: int) -> str:
         if not (isinstance(cost, (int, float)) and math.isfinite(cost) and cost >= 0):
