@@ -155,11 +155,12 @@ def demo(
     duration_s: float = typer.Option(90.0, help="length of the live phase"),
     rate: float = typer.Option(400.0, help="ad requests per second"),
     out_dir: Path = typer.Option(Path("reports/demo"), help="where the report goes"),
+    train_seconds: float = typer.Option(60.0, help="time box of the meta-training step"),
 ) -> None:
     """The closed loop: train a small meta-policy, start a worker, run the market live, report."""
     from metacart.demo import run_demo
 
-    run_demo(Settings(), duration_s=duration_s, rate=rate, out_dir=out_dir)
+    run_demo(Settings(), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds)
 
 
 @bench.command("kernels")

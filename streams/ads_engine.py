@@ -20,8 +20,8 @@ of its segment, and unit tests can use plain dicts.
 
 from __future__ import annotations
 
-import heapq
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ import numpy as np
 from policy.adapter import Adapter
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_state import Pending
+from streams.pending import BookStore, PendingBook
 from streams.edge import Decoder, Source, dead_letter
 from streams.events import (AdDecision, AdRequest, Click, DeadLetter, Explanation, Impression,
                             Purchase)
@@ -40,23 +41,20 @@ from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
 
 
-class StateStore(Protocol):
-    """Where segment posteriors and pending decisions live (a Faust table in production)."""
+class StateStore(BookStore, Protocol):
+    """Where segment posteriors and open decisions live (Faust tables in production)."""
 
     def get_posterior(self, segment: str) -> bytes | None: ...
     def put_posterior(self, segment: str, partition: int, value: bytes) -> None: ...
-    def get_pending(self, request_id: str) -> bytes | None: ...
-    def put_pending(self, request_id: str, partition: int, value: bytes) -> None: ...
-    def del_pending(self, request_id: str, partition: int) -> None: ...
-    def iter_pending(self) -> Iterator[tuple[str, bytes]]: ...
 
 
 @dataclass
 class DictStore:
-    """A ``StateStore`` over two dicts (for tests and offline replays)."""
+    """A ``StateStore`` over dicts (for tests and offline replays)."""
 
     posteriors: dict[str, bytes] = field(default_factory=dict)
-    pending: dict[str, bytes] = field(default_factory=dict)
+    blocks: dict[str, bytes] = field(default_factory=dict)
+    marks: dict[str, bytes] = field(default_factory=dict)
 
     def get_posterior(self, segment: str) -> bytes | None:
         return self.posteriors.get(segment)
@@ -64,17 +62,23 @@ class DictStore:
     def put_posterior(self, segment: str, partition: int, value: bytes) -> None:
         self.posteriors[segment] = value
 
-    def get_pending(self, request_id: str) -> bytes | None:
-        return self.pending.get(request_id)
+    def put_block(self, key: str, partition: int, value: bytes) -> None:
+        self.blocks[key] = value
 
-    def put_pending(self, request_id: str, partition: int, value: bytes) -> None:
-        self.pending[request_id] = value
+    def del_block(self, key: str, partition: int) -> None:
+        self.blocks.pop(key, None)
 
-    def del_pending(self, request_id: str, partition: int) -> None:
-        self.pending.pop(request_id, None)
+    def iter_blocks(self) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.blocks.items()))
 
-    def iter_pending(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.pending.items()))
+    def get_mark(self, request_id: str) -> bytes | None:
+        return self.marks.get(request_id)
+
+    def put_mark(self, request_id: str, partition: int, value: bytes) -> None:
+        self.marks[request_id] = value
+
+    def del_mark(self, request_id: str, partition: int) -> None:
+        self.marks.pop(request_id, None)
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,8 @@ class AdsEngine:
         self._feedback = Decoder(topics.ad_feedback.payload, ads.max_message_bytes)
         self._partition_of: dict[str, int] = {}
         self._dirty: set[str] = set()
-        self._closing: list[tuple[str, int]] = []  # pending records to delete at the next flush
-        self._deadlines: dict[int, list[tuple[float, str]]] = {}
+        self.book = PendingBook(store, ads.attribution_window_s, ads.max_open_decisions)
+        self._tag = uuid.uuid4().hex[:8]  # makes block keys unique across worker restarts
         self._watermark: dict[int, float] = {}
         self._rebuild_needed = True
         self._last_flush = 0.0
@@ -127,7 +131,8 @@ class AdsEngine:
     def process_many(self, messages: Sequence[RawMessage]) -> Outputs:
         out = Outputs()
         if self._rebuild_needed:
-            self._rebuild_deadlines()
+            self.book.rebuild()
+            self._rebuild_needed = False
         requests: list[tuple[AdRequest, RawMessage]] = []
         for msg in messages:
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
@@ -181,17 +186,12 @@ class AdsEngine:
                               dtype=np.float64)
         decided = self.adapter.decide_many(segments, context, candidates)
         version = self.adapter.version
-        window = self.settings.attribution_window_s
+        opened = []
         for i, (req, partition) in enumerate(group):
             choice = int(decided.choices[i])
             ad = req.candidates[choice]
-            t = _epoch(req.event_time)
-            phi = decided.phis_chosen[i]
-            pending = Pending(req.segment, ad.ad_id, partition, t, phi)
-            if self.store.get_pending(req.request_id) is not None:
-                self.counters["duplicate_requests"] += 1
-            self.store.put_pending(req.request_id, partition, pending.encode())
-            heapq.heappush(self._deadlines.setdefault(partition, []), (t + window, req.request_id))
+            opened.append((req.request_id, Pending(req.segment, ad.ad_id, partition,
+                                                   _epoch(req.event_time), decided.phis_chosen[i])))
             score = float(decided.mean_scores[i, choice])
             prior = float(decided.prior_scores[i, choice])
             decision = AdDecision(
@@ -203,6 +203,7 @@ class AdsEngine:
                 request_time=req.event_time, decided_at=now,
             )
             out.decisions.append((req.segment.encode(), decision.model_dump_json().encode()))
+        self.counters["duplicate_requests"] += self.book.add_many(opened, self._tag)
         self.counters["decisions"] += len(group)
 
     # --- feedback --------------------------------------------------------------------------------
@@ -211,11 +212,10 @@ class AdsEngine:
         if isinstance(event, Impression):
             self.counters["impressions"] += 1
             return
-        raw = self.store.get_pending(event.request_id)
-        if raw is None:
+        pending = self.book.get(event.request_id)
+        if pending is None:
             self.counters[f"{event.type}s_late_or_unknown"] += 1
             return
-        pending = Pending.decode(raw)
         if _epoch(event.event_time) > pending.decided_t + self.settings.attribution_window_s:
             self.counters[f"{event.type}s_late_or_unknown"] += 1
             return
@@ -234,7 +234,7 @@ class AdsEngine:
             pending = pending.with_value(event.value)
             self.counters["purchases_attributed"] += 1
             self.counters["purchase_value"] += event.value
-        self.store.put_pending(event.request_id, pending.partition, pending.encode())
+        self.book.update(event.request_id, pending)
 
     def _learn(self, pending: Pending, reward: float) -> None:
         self._load_segment(pending.segment, pending.partition)
@@ -249,25 +249,21 @@ class AdsEngine:
             self._watermark[partition] = t
 
     def _close_windows(self) -> None:
-        """Close every pending record whose window ended before its partition's watermark."""
-        for partition, heap in self._deadlines.items():
-            watermark = self._watermark.get(partition, float("-inf"))
-            while heap and heap[0][0] <= watermark:
-                _, request_id = heapq.heappop(heap)
-                raw = self.store.get_pending(request_id)
-                if raw is None:
-                    continue
-                pending = Pending.decode(raw)
-                if pending.decided_t + self.settings.attribution_window_s > watermark:
-                    continue  # superseded by a duplicate request with a later time
-                if self.settings.value_weight > 0.0:
-                    reward = float(pending.clicked) + self.settings.value_weight * pending.value
-                    self._learn(pending, reward)
-                elif not pending.clicked:
-                    self._learn(pending, 0.0)
-                    self.counters["zero_updates"] += 1
-                self._closing.append((request_id, pending.partition))
+        """Close every open decision whose window ended before its partition's watermark."""
+        for partition, watermark in self._watermark.items():
+            for _, pending in self.book.due(partition, watermark):
+                self._close_one(pending)
                 self.counters["windows_closed"] += 1
+        for _, pending in self.book.overflow():
+            self._close_one(pending)
+            self.counters["windows_forced"] += 1
+
+    def _close_one(self, pending: Pending) -> None:
+        if self.settings.value_weight > 0.0:
+            self._learn(pending, float(pending.clicked) + self.settings.value_weight * pending.value)
+        elif not pending.clicked:
+            self._learn(pending, 0.0)
+            self.counters["zero_updates"] += 1
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -296,9 +292,7 @@ class AdsEngine:
             state = _join_epoch(self._epoch, self.adapter.state_bytes(segment))
             self.store.put_posterior(segment, self._partition_of[segment], state)
         self._dirty.clear()
-        for request_id, partition in self._closing:
-            self.store.del_pending(request_id, partition)
-        self._closing.clear()
+        self.book.flush_deletes()
 
     def swap(self, artifact: PolicyArtifact, on_swap: str) -> None:
         """Serve ``artifact`` from the next decision on; ``on_swap`` is "keep" or "reset".
@@ -325,22 +319,13 @@ class AdsEngine:
         self.flush(force=True)
         self.adapter.reset_all()
         self._partition_of.clear()
-        self._deadlines.clear()
+        self.book.clear()
         self._dirty.clear()
-        self._closing.clear()
         self._rebuild_needed = True
 
     def pending_count(self) -> int:
-        """Decisions whose attribution window is still open (held in memory as deadlines)."""
-        return sum(len(heap) for heap in self._deadlines.values())
-
-    def _rebuild_deadlines(self) -> None:
-        window = self.settings.attribution_window_s
-        for request_id, raw in self.store.iter_pending():
-            pending = Pending.decode(raw)
-            heapq.heappush(self._deadlines.setdefault(pending.partition, []),
-                           (pending.decided_t + window, request_id))
-        self._rebuild_needed = False
+        """Decisions whose attribution window is still open."""
+        return len(self.book)
 
     def _dead(self, out: Outputs, letter: DeadLetter) -> None:
         self.counters[f"dead_letters_{letter.error_type}"] += 1

@@ -45,6 +45,8 @@ class AdsSettings(BaseModel):
     batch_max: int = Field(512, ge=1, description="most requests decided in one kernel call")
     batch_within_s: float = Field(0.005, gt=0, description="longest wait to fill a batch")
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
+    max_open_decisions: int = Field(
+        1_000_000, ge=1, description="open attribution windows kept; beyond it the oldest close early")
 
 
 class RetentionSettings(BaseModel):
@@ -71,3 +73,19 @@ class Settings(BaseSettings):
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
     web_port: int = Field(0, description="Faust web port (0 disables the web server)")
     stats_interval_s: float = Field(1.0, gt=0, description="how often a worker publishes its counters")
+
+
+def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables that give a child process exactly ``settings`` (over ``base``)."""
+    env = {k: v for k, v in (base or {}).items() if not k.startswith("METACART_")}
+
+    def walk(prefix: str, model: BaseModel) -> None:
+        for name, value in model:
+            key = f"{prefix}{name.upper()}"
+            if isinstance(value, BaseModel):
+                walk(key + "__", value)
+            elif value is not None:
+                env[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+    walk("METACART_", settings)
+    return env

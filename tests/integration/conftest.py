@@ -7,10 +7,7 @@ afterwards). Nothing here skips: without a broker these tests fail.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+
+from metacart.processes import WorkerProcess
 
 from streams.kafka_io import consume, ensure_topics, make_producer, wait_for_broker
 from streams.settings import KafkaSettings, Settings
@@ -76,58 +74,6 @@ def settings(broker: KafkaSettings, artifact_dir: Path, tmp_path: Path) -> Setti
     s.ads.batch_within_s = 0.01
     ensure_topics(s.kafka, topics_for(s).all())
     return s
-
-
-def settings_env(s: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METACART_")}
-
-    def walk(prefix: str, model: object) -> None:
-        for name, value in model:  # type: ignore[attr-defined]
-            key = f"{prefix}{name.upper()}"
-            if isinstance(value, BaseModel):
-                walk(key + "__", value)
-            elif value is not None:
-                env[key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-
-    walk("METACART_", s)
-    return env
-
-
-@dataclass
-class WorkerProcess:
-    """A real ``metacart worker`` subprocess."""
-
-    settings: Settings
-    log_path: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> "WorkerProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "metacart.cli", "worker"],
-                                     env=settings_env(self.settings), stdout=log, stderr=log,
-                                     cwd=REPO, start_new_session=True)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "<no log>"
 
 
 @pytest.fixture
@@ -191,4 +137,4 @@ def produce(kafka: KafkaSettings, topic: str, items: list[tuple[bytes | None, by
     assert producer.flush(30) == 0, "not every message was delivered"
 
 
-__all__ = ["Reader", "WorkerProcess", "consume", "json_values", "produce", "settings_env", "start_worker"]
+__all__ = ["Reader", "WorkerProcess", "consume", "json_values", "produce", "start_worker"]

@@ -114,7 +114,7 @@ def test_killed_worker_recovers_state_from_changelog(settings, workers, tmp_path
         stats = Reader(settings.kafka, topics.worker_stats.name)
         produce(settings.kafka, topics.ad_feedback.name, [click("R-2", NAME, 12)])
         stats.wait_for(lambda ms: any(s["counters"].get("clicks_applied", 0) >= 1
-                                      and s["worker"].endswith(str(second.proc.pid))
+                                      and s["worker"].endswith(str(second.pid))
                                       for s in json_values(ms)), 60, "click applied after restart")
         produce(settings.kafka, topics.ad_requests.name, requests_for(SEGMENT, [13], "T"))
         assert _decision(decisions, "T-0")["explanation"]["segment_updates"] == 3

@@ -28,7 +28,7 @@ def test_two_workers_split_partitions_and_both_decide(settings, workers, tmp_pat
             if len(busy) == 2 and round_ >= 5:
                 break
         reports = latest_stats(stats.seen)
-        pids = {str(a.proc.pid), str(b.proc.pid)}
+        pids = {str(a.pid), str(b.pid)}
         deciding = {w.rsplit(":", 1)[1] for w, s in reports.items() if s["counters"].get("decisions", 0) > 0}
         assert deciding == pids, f"workers that decided: {deciding}, expected {pids}"
         decisions.wait_for(lambda ms: len({d["request_id"] for d in json_values(ms)}) >= sent, 90,

@@ -1,0 +1,220 @@
+"""The ad engine without Kafka: decisions, the delayed-reward join, windows, state and restarts."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+from hypothesis import given, settings as hsettings, strategies as st
+
+from policy.adapter import Adapter
+from streams.ads_engine import AdsEngine, DictStore, RawMessage
+from streams.settings import AdsSettings, StoreSettings
+from streams.topics import Topics
+from tests.unit.policy.test_artifact import make_artifact
+
+TOPICS = Topics("u")
+DX, DA, K = 3, 2, 4
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(T0 + t, timezone.utc).isoformat()
+
+
+def request(rid: str, t: float, segment: str = "m00-c00", seed: int = 0) -> RawMessage:
+    rng = np.random.default_rng(seed)
+    body = {"request_id": rid, "user_id": "u1", "segment": segment, "context": rng.normal(size=DX).tolist(),
+            "candidates": [{"ad_id": f"a{k}", "features": rng.normal(size=DA).tolist()} for k in range(K)],
+            "event_time": iso(t)}
+    return RawMessage(TOPICS.ad_requests.name, 0, 0, segment.encode(), json.dumps(body).encode())
+
+
+def feedback(kind: str, rid: str, t: float, segment: str = "m00-c00", value: float = 0.0) -> RawMessage:
+    body = {"type": kind, "request_id": rid, "segment": segment, "ad_id": "a0", "event_time": iso(t)}
+    if kind == "purchase":
+        body["value"] = value
+    return RawMessage(TOPICS.ad_feedback.name, 0, 0, segment.encode(), json.dumps(body).encode())
+
+
+def engine(store: DictStore | None = None, window: float = 600.0, value_weight: float = 0.0,
+           max_open: int = 1_000_000, artifact=None) -> AdsEngine:
+    art = artifact or make_artifact(dx=DX, da=DA, d=5)
+    ads = AdsSettings(attribution_window_s=window, value_weight=value_weight, max_open_decisions=max_open)
+    return AdsEngine(Adapter(art, seed=1), store if store is not None else DictStore(), TOPICS, ads,
+                     StoreSettings(state_flush_interval_s=0.0))
+
+
+def decisions(out) -> list[dict]:
+    return [json.loads(v) for _, v in out.decisions]
+
+
+def test_new_segment_decides_from_the_prior_with_valid_propensities():
+    eng = engine()
+    out = eng.process_many([request(f"r{i}", i, seed=i) for i in range(20)])
+    ds = decisions(out)
+    assert len(ds) == 20 and not out.dead_letters
+    for d in ds:
+        assert 0 < d["propensity"] <= 1
+        assert d["explanation"]["segment_updates"] == 0
+        assert abs(d["explanation"]["evidence_score"]) < 1e-12  # score == prior score, up to rounding
+        assert d["ad_id"] == f"a{d['position']}"
+
+
+def test_click_applies_once_and_duplicate_is_counted():
+    eng = engine()
+    eng.process_many([request("A", 0)])
+    eng.process_many([feedback("click", "A", 1), feedback("click", "A", 2)])
+    assert eng.counters["clicks_applied"] == 1 and eng.counters["clicks_duplicate"] == 1
+    assert eng.adapter.posterior("m00-c00")[2] == 1
+    d = decisions(eng.process_many([request("B", 3)]))[0]
+    assert d["explanation"]["segment_updates"] == 1
+
+
+def test_window_close_applies_zero_update_once_and_late_click_is_not_applied():
+    eng = engine(window=100)
+    eng.process_many([request("A", 0), request("B", 1)])
+    eng.process_many([feedback("click", "A", 5)])
+    eng.process_many([request("C", 150)])  # passes both deadlines (100, 101)
+    assert eng.counters["windows_closed"] == 2
+    assert eng.counters["zero_updates"] == 1  # B only; A was clicked
+    eng.process_many([feedback("click", "B", 160)])
+    assert eng.counters["clicks_late_or_unknown"] == 1
+    eng.process_many([request("D", 151)])
+    assert eng.adapter.posterior("m00-c00")[2] == 2
+    assert eng.pending_count() == 2  # C and D remain open
+
+
+def test_posterior_matches_closed_form_of_applied_rewards():
+    art = make_artifact(dx=DX, da=DA, d=5)
+    eng = engine(window=10, artifact=art)
+    phis, rewards = [], []
+    for i in range(6):
+        eng.process_many([request(f"r{i}", i * 20, seed=i)])
+        phis.append(eng.book.get(f"r{i}").phi)
+        if i % 2 == 0:
+            eng.process_many([feedback("click", f"r{i}", i * 20 + 1)])
+            rewards.append(1.0)
+        else:
+            rewards.append(0.0)  # closed by the next request's watermark
+    eng.process_many([request("last", 1000)])
+    P, m, n = eng.adapter.posterior("m00-c00")
+    assert n == 6
+    X, y = np.array(phis), np.array(rewards)
+    prec = np.linalg.inv(art.prior_cov) + X.T @ X / art.noise_var
+    P_ref = np.linalg.inv(prec)
+    m_ref = P_ref @ (np.linalg.solve(art.prior_cov, art.prior_mean) + X.T @ y / art.noise_var)
+    np.testing.assert_allclose(P, P_ref, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(m, m_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_value_weight_rewards_click_plus_value_at_window_close():
+    eng = engine(window=100, value_weight=0.5)
+    eng.process_many([request("A", 0)])
+    eng.process_many([feedback("click", "A", 1), feedback("purchase", "A", 2, value=4.0),
+                      feedback("purchase", "A", 3, value=4.0)])
+    assert eng.adapter.posterior("m00-c00")[2] == 0  # nothing applied before the window closes
+    assert eng.counters["purchases_duplicate"] == 1
+    phi = eng.book.get("A").phi
+    before_P, before_m, _ = eng.adapter.posterior("m00-c00")
+    eng.process_many([request("B", 200)])
+    P, m, n = eng.adapter.posterior("m00-c00")
+    assert n == 1
+    # One rank-1 update with reward 1 + 0.5 * 4 = 3.
+    s = eng.adapter.noise_var + phi @ before_P @ phi
+    expected_m = before_m + before_P @ phi * (3.0 - phi @ before_m) / s
+    np.testing.assert_allclose(m, expected_m, rtol=1e-10)
+
+
+def test_restart_restores_posteriors_and_open_decisions_from_the_store():
+    store = DictStore()
+    first = engine(store, window=100)
+    first.process_many([request("A", 0), request("B", 1), request("C", 2)])
+    first.process_many([feedback("click", "A", 3)])
+    first.flush()
+    assert store.blocks and store.marks and store.posteriors
+
+    second = engine(store, window=100)  # a new process: empty memory, same tables
+    second.process_many([feedback("click", "A", 4), feedback("click", "B", 5)])
+    assert second.counters["clicks_duplicate"] == 1  # A's click survived as a mark
+    assert second.counters["clicks_applied"] == 1  # B's decision survived in its block
+    second.process_many([request("D", 500)])
+    assert second.counters["zero_updates"] == 1  # C
+    second.flush()
+    assert second.adapter.posterior("m00-c00")[2] == 3
+    assert not store.marks  # every marked decision is closed
+    assert len(store.blocks) == 1 and len(second.book) == 1  # only D's block is still open
+
+
+def test_closed_blocks_and_marks_are_deleted():
+    store = DictStore()
+    eng = engine(store, window=10)
+    eng.process_many([request(f"r{i}", 0, seed=i) for i in range(5)])
+    eng.process_many([feedback("click", "r0", 1)])
+    assert len(store.blocks) == 1 and len(store.marks) == 1
+    eng.process_many([request("later", 100)])
+    eng.flush()
+    assert len(store.blocks) == 1 and not store.marks  # only the block holding "later"
+
+
+def test_open_decisions_are_bounded():
+    eng = engine(window=1e9, max_open=50)
+    for i in range(10):
+        eng.process_many([request(f"r{i}-{j}", i, seed=j) for j in range(20)])
+    assert eng.pending_count() == 50
+    assert eng.counters["windows_forced"] == 150
+
+
+def test_malformed_and_wrong_dimensions_are_dead_lettered_with_original_bytes():
+    eng = engine()
+    bad = RawMessage(TOPICS.ad_requests.name, 2, 7, b"k", b"{nope")
+    good = request("ok", 0)
+    wrong = json.loads(good.value)
+    wrong["context"] = wrong["context"][:2]
+    wrong_msg = RawMessage(TOPICS.ad_requests.name, 1, 9, b"k", json.dumps(wrong).encode())
+    bad_feedback = RawMessage(TOPICS.ad_feedback.name, 0, 3, b"k", b"[]")
+    out = eng.process_many([bad, good, wrong_msg, bad_feedback])
+    assert len(out.decisions) == 1
+    letters = [json.loads(v) for _, v in out.dead_letters]
+    assert [d["error_type"] for d in letters] == ["not_json", "invalid", "invalid"]
+    assert "expects 3" in letters[1]["reason"] and letters[1]["source_offset"] == 9
+    assert eng.counters["dead_letters"] == 3
+
+
+def test_reset_swap_ignores_posteriors_stored_under_the_old_policy():
+    store = DictStore()
+    eng = engine(store, window=10)
+    eng.process_many([request("A", 0)])
+    eng.process_many([feedback("click", "A", 1)])
+    eng.flush()
+    new = make_artifact(seed=3, dx=DX, da=DA, d=5)
+    new = type(new)(**{**{k: getattr(new, k) for k in ("w1", "b1", "w2", "b2", "prior_mean", "prior_cov",
+                                                         "noise_var")},
+                       "meta": new.meta.model_copy(update={"version": "test-2"})})
+    eng.swap(new, "reset")
+    eng.on_rebalance()  # forget memory: the segment must come from the store or the new prior
+    d = decisions(eng.process_many([request("B", 2)]))[0]
+    assert d["policy_version"] == "test-2"
+    assert d["explanation"]["segment_updates"] == 0
+    assert eng.counters["segments_reset_by_swap"] == 1
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["click", "dup", "late", "none"])),
+                min_size=1, max_size=30))
+def test_every_decision_is_updated_exactly_once(script):
+    """Whatever feedback arrives (clicks, duplicates, late ones), each decision ends with one update."""
+    eng = engine(window=50)
+    n_requests = 6
+    eng.process_many([request(f"r{i}", i, seed=i) for i in range(n_requests)])
+    for rid, action in script:
+        if action == "click":
+            eng.process_many([feedback("click", f"r{rid}", rid + 1)])
+        elif action == "dup":
+            eng.process_many([feedback("click", f"r{rid}", rid + 2), feedback("click", f"r{rid}", rid + 3)])
+        elif action == "late":
+            eng.process_many([feedback("click", f"r{rid}", rid + 60)])
+    eng.process_many([request("end", 1000)])
+    assert eng.adapter.posterior("m00-c00")[2] == n_requests
+    assert eng.counters["clicks_applied"] + eng.counters["zero_updates"] == n_requests
