@@ -1,0 +1,59 @@
+"""The architecture, enforced: kernels ← policy ← streams, and no torch on the serving path."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCH_ALLOWED = {"policy/train.py", "policy/retention/train.py"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_kernels_import_only_numpy_numba_and_stdlib():
+    forbidden = {"torch", "faust", "confluent_kafka", "aiokafka", "policy", "streams", "metacart", "pydantic"}
+    for path in modules("kernels"):
+        assert not imported_roots(path) & forbidden, path
+
+
+def test_policy_never_imports_streams_kafka_or_faust():
+    forbidden = {"streams", "faust", "confluent_kafka", "aiokafka", "metacart"}
+    for path in modules("policy"):
+        assert not imported_roots(path) & forbidden, path
+
+
+def test_torch_only_in_training_modules():
+    for package in ("kernels", "policy", "streams"):
+        for path in modules(package):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel not in TORCH_ALLOWED:
+                assert "torch" not in imported_roots(path), rel
+
+
+def test_streams_never_imports_the_cli_package():
+    for path in modules("streams"):
+        assert "metacart" not in imported_roots(path), path
+
+
+def test_serving_path_loads_without_torch():
+    code = ("import sys, streams.worker, streams.agents.ads, streams.live, policy.adapter, kernels.warmup;"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
