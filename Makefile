@@ -9,6 +9,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BROKER := deploy/kafka/broker.sh
 PYTEST_ARGS ?=
+# The broker's port; clients follow it (METACART_KAFKA__BOOTSTRAP). Change it to run beside another broker.
+BROKER_PORT ?= 9092
+export METACART_BROKER_PORT := $(BROKER_PORT)
+export METACART_BROKER_CONTROLLER_PORT := $(shell expr $(BROKER_PORT) + 1)
+export METACART_KAFKA__BOOTSTRAP := 127.0.0.1:$(BROKER_PORT)
 
 .PHONY: demo test unit integration bench broker-start broker-stop venv clean
 

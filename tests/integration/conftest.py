@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[KafkaSettings]:
-    kafka = KafkaSettings()
+    kafka = Settings().kafka  # METACART_KAFKA__BOOTSTRAP, set by the Makefile from BROKER_PORT
     started = False
     if subprocess.call([str(BROKER), "status"], stderr=subprocess.DEVNULL) != 0:
         subprocess.check_call([str(BROKER), "start"])
