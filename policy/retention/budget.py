@@ -6,8 +6,9 @@ in a table and replay input safely.
 
 Rules, checked by :meth:`Budget.try_spend_one` for a contact ``(decision_id, user, segment, cost, now)``:
 
-1. **Idempotence.** A decision id seen before returns its first answer and changes nothing, whatever the
-   other arguments say now.
+1. **Idempotence.** A decision id seen before returns its first answer and changes nothing (a replay).
+   If the replay names another user or segment it is denied (``id_conflict``); if the user has opted out
+   since, it is denied (``never_contact``), so a replay never contacts a never-contact user.
 2. **Never-contact.** Users on the list (configuration plus :meth:`Budget.add_never_contact`) are never
    granted.
 3. **Frequency cap.** No window of ``contact_window_days`` contains more than ``max_contacts`` granted
@@ -134,7 +135,7 @@ class Grant(NamedTuple):
     granted: bool
     reason: str
     """``granted``, ``never_contact``, ``frequency_cap``, ``segment_cap``, ``segment_pacing``,
-    ``total_cap``, ``total_pacing``, ``invalid_cost`` or ``expired``."""
+    ``total_cap``, ``total_pacing``, ``invalid_cost``, ``expired`` or ``id_conflict``."""
     cost: float
     """Reserved cost (0 when denied)."""
     duplicate: bool = False
@@ -260,6 +261,10 @@ class Budget:
         """
         prior = self._decisions.get(decision_id)
         if prior is not None:
+            if prior["user"] != user or prior["segment"] != segment:
+                return Grant(False, "id_conflict", 0.0, True)  # an id reused for someone else: never a contact
+            if self.is_never_contact(user):
+                return Grant(False, "never_contact", 0.0, True)  # opted out since: do not repeat the contact
             return Grant(prior["granted"], prior["reason"], prior["charged"] / MICRO, True, prior.get("tag", ""))
         if not (isinstance(now, (int, float)) and math.isfinite(now)):
             raise BudgetStateError(f"now must be a finite number, got {now!r}")
