@@ -83,7 +83,7 @@ class TrainConfig:
     """Segments per gradient step."""
     rows_per_segment: int = 256
     """Rows sampled (without replacement) from each segment per step; fewer if the segment is smaller."""
-    epochs: int = 40
+    epochs: int = 60
     """Maximum number of epochs; an epoch is ``steps_per_epoch`` gradient steps then one evaluation."""
     steps_per_epoch: int = 50
     """Gradient steps between evaluations of the held-out NLL."""
@@ -115,10 +115,12 @@ class TrainConfig:
     """Added to the diagonal of the prior covariance (standardised units) so it stays positive definite."""
     calibrate_prior_scales: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01)
     """Candidate multipliers of the learned prior covariance, scored by offline replay of the Thompson
-    policy on the logs (see :func:`replay_rewards`); the best is folded into ``prior_cov``. Empty: keep 1."""
-    calibrate_max_events: int = 1500
+    policy on the logs (see :func:`replay_rewards`). The largest scale whose replayed reward is within one
+    standard error of the best is folded into ``prior_cov`` (wider priors adapt more over long horizons,
+    so ties go to them). Empty: keep 1."""
+    calibrate_max_events: int = 4000
     """Logged events per segment replayed for each candidate scale (in logged order)."""
-    calibrate_segments: int = 60
+    calibrate_segments: int = 50
     """At most this many segments (a seeded random subset) are replayed, to bound the time."""
     calibrate_eps: float = 0.01
     """Uniform exploration of the replayed Thompson policy."""
@@ -519,12 +521,14 @@ def train(
             np.random.default_rng(config.seed + 29).permutation(present)[: config.calibrate_segments]
         )
         scores = replay_rewards(artifact, prep, cal_segs, config)
-        best_scale = max(scores, key=lambda c: scores[c])
+        top = max(scores, key=lambda c: scores[c][0])
+        best_scale = max(c for c, (v, _) in scores.items() if v >= scores[top][0] - scores[top][1])
         metrics = {
             **metrics,
             "prior_scale": float(best_scale),
             "calibration_seconds": time.perf_counter() - t_cal,
-            **{f"replay_reward_prior_scale_{c:g}": v for c, v in scores.items()},
+            **{f"replay_reward_prior_scale_{c:g}": v for c, (v, _) in scores.items()},
+            "replay_reward_se": scores[top][1],
             "replay_reward_logged": float(prep.y.mean()),
         }
         arrays["prior_cov"] = arrays["prior_cov"] * best_scale
@@ -538,7 +542,7 @@ def train(
 
 def replay_rewards(
     artifact: PolicyArtifact, prep: _Prepared, segments: np.ndarray, config: TrainConfig
-) -> dict[float, float]:
+) -> dict[float, tuple[float, float]]:
     """Offline replay (Li, Chu, Langford & Wang, WSDM 2011) of the artifact's Thompson policy.
 
     For every candidate prior scale ``c`` in ``config.calibrate_prior_scales`` a policy whose segments
@@ -546,8 +550,9 @@ def replay_rewards(
     candidate, and the event counts (and its reward is learned) only if the pick equals the logged action
     and a uniform draw falls below ``p_min / propensity`` (rejection sampling that makes any
     full-support logging policy look uniform). Returns ``{c: mean reward over counted events}``, an
-    unbiased estimate of each policy's reward over its first ``~calibrate_max_events / K`` decisions.
-    All scales share the features, the acceptance draws and the policy seed.
+    unbiased estimate of each policy's reward over its first ``~calibrate_max_events / K`` decisions,
+    and its standard error (``{c: (mean, se)}``). All scales share the features, the acceptance draws
+    and the policy seed.
     """
     from policy.adapter import Adapter
 
@@ -564,7 +569,7 @@ def replay_rewards(
         for c in config.calibrate_prior_scales
     }
     features = next(iter(policies.values()))
-    totals = {c: [0.0, 0] for c in policies}
+    totals = {c: [0.0, 0.0, 0] for c in policies}
     for j in range(rounds):
         active = np.flatnonzero(rows[:, j] >= 0)
         idx = rows[active, j]
@@ -576,9 +581,17 @@ def replay_rewards(
             hit = gate & (dec.choices == prep.action[idx])
             if hit.any():
                 policy.learn_many(segs[hit], dec.phis_chosen[hit], prep.y[idx][hit])
-                totals[c][0] += float(prep.y[idx][hit].sum())
-                totals[c][1] += int(hit.sum())
-    return {c: total / max(count, 1) for c, (total, count) in totals.items()}
+                got = prep.y[idx][hit]
+                totals[c][0] += float(got.sum())
+                totals[c][1] += float((got * got).sum())
+                totals[c][2] += int(hit.sum())
+    out: dict[float, tuple[float, float]] = {}
+    for c, (total, total_sq, count) in totals.items():
+        n = max(count, 1)
+        mean = total / n
+        var = max(total_sq / n - mean * mean, 0.0)
+        out[c] = (mean, float(np.sqrt(var / max(n - 1, 1))))
+    return out
 
 
 def _export_arrays(
