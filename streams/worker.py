@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from datetime import datetime, timezone
 from pathlib import Path
 
 import faust
@@ -15,7 +18,8 @@ from streams.agents import ads as ads_agents
 from streams.app import create_app, topics_for
 from streams.kafka_io import ensure_topics, wait_for_broker
 from streams.settings import Settings
-from streams.topics import TopicSpec
+from streams.events import WorkerStats
+from streams.topics import Topics, TopicSpec
 
 log = logging.getLogger("metacart.worker")
 
@@ -39,9 +43,30 @@ def build(settings: Settings) -> tuple[faust.App, AdsEngine]:
     topics = topics_for(settings)
     ensure_topics(settings.kafka, topics.all())
     engine = ads_agents.install(app, settings, topics, adapter)
-    _install_retention(app, settings, topics)
+    engines: list = [engine]
+    retention_engine = _install_retention(app, settings, topics)
+    if retention_engine is not None:
+        engines.append(retention_engine)
+    _install_stats(app, settings, topics, engines)
     _ensure_changelogs(app, settings)
     return app, engine
+
+
+def _install_stats(app: faust.App, settings: Settings, topics: Topics, engines: list) -> None:
+    """Publish every engine's counters (merged) to worker-stats once per ``stats_interval_s``."""
+    stats = app.topic(topics.worker_stats.name, key_type=bytes, value_type=bytes, partitions=1)
+    name = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
+    ads = engines[0]
+
+    @app.timer(interval=settings.stats_interval_s)
+    async def report_stats() -> None:
+        counters: dict[str, float] = {}
+        for engine in engines:
+            counters.update(engine.counters)
+        report = WorkerStats(worker=name, policy_version=ads.adapter.version, counters=counters,
+                             segments_in_memory=len(ads.adapter.segments), pending=ads.pending_count(),
+                             event_time=datetime.now(timezone.utc))
+        await stats.send(key=name.encode(), value=report.model_dump_json().encode())
 
 
 def _ensure_changelogs(app: faust.App, settings: Settings) -> None:
@@ -56,15 +81,14 @@ def _ensure_changelogs(app: faust.App, settings: Settings) -> None:
     ensure_topics(settings.kafka, specs, compacted=True)
 
 
-def _install_retention(app: faust.App, settings: Settings, topics: object) -> None:
-    try:
-        from streams.agents import retention
-    except ImportError:
-        return
-    if Path(settings.retention.artifact).exists():
-        retention.install(app, settings, topics)
-    else:
+def _install_retention(app: faust.App, settings: Settings, topics: Topics) -> object | None:
+    """The retention agents, when a retention artifact is configured (returns their engine)."""
+    if not Path(settings.retention.artifact).exists():
         log.warning("no retention artifact at %s: retention agents not started", settings.retention.artifact)
+        return None
+    from streams.agents import retention
+
+    return retention.install(app, settings, topics)
 
 
 def run(settings: Settings) -> None:

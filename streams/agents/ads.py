@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import faust
 from faust.streams import _current_event
@@ -29,7 +26,7 @@ from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_engine import AdsEngine, RawMessage
 from streams.app import TABLE_OPTIONS
 from streams.edge import Decoder, Source, dead_letter
-from streams.events import DeadLetter, WorkerStats
+from streams.events import DeadLetter
 from streams.kafka_io import make_consumer, make_producer
 from streams.settings import Settings
 from streams.topics import Topics
@@ -130,17 +127,6 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
     @app.task
     async def watch_policy_updates() -> None:
         await _watch_policy_updates(settings, topics, engine, dead_letters)
-
-    stats = app.topic(topics.worker_stats.name, key_type=bytes, value_type=bytes, partitions=1)
-    worker_name = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
-
-    @app.timer(interval=settings.stats_interval_s)
-    async def report_stats() -> None:
-        report = WorkerStats(
-            worker=worker_name, policy_version=engine.adapter.version,
-            counters=dict(engine.counters), segments_in_memory=len(engine.adapter.segments),
-            pending=engine.pending_count(), event_time=datetime.now(timezone.utc))
-        await stats.send(key=worker_name.encode(), value=report.model_dump_json().encode())
 
     return engine
 
