@@ -24,6 +24,15 @@ well conditioned, and ``log det(Phi Sigma0 Phi^T + s I) = log det(I + Psi^T Psi 
 Rewards are centred and scaled by their standard deviation for training and the prior/noise are mapped
 back to reward units when the artifact is written, so the artifact is in the units the logs use.
 
+Prior calibration. The likelihood-optimal ``Sigma0`` is far too wide for *deciding*: on the simulator,
+Thompson sampling from it loses to greedy decisions on ``mu0`` for hundreds of rounds (the Gaussian head
+on Bernoulli clicks is misspecified, and rewards of the ads a good policy shows are noisier than the
+uniformly logged average). After training, :func:`replay_rewards` replays the Thompson policy offline on
+the logs (Li et al. 2011) for a few multipliers of ``Sigma0`` and folds the best one into the artifact
+(measured: multiplier 0.03, closed-loop regret at T=2000 down by about a quarter against multiplier 1).
+The ALPaCA-style ``"predictive"`` objective was measured too: no better held-out NLL or regret than the
+marginal likelihood, and about four times slower, so ``"marginal"`` is the default.
+
 Only this module (and other ``policy.train*`` modules) import torch.
 """
 

@@ -8,7 +8,12 @@ expected reward minus that of the shown candidate, from the simulator's ``expect
 
 Policies (see :mod:`policy.baselines`): ``random``; ``pooled`` (learned ``phi`` + meta prior, but one
 posterior shared by all segments: a global model without per-segment adaptation); ``scratch_raw``;
-``scratch_phi``; ``meta`` (ours, :class:`policy.adapter.Adapter`); ``oracle``.
+``scratch_phi``; ``meta`` (ours, :class:`policy.adapter.Adapter`); ``oracle``. All Thompson-sampling
+policies use the same ``eps``, ``n_draws`` and the artifact's ``noise_var``; the scratch baselines use the
+vague prior ``N(0, vague_prior_var I)``.
+
+Without ``artifact``, the benchmark first meta-trains one (torch, one thread, about a minute) on uniform
+logs of the market's *training* segments; the benchmark's segments are the market's held-out split.
 """
 
 from __future__ import annotations

@@ -83,4 +83,5 @@ def test_meta_beats_scratch_raw_on_held_out_segments() -> None:
     meta = Adapter(art, eps=0.01, seed=5)
     regret_meta = play(meta, market, segs, 300, seed=0)["regret"].sum(axis=1).mean()
     regret_raw = play(raw, market, segs, 300, seed=0)["regret"].sum(axis=1).mean()
+    print(f"meta {regret_meta:.2f} scratch_raw {regret_raw:.2f}")
     assert regret_meta < 0.9 * regret_raw, (regret_meta, regret_raw)
