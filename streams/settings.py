@@ -58,6 +58,17 @@ class RetentionSettings(BaseModel):
     segment_budget_per_period: float = Field(100.0, ge=0, description="spend cap per segment per period")
     period_s: float = Field(86400.0, gt=0, description="budget period")
     max_contacts_per_user: int = Field(2, ge=0, description="frequency cap per user per period")
+    review_interval_s: float = Field(
+        86400.0, gt=0, description="users are reviewed when event time crosses a multiple of this")
+    outcome_grace_s: float = Field(
+        3600.0, ge=0, description="allowed lateness of an outcome after its window ends (event time)")
+    pacing_lead: float = Field(
+        1.0, ge=0, le=1, description="share of a period's caps available at its start (1 = no pacing)")
+    never_contact_path: Path | None = Field(
+        None, description="file with one user id per line: users never contacted")
+    batch_max: int = Field(1024, ge=1, description="most messages handled in one engine call")
+    batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
+    max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
 
 
 class Settings(BaseSettings):

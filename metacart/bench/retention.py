@@ -42,7 +42,7 @@ from policy.adapter import Adapter
 from policy.retention.budget import MICRO, Budget, BudgetConfig, to_micro_down
 from policy.retention.decide import RetentionDecider, allocate_many
 from policy.retention.features import features_many, new_states, update_many
-from policy.retention.history import simulate_history
+from policy.retention.history import heldout_split, training_logs
 from policy.retention.risk import RiskModel
 from policy.retention.schema import K, NONE, RESERVE_COST, TREATMENTS
 from policy.simulator.retention import RetentionWorld, draw_segments, subset_segments
@@ -96,10 +96,8 @@ QUICK = RetentionBenchConfig(
 def _train(cfg: RetentionBenchConfig, names: list[str], params, train_idx: np.ndarray, seed: int):
     from policy.retention.train import RiskTrainConfig, train_risk, train_uplift_prior  # torch: lazily
 
-    world = RetentionWorld(
-        [names[i] for i in train_idx], subset_segments(params, train_idx), cfg.train_users_per_segment, seed=seed + 101
-    )
-    logs = simulate_history(world, rounds=cfg.train_rounds, warmup_rounds=cfg.warmup_rounds, seed=seed)
+    logs = training_logs(names, params, train_idx, cfg.train_users_per_segment, cfg.train_rounds,
+                         cfg.warmup_rounds, seed)
     risk = train_risk(logs, RiskTrainConfig(epochs=12, max_seconds=cfg.train_seconds / 3, seed=seed))
     artifact = train_uplift_prior(logs, max_seconds=cfg.train_seconds, seed=seed)
     return logs, risk, artifact
@@ -223,8 +221,7 @@ def run(quick: bool = False, out: Path | None = None, seed: int = 0) -> dict:
     cfg = QUICK if quick else FULL
     t0 = time.perf_counter()
     names, params = draw_segments(cfg.n_markets, cfg.n_cohorts, seed=seed)
-    perm = np.random.default_rng([seed, 7]).permutation(len(names))
-    heldout_idx, train_idx = np.sort(perm[: cfg.n_heldout]), np.sort(perm[cfg.n_heldout :])
+    heldout_idx, train_idx = heldout_split(len(names), cfg.n_heldout, seed)
     logs, risk, artifact = _train(cfg, names, params, train_idx, seed)
     t_train = time.perf_counter() - t0
     runs = {p: _play(p, cfg, names, params, heldout_idx, risk, artifact, seed) for p in POLICIES}

@@ -70,7 +70,7 @@ class BudgetConfig:
     contact_window_days : float
         Frequency-cap window.
     max_contacts : int
-        Contacts allowed per user in any such window.
+        Contacts allowed per user in any such window (0: nobody is ever contacted).
     horizon_periods : int
         Periods of state kept behind the latest period seen.
     segment_caps : dict[str, float]
@@ -99,8 +99,8 @@ class BudgetConfig:
             raise BudgetStateError("pacing_lead must be in [0, 1]")
         if not (math.isfinite(self.contact_window_days) and self.contact_window_days >= 0):
             raise BudgetStateError("contact_window_days must be >= 0")
-        if self.max_contacts < 1:
-            raise BudgetStateError("max_contacts must be >= 1")
+        if self.max_contacts < 0:
+            raise BudgetStateError("max_contacts must be >= 0")
         if self.horizon_periods < 1:
             raise BudgetStateError("horizon_periods must be >= 1")
         object.__setattr__(self, "never_contact", frozenset(self.never_contact))
@@ -242,6 +242,8 @@ class Budget:
     def _frequency_ok(self, user: str, t: float) -> bool:
         w = self.config.contact_window_days
         k = self.config.max_contacts
+        if k == 0:
+            return False
         times = self._contacts.get(user, [])
         lo = bisect.bisect_left(times, t - w)
         hi = bisect.bisect_right(times, t + w)

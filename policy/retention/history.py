@@ -65,3 +65,31 @@ def simulate_history(
         propensity=np.concatenate(cols["prop"]),
         value=np.concatenate(cols["value"]),
     )
+
+
+def heldout_split(n_segments: int, n_heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) segment indices, each sorted: a seeded random ``n_heldout`` are held out.
+
+    The benchmark and :func:`policy.retention.train.build_artifacts` split the same way, so an artifact
+    built with a seed never saw the held-out segments of that seed.
+    """
+    perm = np.random.default_rng([seed, 7]).permutation(n_segments)
+    return np.sort(perm[:n_heldout]), np.sort(perm[n_heldout:])
+
+
+def training_logs(
+    names: list[str],
+    params,
+    train_idx: np.ndarray,
+    users_per_segment: int,
+    rounds: int,
+    warmup_rounds: int = 5,
+    seed: int = 0,
+    window_days: int = 7,
+) -> LoggedData:
+    """The randomised history of the training segments ``train_idx`` (world seeded ``seed + 101``)."""
+    from policy.simulator.retention import subset_segments
+
+    world = RetentionWorld([names[i] for i in train_idx], subset_segments(params, train_idx), users_per_segment,
+                           seed=seed + 101, window_days=window_days)
+    return simulate_history(world, rounds=rounds, warmup_rounds=warmup_rounds, seed=seed)

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -137,3 +139,53 @@ def train_uplift_prior(
         segments_per_batch=16,
     )
     return train(logs, config)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """The simulated world and history behind :func:`build_artifacts` (small enough for ~60 s on 2 cores)."""
+
+    n_markets: int = 6
+    n_cohorts: int = 5
+    n_heldout: int = 5
+    """Segments never trained on (the live simulator plays these)."""
+    train_users_per_segment: int = 300
+    train_rounds: int = 4
+    warmup_rounds: int = 5
+    window_days: int = 7
+
+
+def build_artifacts(out_dir: "str | os.PathLike[str]", max_seconds: float = 60.0, seed: int = 0,
+                    config: BuildConfig | None = None) -> Path:
+    """Build a retention artifact directory from the simulator; returns ``out_dir``.
+
+    Draws the world's segments, holds out ``config.n_heldout`` of them
+    (:func:`policy.retention.history.heldout_split`, the benchmark's split), simulates the randomised
+    treatment history of the others, then trains the churn-risk model (about a sixth of the time left)
+    and the uplift meta-prior (the rest), all within about ``max_seconds`` wall-clock. The layout is the
+    one :func:`policy.retention.artifacts.load_artifacts` reads; the manifest records the world so the
+    live simulator can play the held-out segments.
+    """
+    from policy.retention.artifacts import save_artifacts
+    from policy.retention.history import heldout_split, training_logs
+    from policy.simulator.retention import draw_segments
+
+    config = config or BuildConfig()
+    t0 = time.perf_counter()
+    names, params = draw_segments(config.n_markets, config.n_cohorts, seed=seed)
+    heldout_idx, train_idx = heldout_split(len(names), config.n_heldout, seed)
+    logs = training_logs(names, params, train_idx, config.train_users_per_segment, config.train_rounds,
+                         config.warmup_rounds, seed, config.window_days)
+    left = max(2.0, 0.92 * max_seconds - (time.perf_counter() - t0))
+    risk = train_risk(logs, RiskTrainConfig(epochs=12, max_seconds=left / 6, seed=seed))
+    left = max(1.0, 0.92 * max_seconds - (time.perf_counter() - t0))
+    uplift = train_uplift_prior(logs, max_seconds=left, seed=seed)
+    world = {
+        "n_markets": config.n_markets, "n_cohorts": config.n_cohorts, "seed": seed,
+        "heldout_segments": [names[i] for i in heldout_idx], "heldout_index": heldout_idx.tolist(),
+        "window_days": config.window_days, "warmup_rounds": config.warmup_rounds,
+    }
+    return save_artifacts(out_dir, uplift, risk, {
+        "world": world, "train_rows": len(logs), "risk": risk.meta,
+        "seconds": round(time.perf_counter() - t0, 2),
+    })

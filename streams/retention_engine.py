@@ -1,0 +1,702 @@
+"""The retention engine: the part of the retention agent that does not know about Faust.
+
+``process_many`` takes one batch of raw messages — session events and retention outcomes, both keyed by
+``user_id`` and co-partitioned — and returns what to send (retention actions, dead letters). Every
+counter it keeps is named ``retention_*``.
+
+Event time. Timestamps become days since the Unix epoch at the edge (the scale of
+:mod:`policy.retention`). Each partition has a *watermark*, the latest event time it has seen.
+
+Flow, in arrival order within a batch:
+
+1. **Edge.** Each message is validated (``streams.edge``); malformed input, a session event of a kind
+   other than ``purchase`` that carries a value, an outcome with ``retained=false`` and a value > 0, and an
+   outcome naming another user or segment than its decision become dead letters, never exceptions.
+2. **Features.** ``session_start`` and ``purchase`` events are folded into the user's engagement state
+   (:func:`policy.retention.features.update_many`, order independent); ``page_view`` and ``add_to_cart``
+   only advance the watermark (counted). A user row holds the state, the segment, the partition and the
+   event time of the user's last decision.
+3. **Decision points: scheduled reviews.** Review ticks are the multiples of ``review_interval_s`` in
+   event time. When a partition's watermark crosses a tick ``T`` (events before ``T`` are folded first),
+   every user of that partition is reviewed at ``T``: users idle for more than ``idle_horizon_s`` are
+   evicted (the table stays bounded; ``retention_users`` reports its size), the others get churn risk at
+   ``T``, and those with risk >= ``risk_threshold`` that were not decided in the current budget period
+   (at most one decision per user per period) are decided in one batch by
+   :class:`policy.retention.decide.RetentionDecider` (Thompson sampling over the shared ``Adapter``, then
+   the budget). A gap that skips several ticks reviews at the latest one only. A partition's first tick
+   after a fresh start is the one after its first event. A review is a scan of the partition's users, so
+   its cost grows with the (bounded) table.
+4. **Actions.** Every decision, ``none`` included, is emitted as a ``RetentionAction`` (propensity of
+   the action under the bandit, floored at 1e-6 where the budget overrode the bandit — ``reason.rule`` then
+   says why; ``decided_at`` is the review tick ``T`` in event time, where the outcome window starts).
+   Decision ids are a hash of (user, ``T``), so a replayed review repeats ids: the budget answers
+   replays idempotently and an id already open (or recently closed) is not decided again. A granted
+   treatment is also folded into the user's features as an ``INTERVENTION`` event at ``T``.
+5. **Outcomes.** An open action waits for its ``RetentionOutcome`` until the partition's watermark
+   passes ``T + outcome_window_s + outcome_grace_s`` (allowed lateness). The world's semantics
+   (:mod:`policy.simulator.retention`): ``retained`` = at least one purchase in the window, ``value`` =
+   the window's purchase value, a coupon is redeemed with the first purchase. The realised cost is
+   ``fixed_cost + coupon_face * retained`` and the reward is ``value - realised cost``. An outcome
+   stamped after the window (plus grace) is late: counted, not applied. A window that expires without an
+   outcome counts as *not retained, value 0* (cost = the fixed cost; a coupon is not redeemed). Each
+   closed action, exactly once: ``Adapter.learn_many`` with that reward, the risk model's segment offset
+   adapts on untreated users (churned = not retained), and ``Budget.settle_one`` lowers a treatment's
+   reservation to its realised cost. Duplicate outcomes (of a recently closed decision) are counted as
+   ``retention_outcomes_duplicate``; unknown ones as ``retention_outcomes_late_or_unknown``.
+
+Budget under several partitions and workers. One process cannot see the spend of users on partitions
+it does not own, so each user partition gets a fixed share of every cap: ``cap / user_partitions`` for
+the total cap and for each segment cap (in micro-units, rounded down), in a :class:`Budget` of its own.
+Whatever the assignment of partitions to workers, the global spend of a period is the sum of partition
+spends, each within its share, so no cap is exceeded globally. The price: a partition cannot borrow
+another's unused share. A user always lives on one partition, so the frequency cap (at most
+``max_contacts_per_user`` contacts in any window of ``period_s``) and the never-contact list are exact.
+
+Learning per partition. Segment posteriors and risk offsets are kept per (partition, segment): a
+partition learns from its own users only, so state never needs merging and moves with its partition on
+a rebalance. (Combining partitions exactly is possible — Gaussian evidence adds in natural parameters —
+but is left out.)
+
+State goes through a :class:`RetentionStore` (four tables: ``users``, ``segments``, ``partitions`` for
+budgets and review marks, ``actions`` for open actions), so the Faust glue can route each write to the
+changelog partition of its key and unit tests can use dicts. Writes are buffered and flushed at most
+every ``state_flush_interval_s`` (and before every review, rebalance and swap of state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from policy.adapter import Adapter
+from policy.artifact import ArtifactError
+from policy.retention.artifacts import RetentionArtifacts
+from policy.retention.budget import Budget, BudgetConfig, MICRO
+from policy.retention.decide import RetentionDecider
+from policy.retention.features import (DX, N_STATE, expired_many, features_many, new_states,
+                                       update_many)
+from policy.retention.risk import RiskModel
+from policy.retention.schema import (COUPON_FACE, FIXED_COST, INTERVENTION, NONE, PURCHASE,
+                                     SESSION, TREATMENTS, EventBatch)
+from streams.ads_engine import RawMessage
+from streams.edge import Decoder, Source, dead_letter
+from streams.events import DeadLetter, RetentionAction, RetentionOutcome, RetentionReason, SessionEvent
+from streams.settings import PolicySettings, RetentionSettings, StoreSettings
+from streams.topics import Topics
+
+DAY_S = 86400.0
+TABLES = ("users", "segments", "partitions", "actions")
+MIN_PROPENSITY = 1e-6
+REVIEW_BATCH = 4096
+
+
+class RetentionStore(Protocol):
+    """Where retention state lives (Faust tables in production). Writes name the key's partition."""
+
+    def get(self, table: str, key: str, partition: int) -> bytes | None: ...
+    def put(self, table: str, key: str, partition: int, value: bytes) -> None: ...
+    def delete(self, table: str, key: str, partition: int) -> None: ...
+    def items(self, table: str) -> Iterator[tuple[str, bytes]]: ...
+
+
+@dataclass
+class DictStore:
+    """A ``RetentionStore`` over dicts (tests, offline replays)."""
+
+    tables: dict[str, dict[str, bytes]] = field(default_factory=lambda: {t: {} for t in TABLES})
+
+    def get(self, table: str, key: str, partition: int) -> bytes | None:
+        return self.tables[table].get(key)
+
+    def put(self, table: str, key: str, partition: int, value: bytes) -> None:
+        self.tables[table][key] = value
+
+    def delete(self, table: str, key: str, partition: int) -> None:
+        self.tables[table].pop(key, None)
+
+    def items(self, table: str) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.tables[table].items()))
+
+
+@dataclass
+class Outputs:
+    """What one batch produced: (key, value) pairs for each output topic."""
+
+    actions: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+# --- records ---------------------------------------------------------------------------------------
+
+_USER = struct.Struct("<BidH")  # version, partition, last decision time (days, NaN: never), |segment|
+_ACTION = struct.Struct("<BidBddHHH")  # version, partition, decided_t, action, cost, propensity, |u|, |s|, d
+_TICK = struct.Struct("<d")
+_RECORD_VERSION = 1
+
+
+@dataclass
+class UserRow:
+    """One user's engagement state and bookkeeping."""
+
+    state: np.ndarray
+    segment: str
+    partition: int
+    last_decision_t: float = math.nan
+
+    def encode(self) -> bytes:
+        seg = self.segment.encode()
+        return (_USER.pack(_RECORD_VERSION, self.partition, self.last_decision_t, len(seg))
+                + np.ascontiguousarray(self.state, dtype="<f8").tobytes() + seg)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "UserRow":
+        version, partition, last_t, n_seg = _USER.unpack_from(raw)
+        if version != _RECORD_VERSION:
+            raise ValueError(f"user record version {version} is not {_RECORD_VERSION}")
+        at = _USER.size
+        state = np.frombuffer(raw, dtype="<f8", count=N_STATE, offset=at).astype(np.float64)
+        segment = raw[at + 8 * N_STATE:at + 8 * N_STATE + n_seg].decode()
+        return cls(state, segment, partition, last_t)
+
+
+@dataclass(frozen=True)
+class OpenAction:
+    """A decision waiting for its outcome: what learning needs once it arrives."""
+
+    user: str
+    segment: str
+    partition: int
+    decided_t: float
+    """Event time of the decision (days)."""
+    action: int
+    cost: float
+    """Reserved (worst-case) cost."""
+    propensity: float
+    x: np.ndarray
+    """Engagement features at the decision (risk adaptation)."""
+    phi: np.ndarray
+    """Features of the action under the policy that chose it (posterior update)."""
+
+    def encode(self) -> bytes:
+        u, s = self.user.encode(), self.segment.encode()
+        phi = np.ascontiguousarray(self.phi, dtype="<f8")
+        return (_ACTION.pack(_RECORD_VERSION, self.partition, self.decided_t, self.action, self.cost,
+                             self.propensity, len(u), len(s), phi.shape[0])
+                + u + s + np.ascontiguousarray(self.x, dtype="<f8").tobytes() + phi.tobytes())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "OpenAction":
+        version, partition, t, action, cost, prop, n_u, n_s, d = _ACTION.unpack_from(raw)
+        if version != _RECORD_VERSION:
+            raise ValueError(f"action record version {version} is not {_RECORD_VERSION}")
+        at = _ACTION.size
+        user = raw[at:at + n_u].decode()
+        at += n_u
+        segment = raw[at:at + n_s].decode()
+        at += n_s
+        x = np.frombuffer(raw, dtype="<f8", count=DX, offset=at).copy()
+        phi = np.frombuffer(raw, dtype="<f8", count=d, offset=at + 8 * DX).copy()
+        return cls(user, segment, partition, t, action, cost, prop, x, phi)
+
+
+def decision_id(user: str, t: float) -> str:
+    """Deterministic id of the decision for ``user`` at review time ``t`` (days)."""
+    return "r" + hashlib.blake2b(f"{user}|{t!r}".encode(), digest_size=10).hexdigest()
+
+
+def partition_budget_config(settings: RetentionSettings, partitions: int,
+                            never_contact: frozenset[str] = frozenset()) -> BudgetConfig:
+    """The budget of one user partition: every cap divided by the partition count (rounded down).
+
+    The budget horizon keeps each decision until its outcome window (plus grace) has certainly closed,
+    so ``settle_one`` always finds it.
+    """
+    share = lambda cap: math.floor(cap * MICRO / partitions) / MICRO  # noqa: E731
+    period = settings.period_s
+    horizon = math.ceil((settings.outcome_window_s + settings.outcome_grace_s) / period) + 1
+    return BudgetConfig(
+        segment_cap=share(settings.segment_budget_per_period),
+        total_cap=share(settings.budget_per_period),
+        period_days=period / DAY_S,
+        pacing_lead=settings.pacing_lead,
+        contact_window_days=period / DAY_S,
+        max_contacts=settings.max_contacts_per_user,
+        horizon_periods=max(1, horizon),
+        never_contact=never_contact,
+    )
+
+
+def read_never_contact(path: Path | None) -> frozenset[str]:
+    """User ids, one per line (blank lines and ``#`` comments ignored); empty when ``path`` is None."""
+    if path is None:
+        return frozenset()
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return frozenset(s.strip() for s in lines if s.strip() and not s.strip().startswith("#"))
+
+
+def _days(t: datetime) -> float:
+    return t.timestamp() / DAY_S
+
+
+def _iso(days: float) -> datetime:
+    return datetime.fromtimestamp(days * DAY_S, timezone.utc)
+
+
+@dataclass
+class _Partition:
+    """What the engine holds in memory for one user partition."""
+
+    adapter: Adapter
+    risk: RiskModel
+    budget: Budget
+    last_tick: float | None
+    loaded: set[str] = field(default_factory=set)
+    dirty_segments: set[str] = field(default_factory=set)
+    dirty: bool = False
+    users: int = 0
+
+
+@dataclass
+class _Close:
+    did: str
+    act: OpenAction
+    retained: bool
+    value: float
+
+
+class RetentionEngine:
+    """Engagement features, churn risk, budgeted uplift decisions and delayed outcomes, per partition."""
+
+    def __init__(self, artifacts: RetentionArtifacts, store: RetentionStore, topics: Topics,
+                 settings: RetentionSettings, storage: StoreSettings,
+                 policy: PolicySettings | None = None, never_contact: frozenset[str] | None = None) -> None:
+        self.artifacts = artifacts
+        self.store = store
+        self.topics = topics
+        self.settings = settings
+        self.policy = policy or PolicySettings()
+        self.partitions = topics.user_partitions
+        if never_contact is None:
+            never_contact = read_never_contact(settings.never_contact_path)
+        self.budget_config = partition_budget_config(settings, self.partitions, frozenset(never_contact))
+        self.flush_interval_s = storage.state_flush_interval_s
+        self._sessions = Decoder(topics.sessions.payload, settings.max_message_bytes)
+        self._outcomes = Decoder(topics.retention_outcomes.payload, settings.max_message_bytes)
+        self._interval = settings.review_interval_s / DAY_S
+        self._window = settings.outcome_window_s / DAY_S
+        self._grace = settings.outcome_grace_s / DAY_S
+        self._horizon = settings.idle_horizon_s / DAY_S
+        self._epoch = artifacts.uplift.version.encode()
+        self._parts: dict[int, _Partition] = {}
+        self._watermark: dict[int, float] = {}
+        self._users: dict[str, UserRow] = {}
+        self._dirty_users: set[str] = set()
+        self._folds: list[tuple[str, float, int, float]] = []  # (user, t, kind, value) not yet folded
+        self._open: dict[str, OpenAction] = {}
+        self._new_open: dict[str, OpenAction] = {}
+        self._closed: dict[str, tuple[int, float]] = {}  # decision id -> (partition, forget after)
+        self._deletes: list[tuple[str, int]] = []
+        self._learn: list[_Close] = []
+        self._rebuild_needed = True
+        self._last_flush = 0.0
+        self.counters: Counter[str] = Counter()
+        self.counters["retention_budget"] = settings.budget_per_period
+        self.counters["retention_budget_per_partition"] = self.budget_config.total_cap
+
+    @property
+    def version(self) -> str:
+        return self.artifacts.uplift.version
+
+    # --- the batch entry point -------------------------------------------------------------------
+
+    def process_many(self, messages: Sequence[RawMessage]) -> Outputs:
+        out = Outputs()
+        if self._rebuild_needed:
+            self._rebuild()
+        for msg in messages:
+            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
+            if msg.topic == self.topics.sessions.name:
+                event = self._sessions.decode_one(msg.value, source)
+                if not isinstance(event, DeadLetter) and event.kind != "purchase" and event.value > 0:
+                    event = dead_letter(msg.value or b"", source, "invalid",
+                                        f"value: a {event.kind} event carries no value (got {event.value})")
+            elif msg.topic == self.topics.retention_outcomes.name:
+                event = self._outcomes.decode_one(msg.value, source)
+                if not isinstance(event, DeadLetter) and not event.retained and event.value > 0:
+                    event = dead_letter(msg.value or b"", source, "invalid",
+                                        f"value: {event.value} > 0 but retained is false "
+                                        "(a purchase in the window means retained)")
+            else:
+                event = dead_letter(msg.value or b"", source, "unknown_topic",
+                                    f"the retention engine does not read {msg.topic}")
+            if isinstance(event, DeadLetter):
+                self._dead(out, event)
+                continue
+            t = _days(event.event_time)
+            self._advance(msg.partition, t, out)
+            if isinstance(event, SessionEvent):
+                self._session(event, msg.partition, t)
+            else:
+                letter = self._outcome(event, msg.partition, t, source, msg.value or b"")
+                if letter is not None:
+                    self._dead(out, letter)
+        self._fold()
+        self._close_expired()
+        self._apply_learning()
+        self._forget_closed()
+        self.counters["retention_open_actions"] = len(self._open)
+        self.counters["retention_users"] = sum(p.users for p in self._parts.values())
+        self.flush(force=False)
+        return out
+
+    # --- sessions and features -------------------------------------------------------------------
+
+    def _session(self, event: SessionEvent, partition: int, t: float) -> None:
+        self.counters["retention_sessions"] += 1
+        if event.kind not in ("session_start", "purchase"):
+            self.counters["retention_page_events"] += 1
+            return
+        row = self._user(event.user_id, partition)
+        if row is None:
+            row = UserRow(new_states(1)[0], event.segment, partition)
+            self._users[event.user_id] = row
+            self._part(partition).users += 1
+            self.counters["retention_users_new"] += 1
+        row.segment = event.segment
+        kind = PURCHASE if event.kind == "purchase" else SESSION
+        self._folds.append((event.user_id, t, kind, event.value if kind == PURCHASE else 0.0))
+        self._dirty_users.add(event.user_id)
+
+    def _user(self, user: str, partition: int) -> UserRow | None:
+        row = self._users.get(user)
+        if row is None:
+            raw = self.store.get("users", user, partition)
+            if raw is None:
+                return None
+            row = UserRow.decode(raw)
+            self._users[user] = row
+        return row
+
+    def _fold(self) -> None:
+        """Fold the buffered engagement events into their users' states (one vectorised call)."""
+        if not self._folds:
+            return
+        names = list(dict.fromkeys(u for u, _, _, _ in self._folds))
+        index = {u: i for i, u in enumerate(names)}
+        states = np.stack([self._users[u].state for u in names])
+        batch = EventBatch(np.array([index[u] for u, _, _, _ in self._folds]),
+                           np.array([t for _, t, _, _ in self._folds]),
+                           np.array([k for _, _, k, _ in self._folds]),
+                           np.array([v for _, _, _, v in self._folds]))
+        states = update_many(states, batch)
+        for u, i in index.items():
+            self._users[u].state = states[i]
+        self._dirty_users.update(names)
+        self._folds.clear()
+
+    # --- event time and reviews ------------------------------------------------------------------
+
+    def _advance(self, partition: int, t: float, out: Outputs) -> None:
+        part = self._part(partition)
+        if part.last_tick is None:
+            part.last_tick = math.floor(t / self._interval) * self._interval
+            part.dirty = True
+        tick = math.floor(t / self._interval) * self._interval
+        if tick > part.last_tick:
+            self._review(partition, tick, out)
+        if t > self._watermark.get(partition, -math.inf):
+            self._watermark[partition] = t
+
+    def _review(self, partition: int, tick: float, out: Outputs) -> None:
+        """Evict idle users of ``partition`` and decide for the risky ones at event time ``tick``."""
+        self._fold()
+        self._close_expired(upto={partition: tick})
+        self._apply_learning()
+        self.flush(force=True)
+        part = self._part(partition)
+        self._users.clear()
+        users, rows = [], []
+        for user, raw in self.store.items("users"):
+            row = UserRow.decode(raw)
+            if row.partition == partition:
+                users.append(user)
+                rows.append(row)
+        part.last_tick = tick
+        part.dirty = True
+        self.counters["retention_reviews"] += 1
+        if not rows:
+            part.users = 0
+            return
+        states = np.stack([r.state for r in rows])
+        gone = expired_many(states, tick, self._horizon)
+        for i in np.flatnonzero(gone):
+            self.store.delete("users", users[i], partition)
+        self.counters["retention_users_evicted"] += int(gone.sum())
+        keep = np.flatnonzero(~gone)
+        part.users = int(keep.size)
+        if not keep.size:
+            return
+        x = features_many(states[keep], tick)
+        segs = [rows[i].segment for i in keep]
+        for s in set(segs):
+            self._load_segment(partition, s)
+        risk = part.risk.predict_many(segs, x)
+        period = part.budget.period_of(tick)
+        chosen = []
+        for j, i in enumerate(keep):
+            last = rows[i].last_decision_t
+            if risk[j] < self.settings.risk_threshold:
+                continue
+            if not math.isnan(last) and part.budget.period_of(last) == period:
+                self.counters["retention_once_per_period_skips"] += 1
+                continue
+            did = decision_id(users[i], tick)
+            if did in self._open or did in self._closed:
+                self.counters["retention_decisions_replayed"] += 1
+                continue
+            chosen.append((j, i, did))
+        self.counters["retention_decision_points"] += len(chosen)
+        for start in range(0, len(chosen), REVIEW_BATCH):
+            self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
+
+    def _decide(self, partition: int, tick: float, chosen: list[tuple[int, int, str]], users: list[str],
+                rows: list[UserRow], x: np.ndarray, out: Outputs) -> None:
+        part = self._part(partition)
+        ids = [did for _, _, did in chosen]
+        us = [users[i] for _, i, _ in chosen]
+        segs = [rows[i].segment for _, i, _ in chosen]
+        xs = x[[j for j, _, _ in chosen]]
+        decider = RetentionDecider(part.adapter, part.risk, part.budget)
+        dec = decider.decide_many(ids, us, segs, xs, np.full(len(chosen), tick))
+        decided_at = _iso(tick)
+        version = dec.version[:64] or "unknown"
+        for k, (_, i, did) in enumerate(chosen):
+            a = int(dec.action[k])
+            cost = float(dec.cost[k])
+            prop = float(dec.propensity[k])
+            self._new_open[did] = self._open[did] = OpenAction(
+                us[k], segs[k], partition, tick, a, cost, prop, xs[k].copy(), dec.phis[k].copy())
+            rows[i].last_decision_t = tick
+            if a != NONE:
+                rows[i].state = update_many(rows[i].state[None, :],
+                                            EventBatch(np.zeros(1), np.array([tick]), np.array([INTERVENTION]),
+                                                       np.array([float(a)])))[0]
+                self.counters["retention_treated"] += 1
+                self.counters["retention_reserved"] += cost
+            self._users[us[k]] = rows[i]
+            self._dirty_users.add(us[k])
+            if dec.reason[k].startswith("budget:"):
+                self.counters[f"retention_denied_{dec.reason[k].split(':', 1)[1]}"] += 1
+            action = RetentionAction(
+                decision_id=did, user_id=us[k], segment=segs[k], action=TREATMENTS[a],
+                propensity=min(1.0, max(prop, MIN_PROPENSITY)), cost=cost, policy_version=version,
+                reason=RetentionReason(risk=float(np.clip(dec.risk[k], 0.0, 1.0)),
+                                       expected_uplift=float(dec.uplift[k]), cost=cost,
+                                       rule=dec.reason[k][:64]),
+                decided_at=decided_at)
+            out.actions.append((us[k].encode(), action.model_dump_json().encode()))
+            self.counters["retention_actions"] += 1
+            self.counters[f"retention_actions_{TREATMENTS[a]}"] += 1
+        part.dirty = True
+
+    # --- outcomes --------------------------------------------------------------------------------
+
+    def _outcome(self, event: RetentionOutcome, partition: int, t: float, source: Source,
+                 raw: bytes) -> DeadLetter | None:
+        did = event.decision_id
+        act = self._open.get(did)
+        if act is None:
+            if did in self._closed:
+                self.counters["retention_outcomes_duplicate"] += 1
+            else:
+                self.counters["retention_outcomes_late_or_unknown"] += 1
+            return None
+        if act.user != event.user_id or act.segment != event.segment:
+            self.counters["retention_outcomes_mismatched"] += 1
+            return dead_letter(raw, source, "invalid",
+                               f"outcome for {did} names user {event.user_id} / segment {event.segment}; "
+                               f"the decision was for {act.user} / {act.segment}")
+        if t > act.decided_t + self._window + self._grace:
+            self.counters["retention_outcomes_late_or_unknown"] += 1
+            return None
+        self._close(did, act, event.retained, event.value)
+        self.counters["retention_outcomes_applied"] += 1
+        self.counters["retention_retained_value"] += event.value
+        self.counters["retention_retained"] += int(event.retained)
+        return None
+
+    def _close(self, did: str, act: OpenAction, retained: bool, value: float) -> None:
+        del self._open[did]
+        if self._new_open.pop(did, None) is None:
+            self._deletes.append((did, act.partition))
+        deadline = act.decided_t + self._window + self._grace
+        self._closed[did] = (act.partition, deadline + self._window)
+        self._learn.append(_Close(did, act, retained, value))
+
+    def _close_expired(self, upto: dict[int, float] | None = None) -> None:
+        """Close the open actions whose window (plus grace) ended before their partition's watermark."""
+        marks = self._watermark if upto is None else upto
+        due = [(did, act) for did, act in self._open.items()
+               if act.partition in marks and act.decided_t + self._window + self._grace < marks[act.partition]]
+        for did, act in due:
+            self._close(did, act, False, 0.0)
+            self.counters["retention_windows_expired"] += 1
+
+    def _forget_closed(self) -> None:
+        old = [did for did, (p, until) in self._closed.items() if self._watermark.get(p, -math.inf) > until]
+        for did in old:
+            del self._closed[did]
+
+    def _apply_learning(self) -> None:
+        """Closed actions into the posteriors, risk offsets and budgets of their partitions."""
+        if not self._learn:
+            return
+        by_part: dict[int, list[_Close]] = {}
+        for c in self._learn:
+            by_part.setdefault(c.act.partition, []).append(c)
+        self._learn = []
+        for partition, closes in by_part.items():
+            part = self._part(partition)
+            for c in closes:
+                self._load_segment(partition, c.act.segment)
+            segs = [c.act.segment for c in closes]
+            realised = np.array([FIXED_COST[c.act.action] + COUPON_FACE[c.act.action] * c.retained for c in closes])
+            rewards = np.array([c.value for c in closes]) - realised
+            part.adapter.learn_many(segs, np.stack([c.act.phi for c in closes]), rewards)
+            untreated = [c for c in closes if c.act.action == NONE]
+            if untreated:
+                part.risk.adapt_many([c.act.segment for c in untreated], np.stack([c.act.x for c in untreated]),
+                                     np.array([not c.retained for c in untreated], dtype=np.float64))
+            for c, cost in zip(closes, realised):
+                if c.act.action != NONE:
+                    part.budget.settle_one(c.did, float(cost))
+                    self.counters["retention_spend"] += float(cost)
+            part.dirty_segments.update(segs)
+            part.dirty = True
+            self.counters["retention_updates"] += len(closes)
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def _part(self, partition: int) -> _Partition:
+        part = self._parts.get(partition)
+        if part is not None:
+            return part
+        art = self.artifacts.uplift
+        p = self.policy
+        adapter = Adapter(art, eps=p.eps, n_draws=p.n_draws, forget=p.forget, scale=p.scale,
+                          seed=p.seed * 1009 + partition)
+        risk = RiskModel(self.artifacts.risk.mean, self.artifacts.risk.sd, self.artifacts.risk.w1,
+                         self.artifacts.risk.b1, self.artifacts.risk.w2, self.artifacts.risk.b2,
+                         self.artifacts.risk.tau2, dict(self.artifacts.risk.meta))
+        raw = self.store.get("partitions", f"budget:{partition}", partition)
+        if raw is None:
+            budget = Budget(self.budget_config)
+        else:
+            budget = Budget.from_bytes(raw)
+            budget.config = self.budget_config  # caps follow the current settings
+        tick = self.store.get("partitions", f"tick:{partition}", partition)
+        part = _Partition(adapter, risk, budget, None if tick is None else _TICK.unpack(tick)[0])
+        self._parts[partition] = part
+        return part
+
+    def _load_segment(self, partition: int, segment: str) -> None:
+        part = self._part(partition)
+        if segment in part.loaded:
+            return
+        part.loaded.add(segment)
+        raw = self.store.get("segments", f"{partition}/{segment}", partition)
+        if raw is None:
+            self.counters["retention_segments_new"] += 1
+            return
+        n = raw[0]
+        if raw[1:1 + n] != self._epoch:
+            self.counters["retention_segments_reset_by_swap"] += 1
+            return
+        at = 1 + n
+        size = int.from_bytes(raw[at:at + 4], "little")
+        part.adapter.load_state(segment, raw[at + 4:at + 4 + size])
+        part.risk.load_state(segment, raw[at + 4 + size:])
+        self.counters["retention_segments_restored"] += 1
+
+    def _rebuild(self) -> None:
+        """Reload open actions and per-partition user counts from the store (start, rebalance)."""
+        self._rebuild_needed = False
+        self._open.clear()
+        for did, raw in self.store.items("actions"):
+            self._open[did] = OpenAction.decode(raw)
+        counts: Counter[int] = Counter()
+        for _, raw in self.store.items("users"):
+            counts[_USER.unpack_from(raw)[1]] += 1
+        for partition, n in counts.items():
+            self._part(partition).users = n
+
+    def flush(self, force: bool = True) -> None:
+        """Write what changed: segment states, budgets and review marks, users, open actions; then
+        delete closed actions."""
+        now = time.monotonic()
+        if not force and now - self._last_flush < self.flush_interval_s:
+            return
+        self._last_flush = now
+        self._fold()
+        for partition, part in self._parts.items():
+            for segment in part.dirty_segments:
+                adapter_state = part.adapter.state_bytes(segment)
+                value = (bytes([len(self._epoch)]) + self._epoch + len(adapter_state).to_bytes(4, "little")
+                         + adapter_state + part.risk.state_bytes(segment))
+                self.store.put("segments", f"{partition}/{segment}", partition, value)
+            part.dirty_segments.clear()
+            if part.dirty:
+                self.store.put("partitions", f"budget:{partition}", partition, part.budget.to_bytes())
+                if part.last_tick is not None:
+                    self.store.put("partitions", f"tick:{partition}", partition, _TICK.pack(part.last_tick))
+                part.dirty = False
+        for user in self._dirty_users:
+            row = self._users[user]
+            self.store.put("users", user, row.partition, row.encode())
+        self._dirty_users.clear()
+        self._users.clear()  # memory holds only what changed since the last flush
+        for did, act in self._new_open.items():
+            self.store.put("actions", did, act.partition, act.encode())
+        self._new_open.clear()
+        for did, partition in self._deletes:
+            self.store.delete("actions", did, partition)
+        self._deletes.clear()
+
+    def on_rebalance(self) -> None:
+        """Partitions move: save what changed, forget everything in memory, reload lazily."""
+        self._apply_learning()
+        self.flush(force=True)
+        self._parts.clear()
+        self._watermark.clear()
+        self._open.clear()
+        self._closed.clear()
+        self._rebuild_needed = True
+
+    def pending_count(self) -> int:
+        """Actions whose outcome window is still open."""
+        return len(self._open)
+
+    def _dead(self, out: Outputs, letter: DeadLetter) -> None:
+        self.counters[f"retention_dead_letters_{letter.error_type}"] += 1
+        self.counters["retention_dead_letters"] += 1
+        out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))
+
+
+def load_engine_artifacts(path: Path) -> RetentionArtifacts:
+    """The artifacts at ``path`` (``ArtifactError`` with the fix when missing or bad)."""
+    from policy.retention.artifacts import load_artifacts
+
+    if not Path(path).exists():
+        raise ArtifactError(f"no retention artifact at {path}: build one with "
+                            "policy.retention.train.build_artifacts(out_dir)")
+    return load_artifacts(path)
