@@ -204,6 +204,16 @@ def run(
         for n in (100, 500):
             result[f"reward_first{n}_vs_oracle"][name] = round(_fraction(tr["reward"], oracle_r, n), 4)
             result[f"ctr_first{n}_vs_oracle"][name] = round(_fraction(tr["ctr"], oracle_c, n), 4)
+    meta_cum = traces["meta"]["regret"].sum(axis=1)
+    result["paired_regret_minus_meta_ci"] = {}
+    for name, tr in traces.items():
+        if name == "meta":
+            continue
+        diff = tr["regret"].sum(axis=1) - meta_cum  # same segments, requests and outcome draws
+        half = float(1.96 * diff.std(ddof=1) / np.sqrt(n_seg)) if n_seg > 1 else 0.0
+        result["paired_regret_minus_meta_ci"][name] = [
+            round(float(diff.mean()) - half, 3), round(float(diff.mean()) + half, 3)
+        ]
     reg = result["regret"]
     result["ratios"] = {
         "meta_vs_scratch_raw": round(reg["meta"] / reg["scratch_raw"], 3),
@@ -243,6 +253,7 @@ def _print_table(result: dict[str, Any]) -> None:
             f"{result['reward_first100_vs_oracle'][name]:>8.3f} {result['reward_first500_vs_oracle'][name]:>8.3f}"
         )
     print("ratios:", result["ratios"])
+    print("paired 95% CI of (policy - meta) regret at T:", result["paired_regret_minus_meta_ci"])
 
 
 def _plot(traces: dict[str, dict[str, np.ndarray]], path: Path, horizon: int, n_seg: int) -> None:
