@@ -304,7 +304,7 @@ class RetentionEngine:
         self._folds: list[tuple[str, float, int, float]] = []  # (user, t, kind, value) not yet folded
         self._open: dict[str, OpenAction] = {}
         self._new_open: dict[str, OpenAction] = {}
-        self._closed: dict[str, tuple[int, float]] = {}  # decision id -> (partition, forget after)
+        self._closed: dict[str, tuple[int, float, bool]] = {}  # id -> (partition, forget after, expired)
         self._deletes: list[tuple[str, int]] = []
         self._learn: list[_Close] = []
         self._rebuild_needed = True
@@ -356,7 +356,9 @@ class RetentionEngine:
         self._forget_closed()
         self.counters["retention_open_actions"] = len(self._open)
         self.counters["retention_users"] = sum(p.users for p in self._parts.values())
-        self.flush(force=False)
+        # State before output: when a batch emits actions, everything (budgets above all) is written
+        # before the caller sends them, so a crash can lose an action but never repeat a contact.
+        self.flush(force=bool(out.actions))
         return out
 
     # --- sessions and features -------------------------------------------------------------------
@@ -516,7 +518,8 @@ class RetentionEngine:
         did = event.decision_id
         act = self._open.get(did)
         if act is None:
-            if did in self._closed:
+            closed = self._closed.get(did)
+            if closed is not None and not closed[2]:
                 self.counters["retention_outcomes_duplicate"] += 1
             else:
                 self.counters["retention_outcomes_late_or_unknown"] += 1
@@ -535,12 +538,12 @@ class RetentionEngine:
         self.counters["retention_retained"] += int(event.retained)
         return None
 
-    def _close(self, did: str, act: OpenAction, retained: bool, value: float) -> None:
+    def _close(self, did: str, act: OpenAction, retained: bool, value: float, expired: bool = False) -> None:
         del self._open[did]
         if self._new_open.pop(did, None) is None:
             self._deletes.append((did, act.partition))
         deadline = act.decided_t + self._window + self._grace
-        self._closed[did] = (act.partition, deadline + self._window)
+        self._closed[did] = (act.partition, deadline + self._window, expired)
         self._learn.append(_Close(did, act, retained, value))
 
     def _close_expired(self, upto: dict[int, float] | None = None) -> None:
@@ -549,11 +552,11 @@ class RetentionEngine:
         due = [(did, act) for did, act in self._open.items()
                if act.partition in marks and act.decided_t + self._window + self._grace < marks[act.partition]]
         for did, act in due:
-            self._close(did, act, False, 0.0)
+            self._close(did, act, False, 0.0, expired=True)
             self.counters["retention_windows_expired"] += 1
 
     def _forget_closed(self) -> None:
-        old = [did for did, (p, until) in self._closed.items() if self._watermark.get(p, -math.inf) > until]
+        old = [did for did, (p, until, _) in self._closed.items() if self._watermark.get(p, -math.inf) > until]
         for did in old:
             del self._closed[did]
 
