@@ -308,6 +308,7 @@ class RetentionEngine:
         self._deletes: list[tuple[str, int]] = []
         self._learn: list[_Close] = []
         self._rebuild_needed = True
+        self._user_counts: Counter[int] = Counter()
         self._last_flush = 0.0
         self.counters: Counter[str] = Counter()
         self.counters["retention_budget"] = settings.budget_per_period
@@ -608,7 +609,8 @@ class RetentionEngine:
             budget = Budget.from_bytes(raw)
             budget.config = self.budget_config  # caps follow the current settings
         tick = self.store.get("partitions", f"tick:{partition}", partition)
-        part = _Partition(adapter, risk, budget, None if tick is None else _TICK.unpack(tick)[0])
+        part = _Partition(adapter, risk, budget, None if tick is None else _TICK.unpack(tick)[0],
+                          users=self._user_counts.get(partition, 0))
         self._parts[partition] = part
         return part
 
@@ -637,11 +639,9 @@ class RetentionEngine:
         self._open.clear()
         for did, raw in self.store.items("actions"):
             self._open[did] = OpenAction.decode(raw)
-        counts: Counter[int] = Counter()
-        for _, raw in self.store.items("users"):
-            counts[_USER.unpack_from(raw)[1]] += 1
-        for partition, n in counts.items():
-            self._part(partition).users = n
+        self._user_counts = Counter(_USER.unpack_from(raw)[1] for _, raw in self.store.items("users"))
+        for partition, part in self._parts.items():
+            part.users = self._user_counts.get(partition, 0)
 
     def flush(self, force: bool = True) -> None:
         """Write what changed: segment states, budgets and review marks, users, open actions; then

@@ -1,0 +1,124 @@
+"""Faust glue for retention: topics, RocksDB tables, the agent loop and rebalances.
+
+One agent reads session events and retention outcomes (both keyed by ``user_id``, co-partitioned over
+``user_partitions``) as a single stream, in batches (``take_events``), and hands each batch to
+:class:`streams.retention_engine.RetentionEngine`. Four tables (rocksdict driver) hold its state:
+``retention-users``, ``retention-segments``, ``retention-partitions`` (budgets and review marks) and
+``retention-actions`` (open actions).
+
+As in :mod:`streams.agents.ads`, Faust routes a table read or write to the RocksDB partition and the
+changelog partition of the *current event*; a batch spans partitions, so :class:`FaustStore` sets the
+current event to one from the key's own partition before each access.
+
+Ordering. When a batch emits actions the engine has already written its state (budgets included); the
+agent waits for Faust's producer to deliver those changelog writes, then sends actions and dead letters
+through a confluent-kafka producer and waits for them, and only then lets the batch be acknowledged. A
+crash can therefore lose an action (its window then expires as "not retained") but never repeat a
+contact the budget did not account for.
+
+Artifact directory (``settings.retention.artifact``): see :mod:`policy.retention.artifacts`
+(``retention.json`` + ``uplift/`` + ``risk/``); a missing or bad one raises ``ArtifactError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import faust
+from faust.streams import _current_event
+from faust.types import EventT
+
+from streams.ads_engine import RawMessage
+from streams.app import TABLE_OPTIONS
+from streams.kafka_io import make_producer
+from streams.retention_engine import TABLES, RetentionEngine, load_engine_artifacts
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger("metacart.retention")
+
+
+@dataclass
+class FaustStore:
+    """``RetentionStore`` over Faust tables, reading and writing each key under an event of its partition."""
+
+    tables: dict[str, faust.Table]
+    events: dict[int, EventT] = field(default_factory=dict)
+
+    def _within(self, partition: int) -> bool:
+        event = self.events.get(partition)
+        if event is None:
+            return False
+        _current_event.set(weakref.ref(event))
+        return True
+
+    def get(self, table: str, key: str, partition: int) -> bytes | None:
+        if not self._within(partition):
+            _current_event.set(None)  # no event of that partition yet: Faust then searches every partition
+        return self.tables[table].get(key.encode())
+
+    def put(self, table: str, key: str, partition: int, value: bytes) -> None:
+        if not self._within(partition):
+            raise RuntimeError(f"no event of partition {partition} to write {table}/{key} under")
+        self.tables[table][key.encode()] = value
+
+    def delete(self, table: str, key: str, partition: int) -> None:
+        if self._within(partition) and key.encode() in self.tables[table]:
+            del self.tables[table][key.encode()]
+
+    def items(self, table: str) -> Iterator[tuple[str, bytes]]:
+        return iter([(k.decode(), v) for k, v in list(self.tables[table].items())])
+
+
+def install(app: faust.App, settings: Settings, topics: Topics) -> RetentionEngine:
+    """Register the retention agent and its tables on ``app``; returns the engine (for its counters)."""
+    r = settings.retention
+    artifacts = load_engine_artifacts(r.artifact)
+    parts = settings.kafka.user_partitions
+    source = app.topic(topics.sessions.name, topics.retention_outcomes.name,
+                       key_type=bytes, value_type=bytes, partitions=parts)
+    tables = {name: app.Table(f"retention-{name}", partitions=parts, key_type=bytes, value_type=bytes,
+                              options=TABLE_OPTIONS)
+              for name in TABLES}
+    store = FaustStore(tables)
+    engine = RetentionEngine(artifacts, store, topics, r, settings.store, settings.policy)
+    log.warning("retention policy %s loaded from %s", engine.version, r.artifact)
+
+    def on_failed_delivery(err: object, msg: object) -> None:
+        engine.counters["retention_output_delivery_errors"] += 1
+        log.error("retention output not delivered: %s", err)
+
+    output = make_producer(settings.kafka, **{"linger.ms": 5, "delivery.report.only.error": True,
+                                              "on_delivery": on_failed_delivery})
+
+    @app.agent(source, name="retention")
+    async def retain(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(r.batch_max, within=r.batch_within_s):
+            batch = []
+            for event in events:
+                msg = event.message
+                store.events[msg.partition] = event
+                batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            out = engine.process_many(batch)
+            if out.actions:
+                await app.producer.flush()  # the state behind these actions is in the changelogs first
+            for key, value in out.actions:
+                output.produce(topics.retention_actions.name, key=key, value=value)
+            for key, value in out.dead_letters:
+                output.produce(topics.dead_letters.name, key=key, value=value)
+            if out.actions or out.dead_letters:
+                left = await loop.run_in_executor(None, output.flush, 30.0)
+                if left:
+                    raise RuntimeError(f"{left} retention outputs not delivered in 30 s; "
+                                       "not acknowledging the batch")
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
+        engine.on_rebalance()
+
+    return engine
