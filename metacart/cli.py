@@ -147,6 +147,8 @@ def simulate(
 
     summary = run_live(Settings(), LiveConfig(rate=rate, duration_s=duration_s, speed=speed, seed=seed,
                                               segments=segments))
+    summary.pop("series")
+    summary.pop("latencies_ms")
     typer.echo(json.dumps(summary, indent=2))
 
 

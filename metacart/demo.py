@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_consumer, wait_for_broker
 from streams.live import LiveConfig, LiveStats, run_live
+from streams.live_retention import LiveRetentionConfig, LiveRetentionStats, aligned_settings, run_live_retention
 from streams.settings import Settings
 
 
@@ -51,13 +53,14 @@ def _train(console, path: Path, max_seconds: float) -> None:
                   f"segments (uniform logging, CTR {logs.reward.mean():.2%}) in {time.perf_counter() - t0:.1f}s")
 
     def progress(p: dict) -> None:
-        console.print(f"  epoch {int(p['epoch']):2d}  held-out NLL {p['heldout_nll']:.4f}  ({p['elapsed_s']:.0f}s)")
+        if int(p["epoch"]) % 5 == 1:
+            console.print(f"  epoch {int(p['epoch']):2d}  held-out NLL {p['heldout_nll']:.4f}  ({p['elapsed_s']:.0f}s)")
 
     art = train(logs, TrainConfig(max_seconds=max_seconds), out_dir=path, progress=progress)
     console.print(f"  artifact [bold]{art.version}[/] → {path}")
 
 
-def _view(stats: LiveStats, worker: dict) -> "object":
+def _view(stats: LiveStats, worker: dict, retention: "LiveRetentionStats | None" = None) -> "object":
     from rich.table import Table
 
     elapsed = time.monotonic() - stats.started
@@ -83,10 +86,25 @@ def _view(stats: LiveStats, worker: dict) -> "object":
               f"closed windows {int(c.get('windows_closed', 0)):,})")
     t.add_row("duplicates / late feedback", f"{int(c.get('clicks_duplicate', 0))} / {int(c.get('clicks_late_or_unknown', 0))}")
     t.add_row("dead letters", f"{int(c.get('dead_letters', 0))}")
-    for k, v in sorted(c.items()):
-        if k.startswith("retention_"):
-            t.add_row(k.replace("_", " "), f"{v:,.2f}" if isinstance(v, float) and not v.is_integer() else f"{int(v):,}")
+    if retention is not None:
+        t.add_section()
+        t.add_row("[bold]retention[/] (held-out segments)", f"week {retention.rounds} of the live world, "
+                  f"{retention.sessions:,} session events")
+        treated = {k: v for k, v in retention.by_treatment.items() if k != "none" and v}
+        t.add_row("actions (treatments)", f"{retention.actions:,} ({', '.join(f'{k} {v}' for k, v in treated.items()) or '—'})")
+        weekly = max(retention.reserved_by_round, default=0.0)
+        t.add_row("budget", f"{retention.reserved:,.0f} reserved so far, {retention.spend:,.0f} paid; "
+                  f"busiest week {weekly:,.0f} of the {s_cap(c):,.0f} weekly cap")
+        t.add_row("retained value vs doing nothing", f"[green]{retention.incremental_value:+,.0f}[/] (true expected, "
+                  f"net of cost)")
+        t.add_row("outcomes applied / dead letters", f"{int(c.get('retention_outcomes_applied', 0)):,} / "
+                  f"{int(c.get('retention_dead_letters', 0))}")
     return t
+
+
+def s_cap(counters: dict) -> float:
+    """The weekly retention cap the worker reports (sum of its partitions' shares)."""
+    return float(counters.get("retention_budget", 0.0))
 
 
 def _plot(summary: dict, path: Path) -> dict:
@@ -117,7 +135,7 @@ def _plot(summary: dict, path: Path) -> dict:
     ax.set_ylabel("expected CTR of the shown ad")
     ax.set_title("metacart demo: CTR on segments never seen in training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -140,7 +158,16 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
     s.policy.artifact = Path("artifacts") / f"demo-{tag}" / "ads-policy"
 
     console.rule("[bold]1. meta-training on the training segments")
+    from policy.retention.train import build_artifacts
+
     _train(console, s.policy.artifact, train_seconds)
+
+    console.print("  retention: churn-risk model and uplift meta-prior on the retention world's training segments")
+    t_ret = time.perf_counter()
+    retention_dir = s.policy.artifact.parent / "retention"
+    build_artifacts(retention_dir, max_seconds=min(train_seconds, 40.0))
+    s = aligned_settings(s, artifact=retention_dir)
+    console.print(f"  retention artifacts in {time.perf_counter() - t_ret:.0f}s")
 
     console.rule("[bold]2. starting a worker (Faust + RocksDB via rocksdict)")
     topics = topics_for(s)
@@ -159,17 +186,32 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
     console.print(f"  worker up in {time.monotonic() - t0:.1f}s, serving {worker_view.get('policy_version')}")
 
     console.rule(f"[bold]3. live market: {rate:.0f} requests/s for {duration_s:.0f}s on held-out segments")
+    retention_view: list = [None]
+    retention_result: dict = {}
+    rounds = max(2, int(duration_s // 12) - 1)
+
+    def retention_loop() -> None:
+        retention_result.update(run_live_retention(
+            s, LiveRetentionConfig(rounds=rounds, duration_s=duration_s),
+            on_tick=lambda st: retention_view.__setitem__(0, st)))
+
+    retention_thread = threading.Thread(target=retention_loop, name="live-retention", daemon=True)
     try:
+        retention_thread.start()
         with Live(console=console, refresh_per_second=2) as live:
             def on_tick(stats: LiveStats) -> None:
                 nonlocal worker_view
                 for m in stats_consumer.consume(num_messages=100, timeout=0):
                     if m.error() is None:
                         worker_view = json.loads(m.value())
-                live.update(_view(stats, worker_view))
+                live.update(_view(stats, worker_view, retention_view[0]))
 
             summary = run_live(s, LiveConfig(rate=rate, duration_s=duration_s, segments="heldout"),
                                on_tick=on_tick)
+            retention_thread.join(timeout=duration_s)
+            for m in stats_consumer.consume(num_messages=100, timeout=1.0):
+                if m.error() is None:
+                    worker_view = json.loads(m.value())
     finally:
         stats_consumer.close()
         worker.stop()
@@ -180,7 +222,11 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
     early = [i for i, r in enumerate(series["seg_rank"]) if r < 50]
     late = [i for i, r in enumerate(series["seg_rank"]) if r >= max(series["seg_rank"]) * 0.6]
     pol = np.array(series["exp_policy"])
+    lat = np.array(summary.pop("latencies_ms"))
+    steady = lat[len(lat) // 10:] if len(lat) >= 10 else lat
     summary.update({
+        "p50_ms_steady": float(np.percentile(steady, 50)) if steady.size else None,
+        "p99_ms_steady": float(np.percentile(steady, 99)) if steady.size else None,
         "ctr_first50_per_segment": float(pol[early].mean()) if early else None,
         "ctr_last40pct_per_segment": float(pol[late].mean()) if late else None,
         "random_reference": float(np.mean(series["exp_random"])),
@@ -188,11 +234,20 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
         "curves": curves,
         "worker_counters": worker_view.get("counters", {}),
         "artifact": str(s.policy.artifact),
+        "retention": retention_result or None,
     })
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"  CTR on new segments: first 50 decisions each {summary['ctr_first50_per_segment']:.2%} → "
                   f"late {summary['ctr_last40pct_per_segment']:.2%}; random {summary['random_reference']:.2%}, "
                   f"oracle {summary['oracle_reference']:.2%}")
-    console.print(f"  p50/p99 latency {summary['p50_ms']:.1f}/{summary['p99_ms']:.1f} ms; wrote "
+    if retention_result:
+        r = retention_result
+        console.print(f"  retention: {r['actions']:,} actions over {r['rounds']} weeks, {r['treated']:,} treatments; "
+                      f"reserved {r['reserved']:,.0f} of budget {r['budget']:,.0f}, paid {r['spend']:,.0f}; "
+                      f"incremental value vs doing nothing {r['incremental_value']:+,.0f}; caps respected: "
+                      f"{r['caps_respected']}")
+    console.print(f"  latency p50/p99 {summary['p50_ms']:.1f}/{summary['p99_ms']:.1f} ms over the run, "
+                  f"{summary['p50_ms_steady']:.1f}/{summary['p99_ms_steady']:.1f} ms after the first 10% of decisions")
+    console.print(f"  wrote "
                   f"{out_dir / 'report.png'} and {out_dir / 'summary.json'}")
     return summary

@@ -165,29 +165,29 @@ class AdsEngine:
     def _decide(self, requests: list[tuple[AdRequest, RawMessage]], out: Outputs) -> None:
         artifact = self.adapter.artifact
         dx, da = artifact.meta.dx, artifact.meta.da
-        by_k: dict[int, list[tuple[AdRequest, int]]] = {}
+        by_k: dict[int, list[tuple[AdRequest, int, list[list[float]]]]] = {}
         for req, msg in requests:
-            problem = _shape_problem(req, dx, da)
-            if problem:
+            features = [c.features for c in req.candidates]
+            if len(req.context) != dx or any(len(f) != da for f in features):
                 source = Source(msg.topic, msg.partition, msg.offset, msg.key)
-                self._dead(out, dead_letter(msg.value or b"", source, "invalid", problem))
+                self._dead(out, dead_letter(msg.value or b"", source, "invalid", _shape_problem(req, dx, da)))
                 continue
-            by_k.setdefault(len(req.candidates), []).append((req, msg.partition))
+            by_k.setdefault(len(features), []).append((req, msg.partition, features))
         now = datetime.now(timezone.utc)
         for group in by_k.values():
             self._decide_group(group, out, now)
 
-    def _decide_group(self, group: list[tuple[AdRequest, int]], out: Outputs, now: datetime) -> None:
-        segments = [req.segment for req, _ in group]
-        for (req, partition) in group:
+    def _decide_group(self, group: list[tuple[AdRequest, int, list[list[float]]]], out: Outputs,
+                      now: datetime) -> None:
+        segments = [req.segment for req, _, _ in group]
+        for req, partition, _ in group:
             self._load_segment(req.segment, partition)
-        context = np.array([req.context for req, _ in group], dtype=np.float64)
-        candidates = np.array([[c.features for c in req.candidates] for req, _ in group],
-                              dtype=np.float64)
+        context = np.array([req.context for req, _, _ in group], dtype=np.float64)
+        candidates = np.array([features for _, _, features in group], dtype=np.float64)
         decided = self.adapter.decide_many(segments, context, candidates)
         version = self.adapter.version
         opened = []
-        for i, (req, partition) in enumerate(group):
+        for i, (req, partition, _) in enumerate(group):
             choice = int(decided.choices[i])
             ad = req.candidates[choice]
             opened.append((req.request_id, Pending(req.segment, ad.ad_id, partition,
@@ -333,13 +333,11 @@ class AdsEngine:
         out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))
 
 
-def _shape_problem(req: AdRequest, dx: int, da: int) -> str | None:
+def _shape_problem(req: AdRequest, dx: int, da: int) -> str:
     if len(req.context) != dx:
         return f"context has {len(req.context)} features; the policy expects {dx}"
-    for c in req.candidates:
-        if len(c.features) != da:
-            return f"candidate {c.ad_id} has {len(c.features)} features; the policy expects {da}"
-    return None
+    bad = next(c for c in req.candidates if len(c.features) != da)
+    return f"candidate {bad.ad_id} has {len(bad.features)} features; the policy expects {da}"
 
 
 def _join_epoch(epoch: bytes, state: bytes) -> bytes:

@@ -7,9 +7,10 @@ key on the same partition, so producers here use ``murmur2_random`` (Kafka's Jav
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.exceptions import BrokerUnavailable
@@ -105,3 +106,19 @@ def consume(kafka: KafkaSettings, topics: list[str], group_id: str, count: int,
     finally:
         consumer.close()
     return out
+
+
+def tail_consumer(kafka: KafkaSettings, topic: str, **overrides: object) -> Consumer:
+    """A consumer positioned at the current end of every partition of ``topic``.
+
+    ``auto.offset.reset=latest`` resolves the start offset lazily after the assignment, so messages
+    produced in between are skipped; pinning the end offsets first makes "everything from now on" exact.
+    """
+    consumer = make_consumer(kafka, f"tail-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False} | overrides)
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    tps = []
+    for p in partitions:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+        tps.append(TopicPartition(topic, p, high))
+    consumer.assign(tps)
+    return consumer

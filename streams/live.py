@@ -22,7 +22,7 @@ import numpy as np
 
 from policy.simulator.market import Market, MarketConfig, Requests
 from streams.app import topics_for
-from streams.kafka_io import ensure_topics, make_consumer, make_producer
+from streams.kafka_io import ensure_topics, make_producer, tail_consumer
 from streams.settings import Settings
 
 
@@ -126,10 +126,7 @@ def run_live(settings: Settings, cfg: LiveConfig,
     pool = {"heldout": market.heldout_segments, "train": market.train_segments,
             "all": np.arange(len(market.segment_names))}[cfg.segments]
     producer = make_producer(settings.kafka)
-    consumer = make_consumer(settings.kafka, f"live-{uuid.uuid4().hex[:8]}",
-                             **{"auto.offset.reset": "latest"})
-    consumer.subscribe([topics.ad_decisions.name])
-    _wait_assigned(consumer)
+    consumer = tail_consumer(settings.kafka, topics.ad_decisions.name, **{"fetch.wait.max.ms": 10})
 
     stats = LiveStats()
     outstanding: dict[str, tuple] = {}
@@ -175,13 +172,8 @@ def run_live(settings: Settings, cfg: LiveConfig,
     summary = stats.summary()
     summary["series"] = {"exp_policy": stats.exp_policy, "exp_random": stats.exp_random,
                          "exp_oracle": stats.exp_oracle, "seg_rank": stats.seg_rank}
+    summary["latencies_ms"] = stats.latencies_ms
     return summary
-
-
-def _wait_assigned(consumer, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(0.1)
 
 
 def _read_decisions(consumer, market: Market, outstanding: dict, feedback: list, stats: LiveStats,

