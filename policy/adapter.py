@@ -213,7 +213,7 @@ class SegmentBandit:
         candidates = np.asarray(candidates)
         if candidates.ndim != 3:
             raise ValueError(f"candidates must be [B, K, da], got shape {candidates.shape}")
-        bsz, kk = candidates.shape[0], candidates.shape[1]
+        bsz = candidates.shape[0]
         if len(segments) != bsz or context.shape[0] != bsz:
             raise ValueError(
                 f"batch sizes disagree: segments {len(segments)}, context {context.shape}, "

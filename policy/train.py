@@ -33,7 +33,8 @@ the logs (Li et al. 2011) for a few multipliers of ``Sigma0`` and folds the best
 The ALPaCA-style ``"predictive"`` objective was measured too: no better held-out NLL or regret than the
 marginal likelihood, and about four times slower, so ``"marginal"`` is the default.
 
-Only this module (and other ``policy.train*`` modules) import torch.
+Only this module imports torch; its settings (``policy.train_config``) and the prior calibration
+(``policy.calibrate``) do not.
 """
 
 from __future__ import annotations
@@ -42,9 +43,8 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -57,92 +57,14 @@ from policy.artifact import (
     TrainingDataSummary,
     now_utc,
 )
-from policy.exceptions import PolicyError
+from policy.calibrate import replay_rewards
 from policy.features import build_inputs
+from policy.train_config import TrainConfig, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from policy.logs import LoggedData
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-class TrainingError(PolicyError, ValueError):
-    """Training cannot run on the given data or configuration (the message says why)."""
-
-
-@dataclass
-class TrainConfig:
-    """Settings of :func:`train`. Every field has a default that works on the simulator's logs."""
-
-    d: int = 32
-    """Feature dimension of ``phi`` including the constant 1 (so the MLP outputs ``d - 1`` values)."""
-    hidden: int = 64
-    """Width of the MLP's hidden ReLU layer."""
-    objective: Literal["predictive", "marginal"] = "marginal"
-    """``"predictive"``: ALPaCA context/query posterior-predictive NLL; ``"marginal"``: exact marginal
-    likelihood of each sampled segment batch."""
-    reward: Literal["logged", "click", "value", "mix"] = "logged"
-    """Which reward to fit: the logs' ``reward`` column, ``click``, ``value``, or
-    ``click + value_weight * value`` (``"mix"``; needs the optional click/value columns)."""
-    value_weight: float = 0.0
-    """Weight of purchase value in the ``"mix"`` reward."""
-    heldout_fraction: float = 0.2
-    """Fraction of segments held out (never trained on) for early stopping and the held-out NLL curve."""
-    segments_per_batch: int = 32
-    """Segments per gradient step."""
-    rows_per_segment: int = 256
-    """Rows sampled (without replacement) from each segment per step; fewer if the segment is smaller."""
-    epochs: int = 60
-    """Maximum number of epochs; an epoch is ``steps_per_epoch`` gradient steps then one evaluation."""
-    steps_per_epoch: int = 50
-    """Gradient steps between evaluations of the held-out NLL."""
-    lr: float = 3e-3
-    """Adam learning rate."""
-    weight_decay: float = 1e-5
-    """Adam (decoupled, AdamW) weight decay on the MLP weights."""
-    patience: int = 6
-    """Stop after this many epochs without a held-out improvement; the best epoch's weights are kept."""
-    init_prior_std: float = 0.1
-    """Initial prior standard deviation of each head coefficient (in standardised reward units)."""
-    init_noise_var: float = 0.9
-    """Initial noise variance (in standardised reward units, where the reward variance is 1)."""
-    eval_rows_per_segment: int = 512
-    """Rows of each held-out segment used for the held-out NLL."""
-    eval_context_sizes: tuple[int, ...] = (0, 8, 32, 128)
-    """Context sizes at which the held-out posterior-predictive NLL is evaluated and averaged."""
-    max_events: int | None = None
-    """If set, train on a uniform random subset of at most this many logged events."""
-    max_seconds: float | None = None
-    """If set, stop training (keeping the best epoch so far) after this many seconds."""
-    seed: int = 0
-    """Seed of numpy and torch (segment split, minibatches, initialisation)."""
-    device: str = "auto"
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or any torch device string."""
-    threads: int = 2
-    """torch intra-op CPU threads."""
-    jitter: float = 1e-6
-    """Added to the diagonal of the prior covariance (standardised units) so it stays positive definite."""
-    calibrate_prior_scales: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01)
-    """Candidate multipliers of the learned prior covariance, scored by offline replay of the Thompson
-    policy on the logs (see :func:`replay_rewards`). The largest scale whose replayed reward is within one
-    standard error of the best is folded into ``prior_cov`` (wider priors adapt more over long horizons,
-    so ties go to them). Empty: keep 1."""
-    calibrate_max_events: int = 4000
-    """Logged events per segment replayed for each candidate scale (in logged order)."""
-    calibrate_segments: int = 50
-    """At most this many segments (a seeded random subset) are replayed, to bound the time."""
-    calibrate_eps: float = 0.01
-    """Uniform exploration of the replayed Thompson policy."""
-    calibrate_n_draws: int = 16
-    """Posterior draws per replayed decision."""
-    kind: Literal["ads", "retention"] = "ads"
-    """Artifact kind recorded in the metadata."""
-    version: str | None = None
-    """Artifact version; default ``<kind>-<UTC time>-<hash of the arrays>``."""
-    source: str | None = None
-    """Description of the training data for the metadata; default: the log path or ``"in-memory"``."""
-    extra_meta: dict[str, Any] = field(default_factory=dict)
-    """Free-form entries merged into the metadata's ``config`` record."""
 
 
 ProgressFn = Callable[[dict[str, float]], None]
@@ -547,60 +469,6 @@ def train(
     if out_dir is not None:
         artifact.save(out_dir)
     return artifact
-
-
-def replay_rewards(
-    artifact: PolicyArtifact, prep: _Prepared, segments: np.ndarray, config: TrainConfig
-) -> dict[float, tuple[float, float]]:
-    """Offline replay (Li, Chu, Langford & Wang, WSDM 2011) of the artifact's Thompson policy.
-
-    For every candidate prior scale ``c`` in ``config.calibrate_prior_scales`` a policy whose segments
-    start at ``N(mu0, c * Sigma0)`` replays each segment's logged events in logged order: it picks a
-    candidate, and the event counts (and its reward is learned) only if the pick equals the logged action
-    and a uniform draw falls below ``p_min / propensity`` (rejection sampling that makes any
-    full-support logging policy look uniform). Returns ``{c: mean reward over counted events}``, an
-    unbiased estimate of each policy's reward over its first ``~calibrate_max_events / K`` decisions,
-    and its standard error (``{c: (mean, se)}``). All scales share the features, the acceptance draws
-    and the policy seed.
-    """
-    from policy.adapter import Adapter
-
-    lengths = np.minimum(prep.counts[segments], config.calibrate_max_events)
-    rounds = int(lengths.max())
-    rows = np.full((segments.size, rounds), -1, dtype=np.int64)
-    for b, s in enumerate(segments):
-        rows[b, : lengths[b]] = prep.order[prep.starts[s] : prep.starts[s] + lengths[b]]
-    p_min = float(prep.propensity.min())
-    accept = np.random.default_rng(config.seed + 31).random(rows.shape)
-    policies = {
-        c: Adapter(artifact, eps=config.calibrate_eps, n_draws=config.calibrate_n_draws,
-                   seed=config.seed + 37, prior_scale=c)
-        for c in config.calibrate_prior_scales
-    }
-    features = next(iter(policies.values()))
-    totals = {c: [0.0, 0.0, 0] for c in policies}
-    for j in range(rounds):
-        active = np.flatnonzero(rows[:, j] >= 0)
-        idx = rows[active, j]
-        segs = segments[active]
-        phis = features.phi_many(prep.context[idx], prep.candidates[idx])
-        gate = accept[active, j] * prep.propensity[idx] < p_min
-        for c, policy in policies.items():
-            dec = policy.decide_phis(segs, phis)
-            hit = gate & (dec.choices == prep.action[idx])
-            if hit.any():
-                policy.learn_many(segs[hit], dec.phis_chosen[hit], prep.y[idx][hit])
-                got = prep.y[idx][hit]
-                totals[c][0] += float(got.sum())
-                totals[c][1] += float((got * got).sum())
-                totals[c][2] += int(hit.sum())
-    out: dict[float, tuple[float, float]] = {}
-    for c, (total, total_sq, count) in totals.items():
-        n = max(count, 1)
-        mean = total / n
-        var = max(total_sq / n - mean * mean, 0.0)
-        out[c] = (mean, float(np.sqrt(var / max(n - 1, 1))))
-    return out
 
 
 def _export_arrays(

@@ -65,67 +65,35 @@ every ``state_flush_interval_s`` (and before every review, rebalance and swap of
 
 from __future__ import annotations
 
-import hashlib
 import math
-import struct
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from policy.adapter import Adapter
 from policy.artifact import ArtifactError
 from policy.retention.artifacts import RetentionArtifacts
-from policy.retention.budget import Budget, BudgetConfig, MICRO
+from policy.retention.budget import Budget
 from policy.retention.decide import RetentionDecider
-from policy.retention.features import (DX, N_STATE, expired_many, features_many, new_states,
-                                       update_many)
+from policy.retention.features import expired_many, features_many, new_states, update_many
 from policy.retention.risk import RiskModel
 from policy.retention.schema import (COUPON_FACE, FIXED_COST, INTERVENTION, NONE, PURCHASE,
                                      SESSION, TREATMENTS, EventBatch)
 from streams.ads_engine import RawMessage
+from streams.retention_state import (DAY_S, TICK, OpenAction, RetentionStore, UserRow, decision_id,
+                                     partition_budget_config, read_never_contact)
 from streams.edge import Decoder, Source, dead_letter
 from streams.events import DeadLetter, RetentionAction, RetentionOutcome, RetentionReason, SessionEvent
 from streams.settings import PolicySettings, RetentionSettings, StoreSettings
 from streams.topics import Topics
 
-DAY_S = 86400.0
-TABLES = ("users", "segments", "partitions", "actions")
 MIN_PROPENSITY = 1e-6
 REVIEW_BATCH = 4096
-
-
-class RetentionStore(Protocol):
-    """Where retention state lives (Faust tables in production). Writes name the key's partition."""
-
-    def get(self, table: str, key: str, partition: int) -> bytes | None: ...
-    def put(self, table: str, key: str, partition: int, value: bytes) -> None: ...
-    def delete(self, table: str, key: str, partition: int) -> None: ...
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]: ...
-
-
-@dataclass
-class DictStore:
-    """A ``RetentionStore`` over dicts (tests, offline replays)."""
-
-    tables: dict[str, dict[str, bytes]] = field(default_factory=lambda: {t: {} for t in TABLES})
-
-    def get(self, table: str, key: str, partition: int) -> bytes | None:
-        return self.tables[table].get(key)
-
-    def put(self, table: str, key: str, partition: int, value: bytes) -> None:
-        self.tables[table][key] = value
-
-    def delete(self, table: str, key: str, partition: int) -> None:
-        self.tables[table].pop(key, None)
-
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.tables[table].items()))
 
 
 @dataclass
@@ -134,114 +102,6 @@ class Outputs:
 
     actions: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-# --- records ---------------------------------------------------------------------------------------
-
-_USER = struct.Struct("<BidH")  # version, partition, last decision time (days, NaN: never), |segment|
-_ACTION = struct.Struct("<BidBddHHH")  # version, partition, decided_t, action, cost, propensity, |u|, |s|, d
-_TICK = struct.Struct("<d")
-_RECORD_VERSION = 1
-
-
-@dataclass
-class UserRow:
-    """One user's engagement state and bookkeeping."""
-
-    state: np.ndarray
-    segment: str
-    partition: int
-    last_decision_t: float = math.nan
-
-    def encode(self) -> bytes:
-        seg = self.segment.encode()
-        return (_USER.pack(_RECORD_VERSION, self.partition, self.last_decision_t, len(seg))
-                + np.ascontiguousarray(self.state, dtype="<f8").tobytes() + seg)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> "UserRow":
-        version, partition, last_t, n_seg = _USER.unpack_from(raw)
-        if version != _RECORD_VERSION:
-            raise ValueError(f"user record version {version} is not {_RECORD_VERSION}")
-        at = _USER.size
-        state = np.frombuffer(raw, dtype="<f8", count=N_STATE, offset=at).astype(np.float64)
-        segment = raw[at + 8 * N_STATE:at + 8 * N_STATE + n_seg].decode()
-        return cls(state, segment, partition, last_t)
-
-
-@dataclass(frozen=True)
-class OpenAction:
-    """A decision waiting for its outcome: what learning needs once it arrives."""
-
-    user: str
-    segment: str
-    partition: int
-    decided_t: float
-    """Event time of the decision (days)."""
-    action: int
-    cost: float
-    """Reserved (worst-case) cost."""
-    propensity: float
-    x: np.ndarray
-    """Engagement features at the decision (risk adaptation)."""
-    phi: np.ndarray
-    """Features of the action under the policy that chose it (posterior update)."""
-
-    def encode(self) -> bytes:
-        u, s = self.user.encode(), self.segment.encode()
-        phi = np.ascontiguousarray(self.phi, dtype="<f8")
-        return (_ACTION.pack(_RECORD_VERSION, self.partition, self.decided_t, self.action, self.cost,
-                             self.propensity, len(u), len(s), phi.shape[0])
-                + u + s + np.ascontiguousarray(self.x, dtype="<f8").tobytes() + phi.tobytes())
-
-    @classmethod
-    def decode(cls, raw: bytes) -> "OpenAction":
-        version, partition, t, action, cost, prop, n_u, n_s, d = _ACTION.unpack_from(raw)
-        if version != _RECORD_VERSION:
-            raise ValueError(f"action record version {version} is not {_RECORD_VERSION}")
-        at = _ACTION.size
-        user = raw[at:at + n_u].decode()
-        at += n_u
-        segment = raw[at:at + n_s].decode()
-        at += n_s
-        x = np.frombuffer(raw, dtype="<f8", count=DX, offset=at).copy()
-        phi = np.frombuffer(raw, dtype="<f8", count=d, offset=at + 8 * DX).copy()
-        return cls(user, segment, partition, t, action, cost, prop, x, phi)
-
-
-def decision_id(user: str, t: float) -> str:
-    """Deterministic id of the decision for ``user`` at review time ``t`` (days)."""
-    return "r" + hashlib.blake2b(f"{user}|{t!r}".encode(), digest_size=10).hexdigest()
-
-
-def partition_budget_config(settings: RetentionSettings, partitions: int,
-                            never_contact: frozenset[str] = frozenset()) -> BudgetConfig:
-    """The budget of one user partition: every cap divided by the partition count (rounded down).
-
-    The budget horizon keeps each decision until its outcome window (plus grace) has certainly closed,
-    so ``settle_one`` always finds it.
-    """
-    share = lambda cap: math.floor(cap * MICRO / partitions) / MICRO  # noqa: E731
-    period = settings.period_s
-    horizon = math.ceil((settings.outcome_window_s + settings.outcome_grace_s) / period) + 1
-    return BudgetConfig(
-        segment_cap=share(settings.segment_budget_per_period),
-        total_cap=share(settings.budget_per_period),
-        period_days=period / DAY_S,
-        pacing_lead=settings.pacing_lead,
-        contact_window_days=period / DAY_S,
-        max_contacts=settings.max_contacts_per_user,
-        horizon_periods=max(1, horizon),
-        never_contact=never_contact,
-    )
-
-
-def read_never_contact(path: Path | None) -> frozenset[str]:
-    """User ids, one per line (blank lines and ``#`` comments ignored); empty when ``path`` is None."""
-    if path is None:
-        return frozenset()
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return frozenset(s.strip() for s in lines if s.strip() and not s.strip().startswith("#"))
 
 
 def _days(t: datetime) -> float:
@@ -609,7 +469,7 @@ class RetentionEngine:
             budget = Budget.from_bytes(raw)
             budget.config = self.budget_config  # caps follow the current settings
         tick = self.store.get("partitions", f"tick:{partition}", partition)
-        part = _Partition(adapter, risk, budget, None if tick is None else _TICK.unpack(tick)[0],
+        part = _Partition(adapter, risk, budget, None if tick is None else TICK.unpack(tick)[0],
                           users=self._user_counts.get(partition, 0))
         self._parts[partition] = part
         return part
@@ -639,7 +499,7 @@ class RetentionEngine:
         self._open.clear()
         for did, raw in self.store.items("actions"):
             self._open[did] = OpenAction.decode(raw)
-        self._user_counts = Counter(_USER.unpack_from(raw)[1] for _, raw in self.store.items("users"))
+        self._user_counts = Counter(UserRow.partition_of(raw) for _, raw in self.store.items("users"))
         for partition, part in self._parts.items():
             part.users = self._user_counts.get(partition, 0)
 
@@ -661,7 +521,7 @@ class RetentionEngine:
             if part.dirty:
                 self.store.put("partitions", f"budget:{partition}", partition, part.budget.to_bytes())
                 if part.last_tick is not None:
-                    self.store.put("partitions", f"tick:{partition}", partition, _TICK.pack(part.last_tick))
+                    self.store.put("partitions", f"tick:{partition}", partition, TICK.pack(part.last_tick))
                 part.dirty = False
         for user in self._dirty_users:
             row = self._users[user]

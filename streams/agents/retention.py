@@ -35,7 +35,8 @@ from faust.types import EventT
 from streams.ads_engine import RawMessage
 from streams.app import TABLE_OPTIONS
 from streams.kafka_io import make_producer
-from streams.retention_engine import TABLES, RetentionEngine, load_engine_artifacts
+from streams.retention_engine import RetentionEngine, load_engine_artifacts
+from streams.retention_state import TABLES
 from streams.settings import Settings
 from streams.topics import Topics
 

@@ -9,7 +9,7 @@ import json
 from streams.app import topics_for
 
 from .conftest import Reader, json_values, produce, start_worker
-from .helpers import click, mixed_requests, requests_for
+from .helpers import mixed_requests
 
 
 def _malformed(valid: bytes) -> dict[str, bytes]:

@@ -18,7 +18,7 @@ import pytest
 
 from policy.retention.budget import to_micro_down, to_micro_up
 from streams.app import topics_for
-from streams.retention_engine import partition_budget_config
+from streams.retention_state import partition_budget_config
 
 from .conftest import Reader, json_values, produce, start_worker
 from .helpers import counter

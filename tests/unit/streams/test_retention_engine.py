@@ -7,7 +7,6 @@ import json
 from collections import defaultdict
 from datetime import datetime, timezone
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
@@ -16,7 +15,8 @@ from policy.retention.budget import MICRO, to_micro_down, to_micro_up
 from policy.retention.schema import RESERVE_COST, TREATMENTS
 from streams.ads_engine import RawMessage
 from streams.events import RetentionAction
-from streams.retention_engine import DictStore, RetentionEngine, decision_id, partition_budget_config
+from streams.retention_engine import RetentionEngine
+from streams.retention_state import DictStore, decision_id, partition_budget_config
 from streams.settings import PolicySettings, RetentionSettings, StoreSettings
 from streams.topics import Topics
 from tests.unit.retention.test_decide import artifact, risk_model

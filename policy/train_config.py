@@ -1,0 +1,87 @@
+"""Settings of meta-training (``policy.train.train``), importable without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from policy.exceptions import PolicyError
+
+
+class TrainingError(PolicyError, ValueError):
+    """Training cannot run on the given data or configuration (the message says why)."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train`. Every field has a default that works on the simulator's logs."""
+
+    d: int = 32
+    """Feature dimension of ``phi`` including the constant 1 (so the MLP outputs ``d - 1`` values)."""
+    hidden: int = 64
+    """Width of the MLP's hidden ReLU layer."""
+    objective: Literal["predictive", "marginal"] = "marginal"
+    """``"predictive"``: ALPaCA context/query posterior-predictive NLL; ``"marginal"``: exact marginal
+    likelihood of each sampled segment batch."""
+    reward: Literal["logged", "click", "value", "mix"] = "logged"
+    """Which reward to fit: the logs' ``reward`` column, ``click``, ``value``, or
+    ``click + value_weight * value`` (``"mix"``; needs the optional click/value columns)."""
+    value_weight: float = 0.0
+    """Weight of purchase value in the ``"mix"`` reward."""
+    heldout_fraction: float = 0.2
+    """Fraction of segments held out (never trained on) for early stopping and the held-out NLL curve."""
+    segments_per_batch: int = 32
+    """Segments per gradient step."""
+    rows_per_segment: int = 256
+    """Rows sampled (without replacement) from each segment per step; fewer if the segment is smaller."""
+    epochs: int = 60
+    """Maximum number of epochs; an epoch is ``steps_per_epoch`` gradient steps then one evaluation."""
+    steps_per_epoch: int = 50
+    """Gradient steps between evaluations of the held-out NLL."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    weight_decay: float = 1e-5
+    """Adam (decoupled, AdamW) weight decay on the MLP weights."""
+    patience: int = 6
+    """Stop after this many epochs without a held-out improvement; the best epoch's weights are kept."""
+    init_prior_std: float = 0.1
+    """Initial prior standard deviation of each head coefficient (in standardised reward units)."""
+    init_noise_var: float = 0.9
+    """Initial noise variance (in standardised reward units, where the reward variance is 1)."""
+    eval_rows_per_segment: int = 512
+    """Rows of each held-out segment used for the held-out NLL."""
+    eval_context_sizes: tuple[int, ...] = (0, 8, 32, 128)
+    """Context sizes at which the held-out posterior-predictive NLL is evaluated and averaged."""
+    max_events: int | None = None
+    """If set, train on a uniform random subset of at most this many logged events."""
+    max_seconds: float | None = None
+    """If set, stop training (keeping the best epoch so far) after this many seconds."""
+    seed: int = 0
+    """Seed of numpy and torch (segment split, minibatches, initialisation)."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or any torch device string."""
+    threads: int = 2
+    """torch intra-op CPU threads."""
+    jitter: float = 1e-6
+    """Added to the diagonal of the prior covariance (standardised units) so it stays positive definite."""
+    calibrate_prior_scales: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01)
+    """Candidate multipliers of the learned prior covariance, scored by offline replay of the Thompson
+    policy on the logs (see :func:`replay_rewards`). The largest scale whose replayed reward is within one
+    standard error of the best is folded into ``prior_cov`` (wider priors adapt more over long horizons,
+    so ties go to them). Empty: keep 1."""
+    calibrate_max_events: int = 4000
+    """Logged events per segment replayed for each candidate scale (in logged order)."""
+    calibrate_segments: int = 50
+    """At most this many segments (a seeded random subset) are replayed, to bound the time."""
+    calibrate_eps: float = 0.01
+    """Uniform exploration of the replayed Thompson policy."""
+    calibrate_n_draws: int = 16
+    """Posterior draws per replayed decision."""
+    kind: Literal["ads", "retention"] = "ads"
+    """Artifact kind recorded in the metadata."""
+    version: str | None = None
+    """Artifact version; default ``<kind>-<UTC time>-<hash of the arrays>``."""
+    source: str | None = None
+    """Description of the training data for the metadata; default: the log path or ``"in-memory"``."""
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+    """Free-form entries merged into the metadata's ``config`` record."""
