@@ -213,23 +213,25 @@ def read_logs(path: str | os.PathLike[str]) -> LoggedData:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no log file at {path}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError, OSError or zip/pickle errors here
-        raise LogFormatError(
-            "file", f"{path} is not an .npz archive of numpy arrays ({type(exc).__name__})"
-        ) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise LogFormatError("file", f"{path} holds a single array (.npy), not an .npz archive")
-    with archive:
-        arrays: dict[str, Any] = {}
-        for key in archive.files:
-            try:
-                arrays[key] = archive[key]
-            except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise LogFormatError(
-                    key, f"cannot be read without pickle; store plain arrays (strings as np.array(names)) ({exc})"
-                ) from None
+    # Open the file ourselves: np.load leaks the handle when a truncated archive fails to parse.
+    with open(path, "rb") as handle:
+        try:
+            archive = np.load(handle, allow_pickle=False)
+        except Exception as exc:  # numpy raises ValueError, OSError or zip/pickle errors here
+            raise LogFormatError(
+                "file", f"{path} is not an .npz archive of numpy arrays ({type(exc).__name__})"
+            ) from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise LogFormatError("file", f"{path} holds a single array (.npy), not an .npz archive")
+        with archive:
+            arrays: dict[str, Any] = {}
+            for key in archive.files:
+                try:
+                    arrays[key] = archive[key]
+                except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                    raise LogFormatError(
+                        key, f"cannot be read without pickle; store plain arrays (strings as np.array(names)) ({exc})"
+                    ) from None
     return _from_file_arrays(arrays)
 
 

@@ -38,6 +38,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         table_standby_replicas=0,
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=kafka.heartbeat_interval_s,
         logging_config=None,
     )
     return app

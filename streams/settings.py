@@ -18,6 +18,9 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = Field("metacart", description="prefix of every topic name")
     segment_partitions: int = Field(8, ge=1, description="partitions of segment-keyed topics")
     user_partitions: int = Field(8, ge=1, description="partitions of user-keyed topics")
+    session_timeout_s: float = Field(
+        10.0, gt=0, description="a worker silent this long is considered dead and its partitions move")
+    heartbeat_interval_s: float = Field(3.0, gt=0, description="consumer group heartbeat interval")
     sasl_username: str | None = Field(None, description="SASL/PLAIN user, if the cluster needs one")
     sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password")
 

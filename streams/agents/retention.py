@@ -118,6 +118,11 @@ def install(app: faust.App, settings: Settings, topics: Topics) -> RetentionEngi
                     raise RuntimeError(f"{left} retention outputs not delivered in 30 s; "
                                        "not acknowledging the batch")
 
+    @app.timer(interval=max(settings.store.state_flush_interval_s, 0.05))
+    async def flush_state() -> None:
+        """Save what the last batches changed even when no further batch arrives (quiet traffic)."""
+        engine.flush(force=False)
+
     @app.on_partitions_revoked.connect
     async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
         engine.on_rebalance()
