@@ -44,7 +44,7 @@ from streams.topics import Topics
 class StateStore(BookStore, Protocol):
     """Where segment posteriors and open decisions live (Faust tables in production)."""
 
-    def get_posterior(self, segment: str) -> bytes | None: ...
+    def get_posterior(self, segment: str, partition: int) -> bytes | None: ...
     def put_posterior(self, segment: str, partition: int, value: bytes) -> None: ...
 
 
@@ -56,7 +56,7 @@ class DictStore:
     blocks: dict[str, bytes] = field(default_factory=dict)
     marks: dict[str, bytes] = field(default_factory=dict)
 
-    def get_posterior(self, segment: str) -> bytes | None:
+    def get_posterior(self, segment: str, partition: int) -> bytes | None:
         return self.posteriors.get(segment)
 
     def put_posterior(self, segment: str, partition: int, value: bytes) -> None:
@@ -71,7 +71,7 @@ class DictStore:
     def iter_blocks(self) -> Iterator[tuple[str, bytes]]:
         return iter(list(self.blocks.items()))
 
-    def get_mark(self, request_id: str) -> bytes | None:
+    def get_mark(self, request_id: str, partition: int) -> bytes | None:
         return self.marks.get(request_id)
 
     def put_mark(self, request_id: str, partition: int, value: bytes) -> None:
@@ -271,7 +271,7 @@ class AdsEngine:
         if segment in self._partition_of:
             return
         self._partition_of[segment] = partition
-        raw = self.store.get_posterior(segment)
+        raw = self.store.get_posterior(segment, partition)
         if raw is None:
             self.counters["segments_new"] += 1
             return

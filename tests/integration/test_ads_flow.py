@@ -183,3 +183,39 @@ def test_hot_swap_changes_version_and_bad_artifact_is_refused(settings, workers,
     except AssertionError:
         print(worker.log_tail())
         raise
+
+
+def test_restart_restores_every_segment_whatever_partition_the_batch_starts_on(settings, workers, tmp_path):
+    """Segments on different partitions, restored in one mixed batch after a crash: none falls back to the prior.
+
+    Faust reads a RocksDB table through the partition of the *current* event; the worker must route each
+    lookup to its segment's own partition.
+    """
+    topics = topics_for(settings)
+    decisions = Reader(settings.kafka, topics.ad_decisions.name)
+    segments = [int(s) for s in market().heldout_segments[:12]]
+    names = [market().segment_names[s] for s in segments]
+    first = start_worker(workers, settings, "first")
+    for i, seg in enumerate(segments):
+        produce(settings.kafka, topics.ad_requests.name, requests_for(seg, [0], f"P{i}", seed=i))
+    for i in range(len(segments)):
+        _decision(decisions, f"P{i}-0")
+    produce(settings.kafka, topics.ad_feedback.name, [click(f"P{i}-0", name, 1) for i, name in enumerate(names)])
+    _wait_counter(Reader(settings.kafka, topics.worker_stats.name), "clicks_applied", len(segments))
+    for _ in range(40):
+        if all(_updates_in_changelog(settings, name) == 1 for name in names):
+            break
+    assert all(_updates_in_changelog(settings, name) == 1 for name in names)
+    first.kill()
+
+    settings.store.data_dir = tmp_path / "worker-restarted"
+    second = start_worker(workers, settings, "second")
+    try:
+        mixed = [item for i, seg in enumerate(segments) for item in requests_for(seg, [10], f"Q{i}", seed=i)]
+        produce(settings.kafka, topics.ad_requests.name, mixed)
+        updates = {names[i]: _decision(decisions, f"Q{i}-0", 120)["explanation"]["segment_updates"]
+                   for i in range(len(segments))}
+    except AssertionError:
+        print(second.log_tail())
+        raise
+    assert updates == {name: 1 for name in names}
