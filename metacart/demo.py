@@ -102,6 +102,17 @@ def _view(stats: LiveStats, worker: dict, retention: "LiveRetentionStats | None"
     return t
 
 
+def merged(reports: dict[str, dict]) -> dict:
+    """The workers' latest reports as one: counters summed, segments and open decisions added."""
+    out: dict = {"counters": {}, "segments_in_memory": 0, "pending": 0}
+    for report in reports.values():
+        for k, v in report["counters"].items():
+            out["counters"][k] = out["counters"].get(k, 0) + v
+        out["segments_in_memory"] += report["segments_in_memory"]
+        out["pending"] += report["pending"]
+    return out
+
+
 def s_cap(counters: dict) -> float:
     """The weekly retention cap the worker reports (sum of its partitions' shares)."""
     return float(counters.get("retention_budget", 0.0))
@@ -169,21 +180,33 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
     s = aligned_settings(s, artifact=retention_dir)
     console.print(f"  retention artifacts in {time.perf_counter() - t_ret:.0f}s")
 
-    console.rule("[bold]2. starting a worker (Faust + RocksDB via rocksdict)")
+    console.rule("[bold]2. starting two workers (Faust + RocksDB via rocksdict): ads, retention")
     topics = topics_for(s)
     ensure_topics(s.kafka, topics.all())
-    worker = WorkerProcess(s, out_dir / "worker.log").start()
+    workers = []
+    for role in ("ads", "retention"):
+        w = s.model_copy(deep=True)
+        w.agents, w.worker_id = role, f"{s.worker_id}-{role}"
+        w.store.data_dir = s.store.data_dir / role
+        workers.append(WorkerProcess(w, out_dir / f"worker-{role}.log").start())
     stats_consumer = make_consumer(s.kafka, f"demo-view-{tag}")
     stats_consumer.subscribe([topics.worker_stats.name])
-    worker_view: dict = {}
-    t0 = time.monotonic()
-    while not worker_view and time.monotonic() - t0 < 120:
-        for m in stats_consumer.consume(num_messages=100, timeout=0.5):
+    reports: dict[str, dict] = {}
+
+    def read_stats(timeout: float) -> None:
+        for m in stats_consumer.consume(num_messages=200, timeout=timeout):
             if m.error() is None:
-                worker_view = json.loads(m.value())
-        if not worker.alive():
-            raise RuntimeError(f"worker exited during start:\n{worker.log_tail()}")
-    console.print(f"  worker up in {time.monotonic() - t0:.1f}s, serving {worker_view.get('policy_version')}")
+                report = json.loads(m.value())
+                reports[report["worker"]] = report
+
+    t0 = time.monotonic()
+    while len(reports) < len(workers) and time.monotonic() - t0 < 120:
+        read_stats(0.5)
+        for w in workers:
+            if not w.alive():
+                raise RuntimeError(f"a worker exited during start:\n{w.log_tail()}")
+    console.print(f"  workers up in {time.monotonic() - t0:.1f}s: " + ", ".join(
+        f"{r['worker'].split('@')[0]} serving {r['policy_version']}" for r in reports.values()))
 
     console.rule(f"[bold]3. live market: {rate:.0f} requests/s for {duration_s:.0f}s on held-out segments")
     retention_view: list = [None]
@@ -200,21 +223,17 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
         retention_thread.start()
         with Live(console=console, refresh_per_second=2) as live:
             def on_tick(stats: LiveStats) -> None:
-                nonlocal worker_view
-                for m in stats_consumer.consume(num_messages=100, timeout=0):
-                    if m.error() is None:
-                        worker_view = json.loads(m.value())
-                live.update(_view(stats, worker_view, retention_view[0]))
+                read_stats(0)
+                live.update(_view(stats, merged(reports), retention_view[0]))
 
             summary = run_live(s, LiveConfig(rate=rate, duration_s=duration_s, segments="heldout"),
                                on_tick=on_tick)
             retention_thread.join(timeout=duration_s)
-            for m in stats_consumer.consume(num_messages=100, timeout=1.0):
-                if m.error() is None:
-                    worker_view = json.loads(m.value())
+            read_stats(1.0)
     finally:
         stats_consumer.close()
-        worker.stop()
+        for w in workers:
+            w.stop()
 
     console.rule("[bold]4. report")
     curves = _plot(summary, out_dir / "report.png")
@@ -232,7 +251,7 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
         "random_reference": float(np.mean(series["exp_random"])),
         "oracle_reference": float(np.mean(series["exp_oracle"])),
         "curves": curves,
-        "worker_counters": worker_view.get("counters", {}),
+        "worker_counters": merged(reports).get("counters", {}),
         "artifact": str(s.policy.artifact),
         "retention": retention_result or None,
     })

@@ -8,6 +8,8 @@ an exception inside the consumer.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 
 from streams.settings import Settings
@@ -19,6 +21,7 @@ TABLE_OPTIONS = {"driver": "rocksdict"}
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app (not started). Agents are installed by ``streams.agents.*.install``."""
     kafka = settings.kafka
+    Path(settings.store.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         settings.worker_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap.split(",")],

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     ads: AdsSettings = AdsSettings()
     retention: RetentionSettings = RetentionSettings()
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
+    agents: str = Field("ads,retention", description="agents this worker runs: ads, retention, or both")
     web_port: int = Field(0, description="Faust web port (0 disables the web server)")
     stats_interval_s: float = Field(1.0, gt=0, description="how often a worker publishes its counters")
 

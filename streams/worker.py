@@ -34,38 +34,72 @@ def load_policy(path: Path) -> PolicyArtifact:
     return PolicyArtifact.load(path)
 
 
-def build(settings: Settings) -> tuple[faust.App, AdsEngine]:
-    """The app with every agent installed; topics exist afterwards. Kernels are compiled first."""
-    artifact = load_policy(settings.policy.artifact)
-    warm_up()
-    p = settings.policy
-    adapter = Adapter(artifact, eps=p.eps, n_draws=p.n_draws, forget=p.forget, seed=p.seed, scale=p.scale)
+ROLES = ("ads", "retention")
+
+
+def roles_of(settings: Settings) -> set[str]:
+    """The agents this worker runs (``METACART_AGENTS``, comma-separated)."""
+    roles = {r.strip() for r in settings.agents.split(",") if r.strip()}
+    unknown = roles - set(ROLES)
+    if unknown or not roles:
+        raise ValueError(f"METACART_AGENTS must name some of {', '.join(ROLES)}; got {settings.agents!r}")
+    return roles
+
+
+def build(settings: Settings) -> tuple[faust.App, list]:
+    """The app with its agents installed (and their engines); topics exist afterwards.
+
+    ``ads`` needs the ads artifact. ``retention`` needs the retention artifact when it is the only role;
+    alongside ``ads`` it starts only if that artifact exists. Kernels are compiled before traffic.
+    """
+    roles = roles_of(settings)
     app = create_app(settings)
     topics = topics_for(settings)
     ensure_topics(settings.kafka, topics.all())
-    engine = ads_agents.install(app, settings, topics, adapter)
-    engines: list = [engine]
-    retention_engine = _install_retention(app, settings, topics)
-    if retention_engine is not None:
-        engines.append(retention_engine)
+    engines: list = []
+    if "ads" in roles:
+        artifact = load_policy(settings.policy.artifact)
+        p = settings.policy
+        adapter = Adapter(artifact, eps=p.eps, n_draws=p.n_draws, forget=p.forget, seed=p.seed, scale=p.scale)
+        engines.append(ads_agents.install(app, settings, topics, adapter))
+    if "retention" in roles:
+        engine = _install_retention(app, settings, topics, required=(roles == {"retention"}))
+        if engine is not None:
+            engines.append(engine)
+    warm_up()
     _install_stats(app, settings, topics, engines)
     _ensure_changelogs(app, settings)
-    return app, engine
+    return app, engines
+
+
+def _install_retention(app: faust.App, settings: Settings, topics: Topics, required: bool) -> object | None:
+    """The retention agents, when a retention artifact is configured (returns their engine)."""
+    if not Path(settings.retention.artifact).exists():
+        if required:
+            raise ArtifactError(f"no retention artifact at {settings.retention.artifact}: build one with "
+                                "policy.retention.train.build_artifacts or point METACART_RETENTION__ARTIFACT at one")
+        log.warning("no retention artifact at %s: retention agents not started", settings.retention.artifact)
+        return None
+    from streams.agents import retention
+
+    return retention.install(app, settings, topics)
 
 
 def _install_stats(app: faust.App, settings: Settings, topics: Topics, engines: list) -> None:
     """Publish every engine's counters (merged) to worker-stats once per ``stats_interval_s``."""
     stats = app.topic(topics.worker_stats.name, key_type=bytes, value_type=bytes, partitions=1)
     name = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
-    ads = engines[0]
+    ads = next((e for e in engines if isinstance(e, AdsEngine)), None)
 
     @app.timer(interval=settings.stats_interval_s)
     async def report_stats() -> None:
         counters: dict[str, float] = {}
         for engine in engines:
             counters.update(engine.counters)
-        report = WorkerStats(worker=name, policy_version=ads.adapter.version, counters=counters,
-                             segments_in_memory=len(ads.adapter.segments), pending=ads.pending_count(),
+        version = ads.adapter.version if ads else getattr(engines[0], "version", "none")
+        report = WorkerStats(worker=name, policy_version=version, counters=counters,
+                             segments_in_memory=len(ads.adapter.segments) if ads else 0,
+                             pending=sum(e.pending_count() for e in engines),
                              event_time=datetime.now(timezone.utc))
         await stats.send(key=name.encode(), value=report.model_dump_json().encode())
 
@@ -80,16 +114,6 @@ def _ensure_changelogs(app: faust.App, settings: Settings) -> None:
                        settings.kafka.segment_partitions, bytes, f"changelog of table {name}")
              for name, table in app.tables.items()]
     ensure_topics(settings.kafka, specs, compacted=True)
-
-
-def _install_retention(app: faust.App, settings: Settings, topics: Topics) -> object | None:
-    """The retention agents, when a retention artifact is configured (returns their engine)."""
-    if not Path(settings.retention.artifact).exists():
-        log.warning("no retention artifact at %s: retention agents not started", settings.retention.artifact)
-        return None
-    from streams.agents import retention
-
-    return retention.install(app, settings, topics)
 
 
 def tune_gc() -> None:
