@@ -45,6 +45,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=kafka.heartbeat_interval_s,
         logging_config=None,
     )
+    # Faust pauses the consumer whenever more than ``max_messages`` table changes wait for the
+    # changelog (100 by default, a class attribute). One state flush writes about that many at once
+    # (posteriors of every changed segment, closed blocks), so the default stalled decisions for
+    # seconds under steady traffic ("producer buffer full" in the log).
+    app.producer.buffer.max_messages = settings.store.changelog_buffer_max
     return app
 
 

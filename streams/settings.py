@@ -30,6 +30,8 @@ class StoreSettings(BaseModel):
     driver: Literal["rocksdict"] = Field("rocksdict", description="RocksDB binding, named explicitly")
     state_flush_interval_s: float = Field(
         0.5, ge=0.0, description="how often changed segment posteriors are written to the table")
+    changelog_buffer_max: int = Field(
+        5000, ge=100, description="table changes queued for the changelog before Faust pauses consuming")
 
 
 class PolicySettings(BaseModel):
