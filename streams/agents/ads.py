@@ -28,6 +28,7 @@ from faust.types import EventT
 from policy.adapter import Adapter
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_engine import AdsEngine, RawMessage
+from streams.agents.lifecycle import install_state_hooks
 from streams.app import TABLE_OPTIONS
 from streams.edge import Decoder, Source, dead_letter
 from streams.events import DeadLetter
@@ -149,14 +150,7 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
             counters["engine_s"] += time.perf_counter() - t0
             counters["deletes_skipped"] = store.skipped_deletes
 
-    @app.timer(interval=max(settings.store.state_flush_interval_s, 0.05))
-    async def flush_state() -> None:
-        """Save what the last batches changed even when no further batch arrives (quiet traffic)."""
-        engine.flush(force=False)
-
-    @app.on_partitions_revoked.connect
-    async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
-        engine.on_rebalance()
+    install_state_hooks(app, engine, settings.store.state_flush_interval_s)
 
     @app.task
     async def watch_policy_updates() -> None:

@@ -33,6 +33,7 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from streams.ads_engine import RawMessage
+from streams.agents.lifecycle import install_state_hooks
 from streams.app import TABLE_OPTIONS
 from streams.kafka_io import make_producer
 from streams.retention_engine import RetentionEngine, load_engine_artifacts
@@ -118,13 +119,6 @@ def install(app: faust.App, settings: Settings, topics: Topics) -> RetentionEngi
                     raise RuntimeError(f"{left} retention outputs not delivered in 30 s; "
                                        "not acknowledging the batch")
 
-    @app.timer(interval=max(settings.store.state_flush_interval_s, 0.05))
-    async def flush_state() -> None:
-        """Save what the last batches changed even when no further batch arrives (quiet traffic)."""
-        engine.flush(force=False)
-
-    @app.on_partitions_revoked.connect
-    async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
-        engine.on_rebalance()
+    install_state_hooks(app, engine, settings.store.state_flush_interval_s)
 
     return engine
