@@ -99,20 +99,15 @@ class LoggedData:
     value: np.ndarray | None = None
     """float64[N], or None."""
 
+    def _columns(self) -> dict[str, Any]:
+        """Every column as stored on the instance (optional ones only when present)."""
+        keys = ("segment", "segment_names", "context", "candidates", "action", "reward", "propensity")
+        out = {key: getattr(self, key) for key in keys}
+        out.update({key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None})
+        return out
+
     def __post_init__(self) -> None:
-        arrays: dict[str, Any] = {
-            "segment": self.segment,
-            "segment_names": self.segment_names,
-            "context": self.context,
-            "candidates": self.candidates,
-            "action": self.action,
-            "reward": self.reward,
-            "propensity": self.propensity,
-        }
-        for key in OPTIONAL_KEYS:
-            if getattr(self, key) is not None:
-                arrays[key] = getattr(self, key)
-        for key, checked in _validate(arrays).items():
+        for key, checked in _validate(self._columns()).items():
             object.__setattr__(self, key, checked)
 
     # ------------------------------------------------------------------ shape
@@ -171,20 +166,8 @@ class LoggedData:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays of the file layout (optional columns only when present)."""
-        out: dict[str, np.ndarray] = {
-            "schema_version": np.array(SCHEMA_VERSION, dtype=np.int64),
-            "segment": self.segment,
-            "segment_names": np.array(self.segment_names, dtype=str),
-            "context": self.context,
-            "candidates": self.candidates,
-            "action": self.action,
-            "reward": self.reward,
-            "propensity": self.propensity,
-        }
-        for key in OPTIONAL_KEYS:
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
+        return {"schema_version": np.array(SCHEMA_VERSION, dtype=np.int64), **self._columns(),
+                "segment_names": np.array(self.segment_names, dtype=str)}
 
 
 def write_logs(path: str | os.PathLike[str], data: LoggedData, compress: bool = False) -> Path:
