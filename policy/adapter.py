@@ -62,6 +62,9 @@ class Decisions:
         Observations the segment's posterior had absorbed when the decision was taken.
     version : str
         Version of the artifact (or baseline name) that decided.
+    items_chosen : int64[B] or None
+        Identity of the shown candidate (from the ``items`` passed to ``decide_many``; -1 = none), to pass
+        back to ``learn_many(..., items=...)``; None when no identities were given.
     """
 
     choices: np.ndarray
@@ -71,6 +74,7 @@ class Decisions:
     prior_scores: np.ndarray
     n_updates: np.ndarray
     version: str
+    items_chosen: np.ndarray | None = None
 
 
 def _key(segment: Hashable) -> Hashable:
@@ -198,6 +202,7 @@ class SegmentBandit:
         context: np.ndarray,
         candidates: np.ndarray,
         k_valid: np.ndarray | None = None,
+        items: np.ndarray | None = None,
     ) -> Decisions:
         """Thompson-sample one candidate per request.
 
@@ -208,6 +213,8 @@ class SegmentBandit:
         candidates : float[B, K, da]
         k_valid : int[B], optional
             Real candidates per request (the rest of the K slots are padding, never chosen).
+        items : int[B, K], optional
+            Identity of each candidate (e.g. a hashed ``ad_id``; -1 = none), for per-item terms.
         """
         context = np.asarray(context)
         candidates = np.asarray(candidates)
@@ -219,13 +226,14 @@ class SegmentBandit:
                 f"batch sizes disagree: segments {len(segments)}, context {context.shape}, "
                 f"candidates {candidates.shape}"
             )
-        return self.decide_phis(segments, self._features(context, candidates), k_valid)
+        return self.decide_phis(segments, self._features(context, candidates), k_valid, items)
 
     def decide_phis(
         self,
         segments: Sequence[Hashable] | np.ndarray,
         phis: np.ndarray,
         k_valid: np.ndarray | None = None,
+        items: np.ndarray | None = None,
     ) -> Decisions:
         """Like :meth:`decide_many` but from precomputed features ``phis`` (float64[B, K, d])."""
         phis = np.ascontiguousarray(phis, dtype=np.float64)
@@ -254,12 +262,20 @@ class SegmentBandit:
             prior_scores=prior_scores,
             n_updates=self._n[slots].copy(),
             version=self.version,
+            items_chosen=None if items is None else np.asarray(items, dtype=np.int64)[np.arange(bsz), choices],
         )
 
     def learn_many(
-        self, segments: Sequence[Hashable] | np.ndarray, phis: np.ndarray, rewards: np.ndarray
+        self,
+        segments: Sequence[Hashable] | np.ndarray,
+        phis: np.ndarray,
+        rewards: np.ndarray,
+        items: np.ndarray | None = None,
     ) -> None:
-        """Absorb observed rewards, row ``i`` into ``segments[i]``'s posterior, in row order."""
+        """Absorb observed rewards, row ``i`` into ``segments[i]``'s posterior, in row order.
+
+        ``items`` (int[n], optional) names the shown candidate of each row (``Decisions.items_chosen``).
+        """
         phis = np.ascontiguousarray(phis, dtype=np.float64)
         rewards = np.ascontiguousarray(rewards, dtype=np.float64)
         if phis.ndim != 2 or phis.shape[1] != self.d or rewards.shape != (phis.shape[0],):

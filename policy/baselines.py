@@ -63,6 +63,7 @@ class RandomPolicy:
         context: np.ndarray,
         candidates: np.ndarray,
         k_valid: np.ndarray | None = None,
+        items: np.ndarray | None = None,
     ) -> Decisions:
         bsz, kk = candidates.shape[0], candidates.shape[1]
         kv = np.full(bsz, kk, dtype=np.int64) if k_valid is None else np.asarray(k_valid, dtype=np.int64)
@@ -70,7 +71,8 @@ class RandomPolicy:
         props = (np.arange(kk)[None, :] < kv[:, None]) / kv[:, None].astype(np.float64)
         return _stateless_decisions(choices, props, np.zeros((bsz, kk)), "random")
 
-    def learn_many(self, segments: Sequence[Hashable] | np.ndarray, phis: np.ndarray, rewards: np.ndarray) -> None:
+    def learn_many(self, segments: Sequence[Hashable] | np.ndarray, phis: np.ndarray, rewards: np.ndarray,
+                   items: np.ndarray | None = None) -> None:
         return None
 
 
@@ -87,6 +89,7 @@ class OraclePolicy:
         context: np.ndarray,
         candidates: np.ndarray,
         k_valid: np.ndarray | None = None,
+        items: np.ndarray | None = None,
     ) -> Decisions:
         seg = np.asarray(segments, dtype=np.int64)
         r = self.market.expected_reward(seg, context, candidates, self.value_weight)
@@ -97,7 +100,8 @@ class OraclePolicy:
         props[np.arange(r.shape[0]), choices] = 1.0
         return _stateless_decisions(choices, props, np.where(np.isfinite(r), r, 0.0), "oracle")
 
-    def learn_many(self, segments: Sequence[Hashable] | np.ndarray, phis: np.ndarray, rewards: np.ndarray) -> None:
+    def learn_many(self, segments: Sequence[Hashable] | np.ndarray, phis: np.ndarray, rewards: np.ndarray,
+                   items: np.ndarray | None = None) -> None:
         return None
 
 

@@ -16,6 +16,10 @@ reward            float [N]           observed reward of the shown candidate, fi
 propensity        float [N]           probability the logging policy gave ``action``, in (0, 1]
 click             float [N], optional 0 or 1
 value             float [N], optional purchase value (0 when none), finite
+candidate_ids     integer [N, K],     optional identity of each offered candidate (e.g. a hashed
+                  optional            ``ad_id``); -1 = no identity (and every padding slot)
+k_valid           integer [N],        optional number of real candidates in the row, in [1, K]:
+                  optional            slots ``>= k_valid`` are padding, never offered or chosen
 ================  ==================  =========================================================
 
 Integer columns may use any signed or unsigned integer dtype (read as int64); float columns may be
@@ -70,6 +74,7 @@ REQUIRED_KEYS = (
     "propensity",
 )
 OPTIONAL_KEYS = ("click", "value")
+OPTIONAL_INT_KEYS = ("candidate_ids", "k_valid")
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,12 +103,17 @@ class LoggedData:
     """float64[N] of 0/1, or None."""
     value: np.ndarray | None = None
     """float64[N], or None."""
+    candidate_ids: np.ndarray | None = None
+    """int64[N, K] identity of each offered candidate (-1 = none), or None."""
+    k_valid: np.ndarray | None = None
+    """int64[N] real candidates per row (the rest is padding), or None (every row has K)."""
 
     def _columns(self) -> dict[str, Any]:
         """Every column as stored on the instance (optional ones only when present)."""
         keys = ("segment", "segment_names", "context", "candidates", "action", "reward", "propensity")
         out = {key: getattr(self, key) for key in keys}
-        out.update({key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None})
+        out.update({key: getattr(self, key) for key in OPTIONAL_KEYS + OPTIONAL_INT_KEYS
+                    if getattr(self, key) is not None})
         return out
 
     def __post_init__(self) -> None:
@@ -147,7 +157,15 @@ class LoggedData:
             propensity=self.propensity[rows],
             click=None if self.click is None else self.click[rows],
             value=None if self.value is None else self.value[rows],
+            candidate_ids=None if self.candidate_ids is None else self.candidate_ids[rows],
+            k_valid=None if self.k_valid is None else self.k_valid[rows],
         )
+
+    def valid_k(self) -> np.ndarray:
+        """int64[N] real candidates per row (``k_valid``, or K everywhere when the log has no padding)."""
+        if self.k_valid is None:
+            return np.full(len(self), self.k, dtype=np.int64)
+        return self.k_valid
 
     def subset(self, segment_indices: Sequence[int] | np.ndarray) -> LoggedData:
         """The rows whose segment is in ``segment_indices`` (row order kept; indices and names unchanged).
@@ -219,9 +237,9 @@ def read_logs(path: str | os.PathLike[str]) -> LoggedData:
 
 
 def _from_file_arrays(arrays: Mapping[str, Any]) -> LoggedData:
-    unknown = sorted(set(arrays) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    unknown = sorted(set(arrays) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS) - set(OPTIONAL_INT_KEYS))
     if unknown:
-        allowed = ", ".join(REQUIRED_KEYS + OPTIONAL_KEYS)
+        allowed = ", ".join(REQUIRED_KEYS + OPTIONAL_KEYS + OPTIONAL_INT_KEYS)
         raise LogFormatError(unknown[0], f"unknown key (allowed: {allowed})")
     for key in REQUIRED_KEYS:
         if key not in arrays:
@@ -234,7 +252,8 @@ def _from_file_arrays(arrays: Mapping[str, Any]) -> LoggedData:
     names = np.asarray(arrays["segment_names"])
     if names.ndim != 1 or names.dtype.kind != "U":
         raise LogFormatError("segment_names", f"must be a 1-D unicode string array, got {names.dtype} {names.shape}")
-    kwargs = {k: arrays[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in arrays and k != "schema_version"}
+    kwargs = {k: arrays[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS + OPTIONAL_INT_KEYS
+              if k in arrays and k != "schema_version"}
     kwargs["segment_names"] = tuple(str(s) for s in names)
     return LoggedData(**kwargs)
 
@@ -319,6 +338,24 @@ def _validate(arrays: Mapping[str, Any]) -> dict[str, Any]:
         col = _as_float(key, arrays[key])
         _check_shape(key, col, (n,), f"[N={n}]")
         out[key] = col
+
+    if arrays.get("k_valid") is not None:
+        k_valid = _as_int("k_valid", arrays["k_valid"])
+        _check_shape("k_valid", k_valid, (n,), f"[N={n}]")
+        bad = (k_valid < 1) | (k_valid > k)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise LogFormatError("k_valid", f"must be in [1, K={k}]; row {row} has {k_valid[row]}")
+        if np.any(action >= k_valid):
+            row = int(np.argmax(action >= k_valid))
+            raise LogFormatError("action", f"row {row} chose padding slot {action[row]} (k_valid {k_valid[row]})")
+        out["k_valid"] = k_valid
+    if arrays.get("candidate_ids") is not None:
+        ids = _as_int("candidate_ids", arrays["candidate_ids"])
+        _check_shape("candidate_ids", ids, (n, k), f"[N={n}, K={k}]")
+        if ids.min() < -1:
+            raise LogFormatError("candidate_ids", "ids must be >= 0, or -1 for none")
+        out["candidate_ids"] = ids
 
     propensity = out["propensity"]
     bad = (propensity <= 0.0) | (propensity > 1.0)

@@ -265,3 +265,29 @@ def test_error_hierarchy() -> None:
     err = LogFormatError("reward", "has NaN")
     assert isinstance(err, PolicyError) and isinstance(err, ValueError)
     assert str(err) == "reward: has NaN"
+
+
+def test_candidate_ids_and_k_valid_round_trip(tmp_path: Path) -> None:
+    arrays = _arrays(n=6, k=3)
+    arrays["k_valid"] = np.array([3, 2, 1, 3, 2, 2])
+    arrays["action"] = np.array([2, 1, 0, 0, 1, 0])
+    arrays["candidate_ids"] = np.array([[5, 6, 7], [5, 8, -1], [9, -1, -1], [1, 2, 3], [4, 5, -1], [6, 7, -1]])
+    data = read_logs(_write(tmp_path / "ids.npz", arrays))
+    assert data.k_valid.tolist() == [3, 2, 1, 3, 2, 2]
+    assert data.candidate_ids.dtype == np.int64 and data.candidate_ids[2].tolist() == [9, -1, -1]
+    back = read_logs(write_logs(tmp_path / "back.npz", data))
+    assert np.array_equal(back.candidate_ids, data.candidate_ids) and np.array_equal(back.k_valid, data.k_valid)
+    assert data.take([0, 2]).k_valid.tolist() == [3, 1]
+    assert read_logs(_write(tmp_path / "plain.npz", _arrays())).valid_k().tolist() == [3] * 6
+
+
+def test_action_in_a_padding_slot_is_refused(tmp_path: Path) -> None:
+    arrays = _arrays(n=6, k=3)
+    arrays["k_valid"] = np.array([3, 2, 1, 3, 2, 2])
+    arrays["action"] = np.array([2, 2, 0, 0, 1, 0])  # row 1 offers 2 candidates but "chose" slot 2
+    with pytest.raises(LogFormatError, match="action.*padding"):
+        read_logs(_write(tmp_path / "pad.npz", arrays))
+    arrays["action"] = np.array([2, 1, 0, 0, 1, 0])
+    arrays["k_valid"] = np.array([3, 2, 0, 3, 2, 2])
+    with pytest.raises(LogFormatError, match="k_valid"):
+        read_logs(_write(tmp_path / "zero.npz", arrays))
