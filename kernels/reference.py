@@ -115,3 +115,100 @@ def decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale=1.0):
         )
         mean_scores[b, :k] = np.asarray(phis[b, :k], dtype=np.float64) @ m[s]
     return choices, propensities, mean_scores
+
+
+# ------------------------------------------------------------------------ v2 head (``kernels.glm``)
+def glm_update_one(P, m, phi, y, item_term, likelihood, noise_var=1.0, forget=1.0, h_min=1e-10):
+    """One decoupled Kalman step (see ``kernels.glm``); ``item_term`` is ``[mean, var]`` or None.
+
+    Updates ``P``, ``m`` in place and returns the item term's new ``[mean, var]`` (or None).
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    if forget < 1.0:
+        P /= forget
+    mu = phi @ m + (item_term[0] if item_term is not None else 0.0)
+    s_b = item_term[1] / forget if item_term is not None else 0.0
+    p_phi = P @ phi
+    s0 = phi @ p_phi + s_b  # prior variance of the score
+    if likelihood == 1:  # bernoulli: Laplace at the mode of the 1-D posterior of the score
+        l = mu
+        for _ in range(30):
+            p = 1.0 / (1.0 + np.exp(-l))
+            step = ((y - p) - (l - mu) / s0) / (p * (1.0 - p) + 1.0 / s0)
+            l += step
+            if abs(step) < 1e-12:
+                break
+        p = 1.0 / (1.0 + np.exp(-l))
+        r, g = 1.0 / max(p * (1.0 - p), h_min), (l - mu) / s0
+    else:
+        r = noise_var
+        g = (y - mu) / (s0 + r)
+    m += p_phi * g
+    P -= np.outer(p_phi, p_phi) / (s0 + r)
+    P[...] = 0.5 * (P + P.T)
+    if item_term is None:
+        return None
+    return [item_term[0] + s_b * g, s_b - s_b * s_b / (s0 + r)]
+
+
+def glm_update_many(P, m, seg, phis, items, prior_mean, prior_var, tables, rewards, likelihood,
+                    noise_var=1.0, forget=1.0, tick=0):
+    """``glm_update_one`` per row with each segment's bounded least-recently-used item table."""
+    tab_ids, tab_mean, tab_var, tab_tick = tables
+    for i in range(len(seg)):
+        s, item = seg[i], items[i]
+        if item < 0 or tab_ids.shape[1] == 0:
+            glm_update_one(P[s], m[s], phis[i], float(rewards[i]), None, likelihood, noise_var, forget)
+            continue
+        stored = np.flatnonzero(tab_ids[s] == item)
+        term = [tab_mean[s, stored[0]], tab_var[s, stored[0]]] if stored.size else [prior_mean[i], prior_var]
+        new = glm_update_one(P[s], m[s], phis[i], float(rewards[i]), term, likelihood, noise_var, forget)
+        if stored.size:
+            c = stored[0]
+        else:
+            empty = np.flatnonzero(tab_ids[s] < 0)
+            c = empty[0] if empty.size else int(np.argmin(tab_tick[s]))
+            tab_ids[s, c] = item
+        tab_mean[s, c], tab_var[s, c], tab_tick[s, c] = new[0], new[1], tick + i
+
+
+def glm_decide_many(phis, P, m, seg, k_valid, off_mean, off_var, normals, uniforms, eps, scale=1.0):
+    """Thompson sampling on scores ``N(Phi m + off_mean, scale (Phi P Phi^T + diag(off_var)))`` per row."""
+    bsz, k_max = phis.shape[:2]
+    choices = np.zeros(bsz, dtype=np.int64)
+    propensities = np.zeros((bsz, k_max))
+    mean_scores = np.zeros((bsz, k_max))
+    for b in range(bsz):
+        s, k = seg[b], k_valid[b]
+        ph = np.asarray(phis[b, :k], dtype=np.float64)
+        mu = ph @ m[s] + off_mean[b, :k]
+        C = scale * (ph @ P[s] @ ph.T + np.diag(off_var[b, :k]))
+        L = cholesky_psd(C)
+        draws = mu + np.asarray(normals[b, :, :k], dtype=np.float64) @ L.T
+        winners = np.argmax(draws, axis=1)
+        counts = np.bincount(winners, minlength=k)
+        propensities[b, :k] = np.minimum((1.0 - eps) * counts / normals.shape[1] + _eps_floor(eps, k), 1.0)
+        choices[b] = _explore(uniforms[b], eps, int(winners[0]), k)
+        mean_scores[b, :k] = mu
+    return choices, propensities, mean_scores
+
+
+def laplace_logistic(Phi, y, prior_mean, prior_cov, iters=50):
+    """Batch Laplace posterior of a logistic head: Newton MAP under ``N(prior_mean, prior_cov)``.
+
+    Returns ``(mean, cov)``: the MAP and the inverse Hessian of the negative log posterior at it.
+    """
+    Phi = np.asarray(Phi, dtype=np.float64)
+    prec0 = np.linalg.inv(prior_cov)
+    w = np.array(prior_mean, dtype=np.float64)
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(Phi @ w)))
+        grad = Phi.T @ (y - p) - prec0 @ (w - prior_mean)
+        H = prec0 + (Phi * (p * (1.0 - p))[:, None]).T @ Phi
+        step = np.linalg.solve(H, grad)
+        w = w + step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    p = 1.0 / (1.0 + np.exp(-(Phi @ w)))
+    H = prec0 + (Phi * (p * (1.0 - p))[:, None]).T @ Phi
+    return w, np.linalg.inv(H)
