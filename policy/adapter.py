@@ -1,9 +1,12 @@
 """Online per-segment adaptation of a meta-learned policy (torch-free; the maths runs in ``kernels``).
 
-Every segment keeps a Gaussian posterior ``N(m, P)`` over its linear head ``w`` in the artifact's feature
-space ``phi(x, a)``; it starts at the meta-learned prior ``N(mu0, Sigma0)`` and is updated by the rank-1
-recursion of :func:`kernels.update_many`. Decisions are Thompson sampling over the candidates' mean rewards
-(:func:`kernels.decide_many`) mixed with uniform exploration ``eps``, so every logged propensity is > 0.
+Every segment keeps a Gaussian posterior ``N(m, P)`` over its head ``w`` in the artifact's feature space
+``phi(x, a)``, plus (when the artifact has them) per-item terms ``b_item`` for the candidates' identities
+in a bounded table; it starts at the meta-learned prior ``N(mu0, Sigma0)`` and is updated row by row by
+:func:`kernels.glm.glm_update_many` under the artifact's likelihood (gaussian rewards or bernoulli clicks).
+Decisions are Thompson sampling over the candidates' scores (:func:`kernels.glm.glm_decide_many`), with
+the posterior width multiplied by ``scale`` (0 = greedy) and uniform exploration ``eps`` mixed in, so
+every logged propensity is > 0 when ``eps > 0``.
 
 The same object serves the Python API, the benchmarks and the Faust agents:
 
@@ -15,8 +18,10 @@ The same object serves the Python API, the benchmarks and the Faust agents:
 Segment keys are any hashable (``str`` names in the stream, ``int`` indices in benchmarks); numpy integers
 are converted to ``int``.
 
-State bytes (little endian, no pickle): ``b"MCPS"``, uint16 layout version (1), uint16 ``d``, int64
-``n_updates``, float64 ``P[d, d]`` (row-major), float64 ``m[d]``.
+State bytes (little endian, no pickle): ``b"MCPS"``, uint16 layout version (1 or 2), uint16 ``d``, int64
+``n_updates``, float64 ``P[d, d]`` (row-major), float64 ``m[d]``; layout 2 then has uint16 ``n`` stored
+item terms and int64 ``ids[n]``, float64 ``mean[n]``, float64 ``var[n]``, int64 ``tick[n]``. Layout 1 is
+written when the segment has no item terms (and read as a segment without any).
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ from typing import Literal
 import numpy as np
 
 import kernels
+from kernels.glm import BERNOULLI, GAUSSIAN, glm_decide_many, glm_update_many, item_offsets
 from policy.artifact import ArtifactError, PolicyArtifact
 from policy.exceptions import PolicyError
 from policy.features import build_inputs
 
 STATE_MAGIC = b"MCPS"
-STATE_LAYOUT = 1
+STATE_LAYOUT = 2
 _HEADER = struct.Struct("<4sHHq")
+_ITEMS = struct.Struct("<H")
 
 
 class StateError(PolicyError, ValueError):
@@ -84,7 +91,7 @@ def _key(segment: Hashable) -> Hashable:
 
 
 class SegmentBandit:
-    """Per-segment Bayesian linear Thompson sampling over a feature map (subclasses define the features).
+    """Per-segment Bayesian Thompson sampling over a feature map (subclasses define the features).
 
     Parameters
     ----------
@@ -92,7 +99,7 @@ class SegmentBandit:
     prior_cov : float[d, d]
         Symmetric positive definite.
     noise_var : float
-        Reward noise variance, > 0.
+        Reward noise variance, > 0 (used by the gaussian likelihood).
     eps : float
         Uniform exploration mixed into Thompson sampling, in [0, 1].
     n_draws : int
@@ -100,13 +107,19 @@ class SegmentBandit:
     forget : float
         Forgetting factor in (0, 1]; 1 = stationary.
     scale : float
-        Multiplies the posterior covariance when sampling (1 = plain Thompson sampling).
+        Multiplies the posterior covariance when sampling (1 = plain Thompson sampling, 0 = greedy).
     seed : int
         Seeds the generator of the normals/uniforms passed to the kernels.
     shared : bool
         If True, all segments share one posterior (a pooled model).
     version : str
         Reported in :class:`Decisions`.
+    likelihood : "gaussian" or "bernoulli"
+        Rewards as gaussian values, or 0/1 clicks through a logistic link.
+    item_capacity : int
+        Per-item terms one segment keeps (0 = none); the least recently updated is evicted.
+    item_prior_var : float
+        Prior variance of a per-item term (0 = none).
     """
 
     def __init__(
@@ -122,6 +135,9 @@ class SegmentBandit:
         seed: int = 0,
         shared: bool = False,
         version: str = "",
+        likelihood: Literal["gaussian", "bernoulli"] = "gaussian",
+        item_capacity: int = 0,
+        item_prior_var: float = 0.0,
     ) -> None:
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1], got {eps}")
@@ -131,23 +147,31 @@ class SegmentBandit:
             raise ValueError(f"forget must be in (0, 1], got {forget}")
         if scale < 0.0:
             raise ValueError(f"scale must be >= 0, got {scale}")
+        if likelihood not in ("gaussian", "bernoulli"):
+            raise ValueError(f"likelihood must be 'gaussian' or 'bernoulli', got {likelihood!r}")
+        if item_capacity < 0 or not (np.isfinite(item_prior_var) and item_prior_var >= 0.0):
+            raise ValueError(f"need item_capacity >= 0 and item_prior_var >= 0, got {item_capacity}, {item_prior_var}")
         self.eps = float(eps)
         self.n_draws = int(n_draws)
         self.forget = float(forget)
         self.scale = float(scale)
         self.shared = bool(shared)
         self.version = version
+        self.likelihood = likelihood
+        self.item_capacity = int(item_capacity) if item_prior_var > 0 else 0
+        self.item_prior_var = float(item_prior_var)
         self._rng = np.random.default_rng(seed)
         self._set_prior(prior_mean, prior_cov, noise_var)
-        self._slots: dict[Hashable, int] = {}
-        self._P = np.empty((0, self.d, self.d))
-        self._m = np.empty((0, self.d))
-        self._n = np.empty(0, dtype=np.int64)
+        self.reset_all()
 
     # ------------------------------------------------------------------ features (override)
     def _features(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """float64[B, K, d] features of every candidate."""
         raise NotImplementedError
+
+    def _item_prior_means(self, items: np.ndarray) -> np.ndarray:
+        """Prior mean of the per-item term of each id (override: the artifact's pooled offsets)."""
+        return np.zeros(np.shape(items))
 
     # ------------------------------------------------------------------ prior / slots
     def _set_prior(self, prior_mean: np.ndarray, prior_cov: np.ndarray, noise_var: float) -> None:
@@ -160,21 +184,40 @@ class SegmentBandit:
             raise ValueError(f"noise_var must be finite and > 0, got {noise_var}")
         self.prior_mean, self.prior_cov, self.noise_var, self.d = mu0, cov, float(noise_var), d
 
+    def _grow(self, need: int) -> None:
+        cap = max(8, 2 * self._P.shape[0], need)
+        used, c = len(self._slots), self.item_capacity
+
+        def grown(old: np.ndarray, shape: tuple[int, ...], fill: float | int, dtype: type = np.float64) -> np.ndarray:
+            new = np.full((cap,) + shape, fill, dtype=dtype)
+            new[:used] = old[:used]
+            return new
+
+        self._P = grown(self._P, (self.d, self.d), 0.0)
+        self._m = grown(self._m, (self.d,), 0.0)
+        self._n = grown(self._n, (), 0, np.int64)
+        self._tab_ids = grown(self._tab_ids, (c,), -1, np.int64)
+        self._tab_mean = grown(self._tab_mean, (c,), 0.0)
+        self._tab_var = grown(self._tab_var, (c,), 0.0)
+        self._tab_tick = grown(self._tab_tick, (c,), 0, np.int64)
+
+    def _clear_slot(self, slot: int) -> None:
+        self._P[slot] = self.prior_cov
+        self._m[slot] = self.prior_mean
+        self._n[slot] = 0
+        self._tab_ids[slot] = -1
+        self._tab_mean[slot] = 0.0
+        self._tab_var[slot] = 0.0
+        self._tab_tick[slot] = 0
+
     def _slot(self, segment: Hashable) -> int:
         key = "__shared__" if self.shared else _key(segment)
         slot = self._slots.get(key)
         if slot is None:
             slot = len(self._slots)
             if slot >= self._P.shape[0]:
-                cap = max(8, 2 * self._P.shape[0])
-                P = np.empty((cap, self.d, self.d))
-                m = np.empty((cap, self.d))
-                n = np.zeros(cap, dtype=np.int64)
-                P[:slot], m[:slot], n[:slot] = self._P[:slot], self._m[:slot], self._n[:slot]
-                self._P, self._m, self._n = P, m, n
-            self._P[slot] = self.prior_cov
-            self._m[slot] = self.prior_mean
-            self._n[slot] = 0
+                self._grow(slot + 1)
+            self._clear_slot(slot)
             self._slots[key] = slot
         return slot
 
@@ -194,6 +237,13 @@ class SegmentBandit:
         """Copies of the segment's ``(P, m, n_updates)``; an unseen segment reports the prior."""
         slot = self._slot(segment)
         return self._P[slot].copy(), self._m[slot].copy(), int(self._n[slot])
+
+    def item_terms(self, segment: Hashable) -> dict[int, tuple[float, float]]:
+        """``{item id: (mean, variance)}`` of the per-item terms the segment keeps."""
+        slot = self._slot(segment)
+        ids = self._tab_ids[slot]
+        return {int(i): (float(self._tab_mean[slot, c]), float(self._tab_var[slot, c]))
+                for c, i in enumerate(ids) if i >= 0}
 
     # ------------------------------------------------------------------ decide / learn
     def decide_many(
@@ -246,23 +296,35 @@ class SegmentBandit:
             if k_valid is None
             else np.ascontiguousarray(k_valid, dtype=np.int64)
         )
+        item_ids = None if items is None else np.ascontiguousarray(items, dtype=np.int64)
+        if item_ids is not None and item_ids.shape != (bsz, kk):
+            raise ValueError(f"items must be [B={bsz}, K={kk}], got {item_ids.shape}")
+        used = len(self._slots)
+        if item_ids is not None and self.item_capacity > 0:
+            off_mean, off_var = item_offsets(
+                slots, item_ids, kv, self._tab_ids[:used], self._tab_mean[:used], self._tab_var[:used],
+                self._item_prior_means(item_ids), self.item_prior_var,
+            )
+        else:
+            off_mean = off_var = np.zeros((bsz, kk))
         normals = self._rng.standard_normal((bsz, self.n_draws, kk))
         uniforms = self._rng.random((bsz, 2))
-        used = len(self._slots)
-        choices, props, means = kernels.decide_many(
-            phis, self._P[:used], self._m[:used], slots, kv, normals, uniforms, self.eps, self.scale
+        choices, props, means = glm_decide_many(
+            phis, self._P[:used], self._m[:used], slots, kv, off_mean, off_var, normals, uniforms,
+            self.eps, self.scale,
         )
         prior_scores = phis @ self.prior_mean
         prior_scores[np.arange(kk)[None, :] >= kv[:, None]] = 0.0
+        rows = np.arange(bsz)
         return Decisions(
             choices=choices,
             propensities=props,
-            phis_chosen=np.ascontiguousarray(phis[np.arange(bsz), choices]),
+            phis_chosen=np.ascontiguousarray(phis[rows, choices]),
             mean_scores=means,
             prior_scores=prior_scores,
             n_updates=self._n[slots].copy(),
             version=self.version,
-            items_chosen=None if items is None else np.asarray(items, dtype=np.int64)[np.arange(bsz), choices],
+            items_chosen=None if item_ids is None else item_ids[rows, choices],
         )
 
     def learn_many(
@@ -275,6 +337,7 @@ class SegmentBandit:
         """Absorb observed rewards, row ``i`` into ``segments[i]``'s posterior, in row order.
 
         ``items`` (int[n], optional) names the shown candidate of each row (``Decisions.items_chosen``).
+        With the bernoulli likelihood rewards must be 0 or 1.
         """
         phis = np.ascontiguousarray(phis, dtype=np.float64)
         rewards = np.ascontiguousarray(rewards, dtype=np.float64)
@@ -282,49 +345,94 @@ class SegmentBandit:
             raise ValueError(
                 f"need phis [n, {self.d}] and rewards [n]; got {phis.shape} and {rewards.shape}"
             )
-        if len(segments) != phis.shape[0]:
-            raise ValueError(f"{len(segments)} segments for {phis.shape[0]} rows")
+        n = phis.shape[0]
+        if len(segments) != n:
+            raise ValueError(f"{len(segments)} segments for {n} rows")
+        if self.likelihood == "bernoulli" and np.any((rewards != 0.0) & (rewards != 1.0)):
+            raise ValueError("the bernoulli likelihood learns from 0/1 clicks only")
+        if items is None or self.item_capacity == 0:
+            item_ids = np.full(n, -1, dtype=np.int64)
+        else:
+            item_ids = np.ascontiguousarray(items, dtype=np.int64)
+            if item_ids.shape != (n,):
+                raise ValueError(f"items must be [n={n}], got {item_ids.shape}")
         slots = self._slots_for(segments)
         used = len(self._slots)
-        kernels.update_many(
-            self._P[:used], self._m[:used], slots, phis, rewards, self.noise_var, self.forget
+        glm_update_many(
+            self._P[:used], self._m[:used], slots, phis, item_ids, self._item_prior_means(item_ids),
+            self.item_prior_var,
+            (self._tab_ids[:used], self._tab_mean[:used], self._tab_var[:used], self._tab_tick[:used]),
+            rewards, BERNOULLI if self.likelihood == "bernoulli" else GAUSSIAN, self.noise_var, self.forget,
+            self._tick,
         )
+        self._tick += n
         np.add.at(self._n, slots, 1)
 
-    def learn_one(self, segment: Hashable, phi: np.ndarray, reward: float) -> None:
+    def learn_one(self, segment: Hashable, phi: np.ndarray, reward: float, item: int = -1) -> None:
         """Absorb one observed reward."""
-        self.learn_many([segment], np.asarray(phi, dtype=np.float64)[None, :], np.array([reward]))
+        self.learn_many([segment], np.asarray(phi, dtype=np.float64)[None, :], np.array([reward]),
+                        np.array([item], dtype=np.int64))
 
     # ------------------------------------------------------------------ state
     def reset(self, segment: Hashable) -> None:
-        """Return a segment's posterior to the prior."""
-        slot = self._slot(segment)
-        self._P[slot] = self.prior_cov
-        self._m[slot] = self.prior_mean
-        self._n[slot] = 0
+        """Return a segment's posterior (and item terms) to the prior."""
+        self._clear_slot(self._slot(segment))
 
     def reset_all(self) -> None:
         """Forget every segment."""
-        self._slots.clear()
+        c = self.item_capacity
+        self._slots: dict[Hashable, int] = {}
         self._P = np.empty((0, self.d, self.d))
         self._m = np.empty((0, self.d))
         self._n = np.empty(0, dtype=np.int64)
+        self._tab_ids = np.empty((0, c), dtype=np.int64)
+        self._tab_mean = np.empty((0, c))
+        self._tab_var = np.empty((0, c))
+        self._tab_tick = np.empty((0, c), dtype=np.int64)
+        self._tick = 1
 
     def state_bytes(self, segment: Hashable) -> bytes:
         """The segment's posterior as bytes (layout in the module docstring)."""
         slot = self._slot(segment)
-        head = _HEADER.pack(STATE_MAGIC, STATE_LAYOUT, self.d, int(self._n[slot]))
-        return head + self._P[slot].astype("<f8").tobytes() + self._m[slot].astype("<f8").tobytes()
+        stored = np.flatnonzero(self._tab_ids[slot] >= 0)
+        layout = 2 if stored.size else 1
+        head = _HEADER.pack(STATE_MAGIC, layout, self.d, int(self._n[slot]))
+        body = head + self._P[slot].astype("<f8").tobytes() + self._m[slot].astype("<f8").tobytes()
+        if layout == 1:
+            return body
+        return (body + _ITEMS.pack(stored.size) + self._tab_ids[slot, stored].astype("<i8").tobytes()
+                + self._tab_mean[slot, stored].astype("<f8").tobytes()
+                + self._tab_var[slot, stored].astype("<f8").tobytes()
+                + self._tab_tick[slot, stored].astype("<i8").tobytes())
 
     def load_state(self, segment: Hashable, data: bytes) -> None:
-        """Replace the segment's posterior with one produced by :meth:`state_bytes`."""
-        P, m, n = decode_state(data, self.d)
+        """Replace the segment's posterior with one produced by :meth:`state_bytes`.
+
+        Item terms beyond this policy's ``item_capacity`` are dropped (the least recently used first).
+        """
+        P, m, n, items = decode_state_items(data, self.d)
         slot = self._slot(segment)
+        self._clear_slot(slot)
         self._P[slot], self._m[slot], self._n[slot] = P, m, n
+        ids, mean, var, tick = items
+        keep = np.argsort(-tick, kind="stable")[: self.item_capacity]
+        k = keep.size
+        self._tab_ids[slot, :k], self._tab_mean[slot, :k] = ids[keep], mean[keep]
+        self._tab_var[slot, :k], self._tab_tick[slot, :k] = var[keep], tick[keep]
+        if k:
+            self._tick = max(self._tick, int(tick.max()) + 1)
 
 
 def decode_state(data: bytes, d: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Parse :meth:`SegmentBandit.state_bytes` output into ``(P, m, n_updates)``; raises :class:`StateError`."""
+    P, m, n, _ = decode_state_items(data, d)
+    return P, m, n
+
+
+def decode_state_items(
+    data: bytes, d: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Parse state bytes into ``(P, m, n_updates, (item ids, means, variances, ticks))``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise StateError(f"state must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -333,22 +441,38 @@ def decode_state(data: bytes, d: int | None = None) -> tuple[np.ndarray, np.ndar
     magic, layout, dim, n = _HEADER.unpack_from(data)
     if magic != STATE_MAGIC:
         raise StateError(f"bad magic {magic!r}")
-    if layout != STATE_LAYOUT:
+    if layout not in (1, 2):
         raise StateError(f"unsupported state layout {layout}")
     if d is not None and dim != d:
         raise StateError(f"state has d={dim}, the policy has d={d}")
-    if len(data) != _HEADER.size + 8 * (dim * dim + dim):
-        raise StateError(f"state of d={dim} must be {_HEADER.size + 8 * (dim * dim + dim)} bytes, got {len(data)}")
+    core = _HEADER.size + 8 * (dim * dim + dim)
+    if (layout == 1 and len(data) != core) or (layout == 2 and len(data) < core + _ITEMS.size):
+        raise StateError(f"state of d={dim}, layout {layout} has the wrong size ({len(data)} bytes)")
     if n < 0:
         raise StateError(f"negative n_updates {n}")
-    body = np.frombuffer(data, dtype="<f8", offset=_HEADER.size)
+    body = np.frombuffer(data, dtype="<f8", count=dim * dim + dim, offset=_HEADER.size)
     P = body[: dim * dim].reshape(dim, dim).astype(np.float64)
     m = body[dim * dim :].astype(np.float64)
     if not (np.all(np.isfinite(P)) and np.all(np.isfinite(m))):
         raise StateError("state contains NaN or inf")
     if np.any(np.diag(P) <= 0) or not np.allclose(P, P.T, rtol=1e-6, atol=1e-12 * max(np.abs(P).max(), 1e-300)):
         raise StateError("state covariance is not symmetric with a positive diagonal")
-    return P, m, int(n)
+    if layout == 1:
+        empty = np.empty(0, dtype=np.int64)
+        return P, m, int(n), (empty, np.empty(0), np.empty(0), empty)
+    (count,) = _ITEMS.unpack_from(data, core)
+    at = core + _ITEMS.size
+    if len(data) != at + 32 * count:
+        raise StateError(f"state says {count} item terms but has {len(data) - at} bytes for them")
+    ids = np.frombuffer(data, dtype="<i8", count=count, offset=at).astype(np.int64)
+    mean = np.frombuffer(data, dtype="<f8", count=count, offset=at + 8 * count).astype(np.float64)
+    var = np.frombuffer(data, dtype="<f8", count=count, offset=at + 16 * count).astype(np.float64)
+    tick = np.frombuffer(data, dtype="<i8", count=count, offset=at + 24 * count).astype(np.int64)
+    if np.any(ids < 0) or np.unique(ids).size != count:
+        raise StateError("item ids must be distinct and >= 0")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
+        raise StateError("item terms must be finite with variances >= 0")
+    return P, m, int(n), (ids, mean, var, tick)
 
 
 class Adapter(SegmentBandit):
@@ -357,39 +481,52 @@ class Adapter(SegmentBandit):
     Parameters
     ----------
     artifact : PolicyArtifact
-    eps, n_draws, forget, scale, seed
-        See :class:`SegmentBandit`. ``scale`` multiplies the posterior covariance when sampling.
+    eps, scale : float or None
+        See :class:`SegmentBandit`; None (the default) serves the exploration the artifact's training
+        chose and recorded (``artifact.meta.serving``).
+    n_draws, forget, seed, shared
+        See :class:`SegmentBandit`.
     prior_scale : float
         Multiplies the artifact's prior covariance (1 = as learned).
+    item_capacity : int or None
+        Per-item terms per segment; None = the artifact's ``serving.item_capacity``.
     """
 
     def __init__(
         self,
         artifact: PolicyArtifact,
-        eps: float = 0.02,
+        eps: float | None = None,
         n_draws: int = 64,
         forget: float = 1.0,
         seed: int = 0,
-        scale: float = 1.0,
+        scale: float | None = None,
         prior_scale: float = 1.0,
         shared: bool = False,
+        item_capacity: int | None = None,
     ) -> None:
         if not isinstance(artifact, PolicyArtifact):
             raise ArtifactError("Adapter needs a PolicyArtifact (use PolicyArtifact.load(path))")
         self.artifact = artifact
         self.prior_scale = float(prior_scale)
+        serving = artifact.meta.serving
         super().__init__(
             artifact.prior_mean,
             self.prior_scale * artifact.prior_cov,
             artifact.noise_var,
-            eps=eps,
+            eps=serving.eps if eps is None else eps,
             n_draws=n_draws,
             forget=forget,
-            scale=scale,
+            scale=serving.scale if scale is None else scale,
             seed=seed,
             shared=shared,
             version=artifact.version,
+            likelihood=artifact.meta.likelihood,
+            item_capacity=serving.item_capacity if item_capacity is None else item_capacity,
+            item_prior_var=artifact.item_prior_var,
         )
+
+    def _item_prior_means(self, items: np.ndarray) -> np.ndarray:
+        return self.artifact.item_prior_means(items)
 
     def _features(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         a = self.artifact
@@ -400,6 +537,9 @@ class Adapter(SegmentBandit):
             )
         u = build_inputs(context, candidates)
         phi = kernels.phi_many(u, a.w1, a.b1, a.w2, a.b2)
+        if a.meta.d_raw:
+            raw = (u.astype(np.float64) - a.raw_mean) / a.raw_sd
+            phi = np.concatenate([phi[:, :-1], raw, phi[:, -1:]], axis=1)
         return phi.reshape(candidates.shape[0], candidates.shape[1], self.d)
 
     def phi_many(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -426,10 +566,23 @@ class Adapter(SegmentBandit):
         )
         if posteriors == "keep" and artifact.d != self.d:
             raise ArtifactError(f"cannot keep posteriors: d changes from {self.d} to {artifact.d}")
-        keep = posteriors == "keep" or (posteriors == "auto" and same_phi)
+        same_head = (artifact.meta.likelihood == self.likelihood
+                     and artifact.meta.serving.item_capacity == self.artifact.meta.serving.item_capacity
+                     and (artifact.item_prior_var > 0) == (self.item_prior_var > 0))
+        if posteriors == "keep" and not same_head:
+            raise ArtifactError("cannot keep posteriors: the likelihood or the per-item terms change")
+        same_phi = same_phi and artifact.meta.d_raw == self.artifact.meta.d_raw and (
+            not artifact.meta.d_raw
+            or (np.array_equal(artifact.raw_mean, self.artifact.raw_mean)
+                and np.array_equal(artifact.raw_sd, self.artifact.raw_sd))
+        )
+        keep = posteriors == "keep" or (posteriors == "auto" and same_phi and same_head)
         self.artifact = artifact
         self.version = artifact.version
         self._set_prior(artifact.prior_mean, self.prior_scale * artifact.prior_cov, artifact.noise_var)
+        self.likelihood = artifact.meta.likelihood
+        self.item_prior_var = artifact.item_prior_var
+        self.item_capacity = artifact.meta.serving.item_capacity if artifact.item_prior_var > 0 else 0
         if not keep:
             self.reset_all()
         return keep

@@ -7,13 +7,18 @@ An artifact is a directory with two files:
     (``dx``, ``da``, ``d``, ``hidden``), the reward spec, creation time, a summary of the training
     data and the training metrics.
 ``arrays.npz``
-    float64 arrays ``w1[dx+da, hidden]``, ``b1[hidden]``, ``w2[hidden, d-1]``, ``b2[d-1]`` (the
+    float64 arrays ``w1[dx+da, hidden]``, ``b1[hidden]``, ``w2[hidden, d_z]``, ``b2[d_z]`` (the
     feature map ``phi``; input standardisation is folded into ``w1``/``b1``), ``prior_mean[d]``,
-    ``prior_cov[d, d]`` and the scalar ``noise_var``.
+    ``prior_cov[d, d]`` and the scalar ``noise_var``. Schema 2 adds, all optional:
+    ``raw_mean[dx+da]`` and ``raw_sd[dx+da]`` (the raw skip, when ``d_raw > 0``), ``item_ids`` int64[M]
+    (sorted, distinct) with ``item_mean[M]`` (the pooled per-item score offsets), and the scalar
+    ``item_prior_var`` (prior variance of a segment's per-item term; absent or 0 = no item terms).
 
 The model (docs/ARCHITECTURE.md): ``u = [x, a]``, ``h = relu(w1^T u + b1)``, ``z = tanh(w2^T h + b2)``,
-``phi = [z, 1]``; a segment's head ``w ~ N(prior_mean, prior_cov)`` and ``reward = w . phi + e``,
-``e ~ N(0, noise_var)``.
+``phi = [z, (u - raw_mean) / raw_sd, 1]`` (the raw part only when ``d_raw > 0``, so
+``d = d_z + d_raw + 1``); a segment's head ``w ~ N(prior_mean, prior_cov)``, its score
+``w . phi + b_item`` and, by ``likelihood``, ``reward = score + e`` with ``e ~ N(0, noise_var)``
+(``"gaussian"``) or ``click ~ Bernoulli(sigmoid(score))`` (``"bernoulli"``; ``noise_var`` unused).
 
 Both files are written to a temporary directory next to the target and renamed into place, so a reader
 never sees half an artifact. :func:`PolicyArtifact.load` checks everything it reads and raises
@@ -36,10 +41,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policy.exceptions import PolicyError
 
-ARTIFACT_SCHEMA_VERSION = 1
+ARTIFACT_SCHEMA_VERSION = 2
 META_FILE = "meta.json"
 ARRAYS_FILE = "arrays.npz"
 ARRAY_NAMES = ("w1", "b1", "w2", "b2", "prior_mean", "prior_cov", "noise_var")
+OPTIONAL_ARRAYS = ("raw_mean", "raw_sd", "item_ids", "item_mean", "item_prior_var")
 
 
 class ArtifactError(PolicyError, ValueError):
@@ -69,18 +75,37 @@ class TrainingDataSummary(BaseModel):
     reward_std: float = Field(ge=0.0, allow_inf_nan=False)
 
 
+class ServingSpec(BaseModel):
+    """How the artifact should be served: exploration chosen (and evidenced) by training.
+
+    ``scale`` multiplies the posterior covariance when sampling (0 = greedy on the posterior mean,
+    1 = plain Thompson sampling); ``eps`` is the uniform mixing; ``item_capacity`` bounds the per-item
+    terms one segment keeps (least recently used evicted).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scale: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    eps: float = Field(default=0.02, ge=0.0, le=1.0, allow_inf_nan=False)
+    item_capacity: int = Field(default=0, ge=0, le=4096)
+    evidence: dict[str, Any] = Field(default_factory=dict, description="how scale/eps were chosen")
+
+
 class ArtifactMeta(BaseModel):
     """Metadata of a policy artifact (``meta.json``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = ARTIFACT_SCHEMA_VERSION
+    schema_version: Literal[1, 2] = ARTIFACT_SCHEMA_VERSION
     version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._+\-]+$")
     kind: Literal["ads", "retention"] = "ads"
     dx: int = Field(ge=1, le=4096)
     da: int = Field(ge=0, le=4096)
     d: int = Field(ge=2, le=1024, description="feature dimension including the constant")
     hidden: int = Field(ge=1, le=8192)
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    d_raw: int = Field(default=0, ge=0, le=8192, description="raw standardised inputs appended to phi")
+    serving: ServingSpec = ServingSpec()
     reward: RewardSpec = RewardSpec()
     created_at: datetime
     training_data: TrainingDataSummary
@@ -125,8 +150,11 @@ class PolicyArtifact:
     b2 : float64[d - 1]
     prior_mean : float64[d]          mu0
     prior_cov : float64[d, d]        Sigma0, symmetric positive definite
-    noise_var : float                reward noise variance, > 0
+    noise_var : float                reward noise variance, > 0 (gaussian likelihood)
     meta : ArtifactMeta
+    raw_mean, raw_sd : float64[dx + da] or None     the raw skip's standardisation (``meta.d_raw > 0``)
+    item_ids : int64[M] or None      sorted ids with a pooled offset ``item_mean[M]``
+    item_prior_var : float           prior variance of a segment's per-item term (0 = none)
     """
 
     w1: np.ndarray
@@ -137,9 +165,16 @@ class PolicyArtifact:
     prior_cov: np.ndarray
     noise_var: float
     meta: ArtifactMeta
+    raw_mean: np.ndarray | None = None
+    raw_sd: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
+    item_mean: np.ndarray | None = None
+    item_prior_var: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ARRAY_NAMES[:-1]:
+        for name in ARRAY_NAMES[:-1] + ("raw_mean", "raw_sd", "item_mean"):
+            if getattr(self, name) is None:
+                continue
             raw = getattr(self, name)
             try:
                 arr = np.ascontiguousarray(np.asarray(raw, dtype=np.float64))
@@ -151,6 +186,15 @@ class PolicyArtifact:
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"noise_var must be one number: {exc}") from exc
         object.__setattr__(self, "noise_var", noise_var)
+        if self.item_ids is not None:
+            ids = np.asarray(self.item_ids)
+            if ids.dtype.kind not in "iu":
+                raise ArtifactError(f"item_ids must be integers, got {ids.dtype}")
+            object.__setattr__(self, "item_ids", np.ascontiguousarray(ids, dtype=np.int64))
+        try:
+            object.__setattr__(self, "item_prior_var", float(np.asarray(self.item_prior_var).reshape(())))
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"item_prior_var must be one number: {exc}") from exc
         if not isinstance(self.meta, ArtifactMeta):
             raise ArtifactError("meta must be an ArtifactMeta")
         _validate_arrays(self)
@@ -168,17 +212,43 @@ class PolicyArtifact:
     def d_in(self) -> int:
         return self.meta.dx + self.meta.da
 
+    @property
+    def bernoulli(self) -> bool:
+        """True when the head is logistic (clicks), False for the gaussian head."""
+        return self.meta.likelihood == "bernoulli"
+
+    @property
+    def has_items(self) -> bool:
+        """True when segments keep per-item terms."""
+        return self.item_prior_var > 0.0 and self.meta.serving.item_capacity > 0
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """The numeric content as a dict of arrays (``noise_var`` as a 0-d array)."""
+        """The numeric content as a dict of arrays (``noise_var`` as a 0-d array; optional ones if set)."""
         out = {name: getattr(self, name) for name in ARRAY_NAMES[:-1]}
         out["noise_var"] = np.asarray(self.noise_var, dtype=np.float64)
+        for name in ("raw_mean", "raw_sd", "item_ids", "item_mean"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.item_prior_var > 0.0:
+            out["item_prior_var"] = np.asarray(self.item_prior_var, dtype=np.float64)
         return out
+
+    def item_prior_means(self, items: np.ndarray) -> np.ndarray:
+        """float64 pooled offsets of ``items`` (any shape; 0 for ids the artifact does not know or -1)."""
+        items = np.asarray(items, dtype=np.int64)
+        if self.item_ids is None or self.item_ids.size == 0:
+            return np.zeros(items.shape)
+        at = np.minimum(np.searchsorted(self.item_ids, items), self.item_ids.size - 1)
+        hit = self.item_ids[at] == items
+        return np.where(hit, self.item_mean[at], 0.0)
 
     def phi_numpy(self, u: np.ndarray) -> np.ndarray:
         """Readable numpy ``phi(u)`` for ``u[n, dx+da]`` -> ``[n, d]`` (serving uses ``kernels.phi_many``)."""
-        h = np.maximum(np.asarray(u, dtype=np.float64) @ self.w1 + self.b1, 0.0)
+        u = np.asarray(u, dtype=np.float64)
+        h = np.maximum(u @ self.w1 + self.b1, 0.0)
         z = np.tanh(h @ self.w2 + self.b2)
-        return np.concatenate([z, np.ones((z.shape[0], 1))], axis=1)
+        parts = [z] + ([(u - self.raw_mean) / self.raw_sd] if self.meta.d_raw else [])
+        return np.concatenate(parts + [np.ones((z.shape[0], 1))], axis=1)
 
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -232,12 +302,12 @@ class PolicyArtifact:
         try:
             with np.load(arrays_path, allow_pickle=False) as npz:
                 missing = [n for n in ARRAY_NAMES if n not in npz.files]
-                extra = [n for n in npz.files if n not in ARRAY_NAMES]
+                extra = [n for n in npz.files if n not in ARRAY_NAMES + OPTIONAL_ARRAYS]
                 if missing or extra:
                     raise ArtifactError(
                         f"{arrays_path} has wrong arrays: missing={missing} unexpected={extra}"
                     )
-                arrays = {n: np.array(npz[n]) for n in ARRAY_NAMES}
+                arrays = {n: np.array(npz[n]) for n in ARRAY_NAMES + OPTIONAL_ARRAYS if n in npz.files}
         except ArtifactError:
             raise
         except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError ...
@@ -256,6 +326,11 @@ class PolicyArtifact:
             prior_cov=arrays["prior_cov"],
             noise_var=float(arrays["noise_var"].reshape(())),
             meta=meta,
+            raw_mean=arrays.get("raw_mean"),
+            raw_sd=arrays.get("raw_sd"),
+            item_ids=arrays.get("item_ids"),
+            item_mean=arrays.get("item_mean"),
+            item_prior_var=float(arrays["item_prior_var"].reshape(())) if "item_prior_var" in arrays else 0.0,
         )
 
 
@@ -266,7 +341,12 @@ def load_artifact(directory: str | os.PathLike[str]) -> PolicyArtifact:
 
 def _validate_arrays(art: PolicyArtifact) -> None:
     meta = art.meta
-    d_in, hidden, d_out, d = meta.dx + meta.da, meta.hidden, meta.d - 1, meta.d
+    d_in, hidden, d, d_raw = meta.dx + meta.da, meta.hidden, meta.d, meta.d_raw
+    d_out = d - 1 - d_raw
+    if d_raw not in (0, d_in):
+        raise ArtifactError(f"d_raw must be 0 or dx + da = {d_in}, got {d_raw}")
+    if d_out < 1:
+        raise ArtifactError(f"d={d} leaves no learned features after the raw skip ({d_raw}) and the constant")
     expected = {
         "w1": (d_in, hidden),
         "b1": (hidden,),
@@ -284,6 +364,25 @@ def _validate_arrays(art: PolicyArtifact) -> None:
             )
         if not np.all(np.isfinite(arr)):
             raise ArtifactError(f"array {name!r} contains NaN or inf")
+    if d_raw:
+        for name in ("raw_mean", "raw_sd"):
+            arr = getattr(art, name)
+            if arr is None or arr.shape != (d_in,) or not np.all(np.isfinite(arr)):
+                raise ArtifactError(f"d_raw={d_raw} needs a finite {name}[{d_in}]")
+        if np.any(art.raw_sd <= 0.0):
+            raise ArtifactError("raw_sd must be > 0")
+    if (art.item_ids is None) != (art.item_mean is None):
+        raise ArtifactError("item_ids and item_mean come together")
+    if art.item_ids is not None:
+        ids, means = art.item_ids, art.item_mean
+        if ids.ndim != 1 or means.shape != ids.shape:
+            raise ArtifactError(f"item_ids {ids.shape} and item_mean {means.shape} must be 1-D of one length")
+        if ids.size and (np.any(np.diff(ids) <= 0) or ids[0] < 0):
+            raise ArtifactError("item_ids must be sorted, distinct and >= 0")
+        if not np.all(np.isfinite(means)):
+            raise ArtifactError("item_mean contains NaN or inf")
+    if not (np.isfinite(art.item_prior_var) and art.item_prior_var >= 0.0):
+        raise ArtifactError(f"item_prior_var must be finite and >= 0, got {art.item_prior_var}")
     if not np.isfinite(art.noise_var) or art.noise_var <= 0.0:
         raise ArtifactError(f"noise_var must be finite and > 0, got {art.noise_var}")
     cov = art.prior_cov
