@@ -245,6 +245,29 @@ class SegmentBandit:
         return {int(i): (float(self._tab_mean[slot, c]), float(self._tab_var[slot, c]))
                 for c, i in enumerate(ids) if i >= 0}
 
+    def predict_phis(
+        self, segments: Sequence[Hashable] | np.ndarray, phis: np.ndarray, items: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and variance of the score of one candidate per row (``phis`` float[B, d]).
+
+        For the bernoulli head the click probability is about ``sigmoid(mean / sqrt(1 + pi var / 8))``
+        (the probit approximation); for the gaussian head the reward's predictive variance is
+        ``var + noise_var``.
+        """
+        phis = np.ascontiguousarray(phis, dtype=np.float64)
+        slots = self._slots_for(segments)
+        mean = np.einsum("bd,bd->b", phis, self._m[slots])
+        var = np.einsum("bd,bde,be->b", phis, self._P[slots], phis)
+        if items is not None and self.item_capacity > 0:
+            used = len(self._slots)
+            ids = np.ascontiguousarray(items, dtype=np.int64).reshape(-1, 1)
+            off_mean, off_var = item_offsets(
+                slots, ids, np.ones(ids.shape[0], dtype=np.int64), self._tab_ids[:used], self._tab_mean[:used],
+                self._tab_var[:used], self._item_prior_means(ids), self.item_prior_var,
+            )
+            mean, var = mean + off_mean[:, 0], var + off_var[:, 0]
+        return mean, np.maximum(var, 0.0)
+
     # ------------------------------------------------------------------ decide / learn
     def decide_many(
         self,

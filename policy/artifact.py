@@ -114,6 +114,9 @@ class ArtifactMeta(BaseModel):
         default_factory=dict, description="per-epoch learning curves, e.g. train_nll / heldout_nll"
     )
     config: dict[str, Any] = Field(default_factory=dict, description="the training configuration")
+    report: dict[str, Any] = Field(
+        default_factory=dict, description="what training measured on held-out segments against its baselines"
+    )
 
     @field_validator("created_at")
     @classmethod

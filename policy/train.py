@@ -314,6 +314,16 @@ def train(
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
 
+    likelihood = config.likelihood
+    if likelihood != "gaussian":
+        y_all = _select_reward(logs, config)
+        binary = bool(np.all((y_all == 0.0) | (y_all == 1.0)))
+        if likelihood == "bernoulli" and not binary:
+            raise TrainingError("likelihood='bernoulli' needs 0/1 rewards (use reward='click')")
+        if binary:
+            from policy.train_glm import train_bernoulli
+
+            return train_bernoulli(logs, y_all, config, source, out_dir, progress, device)
     prep = _prepare(logs, config, rng)
     present = np.flatnonzero(prep.counts >= 2)
     if present.size < 2:

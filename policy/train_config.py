@@ -77,6 +77,31 @@ class TrainConfig:
     """Uniform exploration of the replayed Thompson policy."""
     calibrate_n_draws: int = 16
     """Posterior draws per replayed decision."""
+    likelihood: Literal["auto", "gaussian", "bernoulli"] = "auto"
+    """Head likelihood: ``"bernoulli"`` (logistic, for 0/1 clicks), ``"gaussian"`` (any reward), or
+    ``"auto"``: bernoulli when the fitted reward is 0/1, else gaussian."""
+    raw_skip: bool = True
+    """Bernoulli head: append the standardised raw inputs ``[x, a]`` to ``phi`` so a segment can learn
+    beyond the learned features (its prior is estimated like the rest of the head's)."""
+    item_terms: bool = True
+    """Bernoulli head: per-item score offsets (pooled, from ``candidate_ids`` in the logs) and per-segment
+    item terms online; needs the logs' ``candidate_ids`` column (ignored without it)."""
+    item_capacity: int = 64
+    """Per-item terms one segment keeps while serving (least recently used evicted)."""
+    segment_l2: float = 10.0
+    """Bernoulli head: precision of the per-training-segment deviations while learning ``phi``."""
+    item_l2: float = 1.0
+    """Bernoulli head: precision of the pooled per-item offsets."""
+    batch_rows: int = 4096
+    """Bernoulli head: rows per gradient step."""
+    eb_iters: int = 4
+    """Bernoulli head: empirical-Bayes (Laplace EM) iterations that fit the prior over segment heads."""
+    explore_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)
+    """Posterior-width multipliers compared by offline replay on held-out segments (0 would be greedy: left
+    out by default, since it logs near-zero propensities and replay horizons are short); the first is the
+    reference, and another replaces it only when its paired 95 % interval against it is above zero."""
+    gate_z: float = 1.96
+    """Paired interval half-width (in standard errors) of the held-out gains that training must show."""
     kind: Literal["ads", "retention"] = "ads"
     """Artifact kind recorded in the metadata."""
     version: str | None = None

@@ -31,6 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from policy.adapter import Adapter
+from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_state import Pending
 from streams.pending import BookStore, PendingBook
@@ -184,7 +185,8 @@ class AdsEngine:
             self._load_segment(req.segment, partition)
         context = np.array([req.context for req, _, _ in group], dtype=np.float64)
         candidates = np.array([features for _, _, features in group], dtype=np.float64)
-        decided = self.adapter.decide_many(segments, context, candidates)
+        items = item_keys(c.ad_id for req, _, _ in group for c in req.candidates).reshape(candidates.shape[:2])
+        decided = self.adapter.decide_many(segments, context, candidates, items=items)
         version = self.adapter.version
         opened = []
         for i, (req, partition, _) in enumerate(group):
@@ -238,7 +240,10 @@ class AdsEngine:
 
     def _learn(self, pending: Pending, reward: float) -> None:
         self._load_segment(pending.segment, pending.partition)
-        self.adapter.learn_many([pending.segment], pending.phi[None, :], np.array([reward]))
+        if self.adapter.likelihood == "bernoulli":  # a logistic head learns the click; value rides along
+            reward = float(pending.clicked)
+        self.adapter.learn_many([pending.segment], pending.phi[None, :], np.array([reward]),
+                                np.array([item_key(pending.ad_id)], dtype=np.int64))
         self._dirty.add(pending.segment)
         self.counters["updates"] += 1
 

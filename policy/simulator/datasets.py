@@ -71,4 +71,5 @@ def simulate_logs(
         propensity=np.full(seg.shape[0], 1.0 / k),
         click=click,
         value=outcomes.value,
+        candidate_ids=requests.ad_ids,
     )
