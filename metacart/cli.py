@@ -83,32 +83,71 @@ def train(
     logs_path: Optional[Path] = typer.Option(None, "--logs", help="logged-bandit .npz to train on"),
     simulate: bool = typer.Option(False, help="train on fresh simulator logs instead of --logs"),
     n_per_segment: int = typer.Option(1000, help="with --simulate: logged rows per training segment"),
-    epochs: int = typer.Option(40),
+    epochs: Optional[int] = typer.Option(None, help="maximum epochs (TrainConfig.epochs)"),
     max_seconds: Optional[float] = typer.Option(None, help="stop training after this long"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    seed: int = typer.Option(0),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    seed: Optional[int] = typer.Option(None, help="seed of the split, batches and initialisation"),
     version: Optional[str] = typer.Option(None, help="artifact version (default: derived)"),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="JSON or TOML file of TrainConfig settings (any field of policy.train_config)"),
+    set_values: list[str] = typer.Option(
+        [], "--set", help="KEY=VALUE for any TrainConfig field, e.g. --set likelihood=bernoulli "
+        "--set explore_scales=[1,0.5]; applied after --config, before the flags above"),
+    allow_no_gain: bool = typer.Option(
+        False, "--allow-no-gain", help="write the artifact even when it does not beat its held-out baselines"),
 ) -> None:
-    """Meta-train phi and the segment prior (torch) and write a versioned artifact."""
-    from policy.train import TrainConfig, train as train_policy
+    """Meta-train phi and the segment prior (torch), check it on held-out segments, write the artifact.
+
+    Training compares the adapted model on segments it never saw with its own initialisation, a pooled
+    logistic regression, the prior mean alone and the base rate. When it does not beat all of them it says
+    so, writes nothing and exits 1, unless --allow-no-gain.
+    """
+    from policy.train import train as train_policy
+    from policy.train_config import TrainingError, config_from_file, config_from_mapping
 
     if (logs_path is None) == (not simulate):
         raise typer.BadParameter("give exactly one of --logs PATH or --simulate")
-    if simulate:
-        from policy.simulator.datasets import simulate_logs
-        from policy.simulator.market import Market
+    try:
+        values = config_from_file(config_file) if config_file is not None else {}
+        for item in set_values:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise TrainingError(f"--set takes KEY=VALUE, got {item!r}")
+            values[key.strip()] = value
+        flags = {"epochs": epochs, "max_seconds": max_seconds, "device": device, "seed": seed, "version": version}
+        values.update({k: v for k, v in flags.items() if v is not None})
+        config = config_from_mapping(values)
+        if simulate:
+            from policy.simulator.datasets import simulate_logs
+            from policy.simulator.market import Market
 
-        market = Market()
-        data = simulate_logs(market, market.train_segments, n_per_segment, seed)
-    else:
-        data = logs_path
-    config = TrainConfig(epochs=epochs, max_seconds=max_seconds, device=device, seed=seed, version=version)
+            market = Market()
+            data = simulate_logs(market, market.train_segments, n_per_segment, config.seed)
+        else:
+            data = logs_path
 
-    def progress(p: dict) -> None:
-        typer.echo(f"epoch {int(p['epoch']):3d}  train nll {p['train_nll']:.4f}  "
-                   f"held-out nll {p['heldout_nll']:.4f}  {p['elapsed_s']:.1f}s")
+        def progress(p: dict) -> None:
+            typer.echo(f"epoch {int(p['epoch']):3d}  train nll {p['train_nll']:.4f}  "
+                       f"held-out nll {p['heldout_nll']:.4f}  {p['elapsed_s']:.1f}s")
 
-    artifact = train_policy(data, config, out_dir=out, progress=progress)
+        artifact = train_policy(data, config, progress=progress)
+    except (TrainingError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    report = artifact.meta.report
+    for line in report.get("summary", []):
+        typer.echo(f"held-out check: {line}")
+    evidence = artifact.meta.serving.evidence
+    if evidence:
+        typer.echo(f"exploration: scale {artifact.meta.serving.scale:g} (reference {evidence['reference_scale']:g}; "
+                   f"{evidence['rule']})")
+    if report and not report.get("learned", False):
+        typer.echo("training did NOT learn anything that beats its baselines on held-out segments.", err=True)
+        if not allow_no_gain:
+            typer.echo(f"nothing written to {out}; rerun with --allow-no-gain to write it anyway.", err=True)
+            raise typer.Exit(1)
+        typer.echo("--allow-no-gain: writing it anyway.", err=True)
+    artifact.save(out)
     typer.echo(f"artifact {artifact.version} written to {out}")
 
 

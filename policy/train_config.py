@@ -90,8 +90,6 @@ class TrainConfig:
     """Per-item terms one segment keeps while serving (least recently used evicted)."""
     segment_l2: float = 10.0
     """Bernoulli head: precision of the per-training-segment deviations while learning ``phi``."""
-    item_l2: float = 1.0
-    """Bernoulli head: precision of the pooled per-item offsets."""
     batch_rows: int = 4096
     """Bernoulli head: rows per gradient step."""
     eb_iters: int = 4
@@ -110,3 +108,56 @@ class TrainConfig:
     """Description of the training data for the metadata; default: the log path or ``"in-memory"``."""
     extra_meta: dict[str, Any] = field(default_factory=dict)
     """Free-form entries merged into the metadata's ``config`` record."""
+
+
+def config_from_mapping(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from ``base`` (or the defaults) with ``values`` applied, validated.
+
+    Values may be strings from a command line (``"0.5"``, ``"[1, 0.5]"``, ``"true"``): anything that is not
+    of the field's type is parsed as JSON first. Raises :class:`TrainingError` naming an unknown field or a
+    value that does not fit its field.
+    """
+    import dataclasses
+    import json
+
+    from pydantic import TypeAdapter, ValidationError
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    current = dataclasses.asdict(base or TrainConfig())
+    for key, raw in values.items():
+        if key not in fields:
+            close = [name for name in fields if name.startswith(key[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise TrainingError(f"unknown training setting {key!r}{hint}; see `metacart train --help`")
+        value = raw
+        if isinstance(raw, str) and fields[key].type not in ("str", "str | None"):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        current[key] = value
+    try:
+        return TypeAdapter(TrainConfig).validate_python(current)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TrainingError(f"training setting {where}: {first['msg']}") from None
+
+
+def config_from_file(path: Any) -> dict[str, Any]:
+    """The mapping in a JSON or TOML file of training settings (``{"epochs": 20, ...}``)."""
+    import json
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"no training config file at {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise TrainingError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path} must hold a table of settings")
+    return data
