@@ -16,6 +16,10 @@ Monte-Carlo draws for the propensities, eps = 0.05. Every timing is taken after
   milliseconds, and on a shared machine wall time would mostly measure the scheduler
   (``batch_decisions_per_s_wall`` is the wall-clock figure).
 - ``phi_many_us_per_candidate``: the feature MLP (d_in = 24, H = 64, d_out = 31) on B * K rows.
+- ``glm_decide_update_us`` (and ``..._d46``): the v2 head (:mod:`kernels.glm`), the bernoulli likelihood
+  with per-item terms (a 64-slot table per segment): one ``item_offsets`` lookup + one
+  ``glm_decide_many`` (B = 1, K = 10) + one ``glm_update_many`` of a 0/1 click, public wrappers
+  included, at d = 32 and at d = 46 (what the market artifact serves: 31 learned + 14 raw + 1).
 
 Run: ``metacart bench kernels --out FILE`` or ``python -c "from metacart.bench.kernels import run; run()"``.
 """
@@ -105,6 +109,35 @@ def _decide_update(repeats: int, seed: int) -> dict[str, float]:
     }
 
 
+def _glm_decide_update(repeats: int, seed: int, d: int) -> float:
+    from kernels.glm import BERNOULLI, glm_decide_many, glm_update_many, item_offsets
+
+    rng = np.random.default_rng(seed)
+    P, m = _posterior(rng, d)
+    P, m = P[None].copy(), m[None].copy()
+    cap = 64
+    tables = (np.full((1, cap), -1, dtype=np.int64), np.zeros((1, cap)), np.zeros((1, cap)),
+              np.zeros((1, cap), dtype=np.int64))
+    phis = [_features(rng, (1, K, d)) for _ in range(64)]
+    items = [rng.integers(0, 200, (1, K)).astype(np.int64) for _ in range(64)]
+    normals = [rng.standard_normal((1, N_DRAWS, K)) for _ in range(64)]
+    unif = [rng.random((1, 2)) for _ in range(64)]
+    clicks = [np.array([float(c)]) for c in rng.random(64) < 0.05]
+    seg, kv, prior = np.zeros(1, dtype=np.int64), np.full(1, K, dtype=np.int64), np.zeros((1, K))
+    tick = [0]
+
+    def call(i: int) -> None:
+        j = i % 64
+        off_m, off_v = item_offsets(seg, items[j], kv, tables[0], tables[1], tables[2], prior, 0.1)
+        choice, _, _ = glm_decide_many(phis[j], P, m, seg, kv, off_m, off_v, normals[j], unif[j], EPS, 1.0)
+        c = int(choice[0])
+        glm_update_many(P, m, seg, phis[j][:, c], items[j][:, c], prior[:, c], 0.1, tables, clicks[j], BERNOULLI,
+                        tick=tick[0])
+        tick[0] += 1
+
+    return _median_us(call, repeats)
+
+
 def _batch(repeats: int, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     pairs = [_posterior(rng, D) for _ in range(SEGMENTS)]
@@ -179,6 +212,8 @@ def run(out: pathlib.Path | None = None, repeats: int = 2000, seed: int = 0, sho
     warm = kernels.warm_up()
     result: dict = {}
     result.update(_decide_update(repeats, seed))
+    result["glm_decide_update_us"] = _glm_decide_update(repeats, seed, D)
+    result["glm_decide_update_us_d46"] = _glm_decide_update(repeats, seed, 46)
     few = max(10, repeats // 100)
     result.update(_batch(few, seed))
     result.update(_phi(few, seed))
@@ -215,6 +250,9 @@ def _print(result: dict) -> None:
         ("  update_one", f"{result['update_one_us']:.2f} µs", ""),
         ("  ucb_one", f"{result['ucb_one_us']:.2f} µs", ""),
         ("  numpy draws for one decision", f"{result['rng_us']:.2f} µs", ""),
+        ("v2 head: decide + click update, bernoulli + item terms", f"{result['glm_decide_update_us']:.2f} µs",
+         "≤ 10 µs"),
+        ("  the same at d = 46 (market artifact)", f"{result['glm_decide_update_us_d46']:.2f} µs", ""),
         (
             f"decide_many B={cfg['batch']}, S={cfg['segments']} incl. RNG",
             f"{result['batch_decisions_per_s']:,.0f} /s",
