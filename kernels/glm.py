@@ -80,6 +80,8 @@ def _item_offsets(seg, items, k_valid, tab_ids, tab_mean, tab_var, prior_mean, p
     bsz, kk = items.shape
     for b in range(bsz):
         s = seg[b]
+        if s < 0 or s >= tab_ids.shape[0]:
+            return BAD_SEGMENT
         for k in range(kk):
             it = items[b, k]
             if k >= k_valid[b] or it < 0:
@@ -93,6 +95,7 @@ def _item_offsets(seg, items, k_valid, tab_ids, tab_mean, tab_var, prior_mean, p
             else:
                 off_mean[b, k] = prior_mean[b, k]
                 off_var[b, k] = prior_var
+    return OK
 
 
 @kernel
@@ -263,6 +266,17 @@ def _glm_update_many(P, m, seg, phis, items, prior_mean, prior_var, tab_ids, tab
 
 
 # ---------------------------------------------------------------------------------------------- wrappers
+_ND = np.ndarray
+
+
+def _quick(arrays: tuple, dtypes: tuple) -> bool:
+    """True when every array is a C-contiguous ndarray of its dtype (the per-event fast path)."""
+    for a, dt in zip(arrays, dtypes):
+        if type(a) is not _ND or a.dtype is not dt or not a.flags.c_contiguous:
+            return False
+    return True
+
+
 def _check_tables(tab_ids, tab_mean, tab_var, tab_tick, n_seg: int) -> None:
     v.array("tab_ids", tab_ids, 2, "i64")
     v.array("tab_mean", tab_mean, 2, "f64w")
@@ -290,22 +304,25 @@ def item_offsets(
     From the segment's table where the item is stored, else ``(prior_mean[b, k], prior_var)``; 0 for
     id ``-1`` and for padding slots (``k >= k_valid[b]``). ``seg`` int64[B] indexes the tables' rows.
     """
-    v.array("seg", seg, 1, "i64")
-    v.array("items", items, 2, "i64")
-    v.array("k_valid", k_valid, 1, "i64")
-    v.array("prior_mean", prior_mean, 2, "f64")
+    if not (_quick((seg, items, k_valid, prior_mean), (v.I64, v.I64, v.I64, v.F64))
+            and seg.ndim == 1 and items.ndim == 2 and k_valid.ndim == 1 and prior_mean.ndim == 2):
+        v.array("seg", seg, 1, "i64")
+        v.array("items", items, 2, "i64")
+        v.array("k_valid", k_valid, 1, "i64")
+        v.array("prior_mean", prior_mean, 2, "f64")
     if tab_ids.ndim != 2 or tab_mean.shape != tab_ids.shape or tab_var.shape != tab_ids.shape:
         raise v.KernelInputError("item tables must be 2-D arrays of one shape (S, C)")
     bsz = seg.shape[0]
     if items.shape[0] != bsz or k_valid.shape[0] != bsz or prior_mean.shape != items.shape:
         raise v.KernelInputError(f"items {items.shape}, k_valid {k_valid.shape} and prior_mean "
                                  f"{prior_mean.shape} must have B={bsz} rows and one shape")
-    if bsz and (seg.min() < 0 or seg.max() >= tab_ids.shape[0]):
-        raise_for_status(BAD_SEGMENT, "item_offsets")
-    pv = v.scalar("prior_var", prior_var, 0.0, v.INF)
+    pv = prior_var if type(prior_var) is float and 0.0 <= prior_var < v.INF else v.scalar(
+        "prior_var", prior_var, 0.0, v.INF)
     off_mean = np.zeros(items.shape)
     off_var = np.zeros(items.shape)
-    _item_offsets(seg, items, k_valid, tab_ids, tab_mean, tab_var, prior_mean, pv, off_mean, off_var)
+    status = _item_offsets(seg, items, k_valid, tab_ids, tab_mean, tab_var, prior_mean, pv, off_mean, off_var)
+    if status != OK:
+        raise_for_status(status, "item_offsets")
     return off_mean, off_var
 
 
@@ -338,15 +355,19 @@ def glm_decide_many(
     -------
     choices int64[B], propensities float64[B, K] (padding 0, rows sum to 1), mean_scores float64[B, K].
     """
-    v.array("phis", phis, 3, "float")
-    v.array("P", P, 3, "f64")
-    v.array("m", m, 2, "f64")
-    v.array("seg", seg, 1, "i64")
-    v.array("k_valid", k_valid, 1, "i64")
-    v.array("off_mean", off_mean, 2, "f64")
-    v.array("off_var", off_var, 2, "f64")
-    v.array("normals", normals, 3, "float")
-    v.array("uniforms", uniforms, 2, "f64")
+    if not (_quick((P, m, seg, k_valid, off_mean, off_var, uniforms), (v.F64, v.F64, v.I64, v.I64, v.F64, v.F64, v.F64))
+            and type(phis) is _ND and phis.dtype in v.FLOATS and phis.flags.c_contiguous and phis.ndim == 3
+            and type(normals) is _ND and normals.dtype in v.FLOATS and normals.flags.c_contiguous
+            and normals.ndim == 3 and P.ndim == 3 and m.ndim == 2):
+        v.array("phis", phis, 3, "float")
+        v.array("P", P, 3, "f64")
+        v.array("m", m, 2, "f64")
+        v.array("seg", seg, 1, "i64")
+        v.array("k_valid", k_valid, 1, "i64")
+        v.array("off_mean", off_mean, 2, "f64")
+        v.array("off_var", off_var, 2, "f64")
+        v.array("normals", normals, 3, "float")
+        v.array("uniforms", uniforms, 2, "f64")
     bsz, kk, d = phis.shape
     n_seg = m.shape[0]
     if P.shape != (n_seg, d, d) or m.shape != (n_seg, d):
@@ -357,8 +378,8 @@ def glm_decide_many(
             raise v.KernelInputError(f"{name} must have shape {shape}, got {arr.shape}")
     if normals.shape[0] != bsz or normals.shape[2] != kk or normals.shape[1] < 1:
         raise v.KernelInputError(f"normals must have shape (B={bsz}, n_draws >= 1, K={kk}), got {normals.shape}")
-    e = v.scalar("eps", eps, 0.0, 1.0)
-    sc = v.scalar("scale", scale, 0.0, v.INF)
+    e = eps if type(eps) is float and 0.0 <= eps <= 1.0 else v.scalar("eps", eps, 0.0, 1.0)
+    sc = scale if type(scale) is float and 0.0 <= scale < v.INF else v.scalar("scale", scale, 0.0, v.INF)
     choices, props, means, status, row = _glm_decide_many(phis, P, m, seg, k_valid, off_mean, off_var,
                                                           normals, uniforms, e, sc)
     if status != OK:
@@ -399,31 +420,46 @@ def glm_update_many(
     noise_var : float > 0 (gaussian only); forget : float in (0, 1]; tick : int, the first row's use counter
     """
     tab_ids, tab_mean, tab_var, tab_tick = tables
-    v.array("P", P, 3, "f64w")
-    v.array("m", m, 2, "f64w")
-    v.array("seg", seg, 1, "i64")
-    v.array("phis", phis, 2, "float")
-    v.array("items", items, 1, "i64")
-    v.array("prior_mean", prior_mean, 1, "f64")
-    v.array("rewards", rewards, 1, "float")
+    quick = (_quick((P, m, seg, items, prior_mean, tab_ids, tab_mean, tab_var, tab_tick),
+                    (v.F64, v.F64, v.I64, v.I64, v.F64, v.I64, v.F64, v.F64, v.I64))
+             and P.flags.writeable and m.flags.writeable and tab_mean.flags.writeable and tab_var.flags.writeable
+             and tab_ids.flags.writeable and tab_tick.flags.writeable and P.ndim == 3 and m.ndim == 2
+             and seg.ndim == 1 and items.ndim == 1 and prior_mean.ndim == 1 and tab_ids.ndim == 2
+             and type(phis) is _ND and phis.dtype in v.FLOATS and phis.flags.c_contiguous and phis.ndim == 2
+             and type(rewards) is _ND and rewards.dtype in v.FLOATS and rewards.flags.c_contiguous
+             and rewards.ndim == 1)
+    if not quick:
+        v.array("P", P, 3, "f64w")
+        v.array("m", m, 2, "f64w")
+        v.array("seg", seg, 1, "i64")
+        v.array("phis", phis, 2, "float")
+        v.array("items", items, 1, "i64")
+        v.array("prior_mean", prior_mean, 1, "f64")
+        v.array("rewards", rewards, 1, "float")
     n_seg, d = m.shape
     if P.shape != (n_seg, d, d):
         raise v.KernelInputError(f"P must have shape (S, d, d) = ({n_seg}, {d}, {d}) to match m, got {P.shape}")
-    _check_tables(tab_ids, tab_mean, tab_var, tab_tick, n_seg)
+    if not quick or tab_ids.shape[0] != n_seg or tab_mean.shape != tab_ids.shape or tab_var.shape != tab_ids.shape \
+            or tab_tick.shape != tab_ids.shape:
+        _check_tables(tab_ids, tab_mean, tab_var, tab_tick, n_seg)
     n = seg.shape[0]
     if phis.shape != (n, d):
         raise v.KernelInputError(f"phis must have shape (n={n}, d={d}), got {phis.shape}")
-    for name, arr in (("items", items), ("prior_mean", prior_mean), ("rewards", rewards)):
-        v.dim(name, arr.shape[0], n, "length (n, the length of seg)")
+    if not (items.shape[0] == n and prior_mean.shape[0] == n and rewards.shape[0] == n):
+        for name, arr in (("items", items), ("prior_mean", prior_mean), ("rewards", rewards)):
+            v.dim(name, arr.shape[0], n, "length (n, the length of seg)")
     if likelihood not in (GAUSSIAN, BERNOULLI):
         raise v.KernelInputError(f"likelihood must be GAUSSIAN (0) or BERNOULLI (1), got {likelihood!r}")
-    nv = v.scalar("noise_var", noise_var, 0.0, v.INF, lo_open=True)
-    f = v.scalar("forget", forget, 0.0, 1.0, lo_open=True)
-    pv = v.scalar("prior_var", prior_var, 0.0, v.INF)
+    nv = noise_var if type(noise_var) is float and 0.0 < noise_var < v.INF else v.scalar(
+        "noise_var", noise_var, 0.0, v.INF, lo_open=True)
+    f = forget if type(forget) is float and 0.0 < forget <= 1.0 else v.scalar("forget", forget, 0.0, 1.0, lo_open=True)
+    pv = prior_var if type(prior_var) is float and 0.0 <= prior_var < v.INF else v.scalar(
+        "prior_var", prior_var, 0.0, v.INF)
     if n == 0:
         return
     status, row = _glm_update_many(P, m, seg, phis, items, prior_mean, pv, tab_ids, tab_mean, tab_var, tab_tick,
-                                   rewards.astype(np.float64, copy=False), int(likelihood), nv, f, int(tick))
+                                   rewards if rewards.dtype is v.F64 else rewards.astype(np.float64),
+                                   likelihood, nv, f, tick)
     if status != OK:
         raise_for_status(status, f"glm_update_many, row {row}")
 

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from kernels.glm import BERNOULLI, GAUSSIAN, glm_decide_many, glm_update_many, item_offsets
 from kernels.mlp import phi_many
 from kernels.posterior import update_many, update_one
 from kernels.scoring import decide_many, thompson_one, ucb_one
@@ -38,4 +39,14 @@ def warm_up(dtypes: tuple[type, ...] = (np.float32, np.float64)) -> float:
             np.ones((2, kk, d), dtype=dt), P, m, np.array([0, 1]), np.array([kk, 1]),
             np.ones((2, n_draws, kk), dtype=dt), np.full((2, 2), 0.5), 0.1,
         )
+        seg = np.array([0, 1])
+        ids = np.array([[1, 2], [3, -1]])
+        tables = (np.full((n_seg, 2), -1, dtype=np.int64), np.zeros((n_seg, 2)), np.zeros((n_seg, 2)),
+                  np.zeros((n_seg, 2), dtype=np.int64))
+        off_m, off_v = item_offsets(seg, ids, np.array([kk, 1]), tables[0], tables[1], tables[2],
+                                    np.zeros((2, kk)), 0.1)
+        glm_decide_many(np.ones((2, kk, d), dtype=dt), P, m, seg, np.array([kk, 1]), off_m, off_v,
+                        np.ones((2, n_draws, kk), dtype=dt), np.full((2, 2), 0.5), 0.1, 1.0)
+        for lik in (GAUSSIAN, BERNOULLI):
+            glm_update_many(P, m, seg, phis, ids[:, 0].copy(), np.zeros(2), 0.1, tables, np.ones(2, dtype=dt), lik)
     return time.perf_counter() - start

@@ -19,7 +19,10 @@ Monte-Carlo draws for the propensities, eps = 0.05. Every timing is taken after
 - ``glm_decide_update_us`` (and ``..._d46``): the v2 head (:mod:`kernels.glm`), the bernoulli likelihood
   with per-item terms (a 64-slot table per segment): one ``item_offsets`` lookup + one
   ``glm_decide_many`` (B = 1, K = 10) + one ``glm_update_many`` of a 0/1 click, public wrappers
-  included, at d = 32 and at d = 46 (what the market artifact serves: 31 learned + 14 raw + 1).
+  included, at d = 32 and at d = 46 (what the market artifact serves: 31 learned + 14 raw + 1). At B = 1
+  about half of it is the three wrappers' argument checks and numba's dispatch;
+  ``glm_batch_decide_update_us`` is the same work in batches of B = 1024 over S = 100 segments, per
+  decision (thread CPU time) - what a worker, which decides in batches, pays.
 
 Run: ``metacart bench kernels --out FILE`` or ``python -c "from metacart.bench.kernels import run; run()"``.
 """
@@ -138,6 +141,36 @@ def _glm_decide_update(repeats: int, seed: int, d: int) -> float:
     return _median_us(call, repeats)
 
 
+def _glm_batch(repeats: int, seed: int, d: int) -> float:
+    """Microseconds per decision + click update of the v2 head in batches of BATCH over SEGMENTS (thread CPU)."""
+    from kernels.glm import BERNOULLI, glm_decide_many, glm_update_many, item_offsets
+
+    rng = np.random.default_rng(seed)
+    pairs = [_posterior(rng, d) for _ in range(SEGMENTS)]
+    P = np.stack([p for p, _ in pairs])
+    m = np.stack([mm for _, mm in pairs])
+    cap = 64
+    tables = (np.full((SEGMENTS, cap), -1, dtype=np.int64), np.zeros((SEGMENTS, cap)), np.zeros((SEGMENTS, cap)),
+              np.zeros((SEGMENTS, cap), dtype=np.int64))
+    phis = _features(rng, (BATCH, K, d))
+    items = rng.integers(0, 500, (BATCH, K)).astype(np.int64)
+    seg = rng.integers(0, SEGMENTS, size=BATCH)
+    kv = np.full(BATCH, K, dtype=np.int64)
+    prior = np.zeros((BATCH, K))
+    normals = rng.standard_normal((BATCH, N_DRAWS, K))
+    unif = rng.random((BATCH, 2))
+    clicks = (rng.random(BATCH) < 0.05).astype(np.float64)
+    rows = np.arange(BATCH)
+
+    def call(i: int) -> None:
+        off_m, off_v = item_offsets(seg, items, kv, tables[0], tables[1], tables[2], prior, 0.1)
+        choice, _, _ = glm_decide_many(phis, P, m, seg, kv, off_m, off_v, normals, unif, EPS, 1.0)
+        glm_update_many(P, m, seg, np.ascontiguousarray(phis[rows, choice]), items[rows, choice],
+                        prior[rows, choice], 0.1, tables, clicks, BERNOULLI, tick=i * BATCH)
+
+    return _median_us(call, repeats, time.thread_time_ns) / BATCH
+
+
 def _batch(repeats: int, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     pairs = [_posterior(rng, D) for _ in range(SEGMENTS)]
@@ -214,6 +247,8 @@ def run(out: pathlib.Path | None = None, repeats: int = 2000, seed: int = 0, sho
     result.update(_decide_update(repeats, seed))
     result["glm_decide_update_us"] = _glm_decide_update(repeats, seed, D)
     result["glm_decide_update_us_d46"] = _glm_decide_update(repeats, seed, 46)
+    result["glm_batch_decide_update_us"] = _glm_batch(max(10, repeats // 100), seed, D)
+    result["glm_batch_decide_update_us_d46"] = _glm_batch(max(10, repeats // 100), seed, 46)
     few = max(10, repeats // 100)
     result.update(_batch(few, seed))
     result.update(_phi(few, seed))
@@ -253,6 +288,9 @@ def _print(result: dict) -> None:
         ("v2 head: decide + click update, bernoulli + item terms", f"{result['glm_decide_update_us']:.2f} µs",
          "≤ 10 µs"),
         ("  the same at d = 46 (market artifact)", f"{result['glm_decide_update_us_d46']:.2f} µs", ""),
+        (f"  in batches of {cfg['batch']} (what a worker pays), per decision", 
+         f"{result['glm_batch_decide_update_us']:.2f} µs", "≤ 10 µs"),
+        ("  in batches, d = 46", f"{result['glm_batch_decide_update_us_d46']:.2f} µs", ""),
         (
             f"decide_many B={cfg['batch']}, S={cfg['segments']} incl. RNG",
             f"{result['batch_decisions_per_s']:,.0f} /s",
