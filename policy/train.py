@@ -348,6 +348,7 @@ def train(
 
     d_in = prep.u.shape[1]
     model = _MetaModel(d_in, config.hidden, config.d, config).to(device)
+    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     decay, no_decay = [model.lin1.weight, model.lin2.weight], [
         p for n, p in model.named_parameters() if n not in ("lin1.weight", "lin2.weight")
     ]
@@ -476,9 +477,32 @@ def train(
         metrics["train_seconds"] = time.perf_counter() - t0
         meta = meta.model_copy(update={"metrics": metrics})
         artifact = PolicyArtifact(meta=meta, **arrays)
+    artifact = _with_report(artifact, model, init_state, prep, train_segs, heldout_segs, config,
+                            (u_mean, u_sd, y_mean, y_sd))
     if out_dir is not None:
         artifact.save(out_dir)
     return artifact
+
+
+def _with_report(artifact: PolicyArtifact, model: _MetaModel, init_state: dict, prep: _Prepared,
+                 train_segs: np.ndarray, heldout_segs: np.ndarray, config: TrainConfig,
+                 scaling: tuple[np.ndarray, np.ndarray, float, float]) -> PolicyArtifact:
+    """The artifact with its held-out report (``policy.training_report.gate_report``) in the metadata."""
+    from policy.training_report import ClickData, gate_report
+
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(init_state)
+    init_arrays = _export_arrays(model, *scaling, config.jitter)
+    model.load_state_dict(trained)
+    initial = PolicyArtifact(meta=artifact.meta, **init_arrays)
+    segment = np.empty(prep.y.shape[0], dtype=np.int64)
+    for s in range(prep.n_segments):
+        segment[prep.order[prep.starts[s]: prep.starts[s] + prep.counts[s]]] = s
+    data = ClickData(u=prep.u, y=prep.y, segment=segment, item=np.full(segment.size, -1, dtype=np.int64),
+                     context=prep.context, candidates=prep.candidates, action=prep.action,
+                     propensity=prep.propensity, candidate_ids=None, k_valid=None)
+    report = gate_report(artifact, initial, data, train_segs, heldout_segs, config)
+    return PolicyArtifact(meta=artifact.meta.model_copy(update={"report": _jsonable(report)}), **artifact.arrays())
 
 
 def _export_arrays(

@@ -232,7 +232,7 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     for epoch in range(1, config.epochs + 1):
         running = 0.0
         for _ in range(config.steps_per_epoch):
-            rows = torch.as_tensor(rng.choice(tr, size=min(config.batch_rows, tr.size), replace=False), device=device)
+            rows = torch.as_tensor(tr[rng.integers(0, tr.size, min(config.batch_rows, tr.size))], device=device)
             nll = _row_nll(model.logits(u_t[rows], s_t[rows]), y_t[rows]).mean()
             penalty = config.segment_l2 * (model.delta ** 2).sum() / (2 * n_tr)
             loss = nll + penalty

@@ -106,25 +106,36 @@ def calibrate_exploration(artifact: PolicyArtifact, data: ClickData, segments: n
             "rule": "a width replaces the reference only if its paired 95% interval against it is above 0"}
 
 
-def _pooled_logistic(u: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 25) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The practitioner's pooled model: one logistic regression on standardised raw inputs (Newton)."""
+def _pooled(u: np.ndarray, y: np.ndarray, bernoulli: bool, l2: float = 1e-3, iters: int = 25
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The practitioner's pooled model on standardised raw inputs: a logistic regression (Newton) for
+    clicks, a ridge regression otherwise. Returns ``(w, mean, sd, residual variance)``."""
     mean, sd = u.mean(axis=0), u.std(axis=0)
     sd = np.where(sd > 1e-8, sd, 1.0)
     X = np.hstack([(u - mean) / sd, np.ones((u.shape[0], 1))])
+    reg = l2 * X.shape[0] * np.eye(X.shape[1])
+    if not bernoulli:
+        w = np.linalg.solve(X.T @ X + reg, X.T @ y)
+        return w, mean, sd, float(np.var(y - X @ w))
     w = np.zeros(X.shape[1])
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-(X @ w)))
-        H = (X * (p * (1 - p))[:, None]).T @ X + l2 * X.shape[0] * np.eye(X.shape[1])
-        step = np.linalg.solve(H, X.T @ (y - p) - l2 * X.shape[0] * w)
+        H = (X * (p * (1 - p))[:, None]).T @ X + reg
+        step = np.linalg.solve(H, X.T @ (y - p) - reg @ w)
         w += step
         if np.max(np.abs(step)) < 1e-8:
             break
-    return w, mean, sd
+    return w, mean, sd, 0.0
 
 
-def _log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+def _nll(mean: np.ndarray, var: np.ndarray, y: np.ndarray, bernoulli: bool, noise_var: float) -> np.ndarray:
+    """Per-row negative log predictive: log loss of the probit-moderated click probability, or the
+    gaussian predictive ``N(y | mean, var + noise_var)``."""
+    if bernoulli:
+        p = np.clip(1.0 / (1.0 + np.exp(-mean / np.sqrt(1.0 + np.pi * var / 8.0))), 1e-12, 1 - 1e-12)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    total = var + noise_var
+    return 0.5 * (np.log(2 * np.pi * total) + (y - mean) ** 2 / total)
 
 
 def gate_report(artifact: PolicyArtifact, initial: PolicyArtifact, data: ClickData, train_segs: np.ndarray,
@@ -132,9 +143,13 @@ def gate_report(artifact: PolicyArtifact, initial: PolicyArtifact, data: ClickDa
     """Prequential held-out log loss of the adapted model against its baselines (see module docstring)."""
     from policy.adapter import Adapter
 
+    bernoulli = artifact.bernoulli
     train_rows = np.flatnonzero(np.isin(data.segment, train_segs))
-    w_pool, p_mean, p_sd = _pooled_logistic(data.u[train_rows].astype(np.float64), data.y[train_rows])
-    base_rate = float(np.clip(data.y[train_rows].mean(), 1e-6, 1 - 1e-6))
+    y_train = data.y[train_rows]
+    w_pool, p_mean, p_sd, p_var = _pooled(data.u[train_rows].astype(np.float64), y_train, bernoulli)
+    base_mean = float(np.clip(y_train.mean(), 1e-6, 1 - 1e-6)) if bernoulli else float(y_train.mean())
+    base_logit = float(np.log(base_mean / (1 - base_mean))) if bernoulli else base_mean
+    base_var = 0.0 if bernoulli else float(y_train.var())
     rows = _rounds(data, heldout_segs, config.calibrate_max_events)
     ours = Adapter(artifact, seed=config.seed + 41)
     init = Adapter(initial, seed=config.seed + 41, item_capacity=0)
@@ -150,17 +165,19 @@ def gate_report(artifact: PolicyArtifact, initial: PolicyArtifact, data: ClickDa
         for name, policy in (("ours", ours), ("initialisation", init), ("prior_mean", frozen)):
             phi = policy.artifact.phi_numpy(u)
             mean, var = policy.predict_phis(seg, phi, items)
-            p = 1.0 / (1.0 + np.exp(-mean / np.sqrt(1.0 + np.pi * var / 8.0)))
-            np.add.at(loss[name], active, _log_loss(p, y))
+            np.add.at(loss[name], active, _nll(mean, var, y, bernoulli, policy.artifact.noise_var))
             if name != "prior_mean":
                 policy.learn_many(seg, phi, y, items)
         X = np.hstack([(u - p_mean) / p_sd, np.ones((u.shape[0], 1))])
-        np.add.at(loss["pooled"], active, _log_loss(1.0 / (1.0 + np.exp(-(X @ w_pool))), y))
-        np.add.at(loss["base_rate"], active, _log_loss(np.full(y.size, base_rate), y))
+        zero = np.zeros(y.size)
+        np.add.at(loss["pooled"], active, _nll(X @ w_pool, zero, y, bernoulli, max(p_var, 1e-12)))
+        np.add.at(loss["base_rate"], active, _nll(np.full(y.size, base_logit), zero, y, bernoulli,
+                                                  max(base_var, 1e-12)))
         np.add.at(seen, active, 1.0)
     per_seg = {n: loss[n] / np.maximum(seen, 1.0) for n in names}
     report: dict[str, Any] = {
-        "metric": "prequential log loss per row on held-out segments (lower is better)",
+        "metric": ("prequential log loss" if bernoulli else "prequential gaussian negative log predictive")
+        + " per row on held-out segments (lower is better)",
         "segments": int(heldout_segs.size), "rows": int(seen.sum()),
         "log_loss": {n: float(loss[n].sum() / max(seen.sum(), 1.0)) for n in names},
         "gain_ci": {},
@@ -172,7 +189,7 @@ def gate_report(artifact: PolicyArtifact, initial: PolicyArtifact, data: ClickDa
         beat = lo > 0
         learned &= beat
         what = name.replace("_", " ")
-        lines.append(f"{'better' if beat else 'NOT better'} than the {what}: log loss "
+        lines.append(f"{'better' if beat else 'NOT better'} than the {what}: {'log loss' if bernoulli else 'NLL'} "
                      f"{report['log_loss']['ours']:.5f} vs {report['log_loss'][name]:.5f}, "
                      f"gain per row [{lo:.5f}, {hi:.5f}]")
     report["learned"] = bool(learned)
