@@ -37,7 +37,7 @@ import kernels
 from kernels.glm import BERNOULLI, GAUSSIAN, glm_decide_many, glm_update_many, item_offsets
 from policy.artifact import ArtifactError, PolicyArtifact
 from policy.exceptions import PolicyError
-from policy.features import build_inputs
+from policy.features import build_inputs, raw_features
 
 STATE_MAGIC = b"MCPS"
 STATE_LAYOUT = 2
@@ -561,7 +561,7 @@ class Adapter(SegmentBandit):
         u = build_inputs(context, candidates)
         phi = kernels.phi_many(u, a.w1, a.b1, a.w2, a.b2)
         if a.meta.d_raw:
-            raw = (u.astype(np.float64) - a.raw_mean) / a.raw_sd
+            raw = raw_features(u, a.meta.dx, a.raw_mean, a.raw_sd, a.meta.raw_interactions)
             phi = np.concatenate([phi[:, :-1], raw, phi[:, -1:]], axis=1)
         return phi.reshape(candidates.shape[0], candidates.shape[1], self.d)
 
@@ -594,7 +594,8 @@ class Adapter(SegmentBandit):
                      and (artifact.item_prior_var > 0) == (self.item_prior_var > 0))
         if posteriors == "keep" and not same_head:
             raise ArtifactError("cannot keep posteriors: the likelihood or the per-item terms change")
-        same_phi = same_phi and artifact.meta.d_raw == self.artifact.meta.d_raw and (
+        same_phi = same_phi and artifact.meta.d_raw == self.artifact.meta.d_raw \
+            and artifact.meta.raw_interactions == self.artifact.meta.raw_interactions and (
             not artifact.meta.d_raw
             or (np.array_equal(artifact.raw_mean, self.artifact.raw_mean)
                 and np.array_equal(artifact.raw_sd, self.artifact.raw_sd))

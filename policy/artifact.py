@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from policy.exceptions import PolicyError
+from policy.features import raw_dim, raw_features
 
 ARTIFACT_SCHEMA_VERSION = 2
 META_FILE = "meta.json"
@@ -105,6 +106,7 @@ class ArtifactMeta(BaseModel):
     hidden: int = Field(ge=1, le=8192)
     likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
     d_raw: int = Field(default=0, ge=0, le=8192, description="raw standardised inputs appended to phi")
+    raw_interactions: bool = Field(default=False, description="the raw skip includes context x candidate products")
     serving: ServingSpec = ServingSpec()
     reward: RewardSpec = RewardSpec()
     created_at: datetime
@@ -250,7 +252,9 @@ class PolicyArtifact:
         u = np.asarray(u, dtype=np.float64)
         h = np.maximum(u @ self.w1 + self.b1, 0.0)
         z = np.tanh(h @ self.w2 + self.b2)
-        parts = [z] + ([(u - self.raw_mean) / self.raw_sd] if self.meta.d_raw else [])
+        parts = [z]
+        if self.meta.d_raw:
+            parts.append(raw_features(u, self.meta.dx, self.raw_mean, self.raw_sd, self.meta.raw_interactions))
         return np.concatenate(parts + [np.ones((z.shape[0], 1))], axis=1)
 
     # ------------------------------------------------------------------ I/O
@@ -346,8 +350,10 @@ def _validate_arrays(art: PolicyArtifact) -> None:
     meta = art.meta
     d_in, hidden, d, d_raw = meta.dx + meta.da, meta.hidden, meta.d, meta.d_raw
     d_out = d - 1 - d_raw
-    if d_raw not in (0, d_in):
-        raise ArtifactError(f"d_raw must be 0 or dx + da = {d_in}, got {d_raw}")
+    want_raw = raw_dim(meta.dx, meta.da, meta.raw_interactions)
+    if d_raw not in (0, want_raw):
+        raise ArtifactError(f"d_raw must be 0 or {want_raw} (dx={meta.dx}, da={meta.da}, "
+                            f"interactions={meta.raw_interactions}), got {d_raw}")
     if d_out < 1:
         raise ArtifactError(f"d={d} leaves no learned features after the raw skip ({d_raw}) and the constant")
     expected = {

@@ -44,3 +44,23 @@ def build_inputs(context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     u[:, :, :dx] = context[:, None, :]
     u[:, :, dx:] = candidates
     return u.reshape(n * k, dx + da)
+
+
+def raw_features(u: np.ndarray, dx: int, mean: np.ndarray, sd: np.ndarray, interactions: bool) -> np.ndarray:
+    """The raw skip of ``phi``: standardised inputs, and optionally their context x candidate products.
+
+    ``z = (u - mean) / sd``; returns ``[z]`` (``d_raw = dx + da``) or ``[z, z_x (x) z_a]`` with the outer
+    product of the standardised context ``z[:, :dx]`` and candidate ``z[:, dx:]`` flattened row-major
+    (``d_raw = dx + da + dx * da``): the terms with which a linear head can score the same candidate
+    differently for different users.
+    """
+    z = (np.asarray(u, dtype=np.float64) - mean) / sd
+    if not interactions:
+        return z
+    zx, za = z[:, :dx], z[:, dx:]
+    return np.concatenate([z, (zx[:, :, None] * za[:, None, :]).reshape(z.shape[0], -1)], axis=1)
+
+
+def raw_dim(dx: int, da: int, interactions: bool) -> int:
+    """Width of :func:`raw_features`."""
+    return dx + da + (dx * da if interactions else 0)

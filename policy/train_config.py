@@ -83,6 +83,11 @@ class TrainConfig:
     raw_skip: bool = True
     """Bernoulli head: append the standardised raw inputs ``[x, a]`` to ``phi`` so a segment can learn
     beyond the learned features (its prior is estimated like the rest of the head's)."""
+    raw_interactions: Literal["auto", "on", "off"] = "auto"
+    """Bernoulli head: include the context x candidate products ``x (x) a`` in the raw skip (a segment can
+    then learn any bilinear preference); ``"auto"``: on when ``dx + da + dx * da <= raw_budget``."""
+    raw_budget: int = 40
+    """Largest raw skip ``"auto"`` accepts with the products (the head's cost grows with ``d^2``)."""
     item_terms: bool = True
     """Bernoulli head: per-item score offsets (pooled, from ``candidate_ids`` in the logs) and per-segment
     item terms online; needs the logs' ``candidate_ids`` column (ignored without it)."""

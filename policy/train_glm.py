@@ -3,7 +3,7 @@
 The model served online (``kernels.glm``, docs/ARCHITECTURE.md)::
 
     score = w_s . phi(x, a) + b_s(item),  click ~ Bernoulli(sigmoid(score))
-    phi   = [tanh(W2 relu(W1 u + b1) + b2), (u - u_mean) / u_sd, 1]       u = [x, a]
+    phi   = [tanh(W2 relu(W1 u + b1) + b2), r, 1]   u = [x, a],  r = z or [z, z_x (x) z_a],  z = (u - u_mean) / u_sd
     w_s ~ N(mu0, Sigma0),  b_s(item) ~ N(beta_item, tau2)
 
 Training has three stages, each checked on segments it never trained on:
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from policy.artifact import ArtifactMeta, PolicyArtifact, RewardSpec, ServingSpec, TrainingDataSummary, now_utc
-from policy.features import build_inputs
+from policy.features import build_inputs, raw_dim
 from policy.train_config import TrainConfig, TrainingError
 from policy.training_report import ClickData, calibrate_exploration, gate_report
 
@@ -71,15 +71,25 @@ def click_data(logs: Any, y: np.ndarray, config: TrainConfig, rng: np.random.Gen
     )
 
 
+def raw_interactions(config: TrainConfig, dx: int, da: int) -> bool:
+    """Whether the raw skip carries the context x candidate products (``TrainConfig.raw_interactions``)."""
+    if config.raw_interactions == "auto":
+        return raw_dim(dx, da, True) <= config.raw_budget
+    return config.raw_interactions == "on"
+
+
 class _Hierarchical(nn.Module):
     """``logit = (mu0 + delta_s) . phi(u)`` with ``phi = [tanh(MLP(u)), u?, 1]``."""
 
-    def __init__(self, d_in: int, hidden: int, d_z: int, raw: bool, n_train_segments: int, base_logit: float) -> None:
+    def __init__(self, d_in: int, hidden: int, d_z: int, raw: bool, n_train_segments: int, base_logit: float,
+                 dx: int = 0, interactions: bool = False) -> None:
         super().__init__()
         self.lin1 = nn.Linear(d_in, hidden)
         self.lin2 = nn.Linear(hidden, d_z)
         self.raw = raw
-        d = d_z + (d_in if raw else 0) + 1
+        self.dx = dx
+        self.interactions = interactions
+        d = d_z + (raw_dim(dx, d_in - dx, interactions) if raw else 0) + 1
         mu0 = torch.zeros(d)
         mu0[-1] = base_logit
         self.mu0 = nn.Parameter(mu0)
@@ -88,7 +98,13 @@ class _Hierarchical(nn.Module):
 
     def phi(self, u: torch.Tensor) -> torch.Tensor:
         z = torch.tanh(self.lin2(torch.relu(self.lin1(u))))
-        parts = [z] + ([u] if self.raw else []) + [torch.ones_like(z[:, :1])]
+        parts = [z]
+        if self.raw:
+            parts.append(u)
+            if self.interactions:
+                zx, za = u[:, : self.dx], u[:, self.dx:]
+                parts.append((zx[:, :, None] * za[:, None, :]).reshape(u.shape[0], -1))
+        parts.append(torch.ones_like(z[:, :1]))
         return torch.cat(parts, dim=1)
 
     def logits(self, u: torch.Tensor, seg: torch.Tensor | None) -> torch.Tensor:
@@ -207,8 +223,10 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     seg_index = np.searchsorted(train_segs, data.segment)
     rate = float(np.clip(data.y[tr].mean(), 1e-4, 1 - 1e-4))
     d_z = config.d - 1
+    dx = int(np.asarray(logs.context).shape[1])
+    interactions = raw_interactions(config, dx, u_std.shape[1] - dx)
     model = _Hierarchical(u_std.shape[1], config.hidden, d_z, config.raw_skip, train_segs.size,
-                          math.log(rate / (1 - rate))).to(device)
+                          math.log(rate / (1 - rate)), dx, interactions).to(device)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     u_t = torch.as_tensor(u_std, device=device)
     y_t = torch.as_tensor(data.y.astype(np.float32), device=device)
@@ -351,13 +369,16 @@ def _artifact(arrays: dict[str, Any], config: TrainConfig, data: ClickData, logs
               ) -> PolicyArtifact:
     from policy.train import _default_version, _jsonable
 
-    d_in = data.u.shape[1]
-    d = config.d + (d_in if config.raw_skip else 0)
+    dx = int(np.asarray(logs.context).shape[1])
+    da = data.u.shape[1] - dx
+    interactions = raw_interactions(config, dx, da)
+    d_raw = raw_dim(dx, da, interactions) if config.raw_skip else 0
+    d = config.d + d_raw
     version = config.version or _default_version(config.kind, {k: v for k, v in arrays.items() if k != "item_ids"})
     meta = ArtifactMeta(
         version=version, kind=config.kind, dx=int(np.asarray(logs.context).shape[1]),
         da=int(np.asarray(logs.candidates).shape[2]), d=d, hidden=config.hidden, likelihood="bernoulli",
-        d_raw=d_in if config.raw_skip else 0, serving=serving,
+        d_raw=d_raw, raw_interactions=bool(interactions and config.raw_skip), serving=serving,
         reward=RewardSpec(name="click"), created_at=now_utc(),
         training_data=TrainingDataSummary(
             source=source, n_events=int(data.y.size), n_segments=int(train_segs.size + heldout_segs.size),
