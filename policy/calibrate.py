@@ -49,9 +49,10 @@ def replay_rewards(
         idx = rows[active, j]
         segs = segments[active]
         phis = features.phi_many(prep.context[idx], prep.candidates[idx])
+        kv = None if getattr(prep, "k_valid", None) is None else prep.k_valid[idx]
         gate = accept[active, j] * prep.propensity[idx] < p_min
         for c, policy in policies.items():
-            dec = policy.decide_phis(segs, phis)
+            dec = policy.decide_phis(segs, phis, kv)
             hit = gate & (dec.choices == prep.action[idx])
             if hit.any():
                 policy.learn_many(segs[hit], dec.phis_chosen[hit], prep.y[idx][hit])

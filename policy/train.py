@@ -83,6 +83,7 @@ class _Prepared:
     candidates: np.ndarray  # [N, K, da]
     action: np.ndarray  # int64[N]
     propensity: np.ndarray  # float64[N]
+    k_valid: np.ndarray | None = None  # int64[N] real candidates per row, None = all K
 
 
 def _select_reward(logs: Any, config: TrainConfig) -> np.ndarray:
@@ -119,6 +120,7 @@ def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepa
         )
     if np.any(action < 0) or np.any(action >= candidates.shape[1]):
         raise TrainingError("action out of range of the candidates")
+    k_valid = None if getattr(logs, "k_valid", None) is None else np.asarray(logs.k_valid, dtype=np.int64)
     y = _select_reward(logs, config)
     if y.shape != (n,) or not np.all(np.isfinite(y)):
         raise TrainingError("rewards must be finite, one per event")
@@ -127,6 +129,7 @@ def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepa
         segment, context, candidates, action, y, propensity = (
             segment[keep], context[keep], candidates[keep], action[keep], y[keep], propensity[keep]
         )
+        k_valid = None if k_valid is None else k_valid[keep]
         n = keep.shape[0]
     chosen = candidates[np.arange(n), action]
     u = build_inputs(context, chosen[:, None, :]).astype(np.float32)
@@ -138,7 +141,7 @@ def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepa
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     return _Prepared(
         u=u, y=y, order=order, starts=starts, counts=counts, n_segments=n_segments,
-        context=context, candidates=candidates, action=action, propensity=propensity,
+        context=context, candidates=candidates, action=action, propensity=propensity, k_valid=k_valid,
     )
 
 
@@ -500,7 +503,7 @@ def _with_report(artifact: PolicyArtifact, model: _MetaModel, init_state: dict, 
         segment[prep.order[prep.starts[s]: prep.starts[s] + prep.counts[s]]] = s
     data = ClickData(u=prep.u, y=prep.y, segment=segment, item=np.full(segment.size, -1, dtype=np.int64),
                      context=prep.context, candidates=prep.candidates, action=prep.action,
-                     propensity=prep.propensity, candidate_ids=None, k_valid=None)
+                     propensity=prep.propensity, candidate_ids=None, k_valid=prep.k_valid)
     report = gate_report(artifact, initial, data, train_segs, heldout_segs, config)
     return PolicyArtifact(meta=artifact.meta.model_copy(update={"report": _jsonable(report)}), **artifact.arrays())
 

@@ -146,9 +146,15 @@ def fit_prior(Phi: np.ndarray, y: np.ndarray, off: np.ndarray, groups: list[np.n
         for g in range(len(groups)):
             dev = heads[g] - mu0
             acc += np.outer(dev, dev) + covs[g]
-        cov0 = acc / len(groups)
-        cov0 = 0.5 * (cov0 + cov0.T) + jitter * np.eye(d)
+        cov0 = _floor_eigen(acc / len(groups), jitter)
     return mu0, cov0, heads
+
+
+def _floor_eigen(cov: np.ndarray, floor: float) -> np.ndarray:
+    """``cov`` symmetrised with every eigenvalue at least ``floor`` (so it is positive definite)."""
+    vals, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    out = (vecs * np.maximum(vals, floor)) @ vecs.T
+    return 0.5 * (out + out.T)
 
 
 TAU2_GRID = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
