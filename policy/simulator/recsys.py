@@ -78,6 +78,8 @@ class RecsysWorld:
 
     name = "recsys"
     has_views = True
+    views_column = 0
+    """Candidate feature that grows with the user's views of the candidate (``log(1 + views_p)``)."""
 
     def __init__(self, config: RecsysConfig = RecsysConfig()) -> None:
         c = config
