@@ -289,13 +289,18 @@ def summarise(world: World, played: dict[str, Any], horizon: int) -> dict[str, A
 
 
 def run_world(name: str, spec: WorldSpec, seed: int = 0, cache_dir: Path | None = None,
-              artifact: PolicyArtifact | None = None) -> dict[str, Any]:
-    """Train (or load) the artifact of world ``name``, play every policy, return its JSON record."""
+              artifact: PolicyArtifact | None = None, logs: LoggedData | None = None) -> dict[str, Any]:
+    """Train (or load) the artifact of world ``name``, play every policy, return its JSON record.
+
+    ``artifact`` skips training; ``logs`` (the world's uniform training logs, as :func:`uniform_logs`
+    writes them with ``seed + 1``) skips logging them again.
+    """
     t_start = time.perf_counter()
     world = make_world(name, seed)
     tasks = world.heldout_tasks[: spec.tasks].astype(np.int64)
     assert not set(tasks.tolist()) & set(world.train_tasks.tolist()), "benchmark tasks must be held out"
-    logs = uniform_logs(world, world.train_tasks, spec.train_per_task, seed=seed + 1)
+    if logs is None:
+        logs = uniform_logs(world, world.train_tasks, spec.train_per_task, seed=seed + 1)
     if artifact is None:
         art, train_info = artifact_for(world, logs, spec, seed, cache_dir)
     else:
