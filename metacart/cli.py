@@ -177,7 +177,7 @@ def bench_kernels(out: Optional[Path] = typer.Option(None, help="JSON output")) 
 def bench_adapt(
     quick: bool = typer.Option(False, help="fewer segments and decisions"),
     out: Optional[Path] = typer.Option(None, help="JSON output"),
-    plot: Optional[Path] = typer.Option(None, help="PNG of regret curves"),
+    plot: Optional[Path] = typer.Option(None, help="PNG of regret curves (and STEM-worlds.png: lift per window)"),
     seed: int = typer.Option(0),
     artifact: Optional[Path] = typer.Option(None, help="use this artifact for the market instead of training one"),
     worlds: str = typer.Option("market,recsys,logistic",

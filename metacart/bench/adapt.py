@@ -34,7 +34,7 @@ import numpy as np
 
 from metacart.bench.worlds import FULL as WORLDS_FULL
 from metacart.bench.worlds import QUICK as WORLDS_QUICK
-from metacart.bench.worlds import WORLDS, artifact_for, print_world, run_world
+from metacart.bench.worlds import WORLDS, artifact_for, plot_worlds, print_world, run_world
 from policy.adapter import Adapter
 from policy.artifact import PolicyArtifact
 from policy.baselines import OraclePolicy, RandomPolicy, RawLinearTS, pooled, scratch_phi
@@ -267,6 +267,8 @@ def run(
         Path(out).write_text(json.dumps(result, indent=2))
     if plot is not None:
         _plot(traces, plot, horizon, n_seg)
+        if result["worlds"]:
+            plot_worlds(result["worlds"], Path(plot).with_name(Path(plot).stem + "-worlds.png"))
     return result
 
 

@@ -115,27 +115,33 @@ def make_world(name: str, seed: int = 0) -> World:
     raise ValueError(f"unknown world {name!r}; known: {', '.join(WORLDS)}")
 
 
-def train_ours(world: World, logs: LoggedData, spec: WorldSpec, seed: int) -> PolicyArtifact:
-    """Meta-train metacart's artifact on a world's uniform logs (the one place the bench calls training)."""
-    from policy.train import TrainConfig, train
+def train_config(world: World, spec: WorldSpec, seed: int) -> Any:
+    """The :class:`policy.train_config.TrainConfig` the bench trains a world's artifact with (defaults
+    except the time cap, one thread and, for ``spec.quick``, a shortened schedule)."""
+    from policy.train_config import TrainConfig
 
     quick = {"epochs": 6, "steps_per_epoch": 20, "calibrate_max_events": 200, "calibrate_segments": 10} \
         if spec.quick else {}
-    config = TrainConfig(
+    return TrainConfig(
         seed=seed,
         max_seconds=spec.train_seconds,
         reward="logged",
-        threads=1,
+        threads=1,  # tiny matrices: one thread is as fast, and far faster when cores are oversubscribed
         source=f"{world.name} world (seed {seed}) training tasks, {spec.train_per_task}/task uniform logging",
         **quick,
     )
-    return train(logs, config)
 
 
-def _cache_key(world: World, spec: WorldSpec, seed: int) -> str:
+def train_ours(world: World, logs: LoggedData, cfg: Any) -> PolicyArtifact:
+    """Meta-train metacart's artifact on a world's uniform logs: the one place the bench calls training."""
+    from policy.train import train
+
+    return train(logs, cfg)
+
+
+def _cache_key(world: World, cfg: Any, spec: WorldSpec) -> str:
     h = hashlib.sha256()
-    h.update(f"{world.name}|{getattr(world, 'config', None)!r}|{spec.train_per_task}|{spec.train_seconds}|"
-             f"{spec.quick}|{seed}".encode())
+    h.update(f"{world.name}|{getattr(world, 'config', None)!r}|{spec.train_per_task}|{cfg!r}".encode())
     if world.name == "market":
         h.update(repr(world.market.config).encode())  # type: ignore[attr-defined]
     for rel in _TRAIN_SOURCES:
@@ -145,12 +151,14 @@ def _cache_key(world: World, spec: WorldSpec, seed: int) -> str:
 
 def artifact_for(world: World, logs: LoggedData, spec: WorldSpec, seed: int, cache_dir: Path | None
                  ) -> tuple[PolicyArtifact, dict[str, Any]]:
-    """The trained artifact, from ``cache_dir`` when the world, sizes, seed and training code are unchanged."""
-    path = None if cache_dir is None else Path(cache_dir) / f"{world.name}-{_cache_key(world, spec, seed)}"
+    """The trained artifact, from ``cache_dir`` when the world, log size, training config and training code
+    (the sources in ``_TRAIN_SOURCES``) are unchanged; else trained by :func:`train_ours` (and cached)."""
+    cfg = train_config(world, spec, seed)
+    path = None if cache_dir is None else Path(cache_dir) / f"{world.name}-{_cache_key(world, cfg, spec)}"
     if path is not None and (path / "meta.json").exists():
         return PolicyArtifact.load(path), {"cached": str(path)}
     t0 = time.perf_counter()
-    art = train_ours(world, logs, spec, seed)
+    art = train_ours(world, logs, cfg)
     info: dict[str, Any] = {"cached": None, "seconds": round(time.perf_counter() - t0, 1)}
     if path is not None:
         art.save(path)
@@ -272,7 +280,7 @@ def summarise(world: World, played: dict[str, Any], horizon: int) -> dict[str, A
         "share_of_ours_regret": r(c_mean / max(out["regret_per_task"]["ours"], 1e-12)),
     }
     n_win = sums["oracle"].shape[1]
-    per_win = {n: [mean_ci(_lift(sums, n, j))[0] for j in range(n_win)] for n in ("ours", "scratch")}
+    per_win = {n: [mean_ci(_lift(sums, n, j))[0] for j in range(n_win)] for n in names}
     diff_ci = [[r(x) for x in mean_ci(_lift(sums, "ours", j) - _lift(sums, "scratch", j))[1:]]
                for j in range(n_win)]
     diff_mean = [mean_ci(_lift(sums, "ours", j) - _lift(sums, "scratch", j))[0] for j in range(n_win)]
@@ -343,4 +351,32 @@ def print_world(name: str, rec: dict[str, Any]) -> None:
     print("windows (rounds from):", win["edges"][:-1])
     print("  ours   :", win["lift"]["ours"])
     print("  scratch:", win["lift"]["scratch"])
+    print("  ours - scratch, paired 95% CI:", win["ours_minus_scratch_ci"])
     print(f"  min(ours - scratch) = {win['min_ours_minus_scratch']:+.3f}; late crossover: {win['late_crossover']}")
+
+
+def plot_worlds(records: dict[str, dict[str, Any]], path: Path) -> None:
+    """One panel per world: lift per window of rounds for every policy (PNG at ``path``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(records), figsize=(5.5 * len(records), 4.5), squeeze=False)
+    colour = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(BASELINES + OURS)}
+    for ax, (name, rec) in zip(axes[0], records.items()):
+        edges = np.asarray(rec["windows"]["edges"])
+        mid = 0.5 * (edges[:-1] + edges[1:])
+        for policy, lifts in rec["windows"]["lift"].items():
+            style = "-" if policy.startswith("ours") else "--"
+            ax.plot(mid, lifts, style, marker="o", markersize=3, label=policy, color=colour.get(policy),
+                    linewidth=2.2 if policy == "ours" else 1.2)
+        ax.set_title(f"{name}: {rec['tasks']} held-out tasks")
+        ax.set_xlabel("round")
+        ax.set_ylabel("lift per window (0 random, 1 oracle)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -18,7 +18,8 @@ from policy.simulator.world import uniform_logs
 @pytest.mark.slow
 def test_quick_bench_reports_every_world_with_paired_intervals(tmp_path: Path) -> None:
     out = tmp_path / "adapt.json"
-    result = run(quick=True, out=out, cache_dir=tmp_path / "cache")
+    result = run(quick=True, out=out, plot=tmp_path / "adapt.png", cache_dir=tmp_path / "cache")
+    assert (tmp_path / "adapt.png").stat().st_size > 0 and (tmp_path / "adapt-worlds.png").stat().st_size > 0
     saved = json.loads(out.read_text())
     for key in ("T", "segments", "regret", "regret_ci", "paired_regret_minus_meta_ci", "ratios", "training"):
         assert key in saved  # today's keys are kept
@@ -33,6 +34,7 @@ def test_quick_bench_reports_every_world_with_paired_intervals(tmp_path: Path) -
         assert rec["best_baseline"] in BASELINES
         assert rec["bad_propensities"] == dict.fromkeys(rec["lift"], 0)
         assert rec["ctr"]["oracle"] > rec["ctr"]["random"]
+        assert set(rec["windows"]["lift"]) == expected
         assert len(rec["windows"]["lift"]["ours"]) == QUICK[name].windows
         assert rec["tasks"] == QUICK[name].tasks and rec["horizon"] == QUICK[name].horizon
     assert result["worlds"]["market"]["training"]["version"] == saved["training"]["version"]
