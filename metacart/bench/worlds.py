@@ -220,9 +220,9 @@ def play_world(world: World, policies: dict[str, Any], tasks: np.ndarray, horizo
             seconds[name] += time.perf_counter() - t0
             sums[name][:, w] += p[rows, ch]
             pr = dec.propensities
-            bad_props[name] += int(np.sum(
-                (pr[rows, ch] <= 0) | (pr[rows, ch] > 1 + 1e-9) | ~valid[rows, ch]
-                | (np.abs(pr.sum(axis=1) - 1.0) > 1e-6) | np.any(pr[~valid].reshape(-1) != 0) ))
+            shown = pr[rows, ch]
+            bad = (shown <= 0) | (shown > 1 + 1e-9) | ~valid[rows, ch] | (np.abs(pr.sum(axis=1) - 1.0) > 1e-6)
+            bad_props[name] += int(np.sum(bad | np.any(np.where(valid, 0.0, pr) != 0.0, axis=1)))
     return {"sums": sums, "edges": edges, "seconds": seconds, "bad_propensities": bad_props}
 
 
@@ -246,7 +246,7 @@ def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
 
 def _lift(sums: dict[str, np.ndarray], name: str, cols: slice | int = slice(None)) -> np.ndarray:
     """Per-task lift of ``name`` over the windows ``cols``."""
-    pol, rnd, orc = (np.atleast_2d(sums[k][:, cols].T).T.sum(axis=1) for k in (name, "random", "oracle"))
+    pol, rnd, orc = (sums[k][:, cols].reshape(sums[k].shape[0], -1).sum(axis=1) for k in (name, "random", "oracle"))
     return (pol - rnd) / np.maximum(orc - rnd, 1e-12)
 
 

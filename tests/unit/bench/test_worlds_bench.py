@@ -96,3 +96,31 @@ def test_cli_rejects_an_unknown_world_in_one_line() -> None:
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: unknown world 'moon'; choose from market, recsys, logistic or none"]
+
+
+class _PaddingPolicy:
+    """Deliberately wrong: uniform over all K slots, padding included in the propensities."""
+
+    def decide_many(self, segments, context, candidates, k_valid=None, items=None):
+        from policy.baselines import RandomPolicy
+
+        dec = RandomPolicy(seed=0).decide_many(segments, context, candidates, k_valid=k_valid, items=items)
+        kk = candidates.shape[1]
+        return dec.__class__(**{**dec.__dict__, "propensities": np.full((len(segments), kk), 1.0 / kk)})
+
+    def learn_many(self, segments, phis, rewards, items=None):
+        return None
+
+
+def test_play_world_counts_invalid_propensities_and_pairs_outcomes() -> None:
+    from metacart.bench.worlds import play_world
+    from policy.baselines import MostViewed
+
+    world = make_world("recsys", seed=0)  # 10-20 products: padding in most rows
+    tasks = world.heldout_tasks[:6]
+    played = play_world(world, {"bad": _PaddingPolicy(), "mv": MostViewed(world.views_column, seed=0),
+                                "mv2": MostViewed(world.views_column, seed=0)}, tasks, 20, seed=0, windows=2)
+    padded = int((world.n_products[tasks] < 20).sum())
+    assert played["bad_propensities"]["bad"] == 20 * padded > 0
+    assert played["bad_propensities"]["mv"] == 0
+    np.testing.assert_array_equal(played["sums"]["mv"], played["sums"]["mv2"])  # same requests for everyone
