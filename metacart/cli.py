@@ -216,14 +216,27 @@ def bench_kernels(out: Optional[Path] = typer.Option(None, help="JSON output")) 
 def bench_adapt(
     quick: bool = typer.Option(False, help="fewer segments and decisions"),
     out: Optional[Path] = typer.Option(None, help="JSON output"),
-    plot: Optional[Path] = typer.Option(None, help="PNG of regret curves"),
+    plot: Optional[Path] = typer.Option(None, help="PNG of regret curves (and STEM-worlds.png: lift per window)"),
     seed: int = typer.Option(0),
-    artifact: Optional[Path] = typer.Option(None, help="use this artifact instead of training one"),
+    artifact: Optional[Path] = typer.Option(None, help="use this artifact for the market instead of training one"),
+    worlds: str = typer.Option("market,recsys,logistic",
+                               help="world families to play besides the market regret table (comma list, or none)"),
+    cache_dir: Path = typer.Option(REPO / "reports" / "bench-cache",
+                                   help="trained artifacts are cached here (keyed by world, sizes, seed, code)"),
+    no_cache: bool = typer.Option(False, help="train every artifact afresh, do not read or write the cache"),
 ) -> None:
-    """Regret on held-out segments: meta vs scratch, pooled, random, oracle."""
+    """Regret on held-out segments (meta vs scratch, pooled, random, oracle), then every world family
+    against a practitioner's baselines (lift = fraction of the random->oracle gap, paired 95 % CIs)."""
     from metacart.bench.adapt import run
+    from metacart.bench.worlds import WORLDS
 
-    run(quick=quick, out=out, plot=plot, seed=seed, artifact=artifact)
+    chosen = [] if worlds.strip().lower() == "none" else [w.strip() for w in worlds.split(",") if w.strip()]
+    bad = [w for w in chosen if w not in WORLDS]
+    if bad:
+        typer.echo(f"error: unknown world {bad[0]!r}; choose from {', '.join(WORLDS)} or none", err=True)
+        raise typer.Exit(2)
+    run(quick=quick, out=out, plot=plot, seed=seed, artifact=artifact, worlds=chosen,
+        cache_dir=None if no_cache else cache_dir)
 
 
 @bench.command("stream")

@@ -13,26 +13,35 @@ policies use the same ``eps``, ``n_draws`` and the artifact's ``noise_var``; the
 vague prior ``N(0, vague_prior_var I)``.
 
 Without ``artifact``, the benchmark first meta-trains one (torch, one thread, about a minute) on uniform
-logs of the market's *training* segments; the benchmark's segments are the market's held-out split.
+logs of the market's *training* segments (:func:`metacart.bench.worlds.train_ours`, cached by
+:func:`metacart.bench.worlds.artifact_for`); the benchmark's segments are the market's held-out split.
+
+Then, under ``"worlds"``, every world family of :mod:`metacart.bench.worlds` (the market again, with the
+practitioner's baselines, the recommendation world and the logistic worlds) is played by metacart and the
+baselines; see that module for the policies and the statistics.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from metacart.bench.worlds import FULL as WORLDS_FULL
+from metacart.bench.worlds import QUICK as WORLDS_QUICK
+from metacart.bench.worlds import WORLDS, artifact_for, plot_worlds, print_world, run_world
 from policy.adapter import Adapter
 from policy.artifact import PolicyArtifact
 from policy.baselines import OraclePolicy, RandomPolicy, RawLinearTS, pooled, scratch_phi
 from policy.features import build_inputs
 from policy.simulator.datasets import simulate_logs
 from policy.simulator.market import Market, MarketConfig
+from policy.simulator.world import MarketWorld, uniform_logs
 
 POLICIES = ("random", "pooled", "scratch_raw", "scratch_phi", "meta", "oracle")
 
@@ -60,7 +69,7 @@ class BenchConfig:
 
 
 FULL = BenchConfig(n_segments=50, horizon=2000, train_per_segment=4000, train_seconds=90.0)
-QUICK = BenchConfig(n_segments=20, horizon=500, train_per_segment=1000, train_seconds=20.0)
+QUICK = BenchConfig(n_segments=20, horizon=500, train_per_segment=150, train_seconds=5.0)
 
 
 def train_artifact(market: Market, cfg: BenchConfig, seed: int, progress: Callable[[dict], None] | None = None):
@@ -141,24 +150,37 @@ def run(
     plot: Path | None = None,
     seed: int = 0,
     artifact: Path | None = None,
+    worlds: Sequence[str] = WORLDS,
+    cache_dir: Path | None = None,
 ) -> dict:
-    """Run the benchmark, print its table, optionally write JSON (``out``) and a PNG (``plot``).
+    """Run the benchmark, print its tables, optionally write JSON (``out``) and a PNG (``plot``).
 
     Returns the JSON-able result: ``T``, ``segments``, ``regret`` (mean cumulative regret at ``T``),
-    ``regret_ci`` (95 % normal CI over segments), ``reward_first500_vs_oracle`` and more.
+    ``regret_ci`` (95 % normal CI over segments), ``reward_first500_vs_oracle`` and more, and ``worlds``
+    (one record per world family in ``worlds``; :func:`metacart.bench.worlds.summarise`). Trained
+    artifacts are cached in ``cache_dir`` (None: train every time).
     """
     cfg = QUICK if quick else FULL
+    specs = WORLDS_QUICK if quick else WORLDS_FULL
+    unknown = set(worlds) - set(WORLDS)
+    if unknown:
+        raise ValueError(f"unknown worlds {sorted(unknown)}; known: {', '.join(WORLDS)}")
     t_start = time.perf_counter()
     market = Market(MarketConfig(seed=seed))
     segments = market.heldout_segments[: cfg.n_segments].astype(np.int64)
     train_info: dict[str, Any] = {}
+    logs = None
+    market_spec = replace(specs["market"], train_per_task=cfg.train_per_segment, train_seconds=cfg.train_seconds)
     if artifact is None:
-        print(f"training an artifact on {market.train_segments.size} training segments "
+        print(f"training (or loading) an artifact on {market.train_segments.size} training segments "
               f"x {cfg.train_per_segment} logged events (cap {cfg.train_seconds:.0f} s) ...", flush=True)
         t0 = time.perf_counter()
-        art, logs = train_artifact(market, cfg, seed)
+        world = MarketWorld(market.config)
+        logs = uniform_logs(world, world.train_tasks, cfg.train_per_segment, seed=seed + 1)
+        art, cached = artifact_for(world, logs, market_spec, seed, cache_dir)
         train_info = {
-            "trained_here": True,
+            "trained_here": cached["cached"] is None,
+            "cached": cached["cached"],
             "events": int(logs.segment.shape[0]),
             "seconds": round(time.perf_counter() - t0, 1),
             "heldout_nll_initial": art.meta.metrics["heldout_nll_initial"],
@@ -227,14 +249,26 @@ def run(
     }
     result["training"] = train_info
     result["seconds_per_policy"] = timings
-    result["seconds_total"] = round(time.perf_counter() - t_start, 1)
-
     _print_table(result)
+
+    result["worlds"] = {}
+    for name in worlds:
+        print(f"\nworld {name}: training (or loading) and playing ...", flush=True)
+        if name == "market":
+            rec = run_world(name, market_spec, seed, cache_dir, artifact=art, logs=logs)
+        else:
+            rec = run_world(name, specs[name], seed, cache_dir)
+        result["worlds"][name] = rec
+        print_world(name, rec)
+    result["seconds_total"] = round(time.perf_counter() - t_start, 1)
+    print(f"\nbench adapt: {result['seconds_total']:.0f} s in all")
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))
     if plot is not None:
         _plot(traces, plot, horizon, n_seg)
+        if result["worlds"]:
+            plot_worlds(result["worlds"], Path(plot).with_name(Path(plot).stem + "-worlds.png"))
     return result
 
 
