@@ -45,6 +45,11 @@ from policy.training_report import ClickData, calibrate_exploration, gate_report
 ProgressFn = Callable[[dict[str, float]], None]
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))`` without overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
 def click_data(logs: Any, y: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> ClickData:
     """The chosen candidates' inputs, clicks, segments and item ids, in logged order."""
     segment = np.asarray(logs.segment, dtype=np.int64)
@@ -120,12 +125,15 @@ def _newton_head(Phi: np.ndarray, y: np.ndarray, off: np.ndarray, mu0: np.ndarra
                  w: np.ndarray, iters: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Laplace posterior ``(mode, covariance)`` of one logistic head under ``N(mu0, prec0^-1)``."""
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(Phi @ w + off)))
+        p = _sigmoid(Phi @ w + off)
         grad = Phi.T @ (y - p) - prec0 @ (w - mu0)
         H = prec0 + (Phi * (p * (1.0 - p))[:, None]).T @ Phi
         step = np.linalg.solve(H, grad)
+        big = np.max(np.abs(step))
+        if big > 5.0:  # damped: a first step from a poor start can overshoot a flat likelihood
+            step *= 5.0 / big
         w = w + step
-        if np.max(np.abs(step)) < 1e-6:
+        if big < 1e-6:
             break
     return w, np.linalg.inv(H)  # the Hessian at the last iterate (one step from the mode)
 
@@ -189,14 +197,14 @@ def fit_offsets(y: np.ndarray, base: np.ndarray, group: np.ndarray, grid: tuple[
             continue
         gamma = np.zeros(n_groups)
         for _ in range(12):
-            p = 1.0 / (1.0 + np.exp(-(base + gamma[group])))
+            p = _sigmoid(base + gamma[group])
             grad = np.bincount(group, y - p, n_groups) - gamma / tau2
             hess = np.bincount(group, p * (1.0 - p), n_groups) + 1.0 / tau2
             step = grad / hess
             gamma += step
             if np.max(np.abs(step)) < 1e-8:
                 break
-        p = 1.0 / (1.0 + np.exp(-(base + gamma[group])))
+        p = _sigmoid(base + gamma[group])
         h = np.bincount(group, p * (1.0 - p), n_groups)
         ev = float((loglik(gamma) - gamma ** 2 / (2 * tau2) - 0.5 * np.log1p(tau2 * h)).sum())
         if ev > best_ev:

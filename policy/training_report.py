@@ -24,6 +24,11 @@ import numpy as np
 from policy.artifact import PolicyArtifact
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))`` without overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
 @dataclass
 class ClickData:
     """Logged decisions in logged order: the chosen candidates' inputs and everything replay needs."""
@@ -119,7 +124,7 @@ def _pooled(u: np.ndarray, y: np.ndarray, bernoulli: bool, l2: float = 1e-3, ite
         return w, mean, sd, float(np.var(y - X @ w))
     w = np.zeros(X.shape[1])
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        p = _sigmoid(X @ w)
         H = (X * (p * (1 - p))[:, None]).T @ X + reg
         step = np.linalg.solve(H, X.T @ (y - p) - reg @ w)
         w += step
@@ -132,7 +137,7 @@ def _nll(mean: np.ndarray, var: np.ndarray, y: np.ndarray, bernoulli: bool, nois
     """Per-row negative log predictive: log loss of the probit-moderated click probability, or the
     gaussian predictive ``N(y | mean, var + noise_var)``."""
     if bernoulli:
-        p = np.clip(1.0 / (1.0 + np.exp(-mean / np.sqrt(1.0 + np.pi * var / 8.0))), 1e-12, 1 - 1e-12)
+        p = np.clip(_sigmoid(mean / np.sqrt(1.0 + np.pi * var / 8.0)), 1e-12, 1 - 1e-12)
         return -(y * np.log(p) + (1 - y) * np.log(1 - p))
     total = var + noise_var
     return 0.5 * (np.log(2 * np.pi * total) + (y - mean) ** 2 / total)
