@@ -9,7 +9,8 @@ expected reward minus that of the shown candidate, from the simulator's ``expect
 Policies (see :mod:`policy.baselines`): ``random``; ``pooled`` (learned ``phi`` + meta prior, but one
 posterior shared by all segments: a global model without per-segment adaptation); ``scratch_raw``;
 ``scratch_phi``; ``meta`` (ours, :class:`policy.adapter.Adapter`); ``oracle``. All Thompson-sampling
-policies use the same ``eps``, ``n_draws`` and the artifact's ``noise_var``; the scratch baselines use the
+policies use the same ``eps``, ``n_draws`` and the artifact's ``noise_var`` (the logged reward variance when the
+artifact's head is bernoulli and has none); the scratch baselines use the
 vague prior ``N(0, vague_prior_var I)``.
 
 Without ``artifact``, the benchmark first meta-trains one (torch, one thread, about a minute) on uniform
@@ -103,11 +104,14 @@ def make_policies(
 ) -> dict[str, Callable[[], Any]]:
     """Factories of the benchmark's policies (fresh state each call)."""
     u_mean, u_sd = _raw_stats(market, seed)
+    # A gaussian baseline needs the rewards' noise: a bernoulli artifact has none, so use the logged
+    # reward variance (what the gaussian artifact's noise_var estimates).
+    noise = artifact.noise_var if not artifact.bernoulli else max(artifact.meta.training_data.reward_std ** 2, 1e-6)
     ts = {"eps": cfg.eps, "n_draws": cfg.n_draws, "seed": seed + 300}
     return {
         "random": lambda: RandomPolicy(seed=seed + 300),
         "pooled": lambda: pooled(artifact, **ts),
-        "scratch_raw": lambda: RawLinearTS(u_mean, u_sd, artifact.noise_var, cfg.vague_prior_var, **ts),
+        "scratch_raw": lambda: RawLinearTS(u_mean, u_sd, noise, cfg.vague_prior_var, **ts),
         "scratch_phi": lambda: scratch_phi(artifact, cfg.vague_prior_var, **ts),
         "meta": lambda: Adapter(artifact, **ts),
         "oracle": lambda: OraclePolicy(market, cfg.value_weight),
