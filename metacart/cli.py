@@ -59,22 +59,97 @@ def schema(out: Path = typer.Option(Path("schemas"), help="directory for one JSO
         typer.echo(f"wrote {out / f'{name}.schema.json'}")
 
 
-@app.command()
+logs_app = typer.Typer(help="Logged-bandit data: simulate, import, export (formats in policy/logs.py, "
+                             "policy/logformat).")
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.callback(invoke_without_command=True)
 def logs(
-    out: Path = typer.Option(..., help="output .npz in the documented logged-bandit layout"),
+    ctx: typer.Context,
+    out: Optional[Path] = typer.Option(None, help="output: an .npz file (v1) or, with --format v2, a directory"),
     n_per_segment: int = typer.Option(2000, help="logged decisions per training segment"),
     seed: int = typer.Option(0),
     value_weight: float = typer.Option(0.0, help="reward = click + value_weight * purchase value"),
+    fmt: str = typer.Option("npz", "--format", help="npz (v1) | v2 (Parquet + item table)"),
 ) -> None:
-    """Write simulator logs (uniform logging policy) for the training segments."""
-    from policy.logs import write_logs
-    from policy.simulator.datasets import simulate_logs
+    """Write simulator logs (uniform logging policy) for the training segments; or run a subcommand."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise typer.BadParameter("give --out PATH (or a subcommand: import-obd, export)")
     from policy.simulator.market import Market
 
     market = Market()
+    if fmt == "v2":
+        from policy.logformat.simulated import simulate_v2
+
+        n = n_per_segment * len(market.train_segments)
+        simulate_v2(market, market.train_segments, n, seed, out, value_weight=value_weight)
+        typer.echo(f"wrote {n} rows over {len(market.train_segments)} segments to {out} (v2)")
+        return
+    if fmt != "npz":
+        raise typer.BadParameter(f"--format must be npz or v2, got {fmt!r}")
+    from policy.logs import write_logs
+    from policy.simulator.datasets import simulate_logs
+
     data = simulate_logs(market, market.train_segments, n_per_segment, seed, value_weight=value_weight)
     write_logs(out, data)
     typer.echo(f"wrote {len(data.reward)} rows over {len(market.train_segments)} segments to {out}")
+
+
+@logs_app.command("import-obd")
+def logs_import_obd(
+    directory: Path = typer.Argument(..., help="an Open Bandit Dataset campaign directory, or a folder of them"),
+    out: Path = typer.Option(..., help="v2 log directory to write"),
+) -> None:
+    """Import the Open Bandit Dataset's CSV layout (ZOZO Research, CC BY 4.0) into log format v2."""
+    from policy.exceptions import LogFormatError
+    from policy.logformat.obd import import_obd
+    from policy.logformat.reader import LogReader
+
+    try:
+        import_obd(directory, out)
+    except (LogFormatError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    log = LogReader(out)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    typer.echo(f"wrote {log.n_rows} rows, {len(log.segment_names)} segments, up to {log.max_k} candidates, "
+               f"{size / log.n_rows:.1f} bytes/row to {out}")
+
+
+@app.command()
+def evaluate(
+    logs_path: Path = typer.Option(..., "--logs", help="log to evaluate on: a v2 directory or a v1 .npz"),
+    policy: list[str] = typer.Option(..., help="target: uniform | scratch_raw | ARTIFACT[@replay] | "
+                                              "pooled@ARTIFACT | scratch_phi@ARTIFACT, optionally NAME=SPEC; repeat"),
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    plot: Optional[Path] = typer.Option(None, help="PNG of the estimates with their intervals"),
+    reward: Optional[str] = typer.Option(None, help="reward column (default reward, else click)"),
+    bootstrap: int = typer.Option(0, help="Poisson-bootstrap replicates (0: asymptotic intervals only)"),
+    reference: Optional[str] = typer.Option(None, help="policy the paired differences are taken against"),
+    min_ess: float = typer.Option(100.0, help="warn when a policy's effective sample size is below this"),
+) -> None:
+    """Off-policy estimates (IPS, SNIPS, DM, DR, DR-os) of target policies on logged decisions."""
+    from metacart.evaluate import plot_report, print_report, run_evaluation, write_json
+    from policy.exceptions import PolicyError
+    from policy.ope.targets import ServingParams
+
+    p = Settings().policy
+    serving = ServingParams(eps=p.eps, n_draws=p.n_draws, forget=p.forget, scale=p.scale, seed=p.seed)
+    try:
+        report = run_evaluation(logs_path, policy, reward=reward, serving=serving, n_bootstrap=bootstrap,
+                                reference=reference, min_ess=min_ess)
+    except (PolicyError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print_report(report)
+    if out is not None:
+        write_json(report, out)
+        typer.echo(f"wrote {out}")
+    if plot is not None:
+        plot_report(report, plot)
+        typer.echo(f"wrote {plot}")
 
 
 @app.command()

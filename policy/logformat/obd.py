@@ -1,0 +1,133 @@
+"""Importer for the Open Bandit Dataset's CSV layout into log format v2.
+
+The Open Bandit Dataset (Saito, Aihara, Matsutani & Narita, "Open Bandit Dataset and Pipeline: Towards
+Realistic and Reproducible Off-Policy Evaluation", NeurIPS 2021 Datasets and Benchmarks; ZOZO Research,
+released under CC BY 4.0) logs a ZOZOTOWN recommendation widget: per row a ``timestamp``, the shown
+``item_id``, its ``position`` (1..3), ``click``, the logging ``propensity_score``, hashed categorical
+``user_feature_0..3`` and one ``user-item_affinity_<item>`` per item; ``item_context.csv`` holds
+``item_feature_0`` (float) and hashed categorical ``item_feature_1..3``.
+
+A campaign directory holds ``<campaign>.csv`` and ``item_context.csv``; a directory of campaign
+directories (searched recursively, e.g. ``random/all`` and ``random/men``) imports them all into one
+log. Mapping into v2:
+
+- ``segment`` = ``"<behaviour policy>-<campaign>-pos<position>"`` (e.g. ``random-all-pos1``);
+- ``context`` = one-hot user features (vocabulary: every value seen, over all files; the user features
+  hash identically across the sample's files) followed by the user-item affinities, zero-padded to the
+  largest campaign's item count;
+- ``candidate_ids`` = every item of the row's campaign, as ``campaign_index * 1000 + item_id``, so
+  campaigns of different sizes share one log (variable candidate counts);
+- item ``features`` = ``[item_feature_0, one-hot(item_feature_1..3)]``. The categorical item features are
+  hashed with a **per-file salt**, so the same category gets a different hash in another file: each
+  file's categories get their own one-hot slots (no sharing across campaigns). ``item_key`` keeps
+  ``"<campaign>/<item_id>"``;
+- ``action_id`` from ``item_id``; ``propensity`` from ``propensity_score``; reward ``click``; ``position``
+  and ``timestamp`` are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from policy.exceptions import LogFormatError
+from policy.logformat.writer import LogWriter
+
+ID_STRIDE = 1000
+USER_FEATURES = tuple(f"user_feature_{i}" for i in range(4))
+ITEM_CATEGORICAL = tuple(f"item_feature_{i}" for i in (1, 2, 3))
+
+
+def find_campaigns(root: str | os.PathLike[str]) -> list[Path]:
+    """Campaign directories under ``root`` (``root`` itself when it is one), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no directory {root}")
+    dirs = sorted({p.parent for p in root.rglob("item_context.csv")})
+    found = [d for d in dirs if (d / f"{d.name}.csv").is_file()]
+    if not found:
+        raise LogFormatError("file", f"no Open Bandit Dataset campaign (<name>/<name>.csv + item_context.csv) under {root}")
+    return found
+
+
+def _read(path: Path, needed: tuple[str, ...]) -> pa.Table:
+    try:
+        table = pcsv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LogFormatError("file", f"{path} is not a readable CSV ({exc})") from None
+    for col in needed:
+        if col not in table.column_names:
+            raise LogFormatError(col, f"missing column in {path}")
+    return table
+
+
+def import_obd(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Import every campaign under ``root`` into the v2 log directory ``out``; returns ``out``."""
+    campaigns = find_campaigns(root)
+    tables, item_tables = [], []
+    for d in campaigns:
+        tables.append(_read(d / f"{d.name}.csv", ("timestamp", "item_id", "position", "click",
+                                                  "propensity_score") + USER_FEATURES))
+        item_tables.append(_read(d / "item_context.csv", ("item_id", "item_feature_0") + ITEM_CATEGORICAL))
+    vocab = {f: sorted(set().union(*(pc.unique(t.column(f).cast(pa.string())).to_pylist() for t in tables)))
+             for f in USER_FEATURES}
+    n_items = [t.num_rows for t in item_tables]
+    max_items = max(n_items)
+
+    # Items: per-file one-hot slots for the salted categorical features.
+    item_vocab = [{f: sorted(set(t.column(f).cast(pa.string()).to_pylist())) for f in ITEM_CATEGORICAL}
+                  for t in item_tables]
+    widths = [sum(len(v[f]) for f in ITEM_CATEGORICAL) for v in item_vocab]
+    da = 1 + sum(widths)
+    ids, feats, keys = [], [], []
+    for c, (d, t, v) in enumerate(zip(campaigns, item_tables, item_vocab)):
+        base = 1 + sum(widths[:c])
+        f = np.zeros((t.num_rows, da), dtype=np.float32)
+        f[:, 0] = t.column("item_feature_0").to_numpy()
+        col = base
+        for name in ITEM_CATEGORICAL:
+            values = t.column(name).cast(pa.string()).to_pylist()
+            index = {s: j for j, s in enumerate(v[name])}
+            f[np.arange(t.num_rows), col + np.array([index[s] for s in values])] = 1.0
+            col += len(v[name])
+        item_id = t.column("item_id").to_numpy().astype(np.int64)
+        ids.append(c * ID_STRIDE + item_id)
+        feats.append(f)
+        keys += [f"{d.name}/{i}" for i in item_id]
+
+    dx = sum(len(vocab[f]) for f in USER_FEATURES) + max_items
+    with LogWriter(out, source="Open Bandit Dataset (ZOZO Research, CC BY 4.0): "
+                   + ", ".join(str(d) for d in campaigns)) as writer:
+        for c, (d, t) in enumerate(zip(campaigns, tables)):
+            n = t.num_rows
+            x = np.zeros((n, dx), dtype=np.float32)
+            col = 0
+            for name in USER_FEATURES:
+                index = {s: j for j, s in enumerate(vocab[name])}
+                x[np.arange(n), col + np.array([index[s] for s in t.column(name).cast(pa.string()).to_pylist()])] = 1.0
+                col += len(vocab[name])
+            for j in range(n_items[c]):
+                name = f"user-item_affinity_{j}"
+                if name in t.column_names:
+                    x[:, col + j] = t.column(name).to_numpy()
+            item_ids = ids[c]
+            shown = t.column("item_id").to_numpy().astype(np.int64)
+            if np.any((shown < 0) | (shown >= ID_STRIDE)) or not np.isin(c * ID_STRIDE + shown, item_ids).all():
+                raise LogFormatError("item_id", f"{d.name}.csv shows an item that item_context.csv lacks")
+            position = t.column("position").to_numpy().astype(np.int64)
+            behaviour = d.parent.name or "obd"
+            seg = np.array([f"{behaviour}-{d.name}-pos{p}" for p in position])
+            ts = pc.cast(t.column("timestamp"), pa.timestamp("us", tz="UTC")).to_numpy().astype("datetime64[us]")
+            writer.write_many(
+                segment=seg, context=x, candidate_ids=np.tile(item_ids, (n, 1)),
+                action_id=c * ID_STRIDE + shown, propensity=t.column("propensity_score").to_numpy(),
+                rewards={"click": t.column("click").to_numpy().astype(np.float64)}, timestamp=ts,
+                extra={"position": position},
+            )
+        writer.write_items(np.concatenate(ids), np.concatenate(feats), extra={"item_key": keys})
+    return Path(out)
