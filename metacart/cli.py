@@ -287,6 +287,19 @@ def bench_retention(
     run(quick=quick, out=out, seed=seed)
 
 
+@bench.command("ope")
+def bench_ope(
+    quick: bool = typer.Option(False, help="30 logs of 1,000 rows instead of 200 of 2,000"),
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    seed: int = typer.Option(0),
+    n_logs: Optional[int] = typer.Option(None, help="logs per logging policy (overrides the preset)"),
+) -> None:
+    """Coverage, bias and RMSE of every off-policy estimator on simulator logs with known true values."""
+    from metacart.bench.ope import run
+
+    run(quick=quick, out=out, seed=seed, n_logs=n_logs)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -17,10 +17,11 @@ Its asymptotic standard error is the delta method's,
 policies on the same rows uses the difference of their influence terms, so the rows' shared noise
 cancels. Poisson-bootstrap replicates, when kept, give percentile intervals too.
 
-DR-os picks its shrinkage ``lam`` from a grid by the smallest estimated mean squared error,
-``max(bias^2 - Var(bias), 0) + Var``, where ``bias`` is the estimate's distance to DR (unbiased when the
-logged propensities are right). Su et al. tune ``lam`` with an upper bound of the bias instead; this
-plug-in rule is ours. The interval of the chosen ``lam`` does not account for the choice.
+DR-os picks its shrinkage ``lam`` from a grid by the smallest estimated mean squared error with the bias
+replaced by a high-confidence upper bound, ``(|b| + z se(b))^2 + Var``, where ``b`` is the estimate's
+distance to DR (unbiased when the logged propensities are right), as Su et al. tune ``lam`` with a bias
+bound; the exact bound is ours. The interval of the chosen ``lam`` does not account for its bias or the
+choice.
 
 Diagnostics per policy: the effective sample size ``ESS = (sum w)^2 / sum w^2`` (Kish), the share of
 the total weight held by the largest 1 % of rows, and a warning when ``ESS < min_ess``.
@@ -168,7 +169,8 @@ class Summary:
             c = self.m.col(f"{policy}|dros{j}")
             bias = float(self._mean[c] - self._mean[dr])
             var_bias = float(self._cov[c, c] - 2 * self._cov[c, dr] + self._cov[dr, dr]) / self.m.n
-            mse = max(bias * bias - var_bias, 0.0) + float(self._cov[c, c]) / self.m.n
+            bound = abs(bias) + self.z * math.sqrt(max(var_bias, 0.0))
+            mse = bound * bound + float(self._cov[c, c]) / self.m.n
             if mse < best_mse:
                 best, best_mse = j, mse
         return best
