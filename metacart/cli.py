@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -118,6 +119,29 @@ def logs_import_obd(
                f"{size / log.n_rows:.1f} bytes/row to {out}")
 
 
+@logs_app.command("export")
+def logs_export(
+    out: Path = typer.Option(..., help="v2 log directory to write"),
+    since: Optional[datetime] = typer.Option(None, help="keep decisions whose request time is >= this (UTC)"),
+    until: Optional[datetime] = typer.Option(None, help="keep decisions whose request time is < this (UTC)"),
+    value_weight: float = typer.Option(0.0, help="reward = click + value_weight * purchase value"),
+) -> None:
+    """Join ad-decisions with their requests and feedback over the attribution window into log format v2."""
+    from streams.export import export_ads
+
+    def aware(t: Optional[datetime]) -> Optional[datetime]:
+        return None if t is None or t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+    try:
+        summary = export_ads(Settings(), out, since=aware(since), until=aware(until), value_weight=value_weight)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {summary.rows} decisions ({summary.clicks} clicked, {summary.purchases} purchases; "
+               f"{summary.open} still inside their window, {summary.no_request} without a request, "
+               f"{summary.duplicate_decisions} duplicates skipped) over {summary.items} ads to {out}")
+
+
 @app.command()
 def evaluate(
     logs_path: Path = typer.Option(..., "--logs", help="log to evaluate on: a v2 directory or a v1 .npz"),
@@ -201,11 +225,56 @@ def publish_policy(
     version: Optional[str] = typer.Option(None, help="version to announce (default: the artifact's)"),
     on_swap: str = typer.Option("keep", help="keep | reset segment posteriors"),
     kind: str = typer.Option("ads", help="ads | retention"),
+    gate: Optional[Path] = typer.Option(None, help="recent exported log: publish only if the paired lower "
+                                                   "bound of candidate - serving on it is above --margin"),
+    serving: Optional[Path] = typer.Option(None, help="with --gate: the serving artifact (default: the last "
+                                                      "published one, else METACART_POLICY__ARTIFACT)"),
+    margin: float = typer.Option(0.0, help="with --gate: required lower bound of candidate - serving "
+                                           "(negative = non-inferiority)"),
+    estimator: str = typer.Option("snips", help="with --gate: ips | snips | dm | dr | dr_os"),
+    gate_replay: bool = typer.Option(False, help="with --gate: evaluate both adapting by replay, not frozen"),
+    force: bool = typer.Option(False, help="with --gate: publish even if the gate refuses (and say so)"),
 ) -> None:
     """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again)."""
-    from streams.control import publish_policy_update
+    from streams.control import latest_policy_update, publish_policy_update
 
-    v = publish_policy_update(Settings(), artifact, version, on_swap, kind)
+    s = Settings()
+    record = None
+    if gate is not None:
+        from metacart.gate import gate_check
+        from policy.exceptions import PolicyError
+        from policy.ope.targets import ServingParams
+        from policy.artifact import PolicyArtifact
+        from streams.events import GateRecord
+
+        if kind != "ads":
+            raise typer.BadParameter("--gate evaluates ad policies only (retention logs have no export yet)")
+        if serving is None:
+            last = latest_policy_update(s, kind)
+            serving = Path(last.artifact_uri) if last is not None else s.policy.artifact
+        p = s.policy
+        try:
+            result = gate_check(gate, artifact, serving, margin=margin, estimator=estimator, replay=gate_replay,
+                                serving_params=ServingParams(eps=p.eps, n_draws=p.n_draws, forget=p.forget,
+                                                             scale=p.scale, seed=p.seed))
+            serving_version = PolicyArtifact.load(serving).version
+        except (PolicyError, FileNotFoundError, ValueError) as exc:
+            typer.echo(f"error: gate could not evaluate: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(result.line())
+        for w in result.warnings:
+            typer.echo(f"warning: {w}")
+        if not result.passed and not force:
+            typer.echo(f"refused: {artifact} not published (use --force to publish anyway)")
+            raise typer.Exit(1)
+        if not result.passed:
+            typer.echo("--force: publishing although the gate refused")
+        d = result.difference
+        record = GateRecord(decision="passed" if result.passed else "forced", estimator=estimator, margin=margin,
+                            difference=d["value"], lo=d["lo"], hi=d["hi"], candidate_value=result.candidate["value"],
+                            serving_value=result.serving["value"], serving_version=serving_version,
+                            ess=result.ess, log_rows=result.rows, log_uri=str(gate.resolve()))
+    v = publish_policy_update(s, artifact, version, on_swap, kind, gate=record)
     typer.echo(f"published {kind} policy {v} from {artifact}")
 
 
