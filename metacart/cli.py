@@ -233,6 +233,8 @@ def publish_policy(
                                            "(negative = non-inferiority)"),
     estimator: str = typer.Option("snips", help="with --gate: ips | snips | dm | dr | dr_os"),
     gate_replay: bool = typer.Option(False, help="with --gate: evaluate both adapting by replay, not frozen"),
+    min_ess: float = typer.Option(100.0, help="with --gate: refuse when either policy's effective sample "
+                                              "size on the log is below this"),
     force: bool = typer.Option(False, help="with --gate: publish even if the gate refuses (and say so)"),
 ) -> None:
     """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again)."""
@@ -255,6 +257,7 @@ def publish_policy(
         p = s.policy
         try:
             result = gate_check(gate, artifact, serving, margin=margin, estimator=estimator, replay=gate_replay,
+                                min_ess=min_ess,
                                 serving_params=ServingParams(eps=p.eps, n_draws=p.n_draws, forget=p.forget,
                                                              scale=p.scale, seed=p.seed))
             serving_version = PolicyArtifact.load(serving).version
