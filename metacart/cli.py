@@ -372,6 +372,19 @@ def bench_ope(
     run(quick=quick, out=out, seed=seed, n_logs=n_logs)
 
 
+@bench.command("logs")
+def bench_logs(
+    rows: int = typer.Option(10_000_000, help="simulated rows in the v2 log"),
+    path: Path = typer.Option(Path("var/bench-logs"), help="where the log is written (removed afterwards)"),
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    keep: bool = typer.Option(False, help="keep the log"),
+) -> None:
+    """Write, read and evaluate a large simulated v2 log: rows/s, bytes/row and peak RSS per phase."""
+    from metacart.bench.logscale import run
+
+    run(rows, path, out=out, keep=keep)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

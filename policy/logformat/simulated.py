@@ -47,10 +47,11 @@ def simulate_v2(
             k = req.candidates.shape[1]
             action = rng.integers(0, k, n)
             outcome = market.respond(req, action, rng)
-            new = np.unique(req.ad_ids)
-            for ad in new[[int(a) not in items for a in new]]:
-                r, c = np.argwhere(req.ad_ids == ad)[0]
-                items[int(ad)] = req.candidates[r, c]
+            ads, first = np.unique(req.ad_ids.reshape(-1), return_index=True)
+            flat = req.candidates.reshape(-1, req.candidates.shape[2])
+            for ad, j in zip(ads.tolist(), first.tolist()):
+                if ad not in items:
+                    items[ad] = flat[j]
             click = outcome.click.astype(np.float64)
             writer.write_many(
                 segment=names[seg], context=req.context, candidate_ids=req.ad_ids,
