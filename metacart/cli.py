@@ -179,7 +179,7 @@ def evaluate(
 @app.command()
 def train(
     out: Path = typer.Option(..., help="artifact directory to write"),
-    logs_path: Optional[Path] = typer.Option(None, "--logs", help="logged-bandit .npz to train on"),
+    logs_path: Optional[Path] = typer.Option(None, "--logs", help="logged-bandit .npz (v1) or v2 directory to train on"),
     simulate: bool = typer.Option(False, help="train on fresh simulator logs instead of --logs"),
     n_per_segment: int = typer.Option(1000, help="with --simulate: logged rows per training segment"),
     epochs: int = typer.Option(40),
@@ -199,6 +199,10 @@ def train(
 
         market = Market()
         data = simulate_logs(market, market.train_segments, n_per_segment, seed)
+    elif logs_path.is_dir():  # a v2 log (policy/logformat): read whole, the trainer holds it in memory
+        from policy.logformat.reader import LogReader
+
+        data = LogReader(logs_path).read_all()
     else:
         data = logs_path
     config = TrainConfig(epochs=epochs, max_seconds=max_seconds, device=device, seed=seed, version=version)
