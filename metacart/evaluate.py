@@ -39,18 +39,22 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     table = Table(title=f"off-policy estimates on {report['log']['path']} ({report['n_rows']:,} rows, "
                         f"reward {report['log']['reward']}); {report['interval']}")
-    for col in ("policy", "estimator", "value", "95 % lo", "95 % hi", "ESS", "top 1 % weight"):
+    boot = any("boot_lo" in x for ests in report["policies"].values() for x in ests.values())
+    cols = ("policy", "estimator", "value", "95 % lo", "95 % hi") + (("bootstrap 95 %",) if boot else ()) + (
+        "ESS", "top 1 % weight")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("policy", "estimator") else "right")
     for name, ests in report["policies"].items():
         d = report["diagnostics"][name]
         for j, e in enumerate(ESTIMATORS):
             x = ests[e]
             extra = (f"{d['ess']:,.0f}", f"{d['top1pct_weight_share']:.1%}") if j == 0 else ("", "")
+            b = (f"[{x['boot_lo']:.5f}, {x['boot_hi']:.5f}]" if x.get("boot_lo") is not None else "",) if boot else ()
             table.add_row(name if j == 0 else "", e + (f" ({x['detail']})" if x.get("detail") else ""),
-                          f"{x['value']:.5f}", f"{x['lo']:.5f}", f"{x['hi']:.5f}", *extra)
+                          f"{x['value']:.5f}", f"{x['lo']:.5f}", f"{x['hi']:.5f}", *b, *extra)
     lv = report["logging_policy_value"]
     table.add_row("logging policy", "on-policy mean", f"{lv['value']:.5f}", f"{lv['lo']:.5f}", f"{lv['hi']:.5f}",
-                  f"{lv['ess']:,.0f}", "")
+                  *(("",) if boot else ()), f"{lv['ess']:,.0f}", "")
     console.print(table)
     diff = Table(title="paired differences on the same rows, 95 % interval")
     for col in ("difference", "estimator", "value", "95 % lo", "95 % hi"):
