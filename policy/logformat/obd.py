@@ -23,11 +23,15 @@ log. Mapping into v2:
   ``"<campaign>/<item_id>"``;
 - ``action_id`` from ``item_id``; ``propensity`` from ``propensity_score``; reward ``click``; ``position``
   and ``timestamp`` are kept.
+
+The CSVs are streamed in blocks (two passes: the user-feature vocabulary, then the rows), so the full
+data set (about 26M rows) imports in bounded memory.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +70,49 @@ def _read(path: Path, needed: tuple[str, ...]) -> pa.Table:
     return table
 
 
+def _stream(path: Path, needed: tuple[str, ...], columns: list[str] | None = None,
+            block_bytes: int = 16 << 20) -> Iterator[pa.Table]:
+    """The CSV in blocks of about ``block_bytes`` (bounded memory whatever the file's size)."""
+    try:
+        header = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 16)).schema.names
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=block_bytes),
+                               convert_options=pcsv.ConvertOptions(include_columns=columns))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LogFormatError("file", f"{path} is not a readable CSV ({exc})") from None
+    for col in needed:
+        if col not in header:
+            raise LogFormatError(col, f"missing column in {path}")
+    try:
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
+    except pa.ArrowInvalid as exc:
+        raise LogFormatError("file", f"{path}: {exc}") from None
+
+
+def _codes(column: pa.ChunkedArray, vocab: list[str], name: str) -> np.ndarray:
+    """Index of every value in ``vocab`` (vectorised); an unknown or missing value names the column."""
+    codes = pc.index_in(column.cast(pa.string()), value_set=pa.array(vocab, type=pa.string()))
+    if codes.null_count:
+        raise LogFormatError(name, "has missing values")
+    return codes.to_numpy().astype(np.int64)
+
+
 def import_obd(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Import every campaign under ``root`` into the v2 log directory ``out``; returns ``out``."""
+    """Import every campaign under ``root`` into the v2 log directory ``out``; returns ``out``.
+
+    Two streaming passes over each campaign's CSV (the user-feature vocabulary, then the rows), so memory
+    stays bounded by the block size whatever the number of rows.
+    """
     campaigns = find_campaigns(root)
-    tables, item_tables = [], []
+    needed = ("timestamp", "item_id", "position", "click", "propensity_score") + USER_FEATURES
+    item_tables = [_read(d / "item_context.csv", ("item_id", "item_feature_0") + ITEM_CATEGORICAL)
+                   for d in campaigns]
+    values: dict[str, set[str]] = {f: set() for f in USER_FEATURES}
     for d in campaigns:
-        tables.append(_read(d / f"{d.name}.csv", ("timestamp", "item_id", "position", "click",
-                                                  "propensity_score") + USER_FEATURES))
-        item_tables.append(_read(d / "item_context.csv", ("item_id", "item_feature_0") + ITEM_CATEGORICAL))
-    vocab = {f: sorted(set().union(*(pc.unique(t.column(f).cast(pa.string())).to_pylist() for t in tables)))
-             for f in USER_FEATURES}
+        for block in _stream(d / f"{d.name}.csv", needed, columns=list(USER_FEATURES)):
+            for f in USER_FEATURES:
+                values[f].update(pc.unique(block.column(f).cast(pa.string())).to_pylist())
+    vocab = {f: sorted(v for v in values[f] if v is not None) for f in USER_FEATURES}
     n_items = [t.num_rows for t in item_tables]
     max_items = max(n_items)
 
@@ -86,14 +123,11 @@ def import_obd(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Pat
     da = 1 + sum(widths)
     ids, feats, keys = [], [], []
     for c, (d, t, v) in enumerate(zip(campaigns, item_tables, item_vocab)):
-        base = 1 + sum(widths[:c])
         f = np.zeros((t.num_rows, da), dtype=np.float32)
         f[:, 0] = t.column("item_feature_0").to_numpy()
-        col = base
+        col = 1 + sum(widths[:c])
         for name in ITEM_CATEGORICAL:
-            values = t.column(name).cast(pa.string()).to_pylist()
-            index = {s: j for j, s in enumerate(v[name])}
-            f[np.arange(t.num_rows), col + np.array([index[s] for s in values])] = 1.0
+            f[np.arange(t.num_rows), col + _codes(t.column(name), v[name], f"item_context.{name}")] = 1.0
             col += len(v[name])
         item_id = t.column("item_id").to_numpy().astype(np.int64)
         ids.append(c * ID_STRIDE + item_id)
@@ -103,31 +137,35 @@ def import_obd(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Pat
     dx = sum(len(vocab[f]) for f in USER_FEATURES) + max_items
     with LogWriter(out, source="Open Bandit Dataset (ZOZO Research, CC BY 4.0): "
                    + ", ".join(str(d) for d in campaigns)) as writer:
-        for c, (d, t) in enumerate(zip(campaigns, tables)):
-            n = t.num_rows
-            x = np.zeros((n, dx), dtype=np.float32)
-            col = 0
-            for name in USER_FEATURES:
-                index = {s: j for j, s in enumerate(vocab[name])}
-                x[np.arange(n), col + np.array([index[s] for s in t.column(name).cast(pa.string()).to_pylist()])] = 1.0
-                col += len(vocab[name])
-            for j in range(n_items[c]):
-                name = f"user-item_affinity_{j}"
-                if name in t.column_names:
-                    x[:, col + j] = t.column(name).to_numpy()
-            item_ids = ids[c]
-            shown = t.column("item_id").to_numpy().astype(np.int64)
-            if np.any((shown < 0) | (shown >= ID_STRIDE)) or not np.isin(c * ID_STRIDE + shown, item_ids).all():
-                raise LogFormatError("item_id", f"{d.name}.csv shows an item that item_context.csv lacks")
-            position = t.column("position").to_numpy().astype(np.int64)
+        for c, d in enumerate(campaigns):
             behaviour = d.parent.name or "obd"
-            seg = np.array([f"{behaviour}-{d.name}-pos{p}" for p in position])
-            ts = pc.cast(t.column("timestamp"), pa.timestamp("us", tz="UTC")).to_numpy().astype("datetime64[us]")
-            writer.write_many(
-                segment=seg, context=x, candidate_ids=np.tile(item_ids, (n, 1)),
-                action_id=c * ID_STRIDE + shown, propensity=t.column("propensity_score").to_numpy(),
-                rewards={"click": t.column("click").to_numpy().astype(np.float64)}, timestamp=ts,
-                extra={"position": position},
-            )
+            for t in _stream(d / f"{d.name}.csv", needed):
+                _write_block(writer, t, c, d, behaviour, vocab, dx, n_items[c], ids[c])
         writer.write_items(np.concatenate(ids), np.concatenate(feats), extra={"item_key": keys})
     return Path(out)
+
+
+def _write_block(writer: LogWriter, t: pa.Table, c: int, d: Path, behaviour: str, vocab: dict[str, list[str]],
+                 dx: int, n_items: int, item_ids: np.ndarray) -> None:
+    n = t.num_rows
+    x = np.zeros((n, dx), dtype=np.float32)
+    col = 0
+    for name in USER_FEATURES:
+        x[np.arange(n), col + _codes(t.column(name), vocab[name], name)] = 1.0
+        col += len(vocab[name])
+    for j in range(n_items):
+        name = f"user-item_affinity_{j}"
+        if name in t.column_names:
+            x[:, col + j] = t.column(name).to_numpy()
+    shown = t.column("item_id").to_numpy().astype(np.int64)
+    if np.any((shown < 0) | (shown >= ID_STRIDE)) or not np.isin(c * ID_STRIDE + shown, item_ids).all():
+        raise LogFormatError("item_id", f"{d.name}.csv shows an item that item_context.csv lacks")
+    position = t.column("position").to_numpy().astype(np.int64)
+    seg = np.char.add(f"{behaviour}-{d.name}-pos", position.astype(str))
+    ts = pc.cast(t.column("timestamp"), pa.timestamp("us", tz="UTC")).to_numpy().astype("datetime64[us]")
+    writer.write_many(
+        segment=seg, context=x, candidate_ids=np.tile(item_ids, (n, 1)),
+        action_id=c * ID_STRIDE + shown, propensity=t.column("propensity_score").to_numpy(),
+        rewards={"click": t.column("click").to_numpy().astype(np.float64)}, timestamp=ts,
+        extra={"position": position},
+    )

@@ -271,10 +271,11 @@ class LogReader:
 
     def read_all(self) -> LoggedData:
         """The whole log in memory (small logs only)."""
-        parts = list(self.chunks(rows=max(self.n_rows, 1)))
-        if len(parts) != 1:
+        columns = [c for c in self._file.schema_arrow.names if c in STANDARD or is_reward_column(c)]
+        table = self._file.read(columns=columns).combine_chunks()
+        if table.num_rows == 0:
             raise LogFormatError("file", "the log is empty")
-        return parts[0]
+        return self._to_logged(pa.concat_batches(table.to_batches()), 0)
 
     def column(self, name: str, rows: int = 65536) -> Iterator[np.ndarray]:
         """Stream one column (e.g. an extra column) as numpy arrays."""

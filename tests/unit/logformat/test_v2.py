@@ -140,3 +140,17 @@ def test_simulator_writes_v2_with_an_item_table_and_bytes_per_row(tmp_path):
     assert first.candidate_ids.min() >= 0 and set(first.segment_names) <= set(market.segment_names)
     # A row holds 8 context floats, 10 ids and a few scalars: bytes, not kilobytes.
     assert (path / "decisions.parquet").stat().st_size / 3000 < 200
+
+
+def test_read_all_spans_row_groups(tmp_path):
+    path = tmp_path / "log"
+    with LogWriter(path, row_group_rows=2) as w:
+        for seg in ("a", "b", "c"):
+            w.write_many(segment=[seg] * 3, context=np.ones((3, 1)), candidate_ids=np.tile(ITEMS[:2], (3, 1)),
+                         action_id=np.full(3, ITEMS[1]), propensity=np.full(3, 0.5), rewards={"click": np.ones(3)})
+        w.write_items(ITEMS, FEATS)
+    log = LogReader(path)
+    assert log._file.metadata.num_row_groups > 1
+    whole = log.read_all()
+    assert len(whole) == 9 and whole.segment_names == ("a", "b", "c")
+    assert sum(len(c) for c in log.chunks(rows=4)) == 9
