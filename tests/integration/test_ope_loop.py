@@ -36,12 +36,13 @@ def _updates(settings) -> list[dict]:
     return json_values(reader.seen)
 
 
-def test_export_evaluate_and_gate(settings, workers, tmp_path):
+def _serve_and_export(settings, workers, tmp_path, seed: int = 11):
+    """N requests through a real worker, simulator clicks on its choices, exported; returns (log, chosen, clicked)."""
     topics = topics_for(settings)
     decisions = Reader(settings.kafka, topics.ad_decisions.name)
     start_worker(workers, settings)
     m = market()
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(seed)
     reqs = m.sample_requests(rng.choice(m.heldout_segments[:6], N), rng)
     ids = [f"E-{i}" for i in range(N)]
     times = T0 + STEP_S * np.arange(N)
@@ -63,11 +64,16 @@ def test_export_evaluate_and_gate(settings, workers, tmp_path):
             request_payloads(m, late, np.array([times[-1] + 1000.0]), ["E-late"]))
     decisions.wait_for(lambda ms: any(json.loads(x.value())["request_id"] == "E-late" for x in ms), 60, "late")
 
+    log = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["logs", "export", "--out", str(log)], env=_env(settings))
+    assert result.exit_code == 0, result.output
+    return log, chosen, clicked, ids
+
+
+def test_export_evaluate_and_gate(settings, workers, tmp_path):
+    log, chosen, clicked, ids = _serve_and_export(settings, workers, tmp_path)
     runner = CliRunner()
     env = _env(settings)
-    log = tmp_path / "exported"
-    result = runner.invoke(app, ["logs", "export", "--out", str(log)], env=env)
-    assert result.exit_code == 0, result.output
     reader = LogReader(log)
     assert reader.n_rows == N  # the late request's window is still open: not exported
     data = reader.read_all()
@@ -112,3 +118,4 @@ def test_export_evaluate_and_gate(settings, workers, tmp_path):
     last = _updates(settings)[-1]
     assert last["version"] == "itest-worst" and last["gate"]["decision"] == "forced"
     assert last["gate"]["serving_version"] == "itest-v1b" and last["gate"]["hi"] < 0.0
+
