@@ -163,7 +163,7 @@ def evaluate(
     serving = ServingParams(eps=p.eps, n_draws=p.n_draws, forget=p.forget, scale=p.scale, seed=p.seed)
     try:
         report = run_evaluation(logs_path, policy, reward=reward, serving=serving, n_bootstrap=bootstrap,
-                                reference=reference, min_ess=min_ess)
+                                reference=reference, min_ess=min_ess, show_progress=True)
     except (PolicyError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from policy.logformat.reader import open_log
@@ -18,15 +19,19 @@ from policy.ope.targets import ServingParams, make_target
 
 def run_evaluation(logs: Path, specs: list[str], *, reward: str | None = None, serving: ServingParams = ServingParams(),
                    n_bootstrap: int = 0, chunk_rows: int | None = None, reference: str | None = None,
-                   min_ess: float = MIN_ESS, use_reward_model: bool = True) -> dict[str, Any]:
+                   min_ess: float = MIN_ESS, use_reward_model: bool = True,
+                   show_progress: bool = False) -> dict[str, Any]:
     """Evaluate the targets ``specs`` (see :mod:`policy.ope.targets`) on the log at ``logs``."""
     log = open_log(logs, reward=reward)
     first = next(iter(log.chunks(rows=chunk_rows)))
     targets = [make_target(s, first, serving) for s in specs]
     t0 = time.perf_counter()
-    report = evaluate_log(lambda: log.chunks(rows=chunk_rows), targets, n_rows=log.n_rows,
-                          use_reward_model=use_reward_model, n_bootstrap=n_bootstrap, seed=serving.seed,
-                          reference=reference, min_ess=min_ess)
+    with Progress(transient=True, disable=not show_progress) as bar:
+        task = bar.add_task("serving the targets on the logged rows", total=log.n_rows)
+        report = evaluate_log(lambda: log.chunks(rows=chunk_rows), targets, n_rows=log.n_rows,
+                              use_reward_model=use_reward_model, n_bootstrap=n_bootstrap, seed=serving.seed,
+                              reference=reference, min_ess=min_ess,
+                              progress=lambda rows: bar.update(task, completed=rows))
     report["log"] = {"path": str(logs), "rows": log.n_rows, "reward": log.reward,
                      "segments": len(log.segment_names), "max_k": log.max_k}
     report["targets"] = {t.name: {"spec": s, "adapting": t.adapt} for t, s in zip(targets, specs)}
