@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -59,28 +60,126 @@ def schema(out: Path = typer.Option(Path("schemas"), help="directory for one JSO
         typer.echo(f"wrote {out / f'{name}.schema.json'}")
 
 
-@app.command()
+logs_app = typer.Typer(help="Logged-bandit data: simulate, import, export (formats in policy/logs.py, "
+                             "policy/logformat).")
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.callback(invoke_without_command=True)
 def logs(
-    out: Path = typer.Option(..., help="output .npz in the documented logged-bandit layout"),
+    ctx: typer.Context,
+    out: Optional[Path] = typer.Option(None, help="output: an .npz file (v1) or, with --format v2, a directory"),
     n_per_segment: int = typer.Option(2000, help="logged decisions per training segment"),
     seed: int = typer.Option(0),
     value_weight: float = typer.Option(0.0, help="reward = click + value_weight * purchase value"),
+    fmt: str = typer.Option("npz", "--format", help="npz (v1) | v2 (Parquet + item table)"),
 ) -> None:
-    """Write simulator logs (uniform logging policy) for the training segments."""
-    from policy.logs import write_logs
-    from policy.simulator.datasets import simulate_logs
+    """Write simulator logs (uniform logging policy) for the training segments; or run a subcommand."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise typer.BadParameter("give --out PATH (or a subcommand: import-obd, export)")
     from policy.simulator.market import Market
 
     market = Market()
+    if fmt == "v2":
+        from policy.logformat.simulated import simulate_v2
+
+        n = n_per_segment * len(market.train_segments)
+        simulate_v2(market, market.train_segments, n, seed, out, value_weight=value_weight)
+        typer.echo(f"wrote {n} rows over {len(market.train_segments)} segments to {out} (v2)")
+        return
+    if fmt != "npz":
+        raise typer.BadParameter(f"--format must be npz or v2, got {fmt!r}")
+    from policy.logs import write_logs
+    from policy.simulator.datasets import simulate_logs
+
     data = simulate_logs(market, market.train_segments, n_per_segment, seed, value_weight=value_weight)
     write_logs(out, data)
     typer.echo(f"wrote {len(data.reward)} rows over {len(market.train_segments)} segments to {out}")
 
 
+@logs_app.command("import-obd")
+def logs_import_obd(
+    directory: Path = typer.Argument(..., help="an Open Bandit Dataset campaign directory, or a folder of them"),
+    out: Path = typer.Option(..., help="v2 log directory to write"),
+) -> None:
+    """Import the Open Bandit Dataset's CSV layout (ZOZO Research, CC BY 4.0) into log format v2."""
+    from policy.exceptions import LogFormatError
+    from policy.logformat.obd import import_obd
+    from policy.logformat.reader import LogReader
+
+    try:
+        import_obd(directory, out)
+    except (LogFormatError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    log = LogReader(out)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    typer.echo(f"wrote {log.n_rows} rows, {len(log.segment_names)} segments, up to {log.max_k} candidates, "
+               f"{size / log.n_rows:.1f} bytes/row to {out}")
+
+
+@logs_app.command("export")
+def logs_export(
+    out: Path = typer.Option(..., help="v2 log directory to write"),
+    since: Optional[datetime] = typer.Option(None, help="keep decisions whose request time is >= this (UTC)"),
+    until: Optional[datetime] = typer.Option(None, help="keep decisions whose request time is < this (UTC)"),
+    value_weight: float = typer.Option(0.0, help="reward = click + value_weight * purchase value"),
+) -> None:
+    """Join ad-decisions with their requests and feedback over the attribution window into log format v2."""
+    from streams.export import export_ads
+
+    def aware(t: Optional[datetime]) -> Optional[datetime]:
+        return None if t is None or t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+    try:
+        summary = export_ads(Settings(), out, since=aware(since), until=aware(until), value_weight=value_weight)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {summary.rows} decisions ({summary.clicks} clicked, {summary.purchases} purchases; "
+               f"{summary.open} still inside their window, {summary.no_request} without a request, "
+               f"{summary.duplicate_decisions} duplicates skipped) over {summary.items} ads to {out}")
+
+
+@app.command()
+def evaluate(
+    logs_path: Path = typer.Option(..., "--logs", help="log to evaluate on: a v2 directory or a v1 .npz"),
+    policy: list[str] = typer.Option(..., help="target: uniform | scratch_raw | ARTIFACT[@replay] | "
+                                              "pooled@ARTIFACT | scratch_phi@ARTIFACT, optionally NAME=SPEC; repeat"),
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    plot: Optional[Path] = typer.Option(None, help="PNG of the estimates with their intervals"),
+    reward: Optional[str] = typer.Option(None, help="reward column (default reward, else click)"),
+    bootstrap: int = typer.Option(0, help="Poisson-bootstrap replicates (0: asymptotic intervals only)"),
+    reference: Optional[str] = typer.Option(None, help="policy the paired differences are taken against"),
+    min_ess: float = typer.Option(100.0, help="warn when a policy's effective sample size is below this"),
+) -> None:
+    """Off-policy estimates (IPS, SNIPS, DM, DR, DR-os) of target policies on logged decisions."""
+    from metacart.evaluate import plot_report, print_report, run_evaluation, write_json
+    from policy.exceptions import PolicyError
+    from policy.ope.targets import ServingParams
+
+    p = Settings().policy
+    serving = ServingParams(eps=p.eps, n_draws=p.n_draws, forget=p.forget, scale=p.scale, seed=p.seed)
+    try:
+        report = run_evaluation(logs_path, policy, reward=reward, serving=serving, n_bootstrap=bootstrap,
+                                reference=reference, min_ess=min_ess, show_progress=True)
+    except (PolicyError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print_report(report)
+    if out is not None:
+        write_json(report, out)
+        typer.echo(f"wrote {out}")
+    if plot is not None:
+        plot_report(report, plot)
+        typer.echo(f"wrote {plot}")
+
+
 @app.command()
 def train(
     out: Path = typer.Option(..., help="artifact directory to write"),
-    logs_path: Optional[Path] = typer.Option(None, "--logs", help="logged-bandit .npz to train on"),
+    logs_path: Optional[Path] = typer.Option(None, "--logs", help="logged-bandit .npz (v1) or v2 directory to train on"),
     simulate: bool = typer.Option(False, help="train on fresh simulator logs instead of --logs"),
     n_per_segment: int = typer.Option(1000, help="with --simulate: logged rows per training segment"),
     epochs: Optional[int] = typer.Option(None, help="maximum epochs (TrainConfig.epochs)"),
@@ -103,6 +202,7 @@ def train(
     so, writes nothing and exits 1, unless --allow-no-gain.
     """
     from policy.train import train as train_policy
+    from policy.exceptions import LogFormatError
     from policy.train_config import TrainingError, config_from_file, config_from_mapping
 
     if (logs_path is None) == (not simulate):
@@ -123,6 +223,10 @@ def train(
 
             market = Market()
             data = simulate_logs(market, market.train_segments, n_per_segment, config.seed)
+        elif logs_path.is_dir():  # a v2 log (policy/logformat): read whole, the trainer holds it in memory
+            from policy.logformat.reader import LogReader
+
+            data = LogReader(logs_path).read_all()
         else:
             data = logs_path
 
@@ -131,7 +235,7 @@ def train(
                        f"held-out nll {p['heldout_nll']:.4f}  {p['elapsed_s']:.1f}s")
 
         artifact = train_policy(data, config, progress=progress)
-    except (TrainingError, FileNotFoundError) as exc:
+    except (TrainingError, LogFormatError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     report = artifact.meta.report
@@ -165,11 +269,59 @@ def publish_policy(
     version: Optional[str] = typer.Option(None, help="version to announce (default: the artifact's)"),
     on_swap: str = typer.Option("keep", help="keep | reset segment posteriors"),
     kind: str = typer.Option("ads", help="ads | retention"),
+    gate: Optional[Path] = typer.Option(None, help="recent exported log: publish only if the paired lower "
+                                                   "bound of candidate - serving on it is above --margin"),
+    serving: Optional[Path] = typer.Option(None, help="with --gate: the serving artifact (default: the last "
+                                                      "published one, else METACART_POLICY__ARTIFACT)"),
+    margin: float = typer.Option(0.0, help="with --gate: required lower bound of candidate - serving "
+                                           "(negative = non-inferiority)"),
+    estimator: str = typer.Option("snips", help="with --gate: ips | snips | dm | dr | dr_os"),
+    gate_replay: bool = typer.Option(False, help="with --gate: evaluate both adapting by replay, not frozen"),
+    min_ess: float = typer.Option(100.0, help="with --gate: refuse when either policy's effective sample "
+                                              "size on the log is below this"),
+    force: bool = typer.Option(False, help="with --gate: publish even if the gate refuses (and say so)"),
 ) -> None:
     """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again)."""
-    from streams.control import publish_policy_update
+    from streams.control import latest_policy_update, publish_policy_update
 
-    v = publish_policy_update(Settings(), artifact, version, on_swap, kind)
+    s = Settings()
+    record = None
+    if gate is not None:
+        from metacart.gate import gate_check
+        from policy.exceptions import PolicyError
+        from policy.ope.targets import ServingParams
+        from policy.artifact import PolicyArtifact
+        from streams.events import GateRecord
+
+        if kind != "ads":
+            raise typer.BadParameter("--gate evaluates ad policies only (retention logs have no export yet)")
+        if serving is None:
+            last = latest_policy_update(s, kind)
+            serving = Path(last.artifact_uri) if last is not None else s.policy.artifact
+        p = s.policy
+        try:
+            result = gate_check(gate, artifact, serving, margin=margin, estimator=estimator, replay=gate_replay,
+                                min_ess=min_ess,
+                                serving_params=ServingParams(eps=p.eps, n_draws=p.n_draws, forget=p.forget,
+                                                             scale=p.scale, seed=p.seed))
+            serving_version = PolicyArtifact.load(serving).version
+        except (PolicyError, FileNotFoundError, ValueError) as exc:
+            typer.echo(f"error: gate could not evaluate: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(result.line())
+        for w in result.warnings:
+            typer.echo(f"warning: {w}")
+        if not result.passed and not force:
+            typer.echo(f"refused: {artifact} not published (use --force to publish anyway)")
+            raise typer.Exit(1)
+        if not result.passed:
+            typer.echo("--force: publishing although the gate refused")
+        d = result.difference
+        record = GateRecord(decision="passed" if result.passed else "forced", estimator=estimator, margin=margin,
+                            difference=d["value"], lo=d["lo"], hi=d["hi"], candidate_value=result.candidate["value"],
+                            serving_value=result.serving["value"], serving_version=serving_version,
+                            ess=result.ess, log_rows=result.rows, log_uri=str(gate.resolve()))
+    v = publish_policy_update(s, artifact, version, on_swap, kind, gate=record)
     typer.echo(f"published {kind} policy {v} from {artifact}")
 
 
@@ -262,6 +414,32 @@ def bench_retention(
     from metacart.bench.retention import run
 
     run(quick=quick, out=out, seed=seed)
+
+
+@bench.command("ope")
+def bench_ope(
+    quick: bool = typer.Option(False, help="30 logs of 1,000 rows instead of 200 of 2,000"),
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    seed: int = typer.Option(0),
+    n_logs: Optional[int] = typer.Option(None, help="logs per logging policy (overrides the preset)"),
+) -> None:
+    """Coverage, bias and RMSE of every off-policy estimator on simulator logs with known true values."""
+    from metacart.bench.ope import run
+
+    run(quick=quick, out=out, seed=seed, n_logs=n_logs)
+
+
+@bench.command("logs")
+def bench_logs(
+    rows: int = typer.Option(10_000_000, help="simulated rows in the v2 log"),
+    path: Path = typer.Option(Path("var/bench-logs"), help="where the log is written (removed afterwards)"),
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    keep: bool = typer.Option(False, help="keep the log"),
+) -> None:
+    """Write, read and evaluate a large simulated v2 log: rows/s, bytes/row and peak RSS per phase."""
+    from metacart.bench.logscale import run
+
+    run(rows, path, out=out, keep=keep)
 
 
 def main() -> None:  # pragma: no cover

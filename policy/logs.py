@@ -1,5 +1,8 @@
 """The logged-bandit data layout: what the trainer reads, and what users bring from their own systems.
 
+This is layout v1 (one ``.npz``, every candidate's features on every row). Large or real logs use log
+format v2 (Parquet decisions + an item table, read in chunks as ``LoggedData``): see :mod:`policy.logformat`.
+
 A log is one ``.npz`` file (``numpy.savez``) holding these arrays; N rows (one per logged decision),
 S segments, K candidates per decision, dx context and da candidate features:
 

@@ -188,6 +188,12 @@ def gate_report(artifact: PolicyArtifact, initial: PolicyArtifact, data: ClickDa
         "gain_ci": {},
     }
     learned, lines = True, []
+    if heldout_segs.size < 2:
+        report["learned"] = False
+        report["summary"] = [f"cannot tell: {heldout_segs.size} held-out segment (an interval needs at least 2; "
+                             f"give the logs more segments or raise heldout_fraction)"]
+        report["gain_ci"] = {name: None for name in names[1:]}
+        return report
     for name in names[1:]:
         lo, hi = _paired(per_seg[name] - per_seg["ours"], config.gate_z)
         report["gain_ci"][name] = [lo, hi]

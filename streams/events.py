@@ -166,14 +166,35 @@ class RetentionOutcome(EventModel):
 # --- control and errors --------------------------------------------------------------------------
 
 
+class GateRecord(EventModel):
+    """Why a gated publish went out: the off-policy estimate of candidate − serving on a recent log."""
+
+    decision: Literal["passed", "forced"]
+    estimator: Annotated[str, Field(max_length=16)]
+    margin: float
+    difference: float
+    lo: float
+    hi: float
+    candidate_value: float
+    serving_value: float
+    serving_version: Annotated[str, Field(max_length=64)]
+    ess: float = Field(ge=0.0)
+    log_rows: int = Field(ge=0)
+    log_uri: Annotated[str, Field(max_length=1024)]
+
+
 class PolicyUpdate(EventModel):
-    """Tells every worker to load another policy artifact (rollback = publish the old version)."""
+    """Tells every worker to load another policy artifact (rollback = publish the old version).
+
+    ``gate`` records the off-policy check a gated publish passed (or was forced past); None when ungated.
+    """
 
     kind: Literal["ads", "retention"] = "ads"
     version: Annotated[str, Field(min_length=1, max_length=64)]
     artifact_uri: Annotated[str, Field(min_length=1, max_length=1024)]
     on_swap: Literal["keep", "reset"] = "keep"
     event_time: AwareDatetime
+    gate: GateRecord | None = None
 
 
 class DeadLetter(EventModel):
