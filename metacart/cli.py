@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import BaseModel
 
 from streams.settings import Settings
 
@@ -27,19 +26,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @app.command()
-def settings() -> None:
-    """Print the effective settings and the environment variable behind each."""
-    s = Settings()
+def settings(show_secrets: bool = typer.Option(
+        False, help="print secrets too (otherwise a comment says which are set)")) -> None:
+    """Print the effective settings as environment variables; the output can be fed back as an env file."""
+    from streams.settings import settings_items
 
-    def walk(prefix: str, model: object) -> None:
-        for name, value in model:  # type: ignore[attr-defined]
-            env = f"{prefix}{name.upper()}"
-            if isinstance(value, BaseModel):
-                walk(env + "__", value)
-            else:
-                typer.echo(f"{env}={value}")
-
-    walk("METACART_", s)
+    for env, value, hidden in settings_items(Settings(), show_secrets=show_secrets):
+        if hidden:
+            typer.echo(f"# {env} is set (hidden; --show-secrets prints it)")
+        elif value is None:
+            typer.echo(f"# {env} is unset")
+        else:
+            typer.echo(f"{env}={value}")
 
 
 @app.command()

@@ -113,7 +113,8 @@ def _ensure_changelogs(app: faust.App, settings: Settings) -> None:
     specs = [TopicSpec(table.changelog_topic.get_topic_name(), "table key", table.partitions or
                        settings.kafka.segment_partitions, bytes, f"changelog of table {name}")
              for name, table in app.tables.items()]
-    ensure_topics(settings.kafka, specs, compacted=True)
+    specs.append(TopicSpec(f"{app.conf.id}-__assignor-__leader", "none", 1, bytes, "Faust leader election"))
+    ensure_topics(settings.kafka, specs, compacted=True, create=True)
 
 
 def tune_gc() -> None:
