@@ -113,9 +113,14 @@ def train(
 @app.command()
 def worker() -> None:
     """Run a worker (Faust) until interrupted. Configure with METACART_* variables."""
+    from streams.exceptions import BrokerRefused, BrokerUnavailable
     from streams.worker import run
 
-    run(Settings())
+    try:
+        run(Settings())
+    except (BrokerRefused, BrokerUnavailable) as exc:
+        typer.echo(f"metacart worker: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("publish-policy")

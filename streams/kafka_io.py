@@ -6,6 +6,7 @@ key on the same partition, so producers here use ``murmur2_random`` (Kafka's Jav
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -50,7 +51,7 @@ def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
     credentials or the TLS handshake fails; ``BrokerUnavailable`` when nothing answers.
     """
     errors: list[KafkaError] = []
-    admin = AdminClient(client_config(kafka) | {"error_cb": errors.append})
+    admin = AdminClient(client_config(kafka) | {"error_cb": errors.append, "logger": _QUIET})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -60,6 +61,7 @@ def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
         except KafkaException as exc:
             last = exc
             errors.append(exc.args[0])
+        admin.poll(0)  # serves error_cb
         for err in errors:
             refusal = refusal_of(kafka, err)
             if refusal is not None:
@@ -68,6 +70,12 @@ def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
     raise BrokerUnavailable(
         f"no Kafka broker answered at {kafka.bootstrap} within {timeout_s:.0f}s "
         f"(start one with `deploy/kafka/broker.sh start`): {last or (errors[-1].str() if errors else '')}")
+
+
+# librdkafka logs every failed connection attempt (about every 50 ms); wait_for_broker reports once.
+_QUIET = logging.getLogger("metacart.librdkafka.probe")
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
 
 
 def refusal_of(kafka: KafkaSettings, err: KafkaError) -> str | None:

@@ -130,11 +130,13 @@ def json_values(msgs: list) -> list[dict]:
 
 
 def produce(kafka: KafkaSettings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-    producer = make_producer(kafka)
+    failed: list = []
+    producer = make_producer(kafka, on_delivery=lambda err, msg: err is not None and failed.append(err))
     for key, value in items:
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
     assert producer.flush(30) == 0, "not every message was delivered"
+    assert not failed, f"{len(failed)} messages failed: {failed[0]}"
 
 
 __all__ = ["Reader", "WorkerProcess", "consume", "json_values", "produce", "start_worker"]
