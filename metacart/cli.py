@@ -113,12 +113,12 @@ def train(
 @app.command()
 def worker() -> None:
     """Run a worker (Faust) until interrupted. Configure with METACART_* variables."""
-    from streams.exceptions import BrokerRefused, BrokerUnavailable
+    from streams.exceptions import StreamsError
     from streams.worker import run
 
     try:
         run(Settings())
-    except (BrokerRefused, BrokerUnavailable) as exc:
+    except StreamsError as exc:
         typer.echo(f"metacart worker: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -24,6 +24,7 @@ from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.kafka_io import client_config, ensure_topics, make_producer, tail_consumer, wait_for_broker
 from streams.live import request_payloads
+from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 from streams.topics import TopicSpec
 
@@ -153,7 +154,8 @@ def run(settings: Settings, out: Path | None = None, n: int = 30000, load_rate: 
     console = Console()
     wait_for_broker(settings.kafka)
     tag = uuid.uuid4().hex[:8]
-    s = settings.model_copy(deep=True)
+    s = with_run_key(settings)  # a random pseudonym key unless one is configured
+    s = s.model_copy(deep=True)
     s.kafka.topic_prefix = f"bench-{tag}"
     s.worker_id = f"bench-{tag}"
     s.store.data_dir = Path("var") / f"bench-{tag}"

@@ -7,6 +7,7 @@ afterwards). Nothing here skips: without a broker these tests fail.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
 import uuid
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from metacart.processes import WorkerProcess
 
@@ -69,6 +71,7 @@ def settings(broker: KafkaSettings, artifact_dir: Path, tmp_path: Path) -> Setti
         worker_id=f"w{tag}",
         stats_interval_s=0.5,
     )
+    s.privacy.pseudonym_key = SecretStr(secrets.token_hex(32))
     s.store.data_dir = tmp_path / "worker-a"
     s.policy.artifact = artifact_dir
     s.ads.batch_within_s = 0.01

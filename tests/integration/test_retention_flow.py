@@ -18,6 +18,7 @@ import pytest
 
 from policy.retention.budget import to_micro_down, to_micro_up
 from streams.app import topics_for
+from streams.pseudonyms import pseudonyms_for
 from streams.retention_state import partition_budget_config
 
 from .conftest import Reader, json_values, produce, start_worker
@@ -56,6 +57,14 @@ def _outcome(action: dict, day: float, retained: bool, value: float) -> tuple[by
     body = {"schema_version": 1, "decision_id": action["decision_id"], "user_id": action["user_id"],
             "segment": action["segment"], "retained": retained, "value": value, "event_time": _iso(day)}
     return action["user_id"].encode(), json.dumps(body).encode()
+
+
+def _shop_view(actions: list[dict], settings) -> list[dict]:
+    """Actions as the shop reads them: it holds the key, so it maps each pseudonym back to its user."""
+    pseudonyms = pseudonyms_for(settings)
+    users = {pseudonyms.of(u): u for u in USERS}
+    assert all(a["user_id"] in users for a in actions), "an action names something else than a pseudonym"
+    return [dict(a, user_id=users[a["user_id"]]) for a in actions]
 
 
 def _caps_hold(msgs: list, settings) -> dict:
@@ -103,7 +112,7 @@ def test_sessions_actions_outcomes_updates_dead_letters_and_caps(settings, worke
     worker = start_worker(workers, s)
     try:
         actions.wait_for(lambda ms: len(ms) >= len(USERS), 90, "one action per user at the day-7 review")
-        first = json_values(actions.seen)
+        first = _shop_view(json_values(actions.seen), s)
         assert sorted(a["user_id"] for a in first) == sorted(USERS)
         for a in first:
             assert _day(a["decided_at"]) == 7.0
