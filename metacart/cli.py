@@ -123,6 +123,20 @@ def worker() -> None:
         raise typer.Exit(2) from None
 
 
+@app.command()
+def forget(user: str = typer.Option(..., help="the user id, as the shop knows it (not the pseudonym)")) -> None:
+    """Erase one user's per-user state (retention row, open actions, contact history) in every worker."""
+    from pydantic import ValidationError
+
+    from streams.erasure import request_erasure
+
+    try:
+        request = request_erasure(Settings(), user)
+    except ValidationError:
+        raise typer.BadParameter(f"{user!r} is not a valid user id", param_hint="--user") from None
+    typer.echo(f"erasure {request.request_id} of user {user} sent; workers delete its state as they read it")
+
+
 @app.command("publish-policy")
 def publish_policy(
     artifact: Path = typer.Option(..., help="artifact directory every worker can read"),

@@ -102,6 +102,9 @@ class Outputs:
     """What one batch produced: (key, value) pairs for each output topic."""
 
     actions: list[tuple[bytes, bytes]] = field(default_factory=list)
+    action_partitions: list[int] = field(default_factory=list)
+    """The user's partition of each action: actions stay co-partitioned with the user's input (whose key,
+    the raw id, the pseudonymised action key no longer hashes like)."""
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
@@ -405,6 +408,7 @@ class RetentionEngine:
                                        rule=dec.reason[k][:64]),
                 decided_at=decided_at)
             out.actions.append((us[k].encode(), action.model_dump_json().encode()))
+            out.action_partitions.append(partition)
             self.counters["retention_actions"] += 1
             self.counters[f"retention_actions_{TREATMENTS[a]}"] += 1
         part.dirty = True

@@ -112,8 +112,8 @@ def install(app: faust.App, settings: Settings, topics: Topics,
             out = engine.process_many(batch)
             if out.actions:
                 await app.producer.flush()  # the state behind these actions is in the changelogs first
-            for key, value in out.actions:
-                output.produce(topics.retention_actions.name, key=key, value=value)
+            for (key, value), partition in zip(out.actions, out.action_partitions):
+                output.produce(topics.retention_actions.name, key=key, value=value, partition=partition)
             for key, value in out.dead_letters:
                 output.produce(topics.dead_letters.name, key=key, value=value)
             if out.actions or out.dead_letters:

@@ -61,6 +61,14 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def retention_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A retention artifact built by the real build function, time-boxed for the test."""
+    from policy.retention.train import build_artifacts
+
+    return build_artifacts(tmp_path_factory.mktemp("retention") / "art", max_seconds=6.0, seed=0)
+
+
 @pytest.fixture
 def settings(broker: KafkaSettings, artifact_dir: Path, tmp_path: Path) -> Settings:
     """Settings with a unique topic prefix and consumer group, so tests never see each other's data."""

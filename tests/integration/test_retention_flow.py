@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
@@ -28,14 +27,6 @@ DAY = 86400.0
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 USERS = [f"user{i}" for i in range(24)]
 SEGMENTS = ("m00-c01", "m01-c02")
-
-
-@pytest.fixture(scope="session")
-def retention_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A retention artifact built by the real build function, time-boxed for the test."""
-    from policy.retention.train import build_artifacts
-
-    return build_artifacts(tmp_path_factory.mktemp("retention") / "art", max_seconds=6.0, seed=0)
 
 
 def _iso(day: float) -> str:
