@@ -112,6 +112,7 @@ random_secret() { head -c24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'; 
 make_tls() {
   # A throw-away CA and a broker certificate for 127.0.0.1/localhost signed by it, as a PKCS12 keystore.
   local d="$home/tls"
+  command -v openssl >/dev/null || { log "openssl is required for METACART_BROKER_SECURE=1"; exit 1; }
   mkdir -p "$d" && chmod 700 "$d"
   random_secret > "$d/keystore.password"
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=metacart test CA" \
