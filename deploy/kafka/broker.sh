@@ -110,7 +110,8 @@ start() {
 random_secret() { head -c24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'; }
 
 make_tls() {
-  # A throw-away CA and a broker certificate for 127.0.0.1/localhost signed by it, as a PKCS12 keystore.
+  # A throw-away CA and a broker certificate for 127.0.0.1 only (so that "localhost" does not match:
+  # the host name check is testable), signed by it, as a PKCS12 keystore.
   local d="$home/tls"
   command -v openssl >/dev/null || { log "openssl is required for METACART_BROKER_SECURE=1"; exit 1; }
   mkdir -p "$d" && chmod 700 "$d"
@@ -119,7 +120,7 @@ make_tls() {
       -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
       -keyout "$d/broker.key" -out "$d/broker.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' > "$d/ext.cnf"
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > "$d/ext.cnf"
   openssl x509 -req -in "$d/broker.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
       -extfile "$d/ext.cnf" -out "$d/broker.pem" 2>/dev/null
   openssl pkcs12 -export -in "$d/broker.pem" -inkey "$d/broker.key" -certfile "$d/ca.pem" -name broker \

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError
 
 from streams.acls import apply_acls, producer_acls, worker_acls
 from streams.app import topics_for
+from streams.exceptions import BrokerRefused
 from streams.kafka_io import ensure_topics, make_producer, wait_for_broker
 from streams.settings import KafkaSettings, Settings, settings_env
 
@@ -146,3 +147,14 @@ def test_misconfigured_worker_fails_fast_with_one_line(secured, secure_settings,
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith("metacart worker: ") and expected in lines[0], lines
     assert elapsed < 20, f"took {elapsed:.1f}s"
+
+
+def test_host_name_is_verified_unless_turned_off(secured):
+    """The broker certificate names 127.0.0.1 only: reached as ``localhost`` it does not match."""
+    port = secured.bootstrap.rsplit(":", 1)[1]
+    by_name = secured.kafka("admin", bootstrap=f"localhost:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(BrokerRefused, match="TLS handshake with Kafka at localhost"):
+        wait_for_broker(by_name, timeout_s=20)
+    assert time.monotonic() - t0 < 10
+    wait_for_broker(by_name.model_copy(update={"ssl_check_hostname": False}), timeout_s=20)
