@@ -9,8 +9,9 @@ class BrokerUnavailable(StreamsError):
     """No Kafka broker answered in time."""
 
 
-class BrokerRefused(StreamsError):
-    """The broker answered but refused this client: authentication, TLS trust or an ACL."""
+class BrokerRefused(BrokerUnavailable):
+    """The broker answered but refused this client: authentication, TLS trust or an ACL (for callers that
+    only ask whether the broker can be used, a kind of ``BrokerUnavailable``)."""
 
 
 class PolicyRefused(StreamsError):
