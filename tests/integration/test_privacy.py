@@ -183,8 +183,7 @@ def test_forget_erases_a_user_and_a_restored_worker_does_not_bring_them_back(set
     topics = topics_for(s)
     pseudonyms = pseudonyms_for(s)
     users = RAW[:6]
-    target, gone = users[0], pseudonyms.of(users[0])
-    kept = [pseudonyms.of(u) for u in users[1:]]
+    back = {pseudonyms.of(u): u for u in users}
     produce(s.kafka, topics.sessions.name, [_session(u, 0.2 + 0.1 * i) for i, u in enumerate(users)]
             + [_session(u, 7.5) for u in users])
     stats = Reader(s.kafka, topics.worker_stats.name)
@@ -192,8 +191,11 @@ def test_forget_erases_a_user_and_a_restored_worker_does_not_bring_them_back(set
     first = start_worker(workers, s, "first")
     try:
         actions.wait_for(lambda ms: len(ms) >= len(users), 90, "the day-7 review")
-        assert any(a["user_id"] == gone and a["action"] != "none" for a in json_values(actions.seen)), \
-            "the target was not contacted: nothing to erase from the contact history"
+        contacted = [a["user_id"] for a in json_values(actions.seen) if a["action"] != "none"]
+        assert contacted, "nobody was contacted: no contact history to erase"
+        gone = contacted[0]  # a contacted user: a row, an open action and a contact history
+        target = back[gone]
+        kept = [p for p in back if p != gone]
         cli = subprocess.run([sys.executable, "-m", "metacart.cli", "forget", "--user", target],
                              env=settings_env(s, dict(os.environ)), cwd=REPO, capture_output=True, text=True,
                              timeout=60)
@@ -209,7 +211,7 @@ def test_forget_erases_a_user_and_a_restored_worker_does_not_bring_them_back(set
     s.store.data_dir = s.store.data_dir.parent / "worker-restored"
     second = WorkerProcess(s, s.store.data_dir.parent / "worker-restored.log").start()
     workers.append(second)
-    produce(s.kafka, topics.sessions.name, [_session(users[1], 7.7)])  # processed only after recovery
+    produce(s.kafka, topics.sessions.name, [_session(back[kept[0]], 7.7)])  # processed after recovery
     try:
         stats.wait_for(lambda ms: any(st["worker"].endswith(f":{second.pid}")
                                       and st["counters"].get("retention_sessions", 0) >= 1
