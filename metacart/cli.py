@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import BaseModel
 
 from streams.settings import Settings
 
@@ -28,19 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @app.command()
-def settings() -> None:
-    """Print the effective settings and the environment variable behind each."""
-    s = Settings()
+def settings(show_secrets: bool = typer.Option(
+        False, help="print secrets too (otherwise a comment says which are set)")) -> None:
+    """Print the effective settings as environment variables; the output can be fed back as an env file."""
+    from streams.settings import settings_items
 
-    def walk(prefix: str, model: object) -> None:
-        for name, value in model:  # type: ignore[attr-defined]
-            env = f"{prefix}{name.upper()}"
-            if isinstance(value, BaseModel):
-                walk(env + "__", value)
-            else:
-                typer.echo(f"{env}={value}")
-
-    walk("METACART_", s)
+    for env, value, hidden in settings_items(Settings(), show_secrets=show_secrets):
+        if hidden:
+            typer.echo(f"# {env} is set (hidden; --show-secrets prints it)")
+        elif value is None:
+            typer.echo(f"# {env} is unset")
+        else:
+            typer.echo(f"{env}={value}")
 
 
 @app.command()
@@ -258,9 +256,28 @@ def train(
 @app.command()
 def worker() -> None:
     """Run a worker (Faust) until interrupted. Configure with METACART_* variables."""
+    from streams.exceptions import StreamsError
     from streams.worker import run
 
-    run(Settings())
+    try:
+        run(Settings())
+    except StreamsError as exc:
+        typer.echo(f"metacart worker: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def forget(user: str = typer.Option(..., help="the user id, as the shop knows it (not the pseudonym)")) -> None:
+    """Erase one user's per-user state (retention row, open actions, contact history) in every worker."""
+    from pydantic import ValidationError
+
+    from streams.erasure import request_erasure
+
+    try:
+        request = request_erasure(Settings(), user)
+    except ValidationError:
+        raise typer.BadParameter(f"{user!r} is not a valid user id", param_hint="--user") from None
+    typer.echo(f"erasure {request.request_id} of user {user} sent; workers delete its state as they read it")
 
 
 @app.command("publish-policy")

@@ -23,6 +23,7 @@ from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_consumer, wait_for_broker
 from streams.live import LiveConfig, LiveStats, run_live
 from streams.live_retention import LiveRetentionConfig, LiveRetentionStats, aligned_settings, run_live_retention
+from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 
 
@@ -162,7 +163,8 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
     out_dir.mkdir(parents=True, exist_ok=True)
     wait_for_broker(settings.kafka)
     tag = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-    s = settings.model_copy(deep=True)
+    s = with_run_key(settings)  # a random pseudonym key unless one is configured
+    s = s.model_copy(deep=True)
     s.kafka.topic_prefix = f"demo-{tag}"
     s.worker_id = f"demo-{tag}"
     s.store.data_dir = Path("var") / f"demo-{tag}"

@@ -36,6 +36,7 @@ from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_state import Pending
 from streams.pending import BookStore, PendingBook
 from streams.edge import Decoder, Source, dead_letter
+from streams.pseudonyms import Pseudonyms
 from streams.events import (AdDecision, AdRequest, Click, DeadLetter, Explanation, Impression,
                             Purchase)
 from streams.settings import AdsSettings, StoreSettings
@@ -109,8 +110,9 @@ class AdsEngine:
     """Decides ads and learns from delayed feedback; see the module docstring for the flow."""
 
     def __init__(self, adapter: Adapter, store: StateStore, topics: Topics, ads: AdsSettings,
-                 storage: StoreSettings) -> None:
+                 storage: StoreSettings, pseudonyms: Pseudonyms | None = None) -> None:
         self.adapter = adapter
+        self.pseudonyms = pseudonyms
         self.store = store
         self.topics = topics
         self.settings = ads
@@ -142,6 +144,8 @@ class AdsEngine:
                 if isinstance(event, DeadLetter):
                     self._dead(out, event)
                     continue
+                if self.pseudonyms is not None:
+                    event = self.pseudonyms.event_one(event)
                 self._advance(msg.partition, _epoch(event.event_time))
                 requests.append((event, msg))
             else:
@@ -333,6 +337,8 @@ class AdsEngine:
         return len(self.book)
 
     def _dead(self, out: Outputs, letter: DeadLetter) -> None:
+        if self.pseudonyms is not None:
+            letter = self.pseudonyms.letter_one(letter)
         self.counters[f"dead_letters_{letter.error_type}"] += 1
         self.counters["dead_letters"] += 1
         out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import faust
 
+from streams.connection import faust_options
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -30,8 +31,8 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=kafka.segment_partitions,
-        topic_replication_factor=1,
-        topic_allow_declare=True,
+        topic_replication_factor=kafka.replication_factor,
+        topic_allow_declare=kafka.declare_topics,
         consumer_auto_offset_reset="earliest",
         web_enabled=settings.web_port > 0,
         web_port=max(settings.web_port, 1),
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=kafka.session_timeout_s,
         broker_heartbeat_interval=kafka.heartbeat_interval_s,
         logging_config=None,
+        **faust_options(kafka),
     )
     # Faust pauses the consumer whenever more than ``max_messages`` table changes wait for the
     # changelog (100 by default, a class attribute). One state flush writes about that many at once

@@ -163,6 +163,14 @@ class RetentionOutcome(EventModel):
     event_time: AwareDatetime
 
 
+class ErasureRequest(EventModel):
+    """Forget one user (``metacart forget``); keyed by ``user_id`` like the user's sessions."""
+
+    request_id: Id
+    user_id: Id
+    requested_at: AwareDatetime
+
+
 # --- control and errors --------------------------------------------------------------------------
 
 
@@ -234,6 +242,7 @@ ALL_MODELS: dict[str, type[BaseModel]] = {
         SessionEvent,
         RetentionAction,
         RetentionOutcome,
+        ErasureRequest,
         PolicyUpdate,
         DeadLetter,
         WorkerStats,

@@ -9,5 +9,10 @@ class BrokerUnavailable(StreamsError):
     """No Kafka broker answered in time."""
 
 
+class BrokerRefused(BrokerUnavailable):
+    """The broker answered but refused this client: authentication, TLS trust or an ACL (for callers that
+    only ask whether the broker can be used, a kind of ``BrokerUnavailable``)."""
+
+
 class PolicyRefused(StreamsError):
     """A policy-update pointed at an artifact that failed validation; the old policy keeps serving."""

@@ -6,6 +6,7 @@ key on the same partition, so producers here use ``murmur2_random`` (Kafka's Jav
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -13,22 +14,15 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.exceptions import BrokerUnavailable
+from streams.connection import librdkafka_config
+from streams.exceptions import BrokerRefused, BrokerUnavailable
 from streams.settings import KafkaSettings
 from streams.topics import TopicSpec
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, object]:
-    """Connection settings common to every client."""
-    config: dict[str, object] = {"bootstrap.servers": kafka.bootstrap}
-    if kafka.sasl_username:
-        config.update({
-            "security.protocol": "SASL_PLAINTEXT",
-            "sasl.mechanism": "PLAIN",
-            "sasl.username": kafka.sasl_username,
-            "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else "",
-        })
-    return config
+    """Connection settings common to every client (see ``streams.connection``)."""
+    return librdkafka_config(kafka)
 
 
 def make_producer(kafka: KafkaSettings, **overrides: object) -> Producer:
@@ -51,41 +45,92 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> C
 
 
 def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
-    """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``."""
-    admin = AdminClient(client_config(kafka))
+    """Block until the cluster answers a metadata request, or raise.
+
+    ``BrokerRefused`` (at the first sign, not after ``timeout_s``) when the broker rejects the SASL
+    credentials or the TLS handshake fails; ``BrokerUnavailable`` when nothing answers.
+    """
+    errors: list[KafkaError] = []
+    admin = AdminClient(client_config(kafka) | {"error_cb": errors.append, "logger": _QUIET})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if admin.list_topics(timeout=2).brokers:
+            if admin.list_topics(timeout=1).brokers:
                 return
         except KafkaException as exc:
             last = exc
+            errors.append(exc.args[0])
+        admin.poll(0)  # serves error_cb
+        for err in errors:
+            refusal = refusal_of(kafka, err)
+            if refusal is not None:
+                raise BrokerRefused(refusal)
         time.sleep(0.2)
     raise BrokerUnavailable(
         f"no Kafka broker answered at {kafka.bootstrap} within {timeout_s:.0f}s "
-        f"(start one with `deploy/kafka/broker.sh start`): {last}")
+        f"(start one with `deploy/kafka/broker.sh start`): {last or (errors[-1].str() if errors else '')}")
+
+
+# librdkafka logs every failed connection attempt (about every 50 ms); wait_for_broker reports once.
+_QUIET = logging.getLogger("metacart.librdkafka.probe")
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
+
+
+def refusal_of(kafka: KafkaSettings, err: KafkaError) -> str | None:
+    """One line saying why the broker refused us, or None when ``err`` is not a refusal."""
+    text = err.str()
+    where = f"Kafka at {kafka.bootstrap}"
+    if err.code() == KafkaError._AUTHENTICATION or "authentication" in text.lower():
+        return (f"{where} refused the {kafka.sasl_mechanism} credentials of user {kafka.sasl_username!r} "
+                f"(check METACART_KAFKA__SASL_USERNAME / _PASSWORD): {_short(text)}")
+    if err.code() == KafkaError._SSL or "SSL handshake failed" in text or "certificate" in text:
+        return (f"TLS handshake with {where} failed: the broker certificate is not trusted by "
+                f"{kafka.ssl_ca_file or 'the system CA store'} or does not name the host "
+                f"(METACART_KAFKA__SSL_CA_FILE, _SSL_CHECK_HOSTNAME): {_short(text)}")
+    if err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                      KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED):
+        return f"{where}: user {kafka.sasl_username!r} is not allowed to do this (ACL): {_short(text)}"
+    return None
+
+
+def _short(text: str) -> str:
+    return " ".join(text.split())[:300]
 
 
 def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0,
-                  compacted: bool = False) -> None:
+                  compacted: bool = False, create: bool | None = None) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
-    ``compacted`` creates them with ``cleanup.policy=compact`` (table changelogs).
+    ``compacted`` creates them with ``cleanup.policy=compact`` (table changelogs). Every topic gets
+    ``replication_factor`` replicas and ``min.insync.replicas``. With ``create`` false (default:
+    ``declare_topics``) a missing topic is an error instead: an administrator creates them.
     """
+    specs = list(specs)
     admin = AdminClient(client_config(kafka))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    config = {"cleanup.policy": "compact"} if compacted else {}
-    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=config)
-           for s in specs if s.name not in existing]
-    if not new:
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
         return
+    if not (kafka.declare_topics if create is None else create):
+        raise BrokerRefused(f"topics missing or not visible to user {kafka.sasl_username!r} at "
+                            f"{kafka.bootstrap}: {', '.join(s.name for s in missing)} (create them, or "
+                            "grant Describe; METACART_KAFKA__DECLARE_TOPICS=true lets metacart create them)")
+    config = {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    if compacted:
+        config["cleanup.policy"] = "compact"
+    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=kafka.replication_factor,
+                    config=config) for s in missing]
     for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
         try:
             future.result(timeout=timeout_s)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+            err = exc.args[0]
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            refusal = refusal_of(kafka, err)
+            raise BrokerRefused(refusal or f"cannot create topic {name}: {_short(err.str())}") from None
 
 
 def consume(kafka: KafkaSettings, topics: list[str], group_id: str, count: int,

@@ -43,6 +43,7 @@ from policy.retention.artifacts import load_artifacts
 from policy.retention.schema import NONE, PURCHASE, SESSION, TREATMENTS
 from policy.simulator.retention import RetentionWorld, draw_segments, subset_segments
 from streams.app import topics_for
+from streams.pseudonyms import pseudonyms_for
 from streams.kafka_io import ensure_topics, make_producer, tail_consumer
 from streams.settings import Settings
 
@@ -177,6 +178,8 @@ def run_live_retention(settings: Settings, cfg: LiveRetentionConfig,
     run_id = uuid.uuid4().hex[:6]
     users = [f"{run_id}-u{i}" for i in range(world.n_users)]
     index = {u: i for i, u in enumerate(users)}
+    pseudonyms = pseudonyms_for(settings)
+    by_pseudonym = {pseudonyms.of(u): u for u in users} if pseudonyms is not None else {}
     segs = [world.segment_names[s] for s in world.segment]
     producer = make_producer(settings.kafka)
     consumer = tail_consumer(settings.kafka, topics.retention_actions.name)
@@ -197,6 +200,7 @@ def run_live_retention(settings: Settings, cfg: LiveRetentionConfig,
             if msg.error():
                 continue
             a = json.loads(msg.value())
+            a["user_id"] = by_pseudonym.get(a["user_id"], a["user_id"])  # the shop holds the key
             if a["user_id"] not in index:
                 stats.actions_unknown_user += 1
                 continue

@@ -88,7 +88,8 @@ from streams.ads_engine import RawMessage
 from streams.retention_state import (DAY_S, TICK, OpenAction, RetentionStore, UserRow, decision_id,
                                      partition_budget_config, read_never_contact)
 from streams.edge import Decoder, Source, dead_letter
-from streams.events import DeadLetter, RetentionAction, RetentionOutcome, RetentionReason, SessionEvent
+from streams.pseudonyms import Pseudonyms
+from streams.events import DeadLetter, ErasureRequest, RetentionAction, RetentionOutcome, RetentionReason, SessionEvent
 from streams.settings import PolicySettings, RetentionSettings, StoreSettings
 from streams.topics import Topics
 
@@ -101,6 +102,9 @@ class Outputs:
     """What one batch produced: (key, value) pairs for each output topic."""
 
     actions: list[tuple[bytes, bytes]] = field(default_factory=list)
+    action_partitions: list[int] = field(default_factory=list)
+    """The user's partition of each action: actions stay co-partitioned with the user's input (whose key,
+    the raw id, the pseudonymised action key no longer hashes like)."""
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
@@ -139,8 +143,10 @@ class RetentionEngine:
 
     def __init__(self, artifacts: RetentionArtifacts, store: RetentionStore, topics: Topics,
                  settings: RetentionSettings, storage: StoreSettings,
-                 policy: PolicySettings | None = None, never_contact: frozenset[str] | None = None) -> None:
+                 policy: PolicySettings | None = None, never_contact: frozenset[str] | None = None,
+                 pseudonyms: Pseudonyms | None = None) -> None:
         self.artifacts = artifacts
+        self.pseudonyms = pseudonyms
         self.store = store
         self.topics = topics
         self.settings = settings
@@ -148,10 +154,13 @@ class RetentionEngine:
         self.partitions = topics.user_partitions
         if never_contact is None:
             never_contact = read_never_contact(settings.never_contact_path)
+        if pseudonyms is not None:  # matched where user ids live: in pseudonym space
+            never_contact = frozenset(pseudonyms.of(u) for u in never_contact)
         self.budget_config = partition_budget_config(settings, self.partitions, frozenset(never_contact))
         self.flush_interval_s = storage.state_flush_interval_s
         self._sessions = Decoder(topics.sessions.payload, settings.max_message_bytes)
         self._outcomes = Decoder(topics.retention_outcomes.payload, settings.max_message_bytes)
+        self._erasures = Decoder(topics.erasure_requests.payload, settings.max_message_bytes)
         self._interval = settings.review_interval_s / DAY_S
         self._window = settings.outcome_window_s / DAY_S
         self._grace = settings.outcome_grace_s / DAY_S
@@ -197,11 +206,18 @@ class RetentionEngine:
                     event = dead_letter(msg.value or b"", source, "invalid",
                                         f"value: {event.value} > 0 but retained is false "
                                         "(a purchase in the window means retained)")
+            elif msg.topic == self.topics.erasure_requests.name:
+                event = self._erasures.decode_one(msg.value, source)
             else:
                 event = dead_letter(msg.value or b"", source, "unknown_topic",
                                     f"the retention engine does not read {msg.topic}")
             if isinstance(event, DeadLetter):
                 self._dead(out, event)
+                continue
+            if self.pseudonyms is not None:
+                event = self.pseudonyms.event_one(event)
+            if isinstance(event, ErasureRequest):
+                self._erase(event.user_id, msg.partition)
                 continue
             t = _days(event.event_time)
             self._advance(msg.partition, t, out)
@@ -266,6 +282,30 @@ class RetentionEngine:
             self._users[u].state = states[i]
         self._dirty_users.update(names)
         self._folds.clear()
+
+    # --- erasure ----------------------------------------------------------------------------------
+
+    def _erase(self, user: str, partition: int) -> None:
+        """Forget ``user``: their row, their open actions and their contact history, deleted through the
+        store (tombstones in the changelogs), so a restored worker does not bring them back."""
+        self._fold()
+        self._folds = [f for f in self._folds if f[0] != user]
+        self._dirty_users.discard(user)
+        row = self._users.pop(user, None) or self._user(user, partition)
+        self._users.pop(user, None)
+        if row is not None:
+            self.store.delete("users", user, partition)
+            part = self._part(partition)
+            part.users = max(0, part.users - 1)
+        for did, act in [(d, a) for d, a in self._open.items() if a.user == user]:
+            del self._open[did]
+            if self._new_open.pop(did, None) is None:
+                self._deletes.append((did, act.partition))
+        part = self._part(partition)
+        part.budget.forget_user(user)
+        part.dirty = True
+        self.counters["retention_erasures"] += 1
+        self.flush(force=True)
 
     # --- event time and reviews ------------------------------------------------------------------
 
@@ -368,6 +408,7 @@ class RetentionEngine:
                                        rule=dec.reason[k][:64]),
                 decided_at=decided_at)
             out.actions.append((us[k].encode(), action.model_dump_json().encode()))
+            out.action_partitions.append(partition)
             self.counters["retention_actions"] += 1
             self.counters[f"retention_actions_{TREATMENTS[a]}"] += 1
         part.dirty = True
@@ -550,6 +591,8 @@ class RetentionEngine:
         return len(self._open)
 
     def _dead(self, out: Outputs, letter: DeadLetter) -> None:
+        if self.pseudonyms is not None:
+            letter = self.pseudonyms.letter_one(letter)
         self.counters[f"retention_dead_letters_{letter.error_type}"] += 1
         self.counters["retention_dead_letters"] += 1
         out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))

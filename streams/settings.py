@@ -6,23 +6,91 @@ Built once in ``metacart.cli`` and passed down; nothing else reads the environme
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
 class KafkaSettings(BaseModel):
+    """Where the cluster is and how every client (Faust/aiokafka, confluent-kafka) connects to it.
+
+    ``streams.connection`` turns these into the settings of each client library; nothing else reads them.
+    Secrets are ``SecretStr`` (never printed) and can instead be read from files (mounted secrets).
+    """
+
     bootstrap: str = Field("127.0.0.1:9092", description="broker list, host:port[,host:port]")
     topic_prefix: str = Field("metacart", description="prefix of every topic name")
     segment_partitions: int = Field(8, ge=1, description="partitions of segment-keyed topics")
     user_partitions: int = Field(8, ge=1, description="partitions of user-keyed topics")
+    replication_factor: int = Field(1, ge=1, description="replicas of every topic metacart creates")
+    min_insync_replicas: int = Field(
+        1, ge=1, description="min.insync.replicas of every topic metacart creates (<= replication_factor)")
+    declare_topics: bool = Field(
+        True, description="create missing topics (false where an administrator creates them)")
     session_timeout_s: float = Field(
         10.0, gt=0, description="a worker silent this long is considered dead and its partitions move")
     heartbeat_interval_s: float = Field(3.0, gt=0, description="consumer group heartbeat interval")
-    sasl_username: str | None = Field(None, description="SASL/PLAIN user, if the cluster needs one")
-    sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password")
+    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
+    sasl_mechanism: SaslMechanism = Field("SCRAM-SHA-512", description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512")
+    sasl_username: str = Field("", description="SASL user (SASL_* protocols only)")
+    sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
+    sasl_password_file: Path | None = Field(None, description="file holding the SASL password (instead of it)")
+    ssl_ca_file: Path | None = Field(None, description="PEM CA bundle the broker certificate must chain to")
+    ssl_cert_file: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_key_file: Path | None = Field(None, description="PEM private key of the client certificate")
+    ssl_key_password: SecretStr = Field(SecretStr(""), description="password of the client key, if any")
+    ssl_check_hostname: bool = Field(True, description="verify that the broker certificate names its host")
+    client_properties: dict[str, str] = Field(
+        default_factory=dict, description="extra librdkafka properties for confluent-kafka clients (JSON)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KafkaSettings":
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and not self.sasl_username:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username "
+                             "(METACART_KAFKA__SASL_USERNAME)")
+        if sasl and not (self.sasl_password.get_secret_value() or self.sasl_password_file):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_password or "
+                             "sasl_password_file (METACART_KAFKA__SASL_PASSWORD[_FILE])")
+        if not sasl and self.sasl_username:
+            raise ValueError(f"sasl_username is set but security_protocol is {self.security_protocol}: "
+                             "set METACART_KAFKA__SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)")
+        if self.sasl_password.get_secret_value() and self.sasl_password_file:
+            raise ValueError("give sasl_password or sasl_password_file, not both")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together (mutual TLS)")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} exceeds replication_factor "
+                             f"{self.replication_factor}: no write could ever succeed")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    def password(self) -> str:
+        """The SASL password, read from ``sasl_password_file`` when that is set."""
+        if self.sasl_password_file is not None:
+            return read_secret_file(self.sasl_password_file, "sasl_password_file")
+        return self.sasl_password.get_secret_value()
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret kept in a file (one line; surrounding whitespace dropped), with an error naming the setting."""
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{what} {path} is empty")
+    return value
 
 
 class StoreSettings(BaseModel):
@@ -76,6 +144,37 @@ class RetentionSettings(BaseModel):
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
 
 
+class PrivacySettings(BaseModel):
+    """How user ids are pseudonymised at the edge (``streams.pseudonyms``)."""
+
+    pseudonymise: bool = Field(True, description="replace user ids by keyed HMAC-SHA-256 pseudonyms at the edge")
+    pseudonym_key: SecretStr = Field(SecretStr(""), description="HMAC key (at least 32 characters)")
+    pseudonym_key_file: Path | None = Field(None, description="file holding the HMAC key (instead of it)")
+    key_id: str = Field("k1", pattern=r"^[a-z0-9]{1,8}$",
+                        description="names the key inside every pseudonym (change it when the key rotates)")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "PrivacySettings":
+        if self.pseudonym_key.get_secret_value() and self.pseudonym_key_file:
+            raise ValueError("give pseudonym_key or pseudonym_key_file, not both")
+        return self
+
+    def key(self) -> bytes:
+        """The HMAC key; a clear error when pseudonymisation is on and no usable key is configured."""
+        if self.pseudonym_key_file is not None:
+            value = read_secret_file(self.pseudonym_key_file, "pseudonym_key_file")
+        else:
+            value = self.pseudonym_key.get_secret_value()
+        if not value:
+            raise ValueError("user ids are pseudonymised but no key is set: put a random secret of 32+ "
+                             "characters in METACART_PRIVACY__PSEUDONYM_KEY_FILE (or _KEY), e.g. "
+                             "`openssl rand -hex 32`")
+        if len(value) < 32:
+            raise ValueError(f"the pseudonym key has {len(value)} characters; use at least 32 "
+                             "(`openssl rand -hex 32`)")
+        return value.encode()
+
+
 class Settings(BaseSettings):
     """Everything a metacart process can be told; every CLI option maps onto one of these fields."""
 
@@ -86,23 +185,46 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     ads: AdsSettings = AdsSettings()
     retention: RetentionSettings = RetentionSettings()
+    privacy: PrivacySettings = PrivacySettings()
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
     agents: str = Field("ads,retention", description="agents this worker runs: ads, retention, or both")
     web_port: int = Field(0, description="Faust web port (0 disables the web server)")
     stats_interval_s: float = Field(1.0, gt=0, description="how often a worker publishes its counters")
 
 
-def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment variables that give a child process exactly ``settings`` (over ``base``)."""
-    env = {k: v for k, v in (base or {}).items() if not k.startswith("METACART_")}
+def settings_items(settings: BaseModel, show_secrets: bool = False) -> list[tuple[str, str | None, bool]]:
+    """Every field as (environment variable, value as the environment must spell it, hidden secret?).
+
+    The value is None for an unset optional field and for a hidden secret: such variables must be left
+    out of an environment, not set to a placeholder (``METACART_KAFKA__SASL_USERNAME=None`` would be a
+    user named "None"). Dicts are JSON, booleans ``true``/``false``.
+    """
+    items: list[tuple[str, str | None, bool]] = []
 
     def walk(prefix: str, model: BaseModel) -> None:
         for name, value in model:
             key = f"{prefix}{name.upper()}"
             if isinstance(value, BaseModel):
                 walk(key + "__", value)
-            elif value is not None:
-                env[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            elif value is None:
+                items.append((key, None, False))
+            elif isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                hidden = bool(secret) and not show_secrets
+                items.append((key, None if hidden else secret, hidden))
+            elif isinstance(value, bool):
+                items.append((key, "true" if value else "false", False))
+            elif isinstance(value, (dict, list)):
+                items.append((key, json.dumps(value, sort_keys=True), False))
+            else:
+                items.append((key, str(value), False))
 
     walk("METACART_", settings)
+    return items
+
+
+def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables that give a child process exactly ``settings`` (over ``base``)."""
+    env = {k: v for k, v in (base or {}).items() if not k.startswith("METACART_")}
+    env.update({k: v for k, v, _ in settings_items(settings, show_secrets=True) if v is not None})
     return env

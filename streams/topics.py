@@ -71,6 +71,11 @@ class Topics:
                           "what happened after an intervention")
 
     @property
+    def erasure_requests(self) -> TopicSpec:
+        return self._spec("erasure-requests", "user_id", self.user_partitions, events.ErasureRequest,
+                          "users whose per-user state is to be forgotten")
+
+    @property
     def policy_updates(self) -> TopicSpec:
         return self._spec("policy-updates", "kind", 1, events.PolicyUpdate,
                           "artifact hot-swap commands, read by every worker")
@@ -88,7 +93,8 @@ class Topics:
     def all(self) -> list[TopicSpec]:
         return [
             self.ad_requests, self.ad_feedback, self.ad_decisions, self.sessions,
-            self.retention_actions, self.retention_outcomes, self.policy_updates, self.dead_letters,
+            self.retention_actions, self.retention_outcomes, self.erasure_requests, self.policy_updates,
+            self.dead_letters,
             self.worker_stats,
         ]
 

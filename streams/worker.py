@@ -18,6 +18,7 @@ from streams.ads_engine import AdsEngine
 from streams.agents import ads as ads_agents
 from streams.app import create_app, topics_for
 from streams.kafka_io import ensure_topics, wait_for_broker
+from streams.pseudonyms import Pseudonyms, pseudonyms_for
 from streams.settings import Settings
 from streams.events import WorkerStats
 from streams.topics import Topics, TopicSpec
@@ -53,6 +54,7 @@ def build(settings: Settings) -> tuple[faust.App, list]:
     alongside ``ads`` it starts only if that artifact exists. Kernels are compiled before traffic.
     """
     roles = roles_of(settings)
+    pseudonyms = pseudonyms_for(settings)
     app = create_app(settings)
     topics = topics_for(settings)
     ensure_topics(settings.kafka, topics.all())
@@ -61,9 +63,9 @@ def build(settings: Settings) -> tuple[faust.App, list]:
         artifact = load_policy(settings.policy.artifact)
         p = settings.policy
         adapter = Adapter(artifact, eps=p.eps, n_draws=p.n_draws, forget=p.forget, seed=p.seed, scale=p.scale)
-        engines.append(ads_agents.install(app, settings, topics, adapter))
+        engines.append(ads_agents.install(app, settings, topics, adapter, pseudonyms))
     if "retention" in roles:
-        engine = _install_retention(app, settings, topics, required=(roles == {"retention"}))
+        engine = _install_retention(app, settings, topics, required=(roles == {"retention"}), pseudonyms=pseudonyms)
         if engine is not None:
             engines.append(engine)
     warm_up()
@@ -72,7 +74,8 @@ def build(settings: Settings) -> tuple[faust.App, list]:
     return app, engines
 
 
-def _install_retention(app: faust.App, settings: Settings, topics: Topics, required: bool) -> object | None:
+def _install_retention(app: faust.App, settings: Settings, topics: Topics, required: bool,
+                       pseudonyms: Pseudonyms | None = None) -> object | None:
     """The retention agents, when a retention artifact is configured (returns their engine)."""
     if not Path(settings.retention.artifact).exists():
         if required:
@@ -82,7 +85,7 @@ def _install_retention(app: faust.App, settings: Settings, topics: Topics, requi
         return None
     from streams.agents import retention
 
-    return retention.install(app, settings, topics)
+    return retention.install(app, settings, topics, pseudonyms)
 
 
 def _install_stats(app: faust.App, settings: Settings, topics: Topics, engines: list) -> None:
@@ -113,7 +116,8 @@ def _ensure_changelogs(app: faust.App, settings: Settings) -> None:
     specs = [TopicSpec(table.changelog_topic.get_topic_name(), "table key", table.partitions or
                        settings.kafka.segment_partitions, bytes, f"changelog of table {name}")
              for name, table in app.tables.items()]
-    ensure_topics(settings.kafka, specs, compacted=True)
+    specs.append(TopicSpec(f"{app.conf.id}-__assignor-__leader", "none", 1, bytes, "Faust leader election"))
+    ensure_topics(settings.kafka, specs, compacted=True, create=True)
 
 
 def tune_gc() -> None:
@@ -131,6 +135,7 @@ def tune_gc() -> None:
 
 def run(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
+    pseudonyms_for(settings)  # a missing key is a configuration error: say so before any network wait
     wait_for_broker(settings.kafka)
     app, _ = build(settings)
     tune_gc()

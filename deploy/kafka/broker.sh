@@ -9,6 +9,12 @@
 # Settings (environment): METACART_BROKER_HOME (state, logs, pid; default <repo>/var/kafka),
 # METACART_BROKER_PORT (9092), METACART_BROKER_CONTROLLER_PORT (9093), METACART_BROKER_HEAP (512m),
 # METACART_BROKER_LIB (jar cache; default <repo>/.cache/kafka-lib), METACART_BROKER_TIMEOUT_S (90).
+#
+# METACART_BROKER_SECURE=1 starts the same broker secured (server-secure.properties.in): SASL_SSL with
+# SCRAM-SHA-512 on the client port, a throw-away CA and broker certificate made with openssl at every
+# start (<home>/tls/ca.pem is the CA clients trust), the StandardAuthorizer with no ACLs (super user:
+# admin), and one SCRAM user per name in METACART_BROKER_USERS ("admin worker producer intruder"), each
+# with a random password in <home>/secrets/<name>.password. Its state is wiped at every start.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +26,8 @@ heap="${METACART_BROKER_HEAP:-512m}"
 lib="${METACART_BROKER_LIB:-$repo/.cache/kafka-lib}"
 timeout_s="${METACART_BROKER_TIMEOUT_S:-90}"
 pidfile="$home/broker.pid"
+secure="${METACART_BROKER_SECURE:-0}"
+users="${METACART_BROKER_USERS:-admin worker producer intruder}"
 
 log() { printf '[broker] %s\n' "$*" >&2; }
 
@@ -52,9 +60,25 @@ start() {
     log "port $port is taken by another process; set METACART_BROKER_PORT"; exit 1
   fi
   fetch_jars
+  local scram=()
+  if [ "$secure" = 1 ]; then
+    rm -rf "$home/data" "$home/tls" "$home/secrets" "$home/cluster.id"
+    make_tls
+    make_users
+    for user in $users; do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$(cat "$home/secrets/$user.password")]")
+    done
+  fi
   mkdir -p "$home/data" "$home/logs"
   sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$cport#g" -e "s#@DATA_DIR@#$home/data#g" \
       "$here/server.properties.in" > "$home/server.properties"
+  if [ "$secure" = 1 ]; then
+    sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$cport#g" -e "s#@TLS_DIR@#$home/tls#g" \
+        -e "s#@KEYSTORE_PASSWORD@#$(cat "$home/tls/keystore.password")#g" \
+        -e "s#@ADMIN_PASSWORD@#$(cat "$home/secrets/admin.password")#g" \
+        "$here/server-secure.properties.in" >> "$home/server.properties"
+    chmod 600 "$home/server.properties"
+  fi
   if [ ! -f "$home/cluster.id" ]; then
     # 16 random bytes as unpadded base64url: the 22-character form Kafka expects.
     head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$home/cluster.id"
@@ -62,7 +86,7 @@ start() {
   local t0; t0=$(date +%s%N)
   java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$home/logs" \
        kafka.tools.StorageTool format --cluster-id="$(cat "$home/cluster.id")" \
-       -c "$home/server.properties" --ignore-formatted >"$home/logs/format.log" 2>&1 \
+       -c "$home/server.properties" --ignore-formatted "${scram[@]}" >"$home/logs/format.log" 2>&1 \
     || { log "storage format failed:"; cat "$home/logs/format.log" >&2; exit 1; }
   nohup java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true \
        -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$home/logs" \
@@ -81,6 +105,34 @@ start() {
     sleep 0.2
   done
   log "ready on 127.0.0.1:$port (pid $(cat "$pidfile")) in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+}
+
+random_secret() { head -c24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'; }
+
+make_tls() {
+  # A throw-away CA and a broker certificate for 127.0.0.1 only (so that "localhost" does not match:
+  # the host name check is testable), signed by it, as a PKCS12 keystore.
+  local d="$home/tls"
+  command -v openssl >/dev/null || { log "openssl is required for METACART_BROKER_SECURE=1"; exit 1; }
+  mkdir -p "$d" && chmod 700 "$d"
+  random_secret > "$d/keystore.password"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=metacart test CA" \
+      -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$d/broker.key" -out "$d/broker.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > "$d/ext.cnf"
+  openssl x509 -req -in "$d/broker.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+      -extfile "$d/ext.cnf" -out "$d/broker.pem" 2>/dev/null
+  openssl pkcs12 -export -in "$d/broker.pem" -inkey "$d/broker.key" -certfile "$d/ca.pem" -name broker \
+      -out "$d/broker.p12" -passout "file:$d/keystore.password"
+  rm -f "$d/broker.csr" "$d/ext.cnf" "$d/ca.srl" "$d/ca.key"  # nobody can sign another certificate
+}
+
+make_users() {
+  mkdir -p "$home/secrets" && chmod 700 "$home/secrets"
+  for user in $users; do
+    (umask 077; random_secret > "$home/secrets/$user.password")
+  done
 }
 
 stop() {

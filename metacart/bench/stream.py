@@ -22,8 +22,9 @@ import numpy as np
 
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
-from streams.kafka_io import ensure_topics, make_producer, tail_consumer, wait_for_broker
+from streams.kafka_io import client_config, ensure_topics, make_producer, tail_consumer, wait_for_broker
 from streams.live import request_payloads
+from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 from streams.topics import TopicSpec
 
@@ -98,7 +99,7 @@ def _latency(settings: Settings, rate: float, seconds: float, seed: int = 1) -> 
             "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
 
 
-def _ceiling_loop(bootstrap: str, in_topic: str, out_topic: str, n: int, ready) -> None:
+def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready) -> None:
     """The plain loop: consume → validate (pydantic AdRequest) → produce a reply, batched polls."""
     from confluent_kafka import Consumer, Producer
 
@@ -106,9 +107,9 @@ def _ceiling_loop(bootstrap: str, in_topic: str, out_topic: str, n: int, ready) 
     from streams.events import AdRequest, DeadLetter
 
     decoder = Decoder(AdRequest)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ceiling-{uuid.uuid4().hex[:6]}",
+    consumer = Consumer(connection | {"group.id": f"ceiling-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random"})
+    producer = Producer(connection | {"linger.ms": 2, "partitioner": "murmur2_random"})
     consumer.subscribe([in_topic])
     ready.set()
     done = 0
@@ -153,7 +154,8 @@ def run(settings: Settings, out: Path | None = None, n: int = 30000, load_rate: 
     console = Console()
     wait_for_broker(settings.kafka)
     tag = uuid.uuid4().hex[:8]
-    s = settings.model_copy(deep=True)
+    s = with_run_key(settings)  # a random pseudonym key unless one is configured
+    s = s.model_copy(deep=True)
     s.kafka.topic_prefix = f"bench-{tag}"
     s.worker_id = f"bench-{tag}"
     s.store.data_dir = Path("var") / f"bench-{tag}"
@@ -179,7 +181,7 @@ def run(settings: Settings, out: Path | None = None, n: int = 30000, load_rate: 
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     proc = ctx.Process(
-        target=_ceiling_loop, args=(s.kafka.bootstrap, in_topic, out_topic, n, ready))
+        target=_ceiling_loop, args=(client_config(s.kafka), in_topic, out_topic, n, ready))
     proc.start()
     ready.wait(60)
     time.sleep(3.0)  # let the ceiling consumer join its group before the clock starts

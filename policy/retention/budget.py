@@ -239,6 +239,18 @@ class Budget:
         """Put ``user`` on the never-contact list (opt-out); later requests for them are denied."""
         self._never.add(user)
 
+    def forget_user(self, user: str) -> int:
+        """Erase ``user``: their contact times go and their name leaves the decision records (the spend
+        stays accounted; a replayed decision for them is then an ``id_conflict``, never a contact). A
+        never-contact entry stays: it is the record that they must not be contacted. Returns the number
+        of entries changed."""
+        changed = len(self._contacts.pop(user, ()))
+        for rec in self._decisions.values():
+            if rec["user"] == user:
+                rec["user"] = ""
+                changed += 1
+        return changed
+
     def _frequency_ok(self, user: str, t: float) -> bool:
         w = self.config.contact_window_days
         k = self.config.max_contacts

@@ -33,6 +33,7 @@ from streams.app import TABLE_OPTIONS
 from streams.edge import Decoder, Source, dead_letter
 from streams.events import DeadLetter
 from streams.kafka_io import make_consumer, make_producer
+from streams.pseudonyms import Pseudonyms
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -103,7 +104,8 @@ class FaustStore:
             del table[key]
 
 
-def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter) -> AdsEngine:
+def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter,
+            pseudonyms: Pseudonyms | None = None) -> AdsEngine:
     """Register the ad agent, its tables, the policy watcher and the stats timer on ``app``."""
     ads = settings.ads
     parts = settings.kafka.segment_partitions
@@ -114,7 +116,7 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
                               options=TABLE_OPTIONS)
               for name in ("posteriors", "pending", "marks")}
     store = FaustStore(tables["posteriors"], tables["pending"], tables["marks"])
-    engine = AdsEngine(adapter, store, topics, ads, settings.store)
+    engine = AdsEngine(adapter, store, topics, ads, settings.store, pseudonyms)
     # Decisions and dead letters go out through librdkafka (aiokafka's pure-Python producer was the
     # largest cost per request in profiles). They are delivered before the offsets of the requests that
     # produced them are committed: see ``_flush_outputs_before_commit``.

@@ -38,6 +38,7 @@ from streams.app import TABLE_OPTIONS
 from streams.kafka_io import make_producer
 from streams.retention_engine import RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
+from streams.pseudonyms import Pseudonyms
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -76,18 +77,20 @@ class FaustStore:
         return iter([(k.decode(), v) for k, v in list(self.tables[table].items())])
 
 
-def install(app: faust.App, settings: Settings, topics: Topics) -> RetentionEngine:
+def install(app: faust.App, settings: Settings, topics: Topics,
+            pseudonyms: Pseudonyms | None = None) -> RetentionEngine:
     """Register the retention agent and its tables on ``app``; returns the engine (for its counters)."""
     r = settings.retention
     artifacts = load_engine_artifacts(r.artifact)
     parts = settings.kafka.user_partitions
-    source = app.topic(topics.sessions.name, topics.retention_outcomes.name,
+    source = app.topic(topics.sessions.name, topics.retention_outcomes.name, topics.erasure_requests.name,
                        key_type=bytes, value_type=bytes, partitions=parts)
     tables = {name: app.Table(f"retention-{name}", partitions=parts, key_type=bytes, value_type=bytes,
                               options=TABLE_OPTIONS)
               for name in TABLES}
     store = FaustStore(tables)
-    engine = RetentionEngine(artifacts, store, topics, r, settings.store, settings.policy)
+    engine = RetentionEngine(artifacts, store, topics, r, settings.store, settings.policy,
+                             pseudonyms=pseudonyms)
     log.warning("retention policy %s loaded from %s", engine.version, r.artifact)
 
     def on_failed_delivery(err: object, msg: object) -> None:
@@ -109,8 +112,8 @@ def install(app: faust.App, settings: Settings, topics: Topics) -> RetentionEngi
             out = engine.process_many(batch)
             if out.actions:
                 await app.producer.flush()  # the state behind these actions is in the changelogs first
-            for key, value in out.actions:
-                output.produce(topics.retention_actions.name, key=key, value=value)
+            for (key, value), partition in zip(out.actions, out.action_partitions):
+                output.produce(topics.retention_actions.name, key=key, value=value, partition=partition)
             for key, value in out.dead_letters:
                 output.produce(topics.dead_letters.name, key=key, value=value)
             if out.actions or out.dead_letters:

@@ -7,6 +7,7 @@ afterwards). Nothing here skips: without a broker these tests fail.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
 import uuid
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from metacart.processes import WorkerProcess
 
@@ -59,6 +61,14 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def retention_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A retention artifact built by the real build function, time-boxed for the test."""
+    from policy.retention.train import build_artifacts
+
+    return build_artifacts(tmp_path_factory.mktemp("retention") / "art", max_seconds=6.0, seed=0)
+
+
 @pytest.fixture
 def settings(broker: KafkaSettings, artifact_dir: Path, tmp_path: Path) -> Settings:
     """Settings with a unique topic prefix and consumer group, so tests never see each other's data."""
@@ -69,6 +79,7 @@ def settings(broker: KafkaSettings, artifact_dir: Path, tmp_path: Path) -> Setti
         worker_id=f"w{tag}",
         stats_interval_s=0.5,
     )
+    s.privacy.pseudonym_key = SecretStr(secrets.token_hex(32))
     s.store.data_dir = tmp_path / "worker-a"
     s.policy.artifact = artifact_dir
     s.ads.batch_within_s = 0.01
@@ -130,11 +141,13 @@ def json_values(msgs: list) -> list[dict]:
 
 
 def produce(kafka: KafkaSettings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-    producer = make_producer(kafka)
+    failed: list = []
+    producer = make_producer(kafka, on_delivery=lambda err, msg: err is not None and failed.append(err))
     for key, value in items:
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
     assert producer.flush(30) == 0, "not every message was delivered"
+    assert not failed, f"{len(failed)} messages failed: {failed[0]}"
 
 
 __all__ = ["Reader", "WorkerProcess", "consume", "json_values", "produce", "start_worker"]

@@ -7,6 +7,7 @@ import base64
 import json
 
 from streams.app import topics_for
+from streams.pseudonyms import pseudonyms_for
 
 from .conftest import Reader, json_values, produce, start_worker
 from .helpers import mixed_requests
@@ -67,6 +68,10 @@ def test_valid_decided_malformed_dead_lettered(settings, workers):
 
     dead = json_values(letters.seen)
     assert len(dead) == len(bad) + 1
+    # The original bytes come back as sent, except that user ids are pseudonymised.
+    pseudonyms = pseudonyms_for(settings)
+    bad = {name: pseudonyms.raw_one(raw) for name, raw in bad.items()}
+    assert all(b'"user_id"' not in raw or pseudonyms.key_id.encode() + b"." in raw for raw in bad.values())
     originals = {base64.b64decode(d["original_b64"]) for d in dead}
     assert originals == set(bad.values()) | {bad_feedback[0][1]}
     by_original = {base64.b64decode(d["original_b64"]): d for d in dead}

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
 from policy.retention.budget import to_micro_down, to_micro_up
 from streams.app import topics_for
+from streams.pseudonyms import pseudonyms_for
 from streams.retention_state import partition_budget_config
 
 from .conftest import Reader, json_values, produce, start_worker
@@ -27,14 +27,6 @@ DAY = 86400.0
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 USERS = [f"user{i}" for i in range(24)]
 SEGMENTS = ("m00-c01", "m01-c02")
-
-
-@pytest.fixture(scope="session")
-def retention_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A retention artifact built by the real build function, time-boxed for the test."""
-    from policy.retention.train import build_artifacts
-
-    return build_artifacts(tmp_path_factory.mktemp("retention") / "art", max_seconds=6.0, seed=0)
 
 
 def _iso(day: float) -> str:
@@ -56,6 +48,14 @@ def _outcome(action: dict, day: float, retained: bool, value: float) -> tuple[by
     body = {"schema_version": 1, "decision_id": action["decision_id"], "user_id": action["user_id"],
             "segment": action["segment"], "retained": retained, "value": value, "event_time": _iso(day)}
     return action["user_id"].encode(), json.dumps(body).encode()
+
+
+def _shop_view(actions: list[dict], settings) -> list[dict]:
+    """Actions as the shop reads them: it holds the key, so it maps each pseudonym back to its user."""
+    pseudonyms = pseudonyms_for(settings)
+    users = {pseudonyms.of(u): u for u in USERS}
+    assert all(a["user_id"] in users for a in actions), "an action names something else than a pseudonym"
+    return [dict(a, user_id=users[a["user_id"]]) for a in actions]
 
 
 def _caps_hold(msgs: list, settings) -> dict:
@@ -103,7 +103,7 @@ def test_sessions_actions_outcomes_updates_dead_letters_and_caps(settings, worke
     worker = start_worker(workers, s)
     try:
         actions.wait_for(lambda ms: len(ms) >= len(USERS), 90, "one action per user at the day-7 review")
-        first = json_values(actions.seen)
+        first = _shop_view(json_values(actions.seen), s)
         assert sorted(a["user_id"] for a in first) == sorted(USERS)
         for a in first:
             assert _day(a["decided_at"]) == 7.0
