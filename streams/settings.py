@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
     agents: str = Field("ads,retention", description="agents this worker runs: ads, retention, or both")
-    web_port: int = Field(0, description="Faust web port (0 disables the web server)")
+    web_port: int = Field(
+        6066, ge=0, le=65535,
+        description="HTTP port of /metrics, /healthz and /readyz (Faust's web server; 0 turns it off)")
     stats_interval_s: float = Field(1.0, gt=0, description="how often a worker publishes its counters")
 
 

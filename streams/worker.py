@@ -20,7 +20,9 @@ from streams.app import create_app, topics_for
 from streams.kafka_io import ensure_topics, wait_for_broker
 from streams.settings import Settings
 from streams.events import WorkerStats
+from streams.metrics import WorkerMetrics
 from streams.topics import Topics, TopicSpec
+from streams.web import FaustConsumerState, install_routes
 
 log = logging.getLogger("metacart.worker")
 
@@ -57,22 +59,26 @@ def build(settings: Settings) -> tuple[faust.App, list]:
     topics = topics_for(settings)
     ensure_topics(settings.kafka, topics.all())
     engines: list = []
+    metrics = WorkerMetrics(worker_name(settings), engines, settings.store.data_dir, FaustConsumerState(app))
     if "ads" in roles:
         artifact = load_policy(settings.policy.artifact)
         p = settings.policy
         adapter = Adapter(artifact, eps=p.eps, n_draws=p.n_draws, forget=p.forget, seed=p.seed, scale=p.scale)
-        engines.append(ads_agents.install(app, settings, topics, adapter))
+        engines.append(ads_agents.install(app, settings, topics, adapter, metrics))
     if "retention" in roles:
-        engine = _install_retention(app, settings, topics, required=(roles == {"retention"}))
+        engine = _install_retention(app, settings, topics, required=(roles == {"retention"}), metrics=metrics)
         if engine is not None:
             engines.append(engine)
+    if settings.web_port > 0:
+        install_routes(app, metrics, metrics.consumer_state)
     warm_up()
     _install_stats(app, settings, topics, engines)
     _ensure_changelogs(app, settings)
     return app, engines
 
 
-def _install_retention(app: faust.App, settings: Settings, topics: Topics, required: bool) -> object | None:
+def _install_retention(app: faust.App, settings: Settings, topics: Topics, required: bool,
+                       metrics: WorkerMetrics | None = None) -> object | None:
     """The retention agents, when a retention artifact is configured (returns their engine)."""
     if not Path(settings.retention.artifact).exists():
         if required:
@@ -82,13 +88,18 @@ def _install_retention(app: faust.App, settings: Settings, topics: Topics, requi
         return None
     from streams.agents import retention
 
-    return retention.install(app, settings, topics)
+    return retention.install(app, settings, topics, metrics)
+
+
+def worker_name(settings: Settings) -> str:
+    """``worker_id@host:pid``: how stats, metrics and logs name this process."""
+    return f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
 
 
 def _install_stats(app: faust.App, settings: Settings, topics: Topics, engines: list) -> None:
     """Publish every engine's counters (merged) to worker-stats once per ``stats_interval_s``."""
     stats = app.topic(topics.worker_stats.name, key_type=bytes, value_type=bytes, partitions=1)
-    name = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
+    name = worker_name(settings)
     ads = next((e for e in engines if isinstance(e, AdsEngine)), None)
 
     @app.timer(interval=settings.stats_interval_s)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from streams.ads_engine import RawMessage
 from streams.agents.lifecycle import install_state_hooks
 from streams.app import TABLE_OPTIONS
 from streams.kafka_io import make_producer
+from streams.metrics import WorkerMetrics
 from streams.retention_engine import RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
 from streams.settings import Settings
@@ -76,8 +78,12 @@ class FaustStore:
         return iter([(k.decode(), v) for k, v in list(self.tables[table].items())])
 
 
-def install(app: faust.App, settings: Settings, topics: Topics) -> RetentionEngine:
-    """Register the retention agent and its tables on ``app``; returns the engine (for its counters)."""
+def install(app: faust.App, settings: Settings, topics: Topics,
+            metrics: WorkerMetrics | None = None) -> RetentionEngine:
+    """Register the retention agent and its tables on ``app``; returns the engine (for its counters).
+
+    With ``metrics``, each batch's engine time is observed.
+    """
     r = settings.retention
     artifacts = load_engine_artifacts(r.artifact)
     parts = settings.kafka.user_partitions
@@ -106,7 +112,10 @@ def install(app: faust.App, settings: Settings, topics: Topics) -> RetentionEngi
                 msg = event.message
                 store.events[msg.partition] = event
                 batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            t0 = time.perf_counter()
             out = engine.process_many(batch)
+            if metrics is not None:
+                metrics.observe_batch("retention", time.perf_counter() - t0)
             if out.actions:
                 await app.producer.flush()  # the state behind these actions is in the changelogs first
             for key, value in out.actions:
