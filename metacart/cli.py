@@ -3,27 +3,98 @@
 Process-wide settings come from ``streams.settings.Settings`` (environment variables ``METACART_…``;
 ``metacart settings`` prints them with their variable names). Options here cover what a person changes
 per run. Torch is imported only by ``train`` and the benchmarks that train.
+
+User mistakes end in one line on stderr and exit code 2 (``--debug`` adds the traceback); see
+``metacart.console``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from enum import Enum
+from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Optional
 
 import typer
 from pydantic import BaseModel
 
+from metacart.console import finite, run_cli, setting_variables, unknown_variables
+from metacart.exceptions import UserError
 from streams.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="metacart: Kafka + Faust agents serving a meta-learned, per-segment adapted policy.")
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks (results as a table and JSON).")
 app.add_typer(bench, name="bench")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class Kind(str, Enum):
+    """Which policy: ad placement or churn intervention."""
+
+    ads = "ads"
+    retention = "retention"
+
+
+class OnSwap(str, Enum):
+    keep = "keep"
+    reset = "reset"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Segments(str, Enum):
+    heldout = "heldout"
+    train = "train"
+    all = "all"
+
+
+class BrokerAction(str, Enum):
+    start = "start"
+    stop = "stop"
+    status = "status"
+    restart = "restart"
+
+
+def _version() -> str:
+    try:
+        return package_version("metacart")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"metacart {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="print the version and exit"),
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of an error, not just its line"),
+) -> None:
+    """metacart: Kafka + Faust agents serving a meta-learned, per-segment adapted policy."""
+    for warning in unknown_variables(os.environ, setting_variables(Settings)):
+        typer.echo(f"metacart: warning: {warning}", err=True)
+
+
+def _connected(settings: Settings) -> Settings:
+    """``settings`` once a broker answers at its address (one-line error within ``broker_wait_s``)."""
+    from streams.kafka_io import wait_for_broker
+
+    wait_for_broker(settings.kafka, timeout_s=settings.broker_wait_s)
+    return settings
 
 
 @app.command()
@@ -43,9 +114,9 @@ def settings() -> None:
 
 
 @app.command()
-def broker(action: str = typer.Argument(..., help="start | stop | status | restart")) -> None:
+def broker(action: BrokerAction = typer.Argument(..., help="what to do with the local broker")) -> None:
     """Run the local single-node Kafka broker (deploy/kafka/broker.sh)."""
-    raise typer.Exit(subprocess.call([str(REPO / "deploy" / "kafka" / "broker.sh"), action]))
+    raise typer.Exit(subprocess.call([str(REPO / "deploy" / "kafka" / "broker.sh"), action.value]))
 
 
 @app.command()
@@ -80,20 +151,33 @@ def logs(
 @app.command()
 def train(
     out: Path = typer.Option(..., help="artifact directory to write"),
-    logs_path: Optional[Path] = typer.Option(None, "--logs", help="logged-bandit .npz to train on"),
-    simulate: bool = typer.Option(False, help="train on fresh simulator logs instead of --logs"),
+    kind: Kind = typer.Option(Kind.ads, help="ads: meta-policy from logged bandit data; retention: churn-risk "
+                              "model and uplift prior from the retention simulator"),
+    logs_path: Optional[Path] = typer.Option(None, "--logs", help="ads: logged-bandit .npz to train on"),
+    simulate: bool = typer.Option(False, help="ads: train on fresh simulator logs instead of --logs"),
     n_per_segment: int = typer.Option(1000, help="with --simulate: logged rows per training segment"),
-    epochs: int = typer.Option(40),
-    max_seconds: Optional[float] = typer.Option(None, help="stop training after this long"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    epochs: int = typer.Option(40, min=1, help="ads: training epochs"),
+    max_seconds: Optional[float] = typer.Option(None, min=0.1, help="stop training after this long "
+                                                "(retention: default 60)"),
+    device: Device = typer.Option(Device.auto, help="ads: torch device (auto = cuda when available)"),
     seed: int = typer.Option(0),
-    version: Optional[str] = typer.Option(None, help="artifact version (default: derived)"),
+    version: Optional[str] = typer.Option(None, help="ads: artifact version (default: derived)"),
 ) -> None:
-    """Meta-train phi and the segment prior (torch) and write a versioned artifact."""
+    """Train a policy (torch) and write a versioned artifact directory that workers load without torch."""
+    if kind is Kind.retention:
+        if logs_path is not None or simulate:
+            raise UserError("--logs and --simulate are for --kind ads; retention trains on its own simulator")
+        from policy.retention.train import build_artifacts
+
+        build_artifacts(out, max_seconds=60.0 if max_seconds is None else max_seconds, seed=seed)
+        typer.echo(f"retention artifact written to {out}")
+        return
     from policy.train import TrainConfig, train as train_policy
 
     if (logs_path is None) == (not simulate):
         raise typer.BadParameter("give exactly one of --logs PATH or --simulate")
+    if logs_path is not None and not logs_path.is_file():
+        raise UserError(f"no logged-bandit file at {logs_path} (write one with `metacart logs --out FILE`)")
     if simulate:
         from policy.simulator.datasets import simulate_logs
         from policy.simulator.market import Market
@@ -102,7 +186,7 @@ def train(
         data = simulate_logs(market, market.train_segments, n_per_segment, seed)
     else:
         data = logs_path
-    config = TrainConfig(epochs=epochs, max_seconds=max_seconds, device=device, seed=seed, version=version)
+    config = TrainConfig(epochs=epochs, max_seconds=max_seconds, device=device.value, seed=seed, version=version)
 
     def progress(p: dict) -> None:
         typer.echo(f"epoch {int(p['epoch']):3d}  train nll {p['train_nll']:.4f}  "
@@ -114,7 +198,7 @@ def train(
 
 @app.command()
 def worker() -> None:
-    """Run a worker (Faust) until interrupted. Configure with METACART_* variables."""
+    """Run a worker (Faust) until interrupted. Configure with METACART_* variables (`metacart settings`)."""
     from streams.worker import run
 
     run(Settings())
@@ -124,14 +208,20 @@ def worker() -> None:
 def publish_policy(
     artifact: Path = typer.Option(..., help="artifact directory every worker can read"),
     version: Optional[str] = typer.Option(None, help="version to announce (default: the artifact's)"),
-    on_swap: str = typer.Option("keep", help="keep | reset segment posteriors"),
-    kind: str = typer.Option("ads", help="ads | retention"),
+    on_swap: OnSwap = typer.Option(OnSwap.keep, help="what happens to segment posteriors learned so far"),
+    kind: Kind = typer.Option(Kind.ads, help="the policy the artifact is for (checked against the artifact)"),
 ) -> None:
-    """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again)."""
-    from streams.control import publish_policy_update
+    """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again).
 
-    v = publish_policy_update(Settings(), artifact, version, on_swap, kind)
-    typer.echo(f"published {kind} policy {v} from {artifact}")
+    The artifact is loaded and its kind checked first. Ad workers apply ads updates; retention workers
+    log and count a retention update (restart them with METACART_RETENTION__ARTIFACT to switch).
+    """
+    from streams.control import artifact_version, publish_policy_update
+
+    checked = artifact_version(artifact, kind.value)  # the wrong kind fails here, before any I/O
+    version = version or checked
+    v = publish_policy_update(_connected(Settings()), artifact, version, on_swap.value, kind.value, check=False)
+    typer.echo(f"published {kind.value} policy {v} from {artifact}")
 
 
 @app.command()
@@ -140,16 +230,24 @@ def simulate(
     duration_s: float = typer.Option(60.0, help="how long to run"),
     speed: float = typer.Option(60.0, help="event-time seconds per wall-clock second"),
     seed: int = typer.Option(0),
-    segments: str = typer.Option("heldout", help="heldout | train | all"),
+    segments: Segments = typer.Option(Segments.heldout, help="which market segments send requests"),
 ) -> None:
-    """Run the market live against the worker: requests out, decisions in, clicks and purchases back."""
+    """Run the market live against the worker: requests out, decisions in, clicks and purchases back.
+
+    Prints a JSON summary (values that could not be measured are null). Exit code 1 when no worker
+    answered.
+    """
     from streams.live import LiveConfig, run_live
 
-    summary = run_live(Settings(), LiveConfig(rate=rate, duration_s=duration_s, speed=speed, seed=seed,
-                                              segments=segments))
+    summary = run_live(_connected(Settings()), LiveConfig(rate=rate, duration_s=duration_s, speed=speed,
+                                                          seed=seed, segments=segments.value))
     summary.pop("series")
     summary.pop("latencies_ms")
-    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(finite(summary), indent=2, allow_nan=False))
+    if summary["requests_sent"] and not summary["decisions"]:
+        typer.echo("metacart: no decision came back: is a worker running against this broker and topic prefix "
+                   "(`metacart worker`, METACART_KAFKA__TOPIC_PREFIX)?", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -162,7 +260,7 @@ def demo(
     """The closed loop: train a small meta-policy, start a worker, run the market live, report."""
     from metacart.demo import run_demo
 
-    run_demo(Settings(), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds)
+    run_demo(_connected(Settings()), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds)
 
 
 @bench.command("kernels")
@@ -197,7 +295,7 @@ def bench_stream(
     """Worker decisions/s and request→decision latency on the real broker, against a plain-client ceiling."""
     from metacart.bench.stream import run
 
-    run(Settings(), out=out, n=n, load_rate=load_rate, load_s=load_s)
+    run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s)
 
 
 @bench.command("retention")
@@ -212,9 +310,27 @@ def bench_retention(
     run(quick=quick, out=out, seed=seed)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+@bench.command("all")
+def bench_all(
+    out_dir: Path = typer.Option(Path("reports"), help="one JSON per benchmark goes here"),
+    quick: bool = typer.Option(False, help="the quick variants of adapt and retention"),
+) -> None:
+    """Every benchmark in turn (kernels, adapt, retention, stream), writing OUT_DIR/bench-<name>.json."""
+    from metacart.bench import adapt, kernels, retention, stream
+
+    settings = _connected(Settings())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kernels.run(out=out_dir / "bench-kernels.json")
+    adapt.run(quick=quick, out=out_dir / "bench-adapt.json", plot=out_dir / "bench-adapt.png")
+    retention.run(quick=quick, out=out_dir / "bench-retention.json")
+    stream.run(settings, out=out_dir / "bench-stream.json")
+    typer.echo(f"wrote {', '.join(sorted(p.name for p in out_dir.glob('bench-*')))} to {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: ``metacart`` with the error policy of ``metacart.console``."""
+    return run_cli(app, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

@@ -51,20 +51,25 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> C
 
 
 def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
-    """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``."""
-    admin = AdminClient(client_config(kafka))
+    """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``.
+
+    librdkafka's own log is silenced here (``log_level`` 0): with no broker it writes a
+    "Connection refused" line about every 50 ms, and the one error raised says it all.
+    """
+    admin = AdminClient(client_config(kafka) | {"log_level": 0})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if admin.list_topics(timeout=2).brokers:
+            if admin.list_topics(timeout=min(2.0, max(deadline - time.monotonic(), 0.1))).brokers:
                 return
         except KafkaException as exc:
             last = exc
         time.sleep(0.2)
+    reason = last.args[0].str() if last is not None and last.args and hasattr(last.args[0], "str") else last
     raise BrokerUnavailable(
-        f"no Kafka broker answered at {kafka.bootstrap} within {timeout_s:.0f}s "
-        f"(start one with `deploy/kafka/broker.sh start`): {last}")
+        f"no Kafka broker answered at {kafka.bootstrap} within {timeout_s:g}s ({reason}); start one with "
+        "`metacart broker start` or set METACART_KAFKA__BOOTSTRAP")
 
 
 def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0,
@@ -86,7 +91,25 @@ def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: f
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    wait_for_leaders(admin, {t.topic for t in new}, timeout_s)
 
+
+def wait_for_leaders(admin: AdminClient, names: set[str], timeout_s: float = 30.0) -> None:
+    """Block until every partition of ``names`` has a leader.
+
+    A topic just created answers ``NOT_LEADER_FOR_PARTITION`` to producers for a moment; waiting
+    here keeps that out of the first requests.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        missing = [n for n in names if n not in topics or topics[n].error is not None
+                   or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"topics without a partition leader after {timeout_s:g}s: {sorted(missing)}")
+        time.sleep(0.1)
 
 def consume(kafka: KafkaSettings, topics: list[str], group_id: str, count: int,
             timeout_s: float, **overrides: object) -> list[Message]:

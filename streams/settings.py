@@ -92,6 +92,8 @@ class Settings(BaseSettings):
         6066, ge=0, le=65535,
         description="HTTP port of /metrics, /healthz and /readyz (Faust's web server; 0 turns it off)")
     stats_interval_s: float = Field(1.0, gt=0, description="how often a worker publishes its counters")
+    broker_wait_s: float = Field(
+        10.0, gt=0, description="how long a command or worker waits for the broker before giving up")
 
 
 def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:

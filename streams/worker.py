@@ -142,7 +142,7 @@ def tune_gc() -> None:
 
 def run(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
-    wait_for_broker(settings.kafka)
+    wait_for_broker(settings.kafka, timeout_s=settings.broker_wait_s)
     app, _ = build(settings)
     tune_gc()
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
