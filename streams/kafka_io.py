@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.exceptions import BrokerUnavailable
 from streams.settings import KafkaSettings
+from streams.structured_logs import RDKAFKA_LOGGER
 from streams.topics import TopicSpec
 
 
@@ -38,7 +39,7 @@ def make_producer(kafka: KafkaSettings, **overrides: object) -> Producer:
         "enable.idempotence": True,
         "queue.buffering.max.messages": 1_000_000,
     }
-    return Producer(config | overrides)
+    return Producer({"logger": RDKAFKA_LOGGER} | config | overrides)
 
 
 def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> Consumer:
@@ -47,7 +48,7 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> C
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
     }
-    return Consumer(config | overrides)
+    return Consumer({"logger": RDKAFKA_LOGGER} | config | overrides)
 
 
 def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:

@@ -20,6 +20,7 @@ from streams.app import create_app, topics_for
 from streams.kafka_io import ensure_topics, wait_for_broker
 from streams.settings import Settings
 from streams.events import WorkerStats
+from streams.structured_logs import configure_logging
 from streams.metrics import WorkerMetrics
 from streams.topics import Topics, TopicSpec
 from streams.web import FaustConsumerState, install_routes
@@ -140,10 +141,22 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+class _Worker(faust.Worker):
+    """Faust's worker with metacart's logging (``streams.structured_logs``) and no terminal spinner."""
+
+    settings: Settings
+
+    def _setup_logging(self) -> None:
+        configure_logging(self.settings, worker_name(self.settings))
+
+
 def run(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
+    configure_logging(settings, worker_name(settings))
     wait_for_broker(settings.kafka, timeout_s=settings.broker_wait_s)
     app, _ = build(settings)
     tune_gc()
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker = _Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.settings = settings
+    worker.spinner = None
     worker.execute_from_commandline()

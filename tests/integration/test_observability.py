@@ -4,6 +4,7 @@ what was sent through the broker."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -106,3 +107,7 @@ def test_readiness_flips_after_recovery_and_metrics_add_up(settings, workers):
     assert _value(samples, "metacart_state_bytes") > 0
     assert _value(samples, "metacart_engine_counter", agent="ads", name="clicks_applied") == 1
     decisions.close()
+
+    logged = [json.loads(line) for line in worker.log_path.read_text().splitlines()]  # every line is JSON
+    assert {r["worker"] for r in logged} == {f"{settings.worker_id}@{socket.gethostname()}:{worker.pid}"}
+    assert {"faust.worker", "metacart.worker"} <= {r["logger"] for r in logged}
