@@ -20,7 +20,7 @@ export METACART_KAFKA__BOOTSTRAP := 127.0.0.1:$(BROKER_PORT)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[train,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

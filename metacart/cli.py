@@ -89,6 +89,16 @@ def _main(
         typer.echo(f"metacart: warning: {warning}", err=True)
 
 
+def _need_training_extra(command: str) -> None:
+    """One line instead of an ImportError when a serving-only install runs a command that trains."""
+    from importlib.util import find_spec
+
+    missing = [m for m in ("torch", "matplotlib") if find_spec(m) is None]
+    if missing:
+        raise UserError(f"`metacart {command}` needs {' and '.join(missing)}, which a serving install leaves "
+                        "out: pip install 'metacart[train]'")
+
+
 def _connected(settings: Settings) -> Settings:
     """``settings`` once a broker answers at its address (one-line error within ``broker_wait_s``)."""
     from streams.kafka_io import wait_for_broker
@@ -164,6 +174,7 @@ def train(
     version: Optional[str] = typer.Option(None, help="ads: artifact version (default: derived)"),
 ) -> None:
     """Train a policy (torch) and write a versioned artifact directory that workers load without torch."""
+    _need_training_extra("train")
     if kind is Kind.retention:
         if logs_path is not None or simulate:
             raise UserError("--logs and --simulate are for --kind ads; retention trains on its own simulator")
@@ -258,6 +269,7 @@ def demo(
     train_seconds: float = typer.Option(60.0, help="time box of the meta-training step"),
 ) -> None:
     """The closed loop: train a small meta-policy, start a worker, run the market live, report."""
+    _need_training_extra("demo")
     from metacart.demo import run_demo
 
     run_demo(_connected(Settings()), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds)
@@ -280,6 +292,7 @@ def bench_adapt(
     artifact: Optional[Path] = typer.Option(None, help="use this artifact instead of training one"),
 ) -> None:
     """Regret on held-out segments: meta vs scratch, pooled, random, oracle."""
+    _need_training_extra("bench adapt")
     from metacart.bench.adapt import run
 
     run(quick=quick, out=out, plot=plot, seed=seed, artifact=artifact)
@@ -305,6 +318,7 @@ def bench_retention(
     seed: int = typer.Option(0),
 ) -> None:
     """Incremental retained value at equal spend: ours vs risk_top, random, oracle."""
+    _need_training_extra("bench retention")
     from metacart.bench.retention import run
 
     run(quick=quick, out=out, seed=seed)
@@ -316,6 +330,7 @@ def bench_all(
     quick: bool = typer.Option(False, help="the quick variants of adapt and retention"),
 ) -> None:
     """Every benchmark in turn (kernels, adapt, retention, stream), writing OUT_DIR/bench-<name>.json."""
+    _need_training_extra("bench all")
     from metacart.bench import adapt, kernels, retention, stream
 
     settings = _connected(Settings())
