@@ -215,6 +215,22 @@ def worker() -> None:
     run(Settings())
 
 
+@app.command()
+def status(
+    decisions: int = typer.Option(20000, min=1, help="how many of the newest decisions to summarise per segment"),
+    segments: int = typer.Option(10, min=1, help="segments shown in the table"),
+    as_json: bool = typer.Option(False, "--json", help="print the whole state as JSON instead of tables"),
+) -> None:
+    """What the running system is doing: workers, consumer groups and lag, what each segment has learned."""
+    from metacart.status import collect, render
+
+    state = collect(_connected(Settings()), decisions=decisions)
+    if as_json:
+        typer.echo(json.dumps(finite(state), indent=2, allow_nan=False))
+    else:
+        render(state, segments=segments)
+
+
 @app.command("publish-policy")
 def publish_policy(
     artifact: Path = typer.Option(..., help="artifact directory every worker can read"),
