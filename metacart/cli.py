@@ -240,8 +240,9 @@ def publish_policy(
 ) -> None:
     """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again).
 
-    The artifact is loaded and its kind checked first. Ad workers apply ads updates; retention workers
-    log and count a retention update (restart them with METACART_RETENTION__ARTIFACT to switch).
+    The artifact is loaded and its kind checked first. Ad workers hot-swap to an ads update; retention
+    workers do not hot-swap: they log a warning and count it (restart them with
+    METACART_RETENTION__ARTIFACT pointing at the new artifact).
     """
     from streams.control import artifact_version, publish_policy_update
 

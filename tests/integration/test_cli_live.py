@@ -11,7 +11,9 @@ from pathlib import Path
 from streams.app import topics_for
 from streams.settings import settings_env
 
-from .conftest import Reader
+from .conftest import Reader, start_worker
+from .helpers import counter
+from .test_observability import _wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +35,7 @@ def test_simulate_without_worker_prints_valid_json_and_a_hint(settings):
         "(`metacart worker`, METACART_KAFKA__TOPIC_PREFIX)?"]
 
 
-def test_train_and_publish_a_retention_policy(settings, tmp_path):
+def test_train_and_publish_a_retention_policy(settings, workers, tmp_path):
     out = tmp_path / "retention"
     trained = cli(settings, "train", "--kind", "retention", "--out", str(out), "--max-seconds", "6", timeout=240)
     assert trained.returncode == 0, trained.stderr
@@ -48,3 +50,18 @@ def test_train_and_publish_a_retention_policy(settings, tmp_path):
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
         f"metacart: error: {out} is a retention artifact, not an ads one: publish it with --kind retention"]
     updates.close()
+
+    # A retention worker does not hot-swap: it says so in its log and counts it.
+    settings.agents = "retention"
+    settings.retention.artifact = out
+    worker = start_worker(workers, settings, "retention")
+    _wait_ready(worker)
+    stats = Reader(settings.kafka, topics_for(settings).worker_stats.name)
+    assert cli(settings, "publish-policy", "--kind", "retention", "--artifact", str(out),
+               "--version", "next-version").returncode == 0
+    stats.wait_for(lambda ms: counter(ms, "retention_policy_updates_not_applied") == 1, 60, "update noticed")
+    logged = [json.loads(line) for line in worker.log_path.read_text().splitlines()]
+    (warning,) = [r for r in logged if "is not applied" in r["msg"]]
+    assert warning["level"] == "WARNING" and "next-version" in warning["msg"]
+    assert f"METACART_RETENTION__ARTIFACT={out.resolve()}" in warning["msg"]
+    stats.close()
