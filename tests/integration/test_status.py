@@ -66,7 +66,11 @@ def test_status_shows_workers_groups_and_segments(settings, workers):
     assert segs[NAME_A]["posterior_updates"] == 2 and segs[NAME_A]["posterior_trace"] > 0
     assert segs[NAME_B]["evidence_share"] < 1e-9 < segs[NAME_A]["evidence_share"]  # B knows only its prior
     assert sum(a["chosen"] for a in segs[NAME_B]["top_ads"]) <= 10
-    assert all(0 < a["expected_ctr"] < 1 for s in segs.values() for a in s["top_ads"])
+    seen = [json.loads(m.value()) for m in decisions.seen]
+    for name, seg in segs.items():
+        for ad in seg["top_ads"]:  # the posterior score the decisions reported when this ad was chosen
+            scores = [d["explanation"]["score"] for d in seen if d["segment"] == name and d["ad_id"] == ad["ad_id"]]
+            assert ad["chosen"] == len(scores) and abs(ad["expected_ctr"] - sum(scores) / len(scores)) < 1e-5
 
     table = status(settings)
     assert table.returncode == 0, table.stderr
