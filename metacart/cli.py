@@ -125,8 +125,12 @@ def settings() -> None:
 
 @app.command()
 def broker(action: BrokerAction = typer.Argument(..., help="what to do with the local broker")) -> None:
-    """Run the local single-node Kafka broker (deploy/kafka/broker.sh)."""
-    raise typer.Exit(subprocess.call([str(REPO / "deploy" / "kafka" / "broker.sh"), action.value]))
+    """Run the local single-node Kafka broker (deploy/kafka/broker.sh, in a source checkout)."""
+    script = REPO / "deploy" / "kafka" / "broker.sh"
+    if not script.is_file():
+        raise UserError(f"no broker launcher at {script}: `metacart broker` runs from a source checkout; "
+                        "elsewhere point METACART_KAFKA__BOOTSTRAP at your Kafka cluster")
+    raise typer.Exit(subprocess.call([str(script), action.value]))
 
 
 @app.command()
@@ -238,7 +242,7 @@ def publish_policy(
     on_swap: OnSwap = typer.Option(OnSwap.keep, help="what happens to segment posteriors learned so far"),
     kind: Kind = typer.Option(Kind.ads, help="the policy the artifact is for (checked against the artifact)"),
 ) -> None:
-    """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again).
+    """Tell every ad worker to hot-swap to --artifact (rollback = publish the old one again).
 
     The artifact is loaded and its kind checked first. Ad workers hot-swap to an ads update; retention
     workers do not hot-swap: they log a warning and count it (restart them with
@@ -284,12 +288,14 @@ def demo(
     rate: float = typer.Option(400.0, help="ad requests per second"),
     out_dir: Path = typer.Option(Path("reports/demo"), help="where the report goes"),
     train_seconds: float = typer.Option(60.0, help="time box of the meta-training step"),
+    keep: bool = typer.Option(False, help="keep the run's topics, worker state and artifacts (deleted by default)"),
 ) -> None:
-    """The closed loop: train a small meta-policy, start a worker, run the market live, report."""
+    """The closed loop: train small policies, start two workers (ads, retention), run both worlds live, report."""
     _need_training_extra("demo")
     from metacart.demo import run_demo
 
-    run_demo(_connected(Settings()), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds)
+    run_demo(_connected(Settings()), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds,
+             keep=keep)
 
 
 @bench.command("kernels")

@@ -160,6 +160,8 @@ class _EngineCollector(Collector):
                 reserved.add_metric([], counters.get("retention_reserved", 0.0))
                 caps.add_metric(["total"], counters.get("retention_budget", 0.0))
                 caps.add_metric(["partitions_total"], counters.get("retention_budget_per_partition", 0.0))
+                caps.add_metric(["segment"], float(getattr(getattr(engine, "settings", None),
+                                                           "segment_budget_per_period", 0.0)))
                 for name, value in counters.items():
                     if name.startswith("retention_actions_"):
                         actions.add_metric([name[len("retention_actions_"):]], value)
