@@ -79,7 +79,7 @@ def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: f
 
     ``compacted`` creates them with ``cleanup.policy=compact`` (table changelogs).
     """
-    admin = AdminClient(client_config(kafka))
+    admin = AdminClient(client_config(kafka) | {"logger": RDKAFKA_LOGGER})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     config = {"cleanup.policy": "compact"} if compacted else {}
     new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=config)
