@@ -236,11 +236,15 @@ def _plot(summary: dict, path: Path, retention: dict | None = None,
 
 
 def _plot_retention(ax, r: dict) -> None:
-    """Cumulative expected value over doing nothing and cumulative spend, week by week, with the cap."""
+    """Cumulative expected value over doing nothing (ours and risk targeting at the same reserved budget) and
+    cumulative spend, week by week, with the cap."""
     weeks = np.arange(1, len(r["incremental_by_round"]) + 1)
     ax.plot(weeks, np.cumsum(r["incremental_by_round"]), marker="o", color="tab:green",
             label="retained value over doing nothing (expected, net of cost)")
     ax.axhline(0.0, color="grey", lw=1, label="doing nothing")
+    if r.get("risk_top_by_round"):
+        ax.plot(weeks, np.cumsum(r["risk_top_by_round"]), marker="o", ls="--", color="tab:brown",
+                label="risk targeting, same budget (coupon_5 to the highest true churn risk)")
     ax.plot(weeks, np.cumsum(r["reserved_by_round"]), marker="s", color="tab:orange", label="budget reserved")
     ax.plot(weeks, np.cumsum(r["spend_by_round"]), marker="^", color="tab:red", label="spend paid")
     ax.plot(weeks, weeks * r["budget_per_period"], ls="--", color="tab:orange", alpha=0.6, label="cap (cumulative)")

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from policy.retention.artifacts import load_artifacts
-from policy.retention.schema import NONE, PURCHASE, SESSION, TREATMENTS
+from policy.retention.schema import NONE, PURCHASE, RESERVE_COST, SESSION, TREATMENTS
 from policy.simulator.retention import RetentionWorld, draw_segments, subset_segments
 from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_producer, tail_consumer
@@ -118,6 +118,9 @@ class LiveRetentionStats:
     reserved_by_round: list[float] = field(default_factory=list)
     incremental_by_round: list[float] = field(default_factory=list)
     spend_by_round: list[float] = field(default_factory=list)
+    risk_top_by_round: list[float] = field(default_factory=list)
+    """Reference: expected net uplift had the round's reserved budget gone as coupon_5 to the users of
+    highest true churn risk (risk targeting), instead of the policy's actions."""
     versions: dict[str, int] = field(default_factory=dict)
     sim_day: float = 0.0
     started: float = field(default_factory=time.monotonic)
@@ -146,6 +149,7 @@ class LiveRetentionStats:
             "incremental_by_round": [round(x, 2) for x in self.incremental_by_round],
             "reserved_by_round": [round(x, 4) for x in self.reserved_by_round],
             "spend_by_round": [round(x, 4) for x in self.spend_by_round],
+            "risk_top_by_round": [round(x, 2) for x in self.risk_top_by_round],
             "policy_versions": dict(self.versions),
             "wall_s": round(time.monotonic() - self.started, 1),
         }
@@ -241,6 +245,18 @@ def run_live_retention(settings: Settings, cfg: LiveRetentionConfig,
     return stats.summary(r.budget_per_period)
 
 
+RISK_TOP_ACTION = TREATMENTS.index("coupon_5")
+
+
+def _risk_top_gain(world: RetentionWorld, net: np.ndarray, reserved: float) -> float:
+    """Expected net uplift of risk targeting with ``reserved`` to spend: coupon_5 by true churn risk."""
+    n = min(int(reserved // RESERVE_COST[RISK_TOP_ACTION]), world.n_users)
+    if n <= 0:
+        return 0.0
+    chosen = np.argsort(-world.churn_probability(), kind="stable")[:n]
+    return float((net[chosen, RISK_TOP_ACTION] - net[chosen, NONE]).sum())
+
+
 def _play_round(world: RetentionWorld, tick: float, received: dict, applied_ticks: set, users: list[str],
                 segs: list[str], index: dict[str, int], stats: LiveRetentionStats, heap: list, seq: int,
                 topics, budget: float) -> int:
@@ -261,6 +277,7 @@ def _play_round(world: RetentionWorld, tick: float, received: dict, applied_tick
     stats.incremental_value += gained
     stats.incremental_by_round.append(gained)
     reserved = float(sum(a["cost"] for a in got.values()))
+    stats.risk_top_by_round.append(_risk_top_gain(world, net, reserved))
     stats.reserved += reserved
     stats.reserved_by_round.append(reserved)
     for a in got.values():
