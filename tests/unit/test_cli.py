@@ -4,6 +4,7 @@ at a closed local port)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -125,3 +126,22 @@ def test_help_texts_name_the_choices():
     result = cli("publish-policy", "--help", env={"COLUMNS": "200"})
     assert result.returncode == 0
     assert "ads" in result.stdout and "retention" in result.stdout and "keep" in result.stdout
+
+
+def test_every_command_has_help_and_make_bench_names_a_real_command(capsys):
+    import typer
+
+    from metacart.cli import app, main
+
+    group = typer.main.get_command(app)
+    commands = [n for n in group.commands if n != "bench"] + [f"bench {n}" for n in group.commands["bench"].commands]
+    assert "bench all" in commands and "status" in commands
+    for command in commands:
+        assert main([*command.split(), "--help"]) == 0, command
+        assert "Usage: metacart " + command in " ".join(capsys.readouterr().out.split())
+    makefile = (ROOT / "Makefile").read_text()
+    for line in makefile.splitlines():
+        if "bin/metacart " in line:
+            invoked = line.split("bin/metacart ")[1].split(" ||")[0].split()
+            words = list(itertools.takewhile(lambda w: not w.startswith("-"), invoked))
+            assert " ".join(words) in commands, line
