@@ -53,6 +53,8 @@ def one_line(exc: BaseException) -> str:
 def run_cli(command: Callable[..., object], argv: list[str], prog_name: str = "metacart") -> int:
     """Run a click/typer command with the error policy above; returns the exit code."""
     debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line, not only before the subcommand
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
         code = command(args=argv, prog_name=prog_name, standalone_mode=False)
     except typer.Exit as exc:

@@ -72,6 +72,8 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" in result.stderr and "UserError" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("metacart: error: no logged-bandit file")
+    after = cli("train", "--out", str(tmp_path / "a"), "--logs", str(tmp_path / "none.npz"), "--debug")
+    assert after.returncode == 2 and "Traceback" in after.stderr  # --debug after the subcommand works too
 
 
 def test_publish_refuses_an_artifact_of_the_wrong_kind(tmp_path):
