@@ -79,6 +79,7 @@ def test_every_family_is_listed_and_values_follow_the_engines(tmp_path):
     assert one(samples, "metacart_open_decisions", agent="ads") == 6
     assert one(samples, "metacart_open_decisions", agent="retention") == rt.pending_count()
     assert one(samples, "metacart_segments_in_state", agent="ads") == 1
+    assert one(samples, "metacart_segments_in_state", agent="retention") == 1  # its one segment, reviewed
     assert one(samples, "metacart_users_in_state") == rt.counters["retention_users"] == 5
     assert one(samples, "metacart_retention_cap", scope="total") == rt.settings.budget_per_period
     assert one(samples, "metacart_retention_cap", scope="segment") == rt.settings.segment_budget_per_period
