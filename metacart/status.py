@@ -1,7 +1,8 @@
 """``metacart status``: what the running system is doing, read from Kafka alone.
 
 - **Workers** from the worker-stats topic: each worker's newest report (policy version, open
-  decisions, segments in memory) and its rates over the last two reports.
+  decisions, segments in memory) and its rates over the last two reports, joined to its consumer-group
+  membership (workers use their name as Kafka client id): assigned partitions and their lag.
 - **Consumer groups** (one per worker id) from the broker: members and the partitions assigned to
   each, committed offsets and the lag behind each partition's end.
 - **Segments** from the tail of ad-decisions and the ads posteriors changelog: decisions seen, the
@@ -40,6 +41,10 @@ class WorkerView:
     last_report_age_s: float
     rates_per_s: dict[str, float] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
+    partitions: list[str] = field(default_factory=list)
+    """``topic[partition]`` assigned to this worker (from the group's membership)."""
+    lag: int | None = None
+    """Messages behind on its partitions (committed offset to end); None when not a group member."""
 
 
 @dataclass
@@ -82,6 +87,12 @@ def collect(settings: Settings, decisions: int = 20000, timeout_s: float = 10.0)
     workers = _workers([json.loads(m.value()) for m in reports], settings.stats_interval_s)
     groups = sorted({w.group for w in workers} or {settings.worker_id})
     group_views = [_group(settings, g, timeout_s) for g in groups]
+    for w in workers:
+        for g in group_views:
+            member = next((m for m in g.members if m["client"] == w.worker), None)
+            if member is not None:
+                w.partitions = member["partitions"]
+                w.lag = sum(g.lag.get(p, 0) for p in member["partitions"])
     seen = [json.loads(m.value()) for m in _tail(settings, topics.ad_decisions.name, decisions, timeout_s)]
     posteriors = {}
     for g in groups:
@@ -230,15 +241,17 @@ def render(state: dict, segments: int = 10) -> None:
 
     console = Console()
     t = Table(title="workers (from worker-stats)")
-    for col in ("worker", "policy", "open decisions", "segments", "decisions/s", "updates/s", "report age"):
+    for col in ("worker", "policy", "partitions", "lag", "open decisions", "segments", "decisions/s", "updates/s",
+                "report age"):
         t.add_column(col)
     for w in state["workers"]:
         r = w["rates_per_s"]
-        t.add_row(w["worker"], w["policy_version"], str(w["pending"]), str(w["segments_in_memory"]),
+        t.add_row(w["worker"], w["policy_version"], str(len(w["partitions"])),
+                  "—" if w["lag"] is None else str(w["lag"]), str(w["pending"]), str(w["segments_in_memory"]),
                   f"{r.get('decisions', r.get('retention_actions', 0)):.1f}",
                   f"{r.get('updates', r.get('retention_updates', 0)):.1f}", f"{w['last_report_age_s']:.1f}s")
     if not state["workers"]:
-        t.add_row("no worker reported in the last 30 s", "", "", "", "", "", "")
+        t.add_row("no worker reported in the last 30 s", *[""] * 8)
     console.print(t)
     g = Table(title="consumer groups (from the broker)")
     for col in ("group", "state", "members: assigned partitions", "lag"):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from policy.adapter import Adapter
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_engine import AdsEngine
 from streams.agents import ads as ads_agents
-from streams.app import create_app, topics_for
+from streams.app import create_app, topics_for, worker_name
 from streams.kafka_io import ensure_topics, wait_for_broker
 from streams.settings import Settings
 from streams.events import WorkerStats
@@ -90,11 +88,6 @@ def _install_retention(app: faust.App, settings: Settings, topics: Topics, requi
     from streams.agents import retention
 
     return retention.install(app, settings, topics, metrics)
-
-
-def worker_name(settings: Settings) -> str:
-    """``worker_id@host:pid``: how stats, metrics and logs name this process."""
-    return f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
 
 
 def _install_stats(app: faust.App, settings: Settings, topics: Topics, engines: list) -> None:

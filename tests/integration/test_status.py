@@ -51,13 +51,14 @@ def test_status_shows_workers_groups_and_segments(settings, workers):
     assert w["worker"].endswith(f":{worker.pid}") and w["group"] == settings.worker_id
     assert w["policy_version"] == "itest-v1" and w["pending"] == 41
     assert w["counters"]["decisions"] == 41 and "decisions" in w["rates_per_s"]
+    assert w["lag"] == 0 and sorted(w["partitions"]) == sorted(member_partitions := [
+        f"{topics.ad_requests.name}[{p}]" for p in range(settings.kafka.segment_partitions)] +
+        [f"{topics.ad_feedback.name}[{p}]" for p in range(settings.kafka.segment_partitions)])
     (g,) = state["groups"]
     assert g["group"] == settings.worker_id and g["state"] == "STABLE"
     (member,) = g["members"]
-    parts = settings.kafka.segment_partitions
-    assert sorted(member["partitions"]) == sorted(
-        [f"{topics.ad_requests.name}[{p}]" for p in range(parts)] +
-        [f"{topics.ad_feedback.name}[{p}]" for p in range(parts)])
+    assert member["client"] == w["worker"]  # workers name themselves as the consumer's client id
+    assert sorted(member["partitions"]) == sorted(member_partitions)
     assert g["total_lag"] == 0
     segs = {s["segment"]: s for s in state["segments"]}
     assert set(segs) == {NAME_A, NAME_B}
