@@ -15,12 +15,12 @@ export METACART_BROKER_PORT := $(BROKER_PORT)
 export METACART_BROKER_CONTROLLER_PORT := $(shell expr $(BROKER_PORT) + 1)
 export METACART_KAFKA__BOOTSTRAP := 127.0.0.1:$(BROKER_PORT)
 
-.PHONY: demo test unit integration bench broker-start broker-stop venv clean
+.PHONY: demo test unit integration bench broker-start broker-stop venv clean compose-config
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[train,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -42,6 +42,12 @@ demo: $(STAMP) broker-start
 
 bench: $(STAMP) broker-start
 	@status=0; $(VENV)/bin/metacart bench all --out-dir reports || status=$$?; $(BROKER) stop; exit $$status
+
+# `docker compose config` without Docker: compose-go (the loader docker compose uses) built from the Go
+# module proxy validates docker-compose.yml against the compose specification and prints the result.
+compose-config:
+	cd deploy/compose-check && go build -o ../../var/compose-check .
+	var/compose-check docker-compose.yml
 
 clean:
 	-$(BROKER) stop

@@ -3,27 +3,108 @@
 Process-wide settings come from ``streams.settings.Settings`` (environment variables ``METACART_…``;
 ``metacart settings`` prints them with their variable names). Options here cover what a person changes
 per run. Torch is imported only by ``train`` and the benchmarks that train.
+
+User mistakes end in one line on stderr and exit code 2 (``--debug`` adds the traceback); see
+``metacart.console``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from enum import Enum
+from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from metacart.console import finite, run_cli, setting_variables, unknown_variables
+from metacart.exceptions import UserError
 from streams.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="metacart: Kafka + Faust agents serving a meta-learned, per-segment adapted policy.")
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks (results as a table and JSON).")
 app.add_typer(bench, name="bench")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class Kind(str, Enum):
+    """Which policy: ad placement or churn intervention."""
+
+    ads = "ads"
+    retention = "retention"
+
+
+class OnSwap(str, Enum):
+    keep = "keep"
+    reset = "reset"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Segments(str, Enum):
+    heldout = "heldout"
+    train = "train"
+    all = "all"
+
+
+class BrokerAction(str, Enum):
+    start = "start"
+    stop = "stop"
+    status = "status"
+    restart = "restart"
+
+
+def _version() -> str:
+    try:
+        return package_version("metacart")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"metacart {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="print the version and exit"),
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of an error, not just its line"),
+) -> None:
+    """metacart: Kafka + Faust agents serving a meta-learned, per-segment adapted policy."""
+    for warning in unknown_variables(os.environ, setting_variables(Settings)):
+        typer.echo(f"metacart: warning: {warning}", err=True)
+
+
+def _need_training_extra(command: str) -> None:
+    """One line instead of an ImportError when a serving-only install runs a command that trains."""
+    from importlib.util import find_spec
+
+    missing = [m for m in ("torch", "matplotlib") if find_spec(m) is None]
+    if missing:
+        raise UserError(f"`metacart {command}` needs {' and '.join(missing)}, which a serving install leaves "
+                        "out: pip install 'metacart[train]'")
+
+
+def _connected(settings: Settings) -> Settings:
+    """``settings`` once a broker answers at its address (one-line error within ``broker_wait_s``)."""
+    from streams.kafka_io import wait_for_broker
+
+    wait_for_broker(settings.kafka, timeout_s=settings.broker_wait_s)
+    return settings
 
 
 @app.command()
@@ -42,9 +123,13 @@ def settings(show_secrets: bool = typer.Option(
 
 
 @app.command()
-def broker(action: str = typer.Argument(..., help="start | stop | status | restart")) -> None:
-    """Run the local single-node Kafka broker (deploy/kafka/broker.sh)."""
-    raise typer.Exit(subprocess.call([str(REPO / "deploy" / "kafka" / "broker.sh"), action]))
+def broker(action: BrokerAction = typer.Argument(..., help="what to do with the local broker")) -> None:
+    """Run the local single-node Kafka broker (deploy/kafka/broker.sh, in a source checkout)."""
+    script = REPO / "deploy" / "kafka" / "broker.sh"
+    if not script.is_file():
+        raise UserError(f"no broker launcher at {script}: `metacart broker` runs from a source checkout; "
+                        "elsewhere point METACART_KAFKA__BOOTSTRAP at your Kafka cluster")
+    raise typer.Exit(subprocess.call([str(script), action.value]))
 
 
 @app.command()
@@ -177,34 +262,50 @@ def evaluate(
 @app.command()
 def train(
     out: Path = typer.Option(..., help="artifact directory to write"),
-    logs_path: Optional[Path] = typer.Option(None, "--logs", help="logged-bandit .npz (v1) or v2 directory to train on"),
-    simulate: bool = typer.Option(False, help="train on fresh simulator logs instead of --logs"),
+    kind: Kind = typer.Option(Kind.ads, help="ads: meta-policy from logged bandit data; retention: churn-risk "
+                              "model and uplift prior from the retention simulator"),
+    logs_path: Optional[Path] = typer.Option(None, "--logs", help="ads: logged-bandit .npz (v1) or v2 directory"),
+    simulate: bool = typer.Option(False, help="ads: train on fresh simulator logs instead of --logs"),
     n_per_segment: int = typer.Option(1000, help="with --simulate: logged rows per training segment"),
-    epochs: Optional[int] = typer.Option(None, help="maximum epochs (TrainConfig.epochs)"),
-    max_seconds: Optional[float] = typer.Option(None, help="stop training after this long"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="ads: maximum epochs (TrainConfig.epochs)"),
+    max_seconds: Optional[float] = typer.Option(None, min=0.1, help="stop training after this long "
+                                                "(retention: default 60)"),
+    device: Optional[Device] = typer.Option(None, help="ads: torch device (auto = cuda when available)"),
     seed: Optional[int] = typer.Option(None, help="seed of the split, batches and initialisation"),
-    version: Optional[str] = typer.Option(None, help="artifact version (default: derived)"),
+    version: Optional[str] = typer.Option(None, help="ads: artifact version (default: derived)"),
     config_file: Optional[Path] = typer.Option(
-        None, "--config", help="JSON or TOML file of TrainConfig settings (any field of policy.train_config)"),
+        None, "--config", help="ads: JSON or TOML file of TrainConfig settings (any field of policy.train_config)"),
     set_values: list[str] = typer.Option(
-        [], "--set", help="KEY=VALUE for any TrainConfig field, e.g. --set likelihood=bernoulli "
+        [], "--set", help="ads: KEY=VALUE for any TrainConfig field, e.g. --set likelihood=bernoulli "
         "--set explore_scales=[1,0.5]; applied after --config, before the flags above"),
     allow_no_gain: bool = typer.Option(
-        False, "--allow-no-gain", help="write the artifact even when it does not beat its held-out baselines"),
+        False, "--allow-no-gain", help="ads: write the artifact even when it does not beat its held-out baselines"),
 ) -> None:
-    """Meta-train phi and the segment prior (torch), check it on held-out segments, write the artifact.
+    """Train a policy (torch) and write a versioned artifact directory that workers load without torch.
 
-    Training compares the adapted model on segments it never saw with its own initialisation, a pooled
-    logistic regression, the prior mean alone and the base rate. When it does not beat all of them it says
-    so, writes nothing and exits 1, unless --allow-no-gain.
+    Ads: meta-train phi and the segment prior, then check the model on held-out segments against its own
+    initialisation, a pooled logistic regression, the prior mean alone and the base rate. When it does not
+    beat all of them it says so, writes nothing and exits 1, unless --allow-no-gain.
     """
+    _need_training_extra("train")
+    if kind is Kind.retention:
+        if logs_path is not None or simulate:
+            raise UserError("--logs and --simulate are for --kind ads; retention trains on its own simulator")
+        from policy.retention.train import build_artifacts
+
+        build_artifacts(out, max_seconds=60.0 if max_seconds is None else max_seconds,
+                        seed=0 if seed is None else seed)
+        typer.echo(f"retention artifact written to {out}")
+        return
     from policy.train import train as train_policy
     from policy.exceptions import LogFormatError
     from policy.train_config import TrainingError, config_from_file, config_from_mapping
 
     if (logs_path is None) == (not simulate):
         raise typer.BadParameter("give exactly one of --logs PATH or --simulate")
+    if logs_path is not None and not logs_path.exists():
+        raise UserError(f"no logged-bandit file or v2 log directory at {logs_path} "
+                        "(write one with `metacart logs --out FILE`)")
     try:
         values = config_from_file(config_file) if config_file is not None else {}
         for item in set_values:
@@ -212,7 +313,8 @@ def train(
             if not sep:
                 raise TrainingError(f"--set takes KEY=VALUE, got {item!r}")
             values[key.strip()] = value
-        flags = {"epochs": epochs, "max_seconds": max_seconds, "device": device, "seed": seed, "version": version}
+        flags = {"epochs": epochs, "max_seconds": max_seconds, "device": None if device is None else device.value,
+                 "seed": seed, "version": version}
         values.update({k: v for k, v in flags.items() if v is not None})
         config = config_from_mapping(values)
         if simulate:
@@ -234,8 +336,7 @@ def train(
 
         artifact = train_policy(data, config, progress=progress)
     except (TrainingError, LogFormatError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise UserError(str(exc)) from None
     report = artifact.meta.report
     for line in report.get("summary", []):
         typer.echo(f"held-out check: {line}")
@@ -255,7 +356,7 @@ def train(
 
 @app.command()
 def worker() -> None:
-    """Run a worker (Faust) until interrupted. Configure with METACART_* variables."""
+    """Run a worker (Faust) until interrupted. Configure with METACART_* variables (`metacart settings`)."""
     from streams.exceptions import StreamsError
     from streams.worker import run
 
@@ -280,12 +381,28 @@ def forget(user: str = typer.Option(..., help="the user id, as the shop knows it
     typer.echo(f"erasure {request.request_id} of user {user} sent; workers delete its state as they read it")
 
 
+@app.command()
+def status(
+    decisions: int = typer.Option(20000, min=1, help="how many of the newest decisions to summarise per segment"),
+    segments: int = typer.Option(10, min=1, help="segments shown in the table"),
+    as_json: bool = typer.Option(False, "--json", help="print the whole state as JSON instead of tables"),
+) -> None:
+    """What the running system is doing: workers, consumer groups and lag, what each segment has learned."""
+    from metacart.status import collect, render
+
+    state = collect(_connected(Settings()), decisions=decisions)
+    if as_json:
+        typer.echo(json.dumps(finite(state), indent=2, allow_nan=False))
+    else:
+        render(state, segments=segments)
+
+
 @app.command("publish-policy")
 def publish_policy(
     artifact: Path = typer.Option(..., help="artifact directory every worker can read"),
     version: Optional[str] = typer.Option(None, help="version to announce (default: the artifact's)"),
-    on_swap: str = typer.Option("keep", help="keep | reset segment posteriors"),
-    kind: str = typer.Option("ads", help="ads | retention"),
+    on_swap: OnSwap = typer.Option(OnSwap.keep, help="what happens to segment posteriors learned so far"),
+    kind: Kind = typer.Option(Kind.ads, help="the policy the artifact is for (checked against the artifact)"),
     gate: Optional[Path] = typer.Option(None, help="recent exported log: publish only if the paired lower "
                                                    "bound of candidate - serving on it is above --margin"),
     serving: Optional[Path] = typer.Option(None, help="with --gate: the serving artifact (default: the last "
@@ -298,10 +415,18 @@ def publish_policy(
                                               "size on the log is below this"),
     force: bool = typer.Option(False, help="with --gate: publish even if the gate refuses (and say so)"),
 ) -> None:
-    """Tell every worker to hot-swap to ARTIFACT (rollback = publish the old one again)."""
-    from streams.control import latest_policy_update, publish_policy_update
+    """Tell every ad worker to hot-swap to --artifact (rollback = publish the old one again).
 
-    s = Settings()
+    The artifact is loaded and its kind checked first. With --gate it is evaluated off-policy against the
+    serving one on a recent exported log and published only when the paired lower bound clears --margin.
+    Ad workers hot-swap to an ads update; retention workers do not hot-swap: they log a warning and count it
+    (restart them with METACART_RETENTION__ARTIFACT pointing at the new artifact).
+    """
+    from streams.control import artifact_version, latest_policy_update, publish_policy_update
+
+    checked = artifact_version(artifact, kind.value)  # the wrong kind fails here, before any I/O
+    version = version or checked
+    s = _connected(Settings())
     record = None
     if gate is not None:
         from metacart.gate import gate_check
@@ -310,10 +435,10 @@ def publish_policy(
         from policy.artifact import PolicyArtifact
         from streams.events import GateRecord
 
-        if kind != "ads":
+        if kind is not Kind.ads:
             raise typer.BadParameter("--gate evaluates ad policies only (retention logs have no export yet)")
         if serving is None:
-            last = latest_policy_update(s, kind)
+            last = latest_policy_update(s, kind.value)
             serving = Path(last.artifact_uri) if last is not None else s.policy.artifact
         p = s.policy
         try:
@@ -338,8 +463,8 @@ def publish_policy(
                             difference=d["value"], lo=d["lo"], hi=d["hi"], candidate_value=result.candidate["value"],
                             serving_value=result.serving["value"], serving_version=serving_version,
                             ess=result.ess, log_rows=result.rows, log_uri=str(gate.resolve()))
-    v = publish_policy_update(s, artifact, version, on_swap, kind, gate=record)
-    typer.echo(f"published {kind} policy {v} from {artifact}")
+    v = publish_policy_update(s, artifact, version, on_swap.value, kind.value, check=False, gate=record)
+    typer.echo(f"published {kind.value} policy {v} from {artifact}")
 
 
 @app.command()
@@ -348,16 +473,24 @@ def simulate(
     duration_s: float = typer.Option(60.0, help="how long to run"),
     speed: float = typer.Option(60.0, help="event-time seconds per wall-clock second"),
     seed: int = typer.Option(0),
-    segments: str = typer.Option("heldout", help="heldout | train | all"),
+    segments: Segments = typer.Option(Segments.heldout, help="which market segments send requests"),
 ) -> None:
-    """Run the market live against the worker: requests out, decisions in, clicks and purchases back."""
+    """Run the market live against the worker: requests out, decisions in, clicks and purchases back.
+
+    Prints a JSON summary (values that could not be measured are null). Exit code 1 when no worker
+    answered.
+    """
     from streams.live import LiveConfig, run_live
 
-    summary = run_live(Settings(), LiveConfig(rate=rate, duration_s=duration_s, speed=speed, seed=seed,
-                                              segments=segments))
+    summary = run_live(_connected(Settings()), LiveConfig(rate=rate, duration_s=duration_s, speed=speed,
+                                                          seed=seed, segments=segments.value))
     summary.pop("series")
     summary.pop("latencies_ms")
-    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(finite(summary), indent=2, allow_nan=False))
+    if summary["requests_sent"] and not summary["decisions"]:
+        typer.echo("metacart: no decision came back: is a worker running against this broker and topic prefix "
+                   "(`metacart worker`, METACART_KAFKA__TOPIC_PREFIX)?", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -366,11 +499,14 @@ def demo(
     rate: float = typer.Option(400.0, help="ad requests per second"),
     out_dir: Path = typer.Option(Path("reports/demo"), help="where the report goes"),
     train_seconds: float = typer.Option(60.0, help="time box of the meta-training step"),
+    keep: bool = typer.Option(False, help="keep the run's topics, worker state and artifacts (deleted by default)"),
 ) -> None:
-    """The closed loop: train a small meta-policy, start a worker, run the market live, report."""
+    """The closed loop: train small policies, start two workers (ads, retention), run both worlds live, report."""
+    _need_training_extra("demo")
     from metacart.demo import run_demo
 
-    run_demo(Settings(), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds)
+    run_demo(_connected(Settings()), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds,
+             keep=keep)
 
 
 @bench.command("kernels")
@@ -396,6 +532,7 @@ def bench_adapt(
 ) -> None:
     """Regret on held-out segments (meta vs scratch, pooled, random, oracle), then every world family
     against a practitioner's baselines (lift = fraction of the random->oracle gap, paired 95 % CIs)."""
+    _need_training_extra("bench adapt")
     from metacart.bench.adapt import run
     from metacart.bench.worlds import WORLDS
 
@@ -418,7 +555,7 @@ def bench_stream(
     """Worker decisions/s and request→decision latency on the real broker, against a plain-client ceiling."""
     from metacart.bench.stream import run
 
-    run(Settings(), out=out, n=n, load_rate=load_rate, load_s=load_s)
+    run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s)
 
 
 @bench.command("retention")
@@ -428,6 +565,7 @@ def bench_retention(
     seed: int = typer.Option(0),
 ) -> None:
     """Incremental retained value at equal spend: ours vs risk_top, random, oracle."""
+    _need_training_extra("bench retention")
     from metacart.bench.retention import run
 
     run(quick=quick, out=out, seed=seed)
@@ -459,9 +597,28 @@ def bench_logs(
     run(rows, path, out=out, keep=keep)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+@bench.command("all")
+def bench_all(
+    out_dir: Path = typer.Option(Path("reports"), help="one JSON per benchmark goes here"),
+    quick: bool = typer.Option(False, help="the quick variants of adapt and retention"),
+) -> None:
+    """Every benchmark in turn (kernels, adapt, retention, stream), writing OUT_DIR/bench-<name>.json."""
+    _need_training_extra("bench all")
+    from metacart.bench import adapt, kernels, retention, stream
+
+    settings = _connected(Settings())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kernels.run(out=out_dir / "bench-kernels.json")
+    adapt.run(quick=quick, out=out_dir / "bench-adapt.json", plot=out_dir / "bench-adapt.png")
+    retention.run(quick=quick, out=out_dir / "bench-retention.json")
+    stream.run(settings, out=out_dir / "bench-stream.json")
+    typer.echo(f"wrote {', '.join(sorted(p.name for p in out_dir.glob('bench-*')))} to {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: ``metacart`` with the error policy of ``metacart.console``."""
+    return run_cli(app, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

@@ -5,12 +5,18 @@
 3. Run the market live on the *held-out* segments — segments the policy has never seen — and show a
    terminal view: events/s, decision latency, the live policy's CTR against the simulator's random and
    oracle references, segments adapted, updates applied, and the retention side when it runs.
-4. Write ``report.png`` (CTR against the number of decisions a new segment has had) and ``summary.json``.
+4. Write ``report.png`` (CTR against the number of decisions a new segment has had; retention value and
+   spend per week against doing nothing and the cap) and ``summary.json``.
+5. Delete the run's topics, state and artifacts unless told to keep them.
+
+Every breakdown on screen adds up to its total. With stdout not a terminal (a log file, CI) a progress line
+is printed every 10 s instead of the live table.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -20,7 +26,9 @@ import numpy as np
 
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
-from streams.kafka_io import ensure_topics, make_consumer, wait_for_broker
+from confluent_kafka.admin import AdminClient
+
+from streams.kafka_io import client_config, ensure_topics, make_consumer, wait_for_broker
 from streams.live import LiveConfig, LiveStats, run_live
 from streams.live_retention import LiveRetentionConfig, LiveRetentionStats, aligned_settings, run_live_retention
 from streams.pseudonyms import with_run_key
@@ -61,7 +69,8 @@ def _train(console, path: Path, max_seconds: float) -> None:
     console.print(f"  artifact [bold]{art.version}[/] → {path}")
 
 
-def _view(stats: LiveStats, worker: dict, retention: "LiveRetentionStats | None" = None) -> "object":
+def _view(stats: LiveStats, worker: dict, retention: "LiveRetentionStats | None" = None,
+          value_weight: float = 0.0) -> "object":
     from rich.table import Table
 
     elapsed = time.monotonic() - stats.started
@@ -83,16 +92,14 @@ def _view(stats: LiveStats, worker: dict, retention: "LiveRetentionStats | None"
         t.add_row("share of achievable lift", f"{(pol - rnd) / (orc - rnd):.0%}")
     t.add_row("clicks / purchases / revenue", f"{stats.clicks:,} / {stats.purchases:,} / {stats.revenue:,.0f}")
     t.add_row("segments adapted (in worker)", f"{worker.get('segments_in_memory', 0)}")
-    t.add_row("posterior updates applied", f"{int(c.get('updates', 0)):,}  (clicks {int(c.get('clicks_applied', 0)):,}, "
-              f"closed windows {int(c.get('windows_closed', 0)):,})")
+    t.add_row("posterior updates applied", updates_breakdown(c, value_weight))
     t.add_row("duplicates / late feedback", f"{int(c.get('clicks_duplicate', 0))} / {int(c.get('clicks_late_or_unknown', 0))}")
     t.add_row("dead letters", f"{int(c.get('dead_letters', 0))}")
     if retention is not None:
         t.add_section()
         t.add_row("[bold]retention[/] (held-out segments)", f"week {retention.rounds} of the live world, "
                   f"{retention.sessions:,} session events")
-        treated = {k: v for k, v in retention.by_treatment.items() if k != "none" and v}
-        t.add_row("actions (treatments)", f"{retention.actions:,} ({', '.join(f'{k} {v}' for k, v in treated.items()) or '—'})")
+        t.add_row("actions", f"{retention.actions:,} ({actions_breakdown(retention.by_treatment)})")
         weekly = max(retention.reserved_by_round, default=0.0)
         t.add_row("budget", f"{retention.reserved:,.0f} reserved so far, {retention.spend:,.0f} paid; "
                   f"busiest week {weekly:,.0f} of the {s_cap(c):,.0f} weekly cap")
@@ -101,6 +108,38 @@ def _view(stats: LiveStats, worker: dict, retention: "LiveRetentionStats | None"
         t.add_row("outcomes applied / dead letters", f"{int(c.get('retention_outcomes_applied', 0)):,} / "
                   f"{int(c.get('retention_dead_letters', 0))}")
     return t
+
+
+def progress_line(stats: LiveStats, worker: dict, retention: "LiveRetentionStats | None",
+                  value_weight: float = 0.0) -> str:
+    """One plain line of progress (for a stdout that is not a terminal)."""
+    elapsed = time.monotonic() - stats.started
+    pol = f"{np.mean(stats.exp_policy[-2000:]):.2%}" if stats.exp_policy else "—"
+    line = (f"  {elapsed:4.0f}s  requests {stats.sent:,}  decisions {stats.decided:,}  expected CTR {pol}  "
+            f"updates {updates_breakdown(worker.get('counters', {}), value_weight)}")
+    if retention is not None:
+        line += f"  | retention week {retention.rounds}, actions {retention.actions:,}"
+    return line
+
+
+def updates_breakdown(c: dict, value_weight: float = 0.0) -> str:
+    """Posterior updates and the parts they are made of (the parts add up to the total).
+
+    With click rewards (``value_weight`` 0) a click updates at once and a window closing without one
+    applies the zero update; with purchase value in the reward every update happens when a window closes
+    (or is closed early by the open-decision cap).
+    """
+    total = int(c.get("updates", 0))
+    if value_weight > 0:
+        parts = {"windows closed": c.get("windows_closed", 0), "closed early": c.get("windows_forced", 0)}
+    else:
+        parts = {"clicks": c.get("clicks_applied", 0), "windows closed without a click": c.get("zero_updates", 0)}
+    return f"{total:,} = " + " + ".join(f"{int(v):,} {k}" for k, v in parts.items())
+
+
+def actions_breakdown(by_treatment: dict[str, int]) -> str:
+    """Every action by treatment, "none" included, so that the parts add up to the total."""
+    return ", ".join(f"{k} {v:,}" for k, v in by_treatment.items() if v) or "—"
 
 
 def merged(reports: dict[str, dict]) -> dict:
@@ -119,7 +158,39 @@ def s_cap(counters: dict) -> float:
     return float(counters.get("retention_budget", 0.0))
 
 
-def _plot(summary: dict, path: Path) -> dict:
+def replay_reference(artifact, n_per_segment: int, seed: int = 0) -> dict[str, list[float]]:
+    """Expected CTR by decisions-so-far for the meta policy and for learning from scratch, replayed offline.
+
+    Both policies meet the same held-out segments and the same requests (one per segment per step, rewards
+    drawn by the simulator and learned at once); ``scratch`` is Thompson sampling on the learned phi with a
+    vague prior (:func:`policy.baselines.scratch_phi`), ``meta`` the served policy's prior. The difference
+    between the two curves is what the meta-prior adds; the live curve (feedback delayed by the attribution
+    window) sits beside them.
+    """
+    from policy.adapter import Adapter
+    from policy.baselines import scratch_phi
+    from policy.simulator.market import Market
+
+    market = Market()
+    segs = np.asarray(market.heldout_segments)
+    names = [market.segment_names[i] for i in segs]
+    curves: dict[str, list[float]] = {}
+    for label, policy in (("meta", Adapter(artifact, seed=seed)), ("scratch", scratch_phi(artifact, seed=seed))):
+        rng = np.random.default_rng(seed + 7)
+        ctr = []
+        for _ in range(n_per_segment):
+            req = market.sample_requests(segs, rng)
+            decided = policy.decide_many(names, req.context, req.candidates)
+            p = market.click_prob(req.segment, req.context, req.candidates)
+            ctr.append(float(p[np.arange(len(segs)), decided.choices].mean()))
+            clicks = market.respond(req, decided.choices, rng).click.astype(np.float64)
+            policy.learn_many(names, decided.phis_chosen, clicks)
+        curves[label] = ctr
+    return curves
+
+
+def _plot(summary: dict, path: Path, retention: dict | None = None,
+          reference: dict[str, list[float]] | None = None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,24 +209,73 @@ def _plot(summary: dict, path: Path) -> dict:
         mids.append((lo + hi) / 2)
         for name in ("exp_policy", "exp_random", "exp_oracle"):
             curves.setdefault(name, []).append(float(np.mean(np.array(series[name])[sel])))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2 if retention else 1, figsize=(13 if retention else 7, 4), squeeze=False)
+    ax = axes[0, 0]
     labels = {"exp_policy": "live policy (meta prior + per-segment adaptation)", "exp_random": "random",
               "exp_oracle": "oracle (true parameters)"}
     for name, ys in curves.items():
         ax.plot(mids, ys, marker="o", label=labels[name])
+    for name, style in (("meta", "tab:blue"), ("scratch", "tab:purple")):
+        if reference and reference.get(name):
+            ref = np.array(reference[name])
+            bins = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if lo < len(ref)]
+            ax.plot([(lo + hi) / 2 for lo, hi in bins], [float(ref[lo:hi].mean()) for lo, hi in bins], ls="--",
+                    color=style, alpha=0.8, label=f"{'meta prior' if name == 'meta' else 'learn from scratch'}"
+                    " (offline replay, immediate feedback)")
+            curves[f"replay_{name}"] = [float(ref[lo:hi].mean()) for lo, hi in bins]
     ax.set_xlabel("decisions the segment had before (new, held-out segments)")
     ax.set_ylabel("expected CTR of the shown ad")
     ax.set_title("metacart demo: CTR on segments never seen in training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=7, loc="lower right")
+    if retention:
+        _plot_retention(axes[0, 1], retention)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return {"bins_mid": mids, **{k: v for k, v in curves.items()}}
 
 
+def _plot_retention(ax, r: dict) -> None:
+    """Cumulative expected value over doing nothing (ours and risk targeting at the same reserved budget) and
+    cumulative spend, week by week, with the cap."""
+    weeks = np.arange(1, len(r["incremental_by_round"]) + 1)
+    ax.plot(weeks, np.cumsum(r["incremental_by_round"]), marker="o", color="tab:green",
+            label="retained value over doing nothing (expected, net of cost)")
+    ax.axhline(0.0, color="grey", lw=1, label="doing nothing")
+    if r.get("risk_top_by_round"):
+        ax.plot(weeks, np.cumsum(r["risk_top_by_round"]), marker="o", ls="--", color="tab:brown",
+                label="risk targeting, same budget (coupon_5 to the highest true churn risk)")
+    ax.plot(weeks, np.cumsum(r["reserved_by_round"]), marker="s", color="tab:orange", label="budget reserved")
+    ax.plot(weeks, np.cumsum(r["spend_by_round"]), marker="^", color="tab:red", label="spend paid")
+    ax.plot(weeks, weeks * r["budget_per_period"], ls="--", color="tab:orange", alpha=0.6, label="cap (cumulative)")
+    ax.set_xticks(weeks)
+    ax.set_xlabel("week of the live retention world (held-out segments)")
+    ax.set_ylabel("cumulative value / spend")
+    ax.set_title("retention: value and spend against doing nothing")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def cleanup(settings: Settings, prefix: str, paths: list[Path]) -> tuple[int, list[Path]]:
+    """Delete the topics whose names start with ``prefix`` and the ``paths``; returns what went."""
+    admin = AdminClient(client_config(settings.kafka))
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    deleted = 0
+    for future in (admin.delete_topics(names, operation_timeout=30).values() if names else []):
+        try:
+            future.result(30)
+            deleted += 1
+        except Exception:  # already gone, or the broker refused: the run's data is small either way
+            pass
+    removed = [p for p in paths if p.exists()]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return deleted, removed
+
+
 def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
-             out_dir: Path = Path("reports/demo"), train_seconds: float = 60.0) -> dict:
+             out_dir: Path = Path("reports/demo"), train_seconds: float = 60.0, keep: bool = False) -> dict:
     from rich.console import Console
     from rich.live import Live
 
@@ -181,6 +301,10 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
     build_artifacts(retention_dir, max_seconds=min(train_seconds, 40.0))
     s = aligned_settings(s, artifact=retention_dir)
     console.print(f"  retention artifacts in {time.perf_counter() - t_ret:.0f}s")
+
+    from policy.artifact import PolicyArtifact
+
+    served = PolicyArtifact.load(s.policy.artifact)  # in memory: the directory may be cleaned up below
 
     console.rule("[bold]2. starting two workers (Faust + RocksDB via rocksdict): ads, retention")
     topics = topics_for(s)
@@ -221,12 +345,17 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
             on_tick=lambda st: retention_view.__setitem__(0, st)))
 
     retention_thread = threading.Thread(target=retention_loop, name="live-retention", daemon=True)
+    last_line = [0.0]
     try:
         retention_thread.start()
         with Live(console=console, refresh_per_second=2) as live:
             def on_tick(stats: LiveStats) -> None:
                 read_stats(0)
-                live.update(_view(stats, merged(reports), retention_view[0]))
+                live.update(_view(stats, merged(reports), retention_view[0], s.ads.value_weight))
+                if not console.is_terminal and time.monotonic() - last_line[0] >= 10.0:
+                    last_line[0] = time.monotonic()
+                    console.print(progress_line(stats, merged(reports), retention_view[0], s.ads.value_weight),
+                                  soft_wrap=True)
 
             summary = run_live(s, LiveConfig(rate=rate, duration_s=duration_s, segments="heldout"),
                                on_tick=on_tick)
@@ -236,9 +365,18 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
         stats_consumer.close()
         for w in workers:
             w.stop()
+        if not keep:
+            n, removed = cleanup(s, f"demo-{tag}", [s.store.data_dir, s.policy.artifact.parent])
+            console.print(f"  cleaned up: {n} topics, {', '.join(str(p) for p in removed) or 'no directories'} "
+                          "(--keep keeps them)")
 
     console.rule("[bold]4. report")
-    curves = _plot(summary, out_dir / "report.png")
+    per_segment = max(summary["series"]["seg_rank"], default=0) + 1
+    t_ref = time.perf_counter()
+    reference = replay_reference(served, per_segment)
+    console.print(f"  offline replay of meta prior vs learning from scratch, {per_segment} decisions per held-out "
+                  f"segment, in {time.perf_counter() - t_ref:.0f}s")
+    curves = _plot(summary, out_dir / "report.png", retention_result or None, reference)
     series = summary.pop("series")
     early = [i for i, r in enumerate(series["seg_rank"]) if r < 50]
     late = [i for i, r in enumerate(series["seg_rank"]) if r >= max(series["seg_rank"]) * 0.6]
@@ -251,12 +389,22 @@ def run_demo(settings: Settings, duration_s: float = 90.0, rate: float = 400.0,
         "ctr_first50_per_segment": float(pol[early].mean()) if early else None,
         "ctr_last40pct_per_segment": float(pol[late].mean()) if late else None,
         "random_reference": float(np.mean(series["exp_random"])),
+        "replay_meta_mean_ctr": float(np.mean(reference["meta"])),
+        "replay_scratch_mean_ctr": float(np.mean(reference["scratch"])),
         "oracle_reference": float(np.mean(series["exp_oracle"])),
         "curves": curves,
         "worker_counters": merged(reports).get("counters", {}),
-        "artifact": str(s.policy.artifact),
+        "artifact": str(s.policy.artifact) if keep else None,
         "retention": retention_result or None,
     })
+    if retention_result:
+        r = retention_result
+        recomputed = (r["expected_value_policy"] - r["expected_cost_policy"]) - (
+            r["expected_value_nothing"] - r["expected_cost_nothing"])
+        r["incremental_value_check"] = {
+            "formula": "(expected_value_policy - expected_cost_policy) - (expected_value_nothing - expected_cost_nothing)",
+            "recomputed": round(recomputed, 2),
+            "sum_of_rounds": round(sum(r["incremental_by_round"]), 2)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"  CTR on new segments: first 50 decisions each {summary['ctr_first50_per_segment']:.2%} → "
                   f"late {summary['ctr_last40pct_per_segment']:.2%}; random {summary['random_reference']:.2%}, "

@@ -8,6 +8,8 @@ an exception inside the consumer.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import faust
@@ -17,6 +19,11 @@ from streams.settings import Settings
 from streams.topics import Topics
 
 TABLE_OPTIONS = {"driver": "rocksdict"}
+
+
+def worker_name(settings: Settings) -> str:
+    """``worker_id@host:pid``: how stats, metrics, logs and the consumer's client id name this process."""
+    return f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -46,6 +53,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=kafka.heartbeat_interval_s,
         logging_config=None,
         **faust_options(kafka),
+        broker_client_id=worker_name(settings),  # the broker's view of the group names this process
     )
     # Faust pauses the consumer whenever more than ``max_messages`` table changes wait for the
     # changelog (100 by default, a class attribute). One state flush writes about that many at once

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from policy.artifact import PolicyArtifact
+from policy.artifact import META_FILE, ArtifactError, PolicyArtifact
 from streams.app import topics_for
 from streams.events import GateRecord, PolicyUpdate
 from streams.kafka_io import ensure_topics, make_producer
@@ -17,11 +17,12 @@ def publish_policy_update(settings: Settings, artifact: Path, version: str | Non
                           gate: GateRecord | None = None) -> str:
     """Publish a ``PolicyUpdate`` for ``artifact``; returns the announced version.
 
-    With ``check`` the artifact is loaded first, so a typo fails here rather than in every worker
-    (workers validate again and refuse a bad artifact either way).
+    With ``check`` the artifact is loaded first and must be of ``kind``, so a typo or the wrong
+    directory fails here rather than in every worker (workers validate again and refuse a bad
+    artifact either way).
     """
     if check:
-        version = version or PolicyArtifact.load(artifact).version
+        version = version or artifact_version(artifact, kind)
     if not version:
         raise ValueError("a version is needed when check=False")
     topics = topics_for(settings)
@@ -50,3 +51,24 @@ def latest_policy_update(settings: Settings, kind: str = "ads", timeout_s: float
         if update.kind == kind:
             latest = update
     return latest
+
+
+def artifact_version(artifact: Path, kind: str) -> str:
+    """Load ``artifact`` as a ``kind`` ("ads" or "retention") artifact; returns its version.
+
+    Raises ``ArtifactError`` naming the mismatch when the directory holds the other kind.
+    """
+    from policy.retention.artifacts import MANIFEST, load_artifacts
+
+    path = Path(artifact)
+    if kind == "retention":
+        if (path / META_FILE).is_file() and not (path / MANIFEST).is_file():
+            raise ArtifactError(f"{path} is an ads policy artifact, not a retention one: publish it with "
+                                "--kind ads, or train one with `metacart train --kind retention`")
+        return load_artifacts(path).uplift.version
+    if (path / MANIFEST).is_file():
+        raise ArtifactError(f"{path} is a retention artifact, not an ads one: publish it with --kind retention")
+    loaded = PolicyArtifact.load(path)
+    if loaded.meta.kind != kind:
+        raise ArtifactError(f"{path} holds a policy of kind {loaded.meta.kind}, not {kind}")
+    return loaded.version

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.connection import librdkafka_config
 from streams.exceptions import BrokerRefused, BrokerUnavailable
 from streams.settings import KafkaSettings
+from streams.structured_logs import RDKAFKA_LOGGER
 from streams.topics import TopicSpec
 
 
@@ -32,7 +33,7 @@ def make_producer(kafka: KafkaSettings, **overrides: object) -> Producer:
         "enable.idempotence": True,
         "queue.buffering.max.messages": 1_000_000,
     }
-    return Producer(config | overrides)
+    return Producer({"logger": RDKAFKA_LOGGER} | config | overrides)
 
 
 def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> Consumer:
@@ -41,7 +42,7 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> C
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
     }
-    return Consumer(config | overrides)
+    return Consumer({"logger": RDKAFKA_LOGGER} | config | overrides)
 
 
 def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
@@ -56,7 +57,7 @@ def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if admin.list_topics(timeout=1).brokers:
+            if admin.list_topics(timeout=min(2.0, max(deadline - time.monotonic(), 0.1))).brokers:
                 return
         except KafkaException as exc:
             last = exc
@@ -67,9 +68,10 @@ def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
             if refusal is not None:
                 raise BrokerRefused(refusal)
         time.sleep(0.2)
+    reason = last.args[0].str() if last is not None and last.args and hasattr(last.args[0], "str") else last
     raise BrokerUnavailable(
-        f"no Kafka broker answered at {kafka.bootstrap} within {timeout_s:.0f}s "
-        f"(start one with `deploy/kafka/broker.sh start`): {last or (errors[-1].str() if errors else '')}")
+        f"no Kafka broker answered at {kafka.bootstrap} within {timeout_s:g}s ({reason}); start one with "
+        "`metacart broker start` or set METACART_KAFKA__BOOTSTRAP")
 
 
 # librdkafka logs every failed connection attempt (about every 50 ms); wait_for_broker reports once.
@@ -108,7 +110,7 @@ def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: f
     ``declare_topics``) a missing topic is an error instead: an administrator creates them.
     """
     specs = list(specs)
-    admin = AdminClient(client_config(kafka))
+    admin = AdminClient(client_config(kafka) | {"logger": RDKAFKA_LOGGER})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
@@ -131,7 +133,25 @@ def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: f
                 continue
             refusal = refusal_of(kafka, err)
             raise BrokerRefused(refusal or f"cannot create topic {name}: {_short(err.str())}") from None
+    wait_for_leaders(admin, {t.topic for t in new}, timeout_s)
 
+
+def wait_for_leaders(admin: AdminClient, names: set[str], timeout_s: float = 30.0) -> None:
+    """Block until every partition of ``names`` has a leader.
+
+    A topic just created answers ``NOT_LEADER_FOR_PARTITION`` to producers for a moment; waiting
+    here keeps that out of the first requests.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        missing = [n for n in names if n not in topics or topics[n].error is not None
+                   or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"topics without a partition leader after {timeout_s:g}s: {sorted(missing)}")
+        time.sleep(0.1)
 
 def consume(kafka: KafkaSettings, topics: list[str], group_id: str, count: int,
             timeout_s: float, **overrides: object) -> list[Message]:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from policy.retention.artifacts import load_artifacts
-from policy.retention.schema import NONE, PURCHASE, SESSION, TREATMENTS
+from policy.retention.schema import NONE, PURCHASE, RESERVE_COST, SESSION, TREATMENTS
 from policy.simulator.retention import RetentionWorld, draw_segments, subset_segments
 from streams.app import topics_for
 from streams.pseudonyms import pseudonyms_for
@@ -108,12 +108,20 @@ class LiveRetentionStats:
     """Expected window value (all users) under the actions taken."""
     value_nothing: float = 0.0
     """Expected window value (all users) had nobody been treated."""
+    cost_policy: float = 0.0
+    """Expected cost (all users) of the actions taken; doing nothing costs nothing."""
+    cost_nothing: float = 0.0
     incremental_value: float = 0.0
-    """Expected net uplift (value - cost) of the actions taken over doing nothing."""
+    """Expected net uplift of the actions taken over doing nothing:
+    (value_policy - cost_policy) - (value_nothing - cost_nothing)."""
     retained_value: float = 0.0
     """Realised window value reported in outcomes."""
     reserved_by_round: list[float] = field(default_factory=list)
     incremental_by_round: list[float] = field(default_factory=list)
+    spend_by_round: list[float] = field(default_factory=list)
+    risk_top_by_round: list[float] = field(default_factory=list)
+    """Reference: expected net uplift had the round's reserved budget gone as coupon_5 to the users of
+    highest true churn risk (risk targeting), instead of the policy's actions."""
     versions: dict[str, int] = field(default_factory=dict)
     sim_day: float = 0.0
     started: float = field(default_factory=time.monotonic)
@@ -136,9 +144,13 @@ class LiveRetentionStats:
             "retained_value": round(self.retained_value, 2),
             "expected_value_policy": round(self.value_policy, 2),
             "expected_value_nothing": round(self.value_nothing, 2),
+            "expected_cost_policy": round(self.cost_policy, 2),
+            "expected_cost_nothing": round(self.cost_nothing, 2),
             "incremental_value": round(self.incremental_value, 2),
             "incremental_by_round": [round(x, 2) for x in self.incremental_by_round],
             "reserved_by_round": [round(x, 4) for x in self.reserved_by_round],
+            "spend_by_round": [round(x, 4) for x in self.spend_by_round],
+            "risk_top_by_round": [round(x, 2) for x in self.risk_top_by_round],
             "policy_versions": dict(self.versions),
             "wall_s": round(time.monotonic() - self.started, 1),
         }
@@ -237,6 +249,18 @@ def run_live_retention(settings: Settings, cfg: LiveRetentionConfig,
     return stats.summary(r.budget_per_period)
 
 
+RISK_TOP_ACTION = TREATMENTS.index("coupon_5")
+
+
+def _risk_top_gain(world: RetentionWorld, net: np.ndarray, reserved: float) -> float:
+    """Expected net uplift of risk targeting with ``reserved`` to spend: coupon_5 by true churn risk."""
+    n = min(int(reserved // RESERVE_COST[RISK_TOP_ACTION]), world.n_users)
+    if n <= 0:
+        return 0.0
+    chosen = np.argsort(-world.churn_probability(), kind="stable")[:n]
+    return float((net[chosen, RISK_TOP_ACTION] - net[chosen, NONE]).sum())
+
+
 def _play_round(world: RetentionWorld, tick: float, received: dict, applied_ticks: set, users: list[str],
                 segs: list[str], index: dict[str, int], stats: LiveRetentionStats, heap: list, seq: int,
                 topics, budget: float) -> int:
@@ -252,9 +276,12 @@ def _play_round(world: RetentionWorld, tick: float, received: dict, applied_tick
     gained = float((net[rows, action] - net[:, NONE]).sum())
     stats.value_policy += float(value[rows, action].sum())
     stats.value_nothing += float(value[:, NONE].sum())
+    stats.cost_policy += float(cost[rows, action].sum())
+    stats.cost_nothing += float(cost[:, NONE].sum())
     stats.incremental_value += gained
     stats.incremental_by_round.append(gained)
     reserved = float(sum(a["cost"] for a in got.values()))
+    stats.risk_top_by_round.append(_risk_top_gain(world, net, reserved))
     stats.reserved += reserved
     stats.reserved_by_round.append(reserved)
     for a in got.values():
@@ -274,10 +301,11 @@ def _play_round(world: RetentionWorld, tick: float, received: dict, applied_tick
         stats.sessions += kind == SESSION
         stats.purchases += kind == PURCHASE
     end = float(res.decision_time.max()) + world.window_days
+    spent = 0.0
     for user, a in got.items():
         i = index[user]
         if a["action"] != "none":
-            stats.spend += float(res.cost[i])
+            spent += float(res.cost[i])
         body = {"schema_version": 1, "decision_id": a["decision_id"], "user_id": user, "segment": a["segment"],
                 "retained": bool(res.purchased[i]), "value": round(float(res.value[i]), 4),
                 "event_time": _iso(end)}
@@ -286,6 +314,8 @@ def _play_round(world: RetentionWorld, tick: float, received: dict, applied_tick
                               json.dumps(body, separators=(",", ":")).encode()))
         stats.outcomes += 1
         stats.retained_value += float(res.value[i])
+    stats.spend += spent
+    stats.spend_by_round.append(spent)
     stats.rounds += 1
     return seq
 

@@ -188,8 +188,16 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
     agents: str = Field("ads,retention", description="agents this worker runs: ads, retention, or both")
-    web_port: int = Field(0, description="Faust web port (0 disables the web server)")
+    web_port: int = Field(
+        6066, ge=0, le=65535,
+        description="HTTP port of /metrics, /healthz and /readyz (Faust's web server; 0 turns it off)")
     stats_interval_s: float = Field(1.0, gt=0, description="how often a worker publishes its counters")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="worker log level")
+    log_format: Literal["json", "text"] = Field("json", description="worker logs: one JSON object per line, or text")
+    log_rate_limit: int = Field(
+        20, ge=0, description="most log records of one message template per 10 s (0 = no limit)")
+    broker_wait_s: float = Field(
+        10.0, gt=0, description="how long a command or worker waits for the broker before giving up")
 
 
 def settings_items(settings: BaseModel, show_secrets: bool = False) -> list[tuple[str, str | None, bool]]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,12 +14,15 @@ from policy.adapter import Adapter
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_engine import AdsEngine
 from streams.agents import ads as ads_agents
-from streams.app import create_app, topics_for
+from streams.app import create_app, topics_for, worker_name
 from streams.kafka_io import ensure_topics, wait_for_broker
 from streams.pseudonyms import Pseudonyms, pseudonyms_for
 from streams.settings import Settings
 from streams.events import WorkerStats
+from streams.structured_logs import configure_logging
+from streams.metrics import WorkerMetrics
 from streams.topics import Topics, TopicSpec
+from streams.web import FaustConsumerState, install_routes
 
 log = logging.getLogger("metacart.worker")
 
@@ -59,15 +60,19 @@ def build(settings: Settings) -> tuple[faust.App, list]:
     topics = topics_for(settings)
     ensure_topics(settings.kafka, topics.all())
     engines: list = []
+    metrics = WorkerMetrics(worker_name(settings), engines, settings.store.data_dir, FaustConsumerState(app))
     if "ads" in roles:
         artifact = load_policy(settings.policy.artifact)
         p = settings.policy
         adapter = Adapter(artifact, eps=p.eps, n_draws=p.n_draws, forget=p.forget, seed=p.seed, scale=p.scale)
-        engines.append(ads_agents.install(app, settings, topics, adapter, pseudonyms))
+        engines.append(ads_agents.install(app, settings, topics, adapter, pseudonyms, metrics))
     if "retention" in roles:
-        engine = _install_retention(app, settings, topics, required=(roles == {"retention"}), pseudonyms=pseudonyms)
+        engine = _install_retention(app, settings, topics, required=(roles == {"retention"}), pseudonyms=pseudonyms,
+                                    metrics=metrics)
         if engine is not None:
             engines.append(engine)
+    if settings.web_port > 0:
+        install_routes(app, metrics, metrics.consumer_state)
     warm_up()
     _install_stats(app, settings, topics, engines)
     _ensure_changelogs(app, settings)
@@ -75,7 +80,7 @@ def build(settings: Settings) -> tuple[faust.App, list]:
 
 
 def _install_retention(app: faust.App, settings: Settings, topics: Topics, required: bool,
-                       pseudonyms: Pseudonyms | None = None) -> object | None:
+                       pseudonyms: Pseudonyms | None = None, metrics: WorkerMetrics | None = None) -> object | None:
     """The retention agents, when a retention artifact is configured (returns their engine)."""
     if not Path(settings.retention.artifact).exists():
         if required:
@@ -85,13 +90,13 @@ def _install_retention(app: faust.App, settings: Settings, topics: Topics, requi
         return None
     from streams.agents import retention
 
-    return retention.install(app, settings, topics, pseudonyms)
+    return retention.install(app, settings, topics, pseudonyms, metrics)
 
 
 def _install_stats(app: faust.App, settings: Settings, topics: Topics, engines: list) -> None:
     """Publish every engine's counters (merged) to worker-stats once per ``stats_interval_s``."""
     stats = app.topic(topics.worker_stats.name, key_type=bytes, value_type=bytes, partitions=1)
-    name = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
+    name = worker_name(settings)
     ads = next((e for e in engines if isinstance(e, AdsEngine)), None)
 
     @app.timer(interval=settings.stats_interval_s)
@@ -133,11 +138,23 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+class _Worker(faust.Worker):
+    """Faust's worker with metacart's logging (``streams.structured_logs``) and no terminal spinner."""
+
+    settings: Settings
+
+    def _setup_logging(self) -> None:
+        configure_logging(self.settings, worker_name(self.settings))
+
+
 def run(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
+    configure_logging(settings, worker_name(settings))
     pseudonyms_for(settings)  # a missing key is a configuration error: say so before any network wait
-    wait_for_broker(settings.kafka)
+    wait_for_broker(settings.kafka, timeout_s=settings.broker_wait_s)
     app, _ = build(settings)
     tune_gc()
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker = _Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.settings = settings
+    worker.spinner = None
     worker.execute_from_commandline()

@@ -34,6 +34,7 @@ from streams.edge import Decoder, Source, dead_letter
 from streams.events import DeadLetter
 from streams.kafka_io import make_consumer, make_producer
 from streams.pseudonyms import Pseudonyms
+from streams.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -105,8 +106,12 @@ class FaustStore:
 
 
 def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter,
-            pseudonyms: Pseudonyms | None = None) -> AdsEngine:
-    """Register the ad agent, its tables, the policy watcher and the stats timer on ``app``."""
+            pseudonyms: Pseudonyms | None = None, metrics: WorkerMetrics | None = None) -> AdsEngine:
+    """Register the ad agent, its tables, the policy watcher and the stats timer on ``app``.
+
+    With ``metrics``, each batch's engine time and each request's latency (record timestamp to
+    decision produced) are observed.
+    """
     ads = settings.ads
     parts = settings.kafka.segment_partitions
     source = app.topic(topics.ad_requests.name, topics.ad_feedback.name,
@@ -146,10 +151,15 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
             for key, value in out.dead_letters:
                 output.produce(topics.dead_letters.name, key=key, value=value)
             output.poll(0)
+            elapsed = time.perf_counter() - t0
             counters = engine.counters
             counters["batches"] += 1
             counters["batch_events"] += len(batch)
-            counters["engine_s"] += time.perf_counter() - t0
+            counters["engine_s"] += elapsed
+            if metrics is not None:
+                metrics.observe_batch("ads", elapsed)
+                metrics.observe_requests(e.message.timestamp for e in events
+                                         if e.message.topic == topics.ad_requests.name)
             counters["deletes_skipped"] = store.skipped_deletes
 
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +37,10 @@ from faust.types import EventT
 from streams.ads_engine import RawMessage
 from streams.agents.lifecycle import install_state_hooks
 from streams.app import TABLE_OPTIONS
-from streams.kafka_io import make_producer
+from streams.edge import Decoder, Source
+from streams.events import DeadLetter
+from streams.kafka_io import make_consumer, make_producer
+from streams.metrics import WorkerMetrics
 from streams.retention_engine import RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
 from streams.pseudonyms import Pseudonyms
@@ -78,8 +83,11 @@ class FaustStore:
 
 
 def install(app: faust.App, settings: Settings, topics: Topics,
-            pseudonyms: Pseudonyms | None = None) -> RetentionEngine:
-    """Register the retention agent and its tables on ``app``; returns the engine (for its counters)."""
+            pseudonyms: Pseudonyms | None = None, metrics: WorkerMetrics | None = None) -> RetentionEngine:
+    """Register the retention agent and its tables on ``app``; returns the engine (for its counters).
+
+    With ``metrics``, each batch's engine time is observed.
+    """
     r = settings.retention
     artifacts = load_engine_artifacts(r.artifact)
     parts = settings.kafka.user_partitions
@@ -109,7 +117,10 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 msg = event.message
                 store.events[msg.partition] = event
                 batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            t0 = time.perf_counter()
             out = engine.process_many(batch)
+            if metrics is not None:
+                metrics.observe_batch("retention", time.perf_counter() - t0)
             if out.actions:
                 await app.producer.flush()  # the state behind these actions is in the changelogs first
             for (key, value), partition in zip(out.actions, out.action_partitions):
@@ -124,4 +135,40 @@ def install(app: faust.App, settings: Settings, topics: Topics,
 
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)
 
+    @app.task
+    async def watch_policy_updates() -> None:
+        await _watch_policy_updates(settings, topics, engine)
+
     return engine
+
+
+async def _watch_policy_updates(settings: Settings, topics: Topics, engine: RetentionEngine) -> None:
+    """Say so when a retention policy is published: retention workers do not hot-swap (yet).
+
+    Every retention worker reads every policy update (its own consumer group); a retention update
+    published after the worker started, for another version than the one served, is logged as a
+    warning with the way to switch and counted (``retention_policy_updates_not_applied``).
+    """
+    started = time.time()
+    consumer = make_consumer(settings.kafka, f"{settings.worker_id}-policy-{uuid.uuid4().hex[:8]}",
+                             **{"enable.auto.commit": False})
+    consumer.subscribe([topics.policy_updates.name])
+    decoder = Decoder(topics.policy_updates.payload)
+    try:
+        while True:
+            msg = consumer.poll(0)
+            if msg is None:
+                await asyncio.sleep(0.5)
+                continue
+            if msg.error():
+                continue
+            update = decoder.decode_one(msg.value(), Source(msg.topic(), msg.partition(), msg.offset(), msg.key()))
+            if (isinstance(update, DeadLetter) or update.kind != "retention" or update.version == engine.version
+                    or update.event_time.timestamp() < started):
+                continue
+            engine.counters["retention_policy_updates_not_applied"] += 1
+            log.warning("retention policy %s published at %s is not applied: retention workers do not "
+                        "hot-swap; restart them with METACART_RETENTION__ARTIFACT=%s (serving %s)",
+                        update.version, update.artifact_uri, update.artifact_uri, engine.version)
+    finally:
+        consumer.close()

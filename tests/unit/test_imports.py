@@ -57,3 +57,31 @@ def test_serving_path_loads_without_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _without_training_extra(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a process where torch and matplotlib cannot be imported (a serving install)."""
+    block = "import sys; sys.modules['torch'] = None; sys.modules['matplotlib'] = None\n"
+    return subprocess.run([sys.executable, "-c", block + code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def test_serving_install_does_not_depend_on_torch():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "torch" not in core and "matplotlib" not in core
+    assert any(d.startswith("torch") for d in project["optional-dependencies"]["train"])
+    result = _without_training_extra(
+        "import streams.worker, streams.agents.retention, streams.web, metacart.cli\n"
+        "from metacart.cli import main; sys.exit(main(['worker', '--help']))")
+    assert result.returncode == 0, result.stderr
+
+
+def test_training_without_the_extra_is_one_line():
+    result = _without_training_extra("from metacart.cli import main; sys.exit(main(['train', '--out', 'x', '--simulate']))")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "metacart: error: `metacart train` needs torch and matplotlib, which a serving install leaves out: "
+        "pip install 'metacart[train]'"]

@@ -56,7 +56,7 @@ def test_bad_settings_are_one_clear_line(tmp_path: Path) -> None:
     done = _cli("--logs", str(logs), "--out", str(tmp_path / "x"), "--set", "epoch=3")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: unknown training setting 'epoch' (did you mean epochs?); see `metacart train --help`"]
+        "metacart: error: unknown training setting 'epoch' (did you mean epochs?); see `metacart train --help`"]
 
 
 def test_every_field_is_settable_from_a_mapping() -> None:
