@@ -362,9 +362,8 @@ def worker() -> None:
 
     try:
         run(Settings())
-    except StreamsError as exc:
-        typer.echo(f"metacart worker: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except StreamsError as exc:  # configuration, credentials, TLS, ACLs: one line, exit code 2
+        raise UserError(str(exc)) from None
 
 
 @app.command()

@@ -62,7 +62,7 @@ def test_unknown_command_and_missing_option():
 def test_train_needs_exactly_one_source_and_an_existing_file(tmp_path):
     assert_one_line_error(cli("train", "--out", str(tmp_path / "a")), "give exactly one of --logs PATH or --simulate")
     assert_one_line_error(cli("train", "--out", str(tmp_path / "a"), "--logs", str(tmp_path / "none.npz")),
-                          "no logged-bandit file at", "metacart logs --out FILE")
+                          "no logged-bandit file or v2 log directory at", "metacart logs --out FILE")
     assert_one_line_error(cli("train", "--kind", "retention", "--out", str(tmp_path / "r"), "--simulate"),
                           "--logs and --simulate are for --kind ads")
 
@@ -90,7 +90,8 @@ def test_publish_refuses_an_artifact_of_the_wrong_kind(tmp_path):
 
 
 def test_no_broker_fails_fast_in_one_line():
-    env = {"METACART_KAFKA__BOOTSTRAP": "127.0.0.1:1", "METACART_BROKER_WAIT_S": "2"}
+    env = {"METACART_KAFKA__BOOTSTRAP": "127.0.0.1:1", "METACART_BROKER_WAIT_S": "2",
+           "METACART_PRIVACY__PSEUDONYM_KEY": "k" * 40}
     for args in (("worker",), ("simulate", "--duration-s", "1")):
         result = cli(*args, env=env, timeout=30)
         assert_one_line_error(result, "no Kafka broker answered at 127.0.0.1:1 within 2s", "metacart broker start")
