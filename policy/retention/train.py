@@ -22,8 +22,9 @@ from torch import nn
 
 from policy.artifact import PolicyArtifact
 from policy.logs import LoggedData
-from policy.retention.features import FEATURE_NAMES
+from policy.retention.features import DX, FEATURE_NAMES
 from policy.retention.risk import RiskModel
+from policy.retention.uplift import N_TREATED, EffectNet
 from policy.train import TrainConfig, train
 
 
@@ -189,3 +190,113 @@ def build_artifacts(out_dir: "str | os.PathLike[str]", max_seconds: float = 60.0
         "world": world, "train_rows": len(logs), "risk": risk.meta,
         "seconds": round(time.perf_counter() - t0, 2),
     })
+
+
+@dataclass
+class EffectTrainConfig:
+    """Settings of :func:`train_effects` (the treatment-effect network behind the uplift head)."""
+
+    hidden: int = 16
+    """ReLU units of each treatment's effect network ``tau_k``."""
+    baseline_hidden: int = 32
+    """ReLU units of the baseline network ``b`` (what a user is worth untreated; used in training only)."""
+    epochs: int = 40
+    """Passes over the training rows."""
+    batch_size: int = 512
+    """Rows per Adam step."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    heldout_fraction: float = 0.2
+    """Training segments held out for early stopping (never trained on)."""
+    patience: int = 6
+    """Stop after this many epochs whose held-out loss does not beat the best by one standard error."""
+    max_seconds: float = 60.0
+    """Stop after this long (the best epoch so far is kept)."""
+    seed: int = 0
+    """Seeds torch, the split and the minibatch order."""
+    threads: int = 2
+    """torch CPU threads."""
+
+
+def train_effects(logs: LoggedData, mean: np.ndarray, sd: np.ndarray,
+                  config: EffectTrainConfig | None = None) -> tuple[EffectNet, dict]:
+    """Fit ``reward = b(z) + tau_a(z) + noise`` (``tau_none = 0``) by least squares on randomised logs.
+
+    The S-learner with explicit treatment heads (Kunzel et al. 2019): the treatment effect is its own
+    function, so the large, noisy baseline cannot hide it. ``b`` is discarded after training; the head
+    prior relearns the baseline on its own features. Early stopping: held-out segments' mean squared
+    error, an epoch counting as better only when it beats the best by more than one standard error of the
+    paired difference (noise cannot keep training alive). Returns the effects and a training report.
+    """
+    config = config or EffectTrainConfig()
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    rng = np.random.default_rng([config.seed, 0xEFF])
+    segs = np.unique(logs.segment)
+    n_hold = max(1, int(round(config.heldout_fraction * segs.size))) if segs.size > 1 else 0
+    hold = rng.permutation(segs)[:n_hold]
+    is_hold = np.isin(logs.segment, hold)
+    z_all = (np.asarray(logs.context, dtype=np.float64) - mean) / sd
+    y_mean, y_sd = float(logs.reward.mean()), float(max(logs.reward.std(), 1e-8))
+    y_all = (logs.reward - y_mean) / y_sd
+    a_all = np.asarray(logs.action, dtype=np.int64)
+
+    def tensors(rows: np.ndarray):
+        return (torch.as_tensor(z_all[rows], dtype=torch.float32), torch.as_tensor(a_all[rows]),
+                torch.as_tensor(y_all[rows], dtype=torch.float32))
+
+    train_rows, hold_rows = np.flatnonzero(~is_hold), np.flatnonzero(is_hold)
+    if hold_rows.size == 0:
+        hold_rows = train_rows
+    zt, at, yt = tensors(train_rows)
+    zh, ah, yh = tensors(hold_rows)
+    base = nn.Sequential(nn.Linear(DX, config.baseline_hidden), nn.ReLU(), nn.Linear(config.baseline_hidden, 1))
+    w = nn.Parameter(torch.randn(N_TREATED, DX, config.hidden) * (1.0 / np.sqrt(DX)))
+    c = nn.Parameter(torch.zeros(N_TREATED, config.hidden))
+    v = nn.Parameter(torch.randn(N_TREATED, config.hidden) * 0.01)
+    e = nn.Parameter(torch.zeros(N_TREATED))
+
+    def predict(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.einsum("nd,kdh->nkh", z, w) + c)
+        tau = torch.einsum("nkh,kh->nk", h, v) + e
+        tau = torch.cat([torch.zeros_like(tau[:, :1]), tau], dim=1)
+        return base(z).squeeze(-1) + tau.gather(1, a[:, None]).squeeze(1)
+
+    opt = torch.optim.AdamW([*base.parameters(), w, c, v, e], lr=config.lr, weight_decay=config.weight_decay)
+    best = (np.inf, None, -1)
+    curve: list[float] = []
+    best_err: np.ndarray | None = None
+    t0 = time.perf_counter()
+    stale = 0
+    for epoch in range(config.epochs):
+        perm = torch.as_tensor(rng.permutation(train_rows.size))
+        for start in range(0, train_rows.size, config.batch_size):
+            idx = perm[start:start + config.batch_size]
+            loss = ((predict(zt[idx], at[idx]) - yt[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            err = ((predict(zh, ah) - yh) ** 2).numpy().astype(np.float64)
+        curve.append(float(err.mean()))
+        if best_err is None:
+            better = True
+        else:
+            diff = best_err - err
+            better = diff.mean() > diff.std() / np.sqrt(diff.size)
+        if better:
+            best_err = err
+            best = (float(err.mean()), [t.detach().clone() for t in (w, c, v, e)], epoch)
+            stale = 0
+        else:
+            stale += 1
+        if stale >= config.patience or time.perf_counter() - t0 > config.max_seconds:
+            break
+    bw, bc, bv, be = (t.numpy().astype(np.float64) for t in best[1])
+    tau_sd = float(np.std(EffectNet(bw, bc, bv * y_sd, be * y_sd, 1.0).tau(z_all)))
+    effects = EffectNet(bw, bc, bv * y_sd, be * y_sd, 0.5 / max(tau_sd, 1e-8))
+    report = {"best_epoch": best[2], "epochs_run": len(curve), "heldout_mse": best[0], "curve": curve,
+              "tau_sd": tau_sd, "seconds": time.perf_counter() - t0}
+    return effects, report
