@@ -88,10 +88,17 @@ def train(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
     version: Optional[str] = typer.Option(None, help="artifact version (default: derived)"),
+    kind: str = typer.Option("ads", help="ads | retention (retention without --logs: the simulator's "
+                                         "randomised treatment history)"),
 ) -> None:
     """Meta-train phi and the segment prior (torch) and write a versioned artifact."""
     from policy.train import TrainConfig, train as train_policy
 
+    if kind not in ("ads", "retention"):
+        raise typer.BadParameter(f"--kind must be ads or retention, got {kind!r}")
+    if kind == "retention":
+        _train_retention(out, logs_path, max_seconds, seed)
+        return
     if (logs_path is None) == (not simulate):
         raise typer.BadParameter("give exactly one of --logs PATH or --simulate")
     if simulate:
@@ -110,6 +117,23 @@ def train(
 
     artifact = train_policy(data, config, out_dir=out, progress=progress)
     typer.echo(f"artifact {artifact.version} written to {out}")
+
+
+def _train_retention(out: Path, logs_path: Optional[Path], max_seconds: Optional[float], seed: int) -> None:
+    """``metacart train --kind retention``: a retention artifact directory (risk model + uplift head)."""
+    from policy.retention.train import build_artifacts, train_retention
+
+    if logs_path is None:
+        path = build_artifacts(out, max_seconds=max_seconds or 60.0, seed=seed)
+    else:
+        path = train_retention(logs_path, out, max_seconds=max_seconds or 60.0, seed=seed)
+    from policy.retention.artifacts import load_artifacts
+
+    art = load_artifacts(path)
+    m = art.uplift.meta.metrics
+    typer.echo(f"retention artifact {art.version} written to {path}: uplift head d={art.uplift.d}, "
+               f"{art.uplift.meta.training_data.n_events} logged decisions, treatment-effect network best epoch "
+               f"{int(m.get('effects_best_epoch', -1))}, risk model on {art.risk.meta.get('n_rows', 0)} untreated rows")
 
 
 @app.command()

@@ -4,9 +4,10 @@
   rows of the history (churn = no purchase in the window) with one offset per training segment as a
   random effect (an L2 penalty = Gaussian prior); the prior variance ``tau2`` of a new segment's offset is
   then estimated from the fitted offsets (empirical Bayes, with a floor).
-- :func:`train_uplift_prior` calls the shared :func:`policy.train.train` (kind ``"retention"``) on the
-  same logs: ``phi(x, a)`` over user features and treatment encodings, and the Gaussian prior over each
-  segment's linear head, exactly as for ads. Serving loads both without torch.
+- :func:`train_uplift_prior` learns the treatment effects on the same logs (:func:`train_effects`, an
+  S-learner with explicit treatment heads) and fits the Gaussian prior of the segment's linear head over
+  the uplift features of :mod:`policy.retention.uplift` by marginal likelihood; online, the head adapts in
+  the shared :class:`policy.adapter.Adapter`, exactly as for ads. Serving loads both without torch.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from policy.artifact import PolicyArtifact
 from policy.logs import LoggedData
 from policy.retention.features import DX, FEATURE_NAMES
 from policy.retention.risk import RiskModel
-from policy.retention.uplift import N_TREATED, EffectNet
-from policy.train import TrainConfig, train
+from policy.retention.uplift import N_TREATED, EffectNet, UpliftFitConfig, fit_uplift_prior, standardisation
 
 
 @dataclass
@@ -116,82 +116,6 @@ def train_risk(logs: LoggedData, config: RiskTrainConfig | None = None) -> RiskM
     )
 
 
-def train_uplift_prior(
-    logs: LoggedData, max_seconds: float = 60.0, seed: int = 0, d: int = 16, hidden: int = 64, epochs: int = 200
-) -> PolicyArtifact:
-    """Meta-train ``phi(x, a)`` and the segment-head prior on retention logs with :func:`policy.train.train`.
-
-    Treatment effects are a small part of the reward variance (most of it is whether a user comes back at
-    all), so the held-out likelihood plateaus early while the interactions are still being learned: a
-    higher learning rate and a long patience than the ads defaults.
-    """
-    config = TrainConfig(
-        d=d,
-        hidden=hidden,
-        epochs=epochs,
-        lr=1e-2,
-        patience=30,
-        max_seconds=max_seconds,
-        seed=seed,
-        device="cpu",
-        kind="retention",
-        source="policy.retention.history (randomised treatments)",
-        rows_per_segment=256,
-        segments_per_batch=16,
-    )
-    return train(logs, config)
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """The simulated world and history behind :func:`build_artifacts` (small enough for ~60 s on 2 cores)."""
-
-    n_markets: int = 6
-    n_cohorts: int = 5
-    n_heldout: int = 5
-    """Segments never trained on (the live simulator plays these)."""
-    train_users_per_segment: int = 300
-    train_rounds: int = 4
-    warmup_rounds: int = 5
-    window_days: int = 7
-
-
-def build_artifacts(out_dir: "str | os.PathLike[str]", max_seconds: float = 60.0, seed: int = 0,
-                    config: BuildConfig | None = None) -> Path:
-    """Build a retention artifact directory from the simulator; returns ``out_dir``.
-
-    Draws the world's segments, holds out ``config.n_heldout`` of them
-    (:func:`policy.retention.history.heldout_split`, the benchmark's split), simulates the randomised
-    treatment history of the others, then trains the churn-risk model (about a sixth of the time left)
-    and the uplift meta-prior (the rest), all within about ``max_seconds`` wall-clock. The layout is the
-    one :func:`policy.retention.artifacts.load_artifacts` reads; the manifest records the world so the
-    live simulator can play the held-out segments.
-    """
-    from policy.retention.artifacts import save_artifacts
-    from policy.retention.history import heldout_split, training_logs
-    from policy.simulator.retention import draw_segments
-
-    config = config or BuildConfig()
-    t0 = time.perf_counter()
-    names, params = draw_segments(config.n_markets, config.n_cohorts, seed=seed)
-    heldout_idx, train_idx = heldout_split(len(names), config.n_heldout, seed)
-    logs = training_logs(names, params, train_idx, config.train_users_per_segment, config.train_rounds,
-                         config.warmup_rounds, seed, config.window_days)
-    left = max(2.0, 0.92 * max_seconds - (time.perf_counter() - t0))
-    risk = train_risk(logs, RiskTrainConfig(epochs=12, max_seconds=left / 6, seed=seed))
-    left = max(1.0, 0.92 * max_seconds - (time.perf_counter() - t0))
-    uplift = train_uplift_prior(logs, max_seconds=left, seed=seed)
-    world = {
-        "n_markets": config.n_markets, "n_cohorts": config.n_cohorts, "seed": seed,
-        "heldout_segments": [names[i] for i in heldout_idx], "heldout_index": heldout_idx.tolist(),
-        "window_days": config.window_days, "warmup_rounds": config.warmup_rounds,
-    }
-    return save_artifacts(out_dir, uplift, risk, {
-        "world": world, "train_rows": len(logs), "risk": risk.meta,
-        "seconds": round(time.perf_counter() - t0, 2),
-    })
-
-
 @dataclass
 class EffectTrainConfig:
     """Settings of :func:`train_effects` (the treatment-effect network behind the uplift head)."""
@@ -202,7 +126,7 @@ class EffectTrainConfig:
     """ReLU units of the baseline network ``b`` (what a user is worth untreated; used in training only)."""
     epochs: int = 40
     """Passes over the training rows."""
-    batch_size: int = 512
+    batch_size: int = 2048
     """Rows per Adam step."""
     lr: float = 3e-3
     """Adam learning rate."""
@@ -300,3 +224,97 @@ def train_effects(logs: LoggedData, mean: np.ndarray, sd: np.ndarray,
     report = {"best_epoch": best[2], "epochs_run": len(curve), "heldout_mse": best[0], "curve": curve,
               "tau_sd": tau_sd, "seconds": time.perf_counter() - t0}
     return effects, report
+
+
+def train_uplift_prior(logs: LoggedData, max_seconds: float = 60.0, seed: int = 0,
+                       effects_config: EffectTrainConfig | None = None,
+                       fit_config: UpliftFitConfig | None = None) -> PolicyArtifact:
+    """The retention artifact's uplift head: treatment effects (torch), then the head prior (EM).
+
+    1. :func:`train_effects` learns ``tau_k(x)`` on the randomised history (least squares with an explicit
+       baseline, so the effect is fitted as the treatment effect, not as a small part of the outcome).
+    2. :func:`policy.retention.uplift.fit_uplift_prior` builds ``phi(x, a)`` = baseline features, gated
+       linear effects and the learned ``tau_k``, and fits the prior of the segment head over it by marginal
+       likelihood across the training segments.
+
+    Measured against the previous head (``policy.train.train`` on the raw reward), ``metacart bench
+    retention``: 0.44 -> 0.60 of the oracle's incremental value (README, Retention).
+    """
+    effects_config = effects_config or EffectTrainConfig(seed=seed, max_seconds=max_seconds)
+    mean, sd = standardisation(logs.context)
+    effects, report = train_effects(logs, mean, sd, effects_config)
+    metrics = {"effects_best_epoch": float(report["best_epoch"]), "effects_epochs_run": float(report["epochs_run"]),
+               "effects_heldout_mse": float(report["heldout_mse"]), "effects_seconds": float(report["seconds"]),
+               "effects_tau_sd": float(report["tau_sd"])}
+    return fit_uplift_prior(logs, fit_config, effects=effects, mean=mean, sd=sd, extra_metrics=metrics,
+                            curves={"effects_heldout_mse": [float(v) for v in report["curve"]]})
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """The simulated world and history behind :func:`build_artifacts` (small enough for ~60 s on 2 cores)."""
+
+    n_markets: int = 6
+    n_cohorts: int = 5
+    n_heldout: int = 5
+    """Segments never trained on (the live simulator plays these)."""
+    train_users_per_segment: int = 300
+    train_rounds: int = 4
+    warmup_rounds: int = 5
+    window_days: int = 7
+
+
+def build_artifacts(out_dir: "str | os.PathLike[str]", max_seconds: float = 60.0, seed: int = 0,
+                    config: BuildConfig | None = None) -> Path:
+    """Build a retention artifact directory from the simulator; returns ``out_dir``.
+
+    Draws the world's segments, holds out ``config.n_heldout`` of them
+    (:func:`policy.retention.history.heldout_split`, the benchmark's split), simulates the randomised
+    treatment history of the others, then trains the churn-risk model (about a sixth of the time left)
+    and the uplift meta-prior (the rest), all within about ``max_seconds`` wall-clock. The layout is the
+    one :func:`policy.retention.artifacts.load_artifacts` reads; the manifest records the world so the
+    live simulator can play the held-out segments.
+    """
+    from policy.retention.artifacts import save_artifacts
+    from policy.retention.history import heldout_split, training_logs
+    from policy.simulator.retention import draw_segments
+
+    config = config or BuildConfig()
+    t0 = time.perf_counter()
+    names, params = draw_segments(config.n_markets, config.n_cohorts, seed=seed)
+    heldout_idx, train_idx = heldout_split(len(names), config.n_heldout, seed)
+    logs = training_logs(names, params, train_idx, config.train_users_per_segment, config.train_rounds,
+                         config.warmup_rounds, seed, config.window_days)
+    left = max(2.0, 0.92 * max_seconds - (time.perf_counter() - t0))
+    risk = train_risk(logs, RiskTrainConfig(epochs=12, max_seconds=left / 6, seed=seed))
+    left = max(1.0, 0.92 * max_seconds - (time.perf_counter() - t0))
+    uplift = train_uplift_prior(logs, max_seconds=left, seed=seed)
+    world = {
+        "n_markets": config.n_markets, "n_cohorts": config.n_cohorts, "seed": seed,
+        "heldout_segments": [names[i] for i in heldout_idx], "heldout_index": heldout_idx.tolist(),
+        "window_days": config.window_days, "warmup_rounds": config.warmup_rounds,
+    }
+    return save_artifacts(out_dir, uplift, risk, {
+        "world": world, "train_rows": len(logs), "risk": risk.meta,
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+
+
+def train_retention(logs_path: "str | os.PathLike[str]", out_dir: "str | os.PathLike[str]",
+                    max_seconds: float = 60.0, seed: int = 0) -> Path:
+    """A retention artifact directory from a logged randomised treatment history (``policy.logs`` file).
+
+    The logs need the retention layout (:mod:`policy.retention.history`: context = engagement features,
+    candidates = the treatment encodings, reward = window value - cost, ``value`` = window purchase value).
+    The manifest has no ``world`` block (the artifact was not trained on a simulated world).
+    """
+    from policy.logs import read_logs
+    from policy.retention.artifacts import save_artifacts
+
+    t0 = time.perf_counter()
+    logs = read_logs(logs_path)
+    risk = train_risk(logs, RiskTrainConfig(epochs=12, max_seconds=max_seconds / 6, seed=seed))
+    left = max(1.0, 0.92 * max_seconds - (time.perf_counter() - t0))
+    uplift = train_uplift_prior(logs, max_seconds=left, seed=seed)
+    return save_artifacts(out_dir, uplift, risk, {"source": str(logs_path), "train_rows": len(logs),
+                                                  "risk": risk.meta, "seconds": round(time.perf_counter() - t0, 2)})

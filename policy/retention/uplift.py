@@ -270,7 +270,8 @@ def standardisation(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def fit_uplift_prior(logs: LoggedData, config: UpliftFitConfig | None = None, version: str | None = None,
                      source: str = "policy.retention.history (randomised treatments)",
                      effects: EffectNet | None = None, mean: np.ndarray | None = None,
-                     sd: np.ndarray | None = None) -> PolicyArtifact:
+                     sd: np.ndarray | None = None, extra_metrics: dict[str, float] | None = None,
+                     curves: dict[str, list[float]] | None = None) -> PolicyArtifact:
     """A ``kind="retention"`` artifact: the uplift features and their prior fitted on ``logs``.
 
     ``logs`` is a randomised treatment history (:mod:`policy.retention.history` layout): context = the
@@ -301,7 +302,8 @@ def fit_uplift_prior(logs: LoggedData, config: UpliftFitConfig | None = None, ve
             reward_mean=float(logs.reward.mean()), reward_std=float(logs.reward.std()),
         ),
         metrics={"loglik_per_row": fit.loglik_per_row, "em_iterations": float(fit.iterations),
-                 "noise_var": fit.noise_var},
+                 "noise_var": fit.noise_var, **(extra_metrics or {})},
+        curves=dict(curves or {}),
         config={"head": "uplift", "learned_effects": effects is not None, "slope": config.slope, "intercept": config.intercept, "ridge": config.ridge,
                 "em_iterations": config.em_iterations},
     )
