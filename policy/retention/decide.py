@@ -1,5 +1,8 @@
 """Intervention decisions: users become bandit requests for the shared Adapter; the budget has the last word.
 
+The decision rule and the budget allocation; :class:`policy.retention.policy.RetentionPolicy` applies them
+(and learns from outcomes).
+
 For a batch of decision points (users at event times ``now``)::
 
     risk      = RiskModel.predict_many(segments, x)

@@ -142,6 +142,8 @@ class EffectTrainConfig:
     """Seeds torch, the split and the minibatch order."""
     threads: int = 2
     """torch CPU threads."""
+    baseline_feature: bool = True
+    """Keep the trained baseline ``b(z)`` as one more (ungated) feature of the head."""
 
 
 def train_effects(logs: LoggedData, mean: np.ndarray, sd: np.ndarray,
@@ -212,15 +214,20 @@ def train_effects(logs: LoggedData, mean: np.ndarray, sd: np.ndarray,
             better = diff.mean() > diff.std() / np.sqrt(diff.size)
         if better:
             best_err = err
-            best = (float(err.mean()), [t.detach().clone() for t in (w, c, v, e)], epoch)
+            best = (float(err.mean()), [t.detach().clone() for t in (w, c, v, e, *base.parameters())], epoch)
             stale = 0
         else:
             stale += 1
         if stale >= config.patience or time.perf_counter() - t0 > config.max_seconds:
             break
-    bw, bc, bv, be = (t.numpy().astype(np.float64) for t in best[1])
-    tau_sd = float(np.std(EffectNet(bw, bc, bv * y_sd, be * y_sd, 1.0).tau(z_all)))
-    effects = EffectNet(bw, bc, bv * y_sd, be * y_sd, 0.5 / max(tau_sd, 1e-8))
+    bw, bc, bv, be, w0, c0, v0, e0 = (t.numpy().astype(np.float64) for t in best[1])
+    raw = EffectNet(bw, bc, bv * y_sd, be * y_sd, 1.0)
+    tau_sd = float(np.std(raw.tau(z_all)))
+    base_net = (w0.T, c0, v0[0] * y_sd, float(e0[0]) * y_sd + y_mean)
+    base_sd = float(np.std(np.maximum(z_all @ base_net[0] + base_net[1], 0.0) @ base_net[2]))
+    effects = EffectNet(bw, bc, bv * y_sd, be * y_sd, 0.5 / max(tau_sd, 1e-8),
+                        baseline=base_net if config.baseline_feature else None,
+                        baseline_scale=0.5 / max(base_sd, 1e-8))
     report = {"best_epoch": best[2], "epochs_run": len(curve), "heldout_mse": best[0], "curve": curve,
               "tau_sd": tau_sd, "seconds": time.perf_counter() - t0}
     return effects, report

@@ -46,7 +46,7 @@ D_LINEAR = DX + N_TREATED * DX + N_TREATED + 1
 
 def dimension(effects: "EffectNet | None") -> int:
     """Feature dimension of the head: ``D_LINEAR``, plus one learned-effect feature per treatment."""
-    return D_LINEAR + (0 if effects is None else N_TREATED)
+    return D_LINEAR + (0 if effects is None else effects.n_features)
 _BIG = 1.0e3
 """Gate offset ``M``: standardised features are far inside ``(-M, M)``."""
 
@@ -62,6 +62,10 @@ class EffectNet:
     v : float64[N_TREATED, H]
     e : float64[N_TREATED]
     scale : float     ``phi`` holds ``tanh(scale * tau_k(z))`` for the candidate's treatment ``k``
+    baseline : (w[DX, Hb], c[Hb], v[Hb], e) or None
+        The trained untreated outcome ``b(z) = v . relu(w^T z + c) + e``; when given, ``phi`` also holds
+        ``tanh(baseline_scale * (b(z) - e))`` for every candidate (it cancels in every uplift).
+    baseline_scale : float
     """
 
     w: np.ndarray
@@ -69,6 +73,23 @@ class EffectNet:
     v: np.ndarray
     e: np.ndarray
     scale: float
+    baseline: tuple | None = None
+    baseline_scale: float = 1.0
+
+    @property
+    def n_features(self) -> int:
+        return N_TREATED + (0 if self.baseline is None else 1)
+
+    @property
+    def baseline_hidden(self) -> int:
+        return 0 if self.baseline is None else int(self.baseline[1].shape[0])
+
+    def base(self, z: np.ndarray) -> np.ndarray:
+        """float64[n]: ``b(z) - e`` (zeros without a baseline)."""
+        if self.baseline is None:
+            return np.zeros(z.shape[0])
+        w, c, v, _ = self.baseline
+        return np.maximum(z @ w + c, 0.0) @ v
 
     @property
     def hidden(self) -> int:
@@ -121,7 +142,7 @@ def network(mean: np.ndarray, sd: np.ndarray, config: UpliftFitConfig | None = N
         raise ValueError(f"mean and sd must be float[{DX}] with sd > 0")
     d_in = DX + DA
     base_hidden = DX + 2 * N_TREATED * DX + N_TREATED
-    hidden = base_hidden + (0 if effects is None else N_TREATED * effects.hidden)
+    hidden = base_hidden + (0 if effects is None else N_TREATED * effects.hidden + effects.baseline_hidden)
     d = dimension(effects)
     w1 = np.zeros((d_in, hidden))
     b1 = np.zeros(hidden)
@@ -161,6 +182,12 @@ def network(mean: np.ndarray, sd: np.ndarray, config: UpliftFitConfig | None = N
             b1[units] = effects.c[k] + shift @ effects.w[k] - _BIG
             w2[units, out_k] = effects.scale * effects.v[k]
             w2[unit, out_k] = effects.scale * effects.e[k]  # the gated intercept unit carries e_k
+    if effects is not None and effects.baseline is not None:
+        bw, bc, bv, _ = effects.baseline
+        units = base_hidden + N_TREATED * effects.hidden + np.arange(effects.baseline_hidden)
+        w1[:DX, units] = bw * scale[:, None]
+        b1[units] = bc + shift @ bw
+        w2[units, D_LINEAR - 1 + N_TREATED] = effects.baseline_scale * bv
     return {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
 
 
@@ -179,6 +206,8 @@ def features_reference(x: np.ndarray, action: np.ndarray, mean: np.ndarray, sd: 
         for k in range(N_TREATED):
             on = action == k + 1
             phi[on, D_LINEAR - 1 + k] = tau[on, k]
+        if effects.baseline is not None:
+            phi[:, D_LINEAR - 1 + N_TREATED] = np.tanh(effects.baseline_scale * effects.base(z))
     phi[:, :DX] = f
     for k in range(N_TREATED):
         on = action == k + 1
@@ -197,6 +226,10 @@ class PriorFit:
     noise_var: float
     loglik_per_row: float
     iterations: int
+    segments: np.ndarray
+    """int64[S]: the segment ids of the rows, in the order of ``segment_means``."""
+    segment_means: np.ndarray
+    """float64[S, d]: each training segment's posterior mean of its head under the fitted prior."""
 
 
 def _sufficient(phi: np.ndarray, reward: np.ndarray, segment: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -257,7 +290,7 @@ def em_prior(phi: np.ndarray, reward: np.ndarray, segment: np.ndarray,
         if abs(loglik - last) < config.tol * max(1.0, abs(loglik)):
             break
         last = loglik
-    return PriorFit(mu0, v, s2, float(loglik), it)
+    return PriorFit(mu0, v, s2, float(loglik), it, np.unique(np.asarray(segment)), m)
 
 
 def standardisation(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -267,12 +300,17 @@ def standardisation(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.where(sd > 1e-8, sd, 1.0)
 
 
-def fit_uplift_prior(logs: LoggedData, config: UpliftFitConfig | None = None, version: str | None = None,
+def fit_uplift_prior(logs: LoggedData, config: UpliftFitConfig | None = None, **kwargs) -> PolicyArtifact:
+    """:func:`fit_uplift_head`'s artifact alone."""
+    return fit_uplift_head(logs, config, **kwargs)[0]
+
+
+def fit_uplift_head(logs: LoggedData, config: UpliftFitConfig | None = None, version: str | None = None,
                      source: str = "policy.retention.history (randomised treatments)",
                      effects: EffectNet | None = None, mean: np.ndarray | None = None,
                      sd: np.ndarray | None = None, extra_metrics: dict[str, float] | None = None,
-                     curves: dict[str, list[float]] | None = None) -> PolicyArtifact:
-    """A ``kind="retention"`` artifact: the uplift features and their prior fitted on ``logs``.
+                     curves: dict[str, list[float]] | None = None) -> tuple[PolicyArtifact, PriorFit]:
+    """A ``kind="retention"`` artifact (the uplift features and their prior fitted on ``logs``) and the fit.
 
     ``logs`` is a randomised treatment history (:mod:`policy.retention.history` layout): context = the
     engagement features, action = the treatment, reward = window value - realised cost.
@@ -307,5 +345,6 @@ def fit_uplift_prior(logs: LoggedData, config: UpliftFitConfig | None = None, ve
         config={"head": "uplift", "learned_effects": effects is not None, "slope": config.slope, "intercept": config.intercept, "ridge": config.ridge,
                 "em_iterations": config.em_iterations},
     )
-    return PolicyArtifact(prior_mean=fit.prior_mean, prior_cov=np.diag(fit.prior_var), noise_var=fit.noise_var,
-                          meta=meta, **arrays)
+    artifact = PolicyArtifact(prior_mean=fit.prior_mean, prior_cov=np.diag(fit.prior_var), noise_var=fit.noise_var,
+                              meta=meta, **arrays)
+    return artifact, fit

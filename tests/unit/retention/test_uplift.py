@@ -16,21 +16,22 @@ from policy.retention.uplift import (D_LINEAR, N_TREATED, EffectNet, UpliftFitCo
                                      features_reference, fit_uplift_prior, network)
 
 
-def effect_net(rng, hidden=5):
+def effect_net(rng, hidden=5, baseline=True):
+    base = (rng.normal(size=(DX, 7)), rng.normal(size=7), rng.normal(size=7), 2.0) if baseline else None
     return EffectNet(rng.normal(size=(N_TREATED, DX, hidden)), rng.normal(size=(N_TREATED, hidden)),
-                     rng.normal(size=(N_TREATED, hidden)), rng.normal(size=N_TREATED), 0.3)
+                     rng.normal(size=(N_TREATED, hidden)), rng.normal(size=N_TREATED), 0.3, base, 0.2)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("with_effects", [False, True])
+@pytest.mark.parametrize("with_effects", [False, "effects", "effects+baseline"])
 def test_artifact_network_equals_the_reference_features(seed, dtype, with_effects):
     rng = np.random.default_rng(seed)
     mean, sd = rng.normal(size=DX), rng.uniform(0.5, 3.0, DX)
     x = mean + sd * rng.normal(size=(40, DX)) * 3.0  # up to ~10 standard deviations out
     x[0] = mean  # edge: z = 0 exactly
     action = rng.integers(0, K, 40)
-    eff = effect_net(rng) if with_effects else None
+    eff = effect_net(rng, baseline=with_effects == "effects+baseline") if with_effects else None
     net = network(mean, sd, UpliftFitConfig(), eff)
     u = build_inputs(x.astype(dtype), treatment_encoding()[action][:, None, :].astype(dtype))
     # artifacts store float64 weights; the inputs come in either dtype
@@ -47,13 +48,16 @@ def test_uplift_of_none_is_zero_and_baseline_cancels():
     x = rng.normal(size=(6, DX))
     eff = effect_net(rng)
     phis = np.stack([features_reference(x, np.full(6, a), mean, sd, effects=eff) for a in range(K)], axis=1)
-    # the baseline block and the bias are the same for every treatment; the effect blocks are zero for none
-    np.testing.assert_array_equal(phis[:, :, :DX], np.broadcast_to(phis[:, :1, :DX], phis[:, :, :DX].shape))
-    np.testing.assert_array_equal(phis[:, 0, DX:-1], 0.0)
+    # the baseline block, the baseline feature and the bias are the same for every treatment; the effect
+    # blocks are zero for none
+    effect_cols = np.arange(DX, D_LINEAR - 1 + N_TREATED)
+    shared = np.setdiff1d(np.arange(phis.shape[2]), effect_cols)
+    np.testing.assert_array_equal(phis[:, :, shared], np.broadcast_to(phis[:, :1, shared], (6, K, shared.size)))
+    np.testing.assert_array_equal(phis[:, 0, effect_cols], 0.0)
+    assert np.all(phis[:, 1:, effect_cols].any(axis=2))
     w = rng.normal(size=dimension(eff))
     w_shift = w.copy()
-    w_shift[:DX] += 5.0
-    w_shift[-1] -= 2.0
+    w_shift[shared] += 5.0
     up = phis @ w - (phis @ w)[:, :1]
     np.testing.assert_allclose(phis @ w_shift - (phis @ w_shift)[:, :1], up, atol=1e-12)
 
