@@ -36,7 +36,7 @@ import numpy as np
 from policy.artifact import ArtifactMeta, PolicyArtifact, RewardSpec, TrainingDataSummary, now_utc
 from policy.logs import LoggedData
 from policy.retention.features import DX
-from policy.retention.schema import DA, K
+from policy.retention.schema import DA, K, treatment_encoding
 
 N_TREATED = K - 1
 """Treatments other than none (each gets a block of slopes and an intercept)."""
@@ -44,9 +44,12 @@ D_LINEAR = DX + N_TREATED * DX + N_TREATED + 1
 """Feature dimension of the uplift head without learned effects, the constant included."""
 
 
-def dimension(effects: "EffectNet | None") -> int:
-    """Feature dimension of the head: ``D_LINEAR``, plus one learned-effect feature per treatment."""
-    return D_LINEAR + (0 if effects is None else effects.n_features)
+def dimension(effects: "EffectNet | None", shared: "dict[str, np.ndarray] | None" = None) -> int:
+    """Feature dimension of the head: ``D_LINEAR``, plus the learned effects (one per treatment and the
+    baseline), plus the outputs of a shared learned ``phi`` (:func:`policy.train.train`'s MLP, without its
+    constant)."""
+    return (D_LINEAR + (0 if effects is None else effects.n_features)
+            + (0 if shared is None else int(shared["w2"].shape[1])))
 _BIG = 1.0e3
 """Gate offset ``M``: standardised features are far inside ``(-M, M)``."""
 
@@ -121,7 +124,7 @@ class UpliftFitConfig:
 
 
 def network(mean: np.ndarray, sd: np.ndarray, config: UpliftFitConfig | None = None,
-            effects: EffectNet | None = None) -> dict[str, np.ndarray]:
+            effects: EffectNet | None = None, shared: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The fixed MLP weights ``w1, b1, w2, b2`` of the uplift features (see the module docstring).
 
     Parameters
@@ -142,8 +145,9 @@ def network(mean: np.ndarray, sd: np.ndarray, config: UpliftFitConfig | None = N
         raise ValueError(f"mean and sd must be float[{DX}] with sd > 0")
     d_in = DX + DA
     base_hidden = DX + 2 * N_TREATED * DX + N_TREATED
-    hidden = base_hidden + (0 if effects is None else N_TREATED * effects.hidden + effects.baseline_hidden)
-    d = dimension(effects)
+    learned_hidden = 0 if effects is None else N_TREATED * effects.hidden + effects.baseline_hidden
+    hidden = base_hidden + learned_hidden + (0 if shared is None else int(shared["b1"].shape[0]))
+    d = dimension(effects, shared)
     w1 = np.zeros((d_in, hidden))
     b1 = np.zeros(hidden)
     w2 = np.zeros((hidden, d - 1))
@@ -188,11 +192,20 @@ def network(mean: np.ndarray, sd: np.ndarray, config: UpliftFitConfig | None = N
         w1[:DX, units] = bw * scale[:, None]
         b1[units] = bc + shift @ bw
         w2[units, D_LINEAR - 1 + N_TREATED] = effects.baseline_scale * bv
+    if shared is not None:
+        # the shared phi's own units, reading u = [x, a] as it does in its artifact
+        units = base_hidden + learned_hidden + np.arange(shared["b1"].shape[0])
+        outs = dimension(effects) - 1 + np.arange(shared["w2"].shape[1])
+        w1[:, units] = shared["w1"]
+        b1[units] = shared["b1"]
+        w2[np.ix_(units, outs)] = shared["w2"]
+        b2[outs] = shared["b2"]
     return {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
 
 
 def features_reference(x: np.ndarray, action: np.ndarray, mean: np.ndarray, sd: np.ndarray,
-                       config: UpliftFitConfig | None = None, effects: EffectNet | None = None) -> np.ndarray:
+                       config: UpliftFitConfig | None = None, effects: EffectNet | None = None,
+                       shared: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Readable numpy ``phi(x, a)`` (float64[n, d]) for users ``x[n, DX]`` and treatments ``action[n]``."""
     config = config or UpliftFitConfig()
     x = np.asarray(x, dtype=np.float64)
@@ -200,7 +213,11 @@ def features_reference(x: np.ndarray, action: np.ndarray, mean: np.ndarray, sd: 
     z = (x - mean) / sd
     f = np.tanh(config.slope * z)
     n = x.shape[0]
-    phi = np.zeros((n, dimension(effects)))
+    phi = np.zeros((n, dimension(effects, shared)))
+    if shared is not None:
+        u = np.hstack([x, treatment_encoding()[action]])
+        h = np.maximum(u @ shared["w1"] + shared["b1"], 0.0)
+        phi[:, dimension(effects) - 1:-1] = np.tanh(h @ shared["w2"] + shared["b2"])
     if effects is not None:
         tau = np.tanh(effects.scale * effects.tau(z))
         for k in range(N_TREATED):
@@ -309,7 +326,8 @@ def fit_uplift_head(logs: LoggedData, config: UpliftFitConfig | None = None, ver
                      source: str = "policy.retention.history (randomised treatments)",
                      effects: EffectNet | None = None, mean: np.ndarray | None = None,
                      sd: np.ndarray | None = None, extra_metrics: dict[str, float] | None = None,
-                     curves: dict[str, list[float]] | None = None) -> tuple[PolicyArtifact, PriorFit]:
+                     curves: dict[str, list[float]] | None = None,
+                     shared: dict[str, np.ndarray] | None = None) -> tuple[PolicyArtifact, PriorFit]:
     """A ``kind="retention"`` artifact (the uplift features and their prior fitted on ``logs``) and the fit.
 
     ``logs`` is a randomised treatment history (:mod:`policy.retention.history` layout): context = the
@@ -321,16 +339,16 @@ def fit_uplift_head(logs: LoggedData, config: UpliftFitConfig | None = None, ver
     x = np.asarray(logs.context, dtype=np.float64)
     if mean is None or sd is None:
         mean, sd = standardisation(x)
-    phi = features_reference(x, logs.action, mean, sd, config, effects)
+    phi = features_reference(x, logs.action, mean, sd, config, effects, shared)
     fit = em_prior(phi, logs.reward, logs.segment, config)
-    arrays = network(mean, sd, config, effects)
+    arrays = network(mean, sd, config, effects, shared)
     seg_present = np.unique(logs.segment)
     meta = ArtifactMeta(
         version=version or f"retention-uplift-{len(logs)}-{seg_present.size}",
         kind="retention",
         dx=DX,
         da=DA,
-        d=dimension(effects),
+        d=dimension(effects, shared),
         hidden=int(arrays["b1"].shape[0]),
         reward=RewardSpec(name="value"),
         created_at=now_utc(),
@@ -342,7 +360,7 @@ def fit_uplift_head(logs: LoggedData, config: UpliftFitConfig | None = None, ver
         metrics={"loglik_per_row": fit.loglik_per_row, "em_iterations": float(fit.iterations),
                  "noise_var": fit.noise_var, **(extra_metrics or {})},
         curves=dict(curves or {}),
-        config={"head": "uplift", "learned_effects": effects is not None, "slope": config.slope, "intercept": config.intercept, "ridge": config.ridge,
+        config={"head": "uplift", "learned_effects": effects is not None, "shared_phi": shared is not None, "slope": config.slope, "intercept": config.intercept, "ridge": config.ridge,
                 "em_iterations": config.em_iterations},
     )
     artifact = PolicyArtifact(prior_mean=fit.prior_mean, prior_cov=np.diag(fit.prior_var), noise_var=fit.noise_var,

@@ -11,7 +11,7 @@ from policy.features import build_inputs
 from policy.logs import LoggedData
 from policy.retention.decide import candidates_for
 from policy.retention.features import DX
-from policy.retention.schema import K, treatment_encoding
+from policy.retention.schema import DA, K, treatment_encoding
 from policy.retention.uplift import (D_LINEAR, N_TREATED, EffectNet, UpliftFitConfig, dimension, em_prior,
                                      features_reference, fit_uplift_prior, network)
 
@@ -24,20 +24,24 @@ def effect_net(rng, hidden=5, baseline=True):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("with_effects", [False, "effects", "effects+baseline"])
+@pytest.mark.parametrize("with_effects", [False, "effects", "effects+baseline", "all+shared"])
 def test_artifact_network_equals_the_reference_features(seed, dtype, with_effects):
     rng = np.random.default_rng(seed)
     mean, sd = rng.normal(size=DX), rng.uniform(0.5, 3.0, DX)
     x = mean + sd * rng.normal(size=(40, DX)) * 3.0  # up to ~10 standard deviations out
     x[0] = mean  # edge: z = 0 exactly
     action = rng.integers(0, K, 40)
-    eff = effect_net(rng, baseline=with_effects == "effects+baseline") if with_effects else None
-    net = network(mean, sd, UpliftFitConfig(), eff)
+    eff = effect_net(rng, baseline=with_effects != "effects") if with_effects else None
+    shared = None
+    if with_effects == "all+shared":
+        shared = {"w1": rng.normal(size=(DX + DA, 9)), "b1": rng.normal(size=9), "w2": rng.normal(size=(9, 4)),
+                  "b2": rng.normal(size=4)}
+    net = network(mean, sd, UpliftFitConfig(), eff, shared)
     u = build_inputs(x.astype(dtype), treatment_encoding()[action][:, None, :].astype(dtype))
     # artifacts store float64 weights; the inputs come in either dtype
     phi = kernels.phi_many(u, *(net[k] for k in ("w1", "b1", "w2", "b2")))
-    ref = features_reference(x.astype(dtype).astype(np.float64), action, mean, sd, UpliftFitConfig(), eff)
-    assert phi.shape == ref.shape == (40, dimension(eff))
+    ref = features_reference(x.astype(dtype).astype(np.float64), action, mean, sd, UpliftFitConfig(), eff, shared)
+    assert phi.shape == ref.shape == (40, dimension(eff, shared))
     tol = 1e-5 if dtype == np.float32 else 1e-9
     np.testing.assert_allclose(phi, ref, atol=tol)
 
