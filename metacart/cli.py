@@ -289,13 +289,12 @@ def train(
     """
     _need_training_extra("train")
     if kind is Kind.retention:
-        if logs_path is not None or simulate:
-            raise UserError("--logs and --simulate are for --kind ads; retention trains on its own simulator")
-        from policy.retention.train import build_artifacts
-
-        build_artifacts(out, max_seconds=60.0 if max_seconds is None else max_seconds,
-                        seed=0 if seed is None else seed)
-        typer.echo(f"retention artifact written to {out}")
+        if simulate:
+            raise UserError("--simulate is for --kind ads; retention trains on its simulator's randomised "
+                            "treatment history, or on --logs in the retention layout")
+        if logs_path is not None and not logs_path.exists():
+            raise UserError(f"no retention log at {logs_path}")
+        _train_retention(out, logs_path, max_seconds, 0 if seed is None else seed)
         return
     from policy.train import train as train_policy
     from policy.exceptions import LogFormatError
@@ -352,6 +351,23 @@ def train(
         typer.echo("--allow-no-gain: writing it anyway.", err=True)
     artifact.save(out)
     typer.echo(f"artifact {artifact.version} written to {out}")
+
+
+def _train_retention(out: Path, logs_path: Optional[Path], max_seconds: Optional[float], seed: int) -> None:
+    """``metacart train --kind retention``: a retention artifact directory (risk model + uplift head)."""
+    from policy.retention.train import build_artifacts, train_retention
+
+    if logs_path is None:
+        path = build_artifacts(out, max_seconds=max_seconds or 60.0, seed=seed)
+    else:
+        path = train_retention(logs_path, out, max_seconds=max_seconds or 60.0, seed=seed)
+    from policy.retention.artifacts import load_artifacts
+
+    art = load_artifacts(path)
+    m = art.uplift.meta.metrics
+    typer.echo(f"retention artifact {art.version} written to {path}: uplift head d={art.uplift.d}, "
+               f"{art.uplift.meta.training_data.n_events} logged decisions, treatment-effect network best epoch "
+               f"{int(m.get('effects_best_epoch', -1))}, risk model on {art.risk.meta.get('n_rows', 0)} untreated rows")
 
 
 @app.command()

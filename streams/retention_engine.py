@@ -22,7 +22,7 @@ Flow, in arrival order within a batch:
    evicted (the table stays bounded; ``retention_users`` reports its size), the others get churn risk at
    ``T``, and those with risk >= ``risk_threshold`` that were not decided in the current budget period
    (at most one decision per user per period) are decided in one batch by
-   :class:`policy.retention.decide.RetentionDecider` (Thompson sampling over the shared ``Adapter``, then
+   :class:`policy.retention.policy.RetentionPolicy` (Thompson sampling over the shared ``Adapter``, then
    the budget). A gap that skips several ticks reviews at the latest one only. A partition's first tick
    after a fresh start is the one after its first event. A review is a scan of the partition's users, so
    its cost grows with the (bounded) table.
@@ -79,11 +79,10 @@ from policy.adapter import Adapter
 from policy.artifact import ArtifactError
 from policy.retention.artifacts import RetentionArtifacts
 from policy.retention.budget import Budget
-from policy.retention.decide import RetentionDecider
+from policy.retention.policy import RetentionPolicy
 from policy.retention.features import expired_many, features_many, new_states, update_many
 from policy.retention.risk import RiskModel
-from policy.retention.schema import (COUPON_FACE, FIXED_COST, INTERVENTION, NONE, PURCHASE,
-                                     SESSION, TREATMENTS, EventBatch)
+from policy.retention.schema import INTERVENTION, NONE, PURCHASE, SESSION, TREATMENTS, EventBatch
 from streams.ads_engine import RawMessage
 from streams.retention_state import (DAY_S, TICK, OpenAction, RetentionStore, UserRow, decision_id,
                                      partition_budget_config, read_never_contact)
@@ -379,7 +378,7 @@ class RetentionEngine:
         us = [users[i] for _, i, _ in chosen]
         segs = [rows[i].segment for _, i, _ in chosen]
         xs = x[[j for j, _, _ in chosen]]
-        decider = RetentionDecider(part.adapter, part.risk, part.budget)
+        decider = RetentionPolicy(part.adapter, part.risk, part.budget)
         dec = decider.decide_many(ids, us, segs, xs, np.full(len(chosen), tick))
         decided_at = _iso(tick)
         version = dec.version[:64] or "unknown"
@@ -475,17 +474,12 @@ class RetentionEngine:
             for c in closes:
                 self._load_segment(partition, c.act.segment)
             segs = [c.act.segment for c in closes]
-            realised = np.array([FIXED_COST[c.act.action] + COUPON_FACE[c.act.action] * c.retained for c in closes])
-            rewards = np.array([c.value for c in closes]) - realised
-            part.adapter.learn_many(segs, np.stack([c.act.phi for c in closes]), rewards)
-            untreated = [c for c in closes if c.act.action == NONE]
-            if untreated:
-                part.risk.adapt_many([c.act.segment for c in untreated], np.stack([c.act.x for c in untreated]),
-                                     np.array([not c.retained for c in untreated], dtype=np.float64))
-            for c, cost in zip(closes, realised):
-                if c.act.action != NONE:
-                    part.budget.settle_one(c.did, float(cost))
-                    self.counters["retention_spend"] += float(cost)
+            actions = np.array([c.act.action for c in closes], dtype=np.int64)
+            realised = RetentionPolicy(part.adapter, part.risk, part.budget).learn_many(
+                [c.did for c in closes], segs, actions, np.stack([c.act.x for c in closes]),
+                np.stack([c.act.phi for c in closes]), np.array([c.retained for c in closes], dtype=bool),
+                np.array([c.value for c in closes], dtype=np.float64))
+            self.counters["retention_spend"] += float(realised[actions != NONE].sum())
             part.dirty_segments.update(segs)
             part.dirty = True
             self.counters["retention_updates"] += len(closes)

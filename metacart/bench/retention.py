@@ -12,12 +12,14 @@ Protocol (all in event time, days):
    rule (:func:`policy.retention.decide.allocate_many`) spends one shared budget configuration: a cap per
    segment and a total cap per week, paced linearly (5 % available at the start of the week), a
    frequency cap of one contact per 14 days, and a never-contact list (2 % of users).
-3. After each week's outcome window, coupons are settled at their realised cost, ``ours`` updates its
-   segment posteriors (:meth:`policy.adapter.Adapter.learn_many`) with every user's reward, and the risk
-   model's segment offsets adapt on untreated users.
+3. After each week's outcome window, ``ours`` learns through the same
+   :meth:`policy.retention.policy.RetentionPolicy.learn_many` as the stream engine: segment posteriors
+   with every user's reward, risk offsets on untreated users, coupons settled at their realised cost (the
+   other policies settle and adapt the risk model the same way).
 
 Policies: ``ours`` (Thompson sampling with the meta-learned prior, adapted per segment; budget to the best
-expected uplift per unit of reserved cost), ``risk_top`` (a fixed coupon_5 to the highest predicted churn
+expected uplift per unit of reserved cost), ``frozen`` (the same artifact and rule, its segment posteriors
+reset to the prior after every week: what adaptation adds is ``ours - frozen``), ``risk_top`` (a fixed coupon_5 to the highest predicted churn
 risk first), ``random`` (coupon_5 to random users), ``oracle`` (the true best treatment, true uplift per
 cost first).
 
@@ -40,14 +42,15 @@ import numpy as np
 
 from policy.adapter import Adapter
 from policy.retention.budget import MICRO, Budget, BudgetConfig, to_micro_down
-from policy.retention.decide import RetentionDecider, allocate_many
+from policy.retention.decide import allocate_many
 from policy.retention.features import features_many, new_states, update_many
 from policy.retention.history import heldout_split, training_logs
+from policy.retention.policy import RetentionPolicy
 from policy.retention.risk import RiskModel
 from policy.retention.schema import K, NONE, RESERVE_COST, TREATMENTS
 from policy.simulator.retention import RetentionWorld, draw_segments, subset_segments
 
-POLICIES = ("ours", "risk_top", "random", "oracle")
+POLICIES = ("ours", "frozen", "risk_top", "random", "oracle")
 FIXED_COUPON = TREATMENTS.index("coupon_5")
 
 
@@ -135,8 +138,8 @@ def _play(
     )
     risk = copy.deepcopy(risk)
     decider = None
-    if name == "ours":
-        decider = RetentionDecider(Adapter(artifact, eps=cfg.eps, seed=seed), risk, budget)
+    if name in ("ours", "frozen"):
+        decider = RetentionPolicy(Adapter(artifact, eps=cfg.eps, seed=seed), risk, budget)
     states = update_many(new_states(world.n_users), world.warm_up(cfg.warmup_rounds))
 
     incremental = 0.0
@@ -191,13 +194,19 @@ def _play(
         counts += np.bincount(action, minlength=K)
         res = world.run_window(action)
         spend += float(res.cost.sum())
-        for i in np.flatnonzero(treated):
-            budget.settle_one(f"{name}-{r}-{i}", float(res.cost[i]))
         states = update_many(states, res.events)
+        ids = [f"{name}-{r}-{i}" for i in range(world.n_users)]
         if decider is not None:
-            decider.learn_many(seg_names, phis, res.reward)
-        untreated = np.flatnonzero(~treated)
-        risk.adapt_many([seg_names[i] for i in untreated], x[untreated], ~res.purchased[untreated])
+            realised = decider.learn_many(ids, seg_names, action, x, phis, res.purchased, res.value)
+            if not np.allclose(realised, res.cost):
+                raise AssertionError("the policy's realised costs disagree with the simulator's")
+            if name == "frozen":
+                decider.adapter.reset_all()  # the same artifact, never adapted
+        else:
+            for i in np.flatnonzero(treated):
+                budget.settle_one(ids[i], float(res.cost[i]))
+            untreated = np.flatnonzero(~treated)
+            risk.adapt_many([seg_names[i] for i in untreated], x[untreated], ~res.purchased[untreated])
     # caps hold: reserved (worst-case) spend per (week, segment) and per week in total
     cap_ok = all(
         v <= to_micro_down(budget.config.total_cap if seg is None else budget.config.cap_for(seg))
@@ -238,6 +247,7 @@ def run(quick: bool = False, out: Path | None = None, seed: int = 0) -> dict:
         "ratios": {
             "ours_vs_risk_top": inc["ours"] / inc["risk_top"] if inc["risk_top"] > 0 else float("inf"),
             "ours_vs_oracle": inc["ours"] / inc["oracle"] if inc["oracle"] > 0 else float("nan"),
+            "frozen_vs_oracle": inc["frozen"] / inc["oracle"] if inc["oracle"] > 0 else float("nan"),
         },
         "heldout_segments": [names[i] for i in heldout_idx],
         "n_train_segments": int(train_idx.size),

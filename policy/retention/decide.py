@@ -1,5 +1,8 @@
 """Intervention decisions: users become bandit requests for the shared Adapter; the budget has the last word.
 
+The decision rule and the budget allocation; :class:`policy.retention.policy.RetentionPolicy` applies them
+(and learns from outcomes).
+
 For a batch of decision points (users at event times ``now``)::
 
     risk      = RiskModel.predict_many(segments, x)
@@ -26,9 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policy.adapter import Adapter
 from policy.retention.budget import Budget
-from policy.retention.risk import RiskModel
 from policy.retention.schema import K, NONE, RESERVE_COST, TREATMENTS, treatment_encoding
 
 
@@ -118,66 +119,3 @@ def allocate_many(
         else:
             reason[i] = f"budget:{grant.reason}"
     return action, cost, reason
-
-
-class RetentionDecider:
-    """Risk model + shared Adapter + budget: the retention policy for one process.
-
-    Parameters
-    ----------
-    adapter
-        An :class:`policy.adapter.Adapter` over a ``kind="retention"`` artifact (dx = features.DX,
-        da = schema.DA).
-    risk
-        The churn-risk model.
-    budget
-        The budget state machine (the caller persists it).
-    """
-
-    def __init__(self, adapter: Adapter, risk: RiskModel, budget: Budget) -> None:
-        self.adapter = adapter
-        self.risk = risk
-        self.budget = budget
-
-    def decide_many(
-        self,
-        decision_ids: Sequence[str],
-        users: Sequence[str],
-        segments: Sequence[str],
-        x: np.ndarray,
-        now: np.ndarray | float,
-    ) -> RetentionDecisions:
-        """Decide treatments for B users (features ``x`` float[B, DX]) at event times ``now``."""
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        n = x.shape[0]
-        if not (len(decision_ids) == len(users) == len(segments) == n):
-            raise ValueError("decision_ids, users, segments and x must have one entry per user")
-        risk = self.risk.predict_many(segments, x)
-        cands = candidates_for(n)
-        dec = self.adapter.decide_many(list(segments), x, cands)
-        uplift_all = dec.mean_scores - dec.mean_scores[:, :1]
-        proposed = dec.choices.astype(np.int64)
-        rows = np.arange(n)
-        gain = uplift_all[rows, proposed]
-        # Thompson's choice stands (exploration included); the budget serves the best value per cost first
-        priority = np.where(proposed != NONE, gain / np.maximum(RESERVE_COST[proposed], 1e-2), -np.inf)
-        action, cost, reason = allocate_many(
-            self.budget, decision_ids, users, segments, np.asarray(now, dtype=np.float64), proposed, priority, uplift_all
-        )
-        phis = self.adapter.phi_many(x, cands)
-        return RetentionDecisions(
-            action=action,
-            proposed=proposed,
-            propensity=dec.propensities[rows, action],
-            propensity_proposed=dec.propensities[rows, proposed],
-            risk=risk,
-            uplift=np.where(action != NONE, uplift_all[rows, action], 0.0),
-            cost=cost,
-            reason=reason,
-            phis=np.ascontiguousarray(phis[rows, action]),
-            version=dec.version,
-        )
-
-    def learn_many(self, segments: Sequence[str], phis: np.ndarray, rewards: np.ndarray) -> None:
-        """Outcomes (reward = window value - realised cost) into the segments' posteriors."""
-        self.adapter.learn_many(list(segments), phis, rewards)

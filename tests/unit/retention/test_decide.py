@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from policy.adapter import Adapter
 from policy.artifact import ArtifactMeta, PolicyArtifact, TrainingDataSummary, now_utc
 from policy.retention.budget import Budget, BudgetConfig, to_micro_down, to_micro_up
-from policy.retention.decide import RetentionDecider, allocate_many, candidates_for
+from policy.retention.decide import allocate_many, candidates_for
 from policy.retention.features import DX
+from policy.retention.policy import RetentionPolicy
 from policy.retention.risk import RiskModel
 from policy.retention.schema import DA, K, NONE, RESERVE_COST, TREATMENTS
 
@@ -48,7 +49,7 @@ point = st.tuples(st.integers(0, 30), st.sampled_from(USERS), st.sampled_from(["
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(point, min_size=1, max_size=8), max_size=8), st.integers(0, 3))
 def test_decider_respects_caps_under_replays(batches, seed):
-    decider = RetentionDecider(Adapter(artifact(seed), eps=0.3, seed=seed), risk_model(), Budget(CFG))
+    decider = RetentionPolicy(Adapter(artifact(seed), eps=0.3, seed=seed), risk_model(), Budget(CFG))
     x_of = {u: np.random.default_rng(i).normal(size=DX) for i, u in enumerate(USERS)}
     first: dict[int, int] = {}
     grants = []
@@ -80,11 +81,12 @@ def test_decider_respects_caps_under_replays(batches, seed):
 
 def test_learning_moves_the_segment_posterior_only():
     ad = Adapter(artifact(), eps=0.0, seed=0)
-    decider = RetentionDecider(ad, risk_model(), Budget(BudgetConfig(segment_cap=1e6, total_cap=1e6, pacing_lead=1.0)))
+    decider = RetentionPolicy(ad, risk_model(), Budget(BudgetConfig(segment_cap=1e6, total_cap=1e6, pacing_lead=1.0)))
     x = np.random.default_rng(0).normal(size=(5, DX))
     dec = decider.decide_many([f"a{i}" for i in range(5)], USERS[:5], ["s"] * 5, x, 1.0)
     before = ad.posterior("t")[1]
-    decider.learn_many(["s"] * 5, dec.phis, np.full(5, 3.0))
+    decider.learn_many([f"a{i}" for i in range(5)], ["s"] * 5, dec.action, x, dec.phis,
+                       np.ones(5, dtype=bool), np.full(5, 30.0))
     assert ad.posterior("s")[2] == 5
     np.testing.assert_array_equal(ad.posterior("t")[1], before)
     assert candidates_for(3).shape == (3, K, DA)
@@ -104,3 +106,31 @@ def test_allocate_serves_priority_first_and_falls_back_to_cheaper():
     assert action.tolist() == [2, coupon, NONE]
     assert reason == ["fallback:budget", "treat", "no_uplift"]
     assert cost.tolist() == [0.05, 5.0, 0.0]
+
+
+def test_learning_from_outcomes_sets_rewards_risk_and_budget_in_one_place():
+    """Realised cost = fixed + face * retained; reward = value - cost; untreated adapt the risk offset;
+    treated settle their reservation."""
+    ad = Adapter(artifact(), eps=0.0, seed=0)
+    risk = risk_model()
+    budget = Budget(BudgetConfig(segment_cap=1e6, total_cap=1e6, pacing_lead=1.0))
+    pol = RetentionPolicy(ad, risk, budget)
+    coupon, push = TREATMENTS.index("coupon_15"), TREATMENTS.index("push")
+    ids = ["c-kept", "c-lost", "p-kept", "n-lost"]
+    action = np.array([coupon, coupon, push, NONE])
+    for did, a in zip(ids[:3], action[:3]):
+        assert budget.try_spend_one(did, did, "s", float(RESERVE_COST[a]), 1.0, TREATMENTS[a]).granted
+    x = np.random.default_rng(2).normal(size=(4, DX))
+    phis = np.random.default_rng(3).normal(size=(4, D))
+    retained = np.array([True, False, True, False])
+    value = np.array([40.0, 0.0, 12.0, 0.0])
+    twin = Adapter(artifact(), eps=0.0, seed=0)
+    realised = pol.learn_many(ids, ["s"] * 4, action, x, phis, retained, value)
+    np.testing.assert_allclose(realised, [15.0, 0.0, 0.02, 0.0])
+    twin.learn_many(["s"] * 4, phis, value - realised)  # the rewards the policy must have used
+    np.testing.assert_allclose(ad.posterior("s")[1], twin.posterior("s")[1])
+    assert risk.offset("s")[2] == 1  # only the untreated user adapts the churn offset
+    assert risk.offset("s")[0] > 0  # ... and it churned: the offset moves up
+    # each reservation now stands at its realised cost (settle_one never raises a charge: it reports it)
+    assert [budget.settle_one(d, 1e6) for d in ids[:3]] == [15.0, 0.0, 0.02]
+    assert pol.learn_many([], [], np.zeros(0), np.zeros((0, DX)), np.zeros((0, D)), np.zeros(0), np.zeros(0)).size == 0
