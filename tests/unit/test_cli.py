@@ -64,7 +64,7 @@ def test_train_needs_exactly_one_source_and_an_existing_file(tmp_path):
     assert_one_line_error(cli("train", "--out", str(tmp_path / "a"), "--logs", str(tmp_path / "none.npz")),
                           "no logged-bandit file or v2 log directory at", "metacart logs --out FILE")
     assert_one_line_error(cli("train", "--kind", "retention", "--out", str(tmp_path / "r"), "--simulate"),
-                          "--logs and --simulate are for --kind ads")
+                          "--simulate is for --kind ads")
 
 
 def test_debug_shows_the_traceback(tmp_path):
