@@ -22,6 +22,7 @@ def test_train_kind_retention_writes_a_loadable_artifact(tmp_path):
 
 
 def test_train_unknown_kind_is_one_clear_error(tmp_path):
-    result = CliRunner().invoke(app, ["train", "--kind", "churn", "--out", str(tmp_path / "x")])
-    assert result.exit_code != 0
-    assert "Invalid value for '--kind'" in result.output and "'ads', 'retention'" in result.output
+    from tests.unit.test_cli import assert_one_line_error, cli
+
+    assert_one_line_error(cli("train", "--kind", "churn", "--out", str(tmp_path / "x")),
+                          "'churn' is not one of 'ads', 'retention'")
