@@ -145,7 +145,7 @@ def test_misconfigured_worker_fails_fast_with_one_line(secured, secure_settings,
     code, elapsed, lines = _worker_error(s, tmp_path / "worker.log")
     print(f"\n{case}: exit {code} after {elapsed:.1f}s: {lines}")
     assert code == 2, lines
-    assert len(lines) == 1 and lines[0].startswith("metacart worker: ") and expected in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("metacart: error: ") and expected in lines[0], lines
     assert elapsed < 20, f"took {elapsed:.1f}s"
 
 
