@@ -53,6 +53,7 @@ from kernels._linalg import _cholesky_psd
 from kernels.exceptions import (
     BAD_K_VALID, BAD_SEGMENT, BAD_UNIFORM, NON_FINITE_INPUT, NON_POSITIVE_VARIANCE, OK, raise_for_status,
 )
+from kernels.posterior import _apply_rank1, _moments
 from kernels.scoring import _count_argmax_draws, _eps_floor, _explore_choice, _scratch, _score_moments
 
 #: Floor of the logistic curvature ``p (1 - p)``: keeps the pseudo-observation noise ``1 / h`` finite
@@ -156,21 +157,8 @@ def _glm_update_core(P, m, phi, y, has_item, b_mean, b_var, likelihood, noise_va
 
     Returns a status code; nothing is modified unless it is OK.
     """
-    d = m.shape[0]
     inv_f = 1.0 / forget
-    for a in range(d):
-        pphi[a] = 0.0
-    for bb in range(d):
-        pb = np.float64(phi[bb])
-        for a in range(d):
-            pphi[a] += pb * P[bb, a]
-    s_w = 0.0
-    mu = 0.0
-    for a in range(d):
-        pphi[a] *= inv_f
-        pa = np.float64(phi[a])
-        s_w += pa * pphi[a]
-        mu += pa * m[a]
+    s_w, mu = _moments(P, m, phi, inv_f, pphi)
     s_b = b_var * inv_f if has_item else 0.0
     if has_item:
         mu += b_mean
@@ -193,21 +181,7 @@ def _glm_update_core(P, m, phi, y, has_item, b_mean, b_var, likelihood, noise_va
     s = s0 + r
     if not (np.isfinite(s) and np.isfinite(gain)):
         return NON_FINITE_INPUT
-    for a in range(d):
-        m[a] += pphi[a] * gain
-    inv_root = 1.0 / np.sqrt(s)
-    for a in range(d):
-        pphi[a] *= inv_root
-    if inv_f == 1.0:
-        for a in range(d):
-            ga = pphi[a]
-            for bb in range(d):
-                P[a, bb] -= ga * pphi[bb]
-    else:
-        for a in range(d):
-            ga = pphi[a]
-            for bb in range(d):
-                P[a, bb] = P[a, bb] * inv_f - ga * pphi[bb]
+    _apply_rank1(P, m, pphi, gain, s, inv_f)
     if has_item:
         out[0] = b_mean + s_b * gain
         out[1] = s_b - s_b * s_b / s

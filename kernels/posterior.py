@@ -27,35 +27,36 @@ from kernels.exceptions import BAD_SEGMENT, BAD_SHAPE, NON_FINITE_INPUT, NON_POS
 
 
 @kernel
-def _update_core(P, m, phi, reward, noise_var, forget, pphi):  # pragma: no cover - compiled
-    """Update ``(P, m)`` in place with one observation; return a status code (0 = ok).
+def _moments(P, m, phi, inv_f, pphi):  # pragma: no cover - compiled
+    """``pphi = P phi / forget`` (into the scratch ``pphi``); returns ``(phi . pphi, phi . m)``.
 
-    Nothing is modified unless the status is 0. ``pphi`` is float64 scratch of length d.
-    ``P phi`` is formed as ``sum_b phi[b] P[b]`` (rows of the symmetric P: contiguous, vectorised)
-    and the downdate as ``P <- P / forget - g g^T`` with ``g = Pphi / sqrt(s)``; since
-    ``g[a] g[b] == g[b] g[a]`` in floating point, a symmetric P stays exactly symmetric.
+    ``P phi`` is formed as ``sum_b phi[b] P[b]`` (rows of the symmetric P: contiguous, vectorised).
     """
     d = m.shape[0]
-    inv_f = 1.0 / forget
     for a in range(d):
         pphi[a] = 0.0
     for b in range(d):
         pb = np.float64(phi[b])
         for a in range(d):
             pphi[a] += pb * P[b, a]
-    s = 0.0
+    quad = 0.0
     pred = 0.0
     for a in range(d):
         pphi[a] *= inv_f
         pa = np.float64(phi[a])
-        s += pa * pphi[a]
+        quad += pa * pphi[a]
         pred += pa * m[a]
-    s += noise_var
-    if not (np.isfinite(s) and np.isfinite(pred) and np.isfinite(reward)):
-        return NON_FINITE_INPUT
-    if not s > 0.0:
-        return NON_POSITIVE_VARIANCE
-    gain = (reward - pred) / s
+    return quad, pred
+
+
+@kernel
+def _apply_rank1(P, m, pphi, gain, s, inv_f):  # pragma: no cover - compiled
+    """``m <- m + pphi gain``; ``P <- P / forget - pphi pphi^T / s`` (``pphi`` is overwritten).
+
+    The downdate is applied as ``P - g g^T`` with ``g = pphi / sqrt(s)``; since ``g[a] g[b] == g[b] g[a]``
+    in floating point, a symmetric P stays exactly symmetric.
+    """
+    d = m.shape[0]
     for a in range(d):
         m[a] += pphi[a] * gain
     inv_root = 1.0 / np.sqrt(s)
@@ -71,6 +72,22 @@ def _update_core(P, m, phi, reward, noise_var, forget, pphi):  # pragma: no cove
             ga = pphi[a]
             for b in range(d):
                 P[a, b] = P[a, b] * inv_f - ga * pphi[b]
+
+
+@kernel
+def _update_core(P, m, phi, reward, noise_var, forget, pphi):  # pragma: no cover - compiled
+    """Update ``(P, m)`` in place with one observation; return a status code (0 = ok).
+
+    Nothing is modified unless the status is 0. ``pphi`` is float64 scratch of length d.
+    """
+    inv_f = 1.0 / forget
+    quad, pred = _moments(P, m, phi, inv_f, pphi)
+    s = quad + noise_var
+    if not (np.isfinite(s) and np.isfinite(pred) and np.isfinite(reward)):
+        return NON_FINITE_INPUT
+    if not s > 0.0:
+        return NON_POSITIVE_VARIANCE
+    _apply_rank1(P, m, pphi, (reward - pred) / s, s, inv_f)
     return OK
 
 
