@@ -62,7 +62,7 @@ class AdView:
     ad_id: str
     chosen: int
     expected_ctr: float
-    """Mean posterior score of this ad when chosen (the expected reward: a click probability)."""
+    """Mean posterior expected reward of this ad when chosen (a click probability for a click model)."""
 
 
 @dataclass
@@ -217,7 +217,7 @@ def _segments(decisions: list[dict], posteriors: dict[str, tuple[int, float]]) -
     views = []
     for segment, ds in by_segment.items():
         chosen = Counter(d["ad_id"] for d in ds)
-        top = [AdView(ad, n, round(float(np.mean([d["explanation"]["score"] for d in ds if d["ad_id"] == ad])), 5))
+        top = [AdView(ad, n, round(float(np.mean([_expected(d) for d in ds if d["ad_id"] == ad])), 5))
                for ad, n in chosen.most_common(3)]
         prior = np.array([d["explanation"]["prior_score"] for d in ds])
         evidence = np.array([d["explanation"]["evidence_score"] for d in ds])
@@ -270,3 +270,10 @@ def render(state: dict, segments: int = 10) -> None:
         s.add_row(seg["segment"], str(seg["decisions"]), str(seg["updates"]), post,
                   f"{seg['prior_score']:.4f} | {seg['evidence_score']:+.4f} ({seg['evidence_share']:.0%})", ads)
     console.print(s)
+
+
+def _expected(decision: dict) -> float:
+    """The decision's posterior-mean expected reward (its score from workers that did not report it)."""
+    explanation = decision["explanation"]
+    value = explanation.get("expected_reward")
+    return float(explanation["score"] if value is None else value)

@@ -20,6 +20,8 @@ of its segment, and unit tests can use plain dicts.
 
 from __future__ import annotations
 
+import math
+
 import time
 import uuid
 from collections import Counter
@@ -192,6 +194,7 @@ class AdsEngine:
         items = item_keys(c.ad_id for req, _, _ in group for c in req.candidates).reshape(candidates.shape[:2])
         decided = self.adapter.decide_many(segments, context, candidates, items=items)
         version = self.adapter.version
+        bernoulli = self.adapter.likelihood == "bernoulli"
         opened = []
         for i, (req, partition, _) in enumerate(group):
             choice = int(decided.choices[i])
@@ -200,12 +203,13 @@ class AdsEngine:
                                                    _epoch(req.event_time), decided.phis_chosen[i])))
             score = float(decided.mean_scores[i, choice])
             prior = float(decided.prior_scores[i, choice])
+            expected = 1.0 / (1.0 + math.exp(-score)) if bernoulli else score
             decision = AdDecision(
                 request_id=req.request_id, user_id=req.user_id, segment=req.segment, slot=req.slot,
                 ad_id=ad.ad_id, position=choice, propensity=float(decided.propensities[i, choice]),
                 policy_version=version,
                 explanation=Explanation(score=score, prior_score=prior, evidence_score=score - prior,
-                                        segment_updates=int(decided.n_updates[i])),
+                                        segment_updates=int(decided.n_updates[i]), expected_reward=expected),
                 request_time=req.event_time, decided_at=now,
             )
             out.decisions.append((req.segment.encode(), decision.model_dump_json().encode()))

@@ -63,12 +63,17 @@ class AdRequest(EventModel):
 
 
 class Explanation(EventModel):
-    """Where the chosen ad's expected reward came from: ``score = prior_score + evidence_score``."""
+    """Where the chosen ad's expected reward came from: ``score = prior_score + evidence_score``.
+
+    Scores are in the head's units (a logit for a click model); ``expected_reward`` is the posterior-mean
+    expected reward itself (a click probability for a click model; None from workers before it existed).
+    """
 
     score: float
     prior_score: float
     evidence_score: float
     segment_updates: int = Field(ge=0)
+    expected_reward: float | None = None
 
 
 class AdDecision(EventModel):

@@ -69,8 +69,10 @@ def test_status_shows_workers_groups_and_segments(settings, workers):
     assert sum(a["chosen"] for a in segs[NAME_B]["top_ads"]) <= 10
     seen = [json.loads(m.value()) for m in decisions.seen]
     for name, seg in segs.items():
-        for ad in seg["top_ads"]:  # the posterior score the decisions reported when this ad was chosen
-            scores = [d["explanation"]["score"] for d in seen if d["segment"] == name and d["ad_id"] == ad["ad_id"]]
+        for ad in seg["top_ads"]:  # the expected CTR the decisions reported when this ad was chosen
+            scores = [d["explanation"]["expected_reward"] for d in seen
+                      if d["segment"] == name and d["ad_id"] == ad["ad_id"]]
+            assert all(0.0 < p < 1.0 for p in scores)  # a click model's probabilities, not its logits
             assert ad["chosen"] == len(scores) and abs(ad["expected_ctr"] - sum(scores) / len(scores)) < 1e-5
 
     table = status(settings)
