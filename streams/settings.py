@@ -104,9 +104,11 @@ class StoreSettings(BaseModel):
 
 class PolicySettings(BaseModel):
     artifact: Path = Field(Path("artifacts/ads-policy"), description="policy artifact directory")
-    eps: float = Field(0.02, ge=0.0, le=1.0, description="uniform exploration mixed into Thompson sampling")
+    eps: float | None = Field(None, ge=0.0, le=1.0, description="uniform exploration mixed into Thompson "
+                              "sampling; unset: what the artifact's training chose (meta.serving.eps)")
     n_draws: int = Field(64, ge=1, le=4096, description="Thompson draws per decision (propensity estimate)")
-    scale: float = Field(1.0, gt=0.0, description="posterior variance multiplier for Thompson sampling")
+    scale: float | None = Field(None, ge=0.0, description="posterior variance multiplier for Thompson sampling "
+                                "(0 = greedy); unset: what the artifact's training chose (meta.serving.scale)")
     forget: float = Field(1.0, gt=0.0, le=1.0, description="forgetting factor per update (1 = none)")
     on_swap: Literal["keep", "reset"] = Field("keep", description="posteriors on hot-swap: keep or reset")
     seed: int = Field(0, description="seed of the decision random stream")

@@ -37,10 +37,10 @@ from policy.ope.exceptions import OpeError
 class ServingParams:
     """How the workers serve (``METACART_POLICY__*``): exploration, draws, forgetting, seed."""
 
-    eps: float = 0.02
+    eps: float | None = None  # None: the artifact's trained choice (meta.serving)
     n_draws: int = 64
     forget: float = 1.0
-    scale: float = 1.0
+    scale: float | None = None
     seed: int = 0
 
 
@@ -69,7 +69,8 @@ def make_target(spec: str, first_chunk: LoggedData, serving: ServingParams = Ser
     if body == "scratch_raw":
         mean, sd = raw_standardisation(first_chunk)
         noise = max(float(first_chunk.reward.var()), 1e-3)
-        policy = RawLinearTS(mean, sd, noise_var=noise, eps=p.eps, n_draws=p.n_draws, seed=p.seed)
+        policy = RawLinearTS(mean, sd, noise_var=noise, eps=0.02 if p.eps is None else p.eps, n_draws=p.n_draws,
+                             seed=p.seed)
         return Target(name or "scratch_raw", policy, adapt=True)
     kind, sep, path = body.partition("@")
     if sep and kind in ("pooled", "scratch_phi"):
