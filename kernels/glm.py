@@ -37,8 +37,8 @@ With no item term and the gaussian likelihood this is exactly :func:`kernels.upd
 posterior's small cross-covariance between ``w`` and ``b`` is dropped (the decoupling).
 
 Decisions: Thompson sampling over the candidates' scores, jointly ``N(Phi m + b, scale (Phi P Phi^T +
-diag(v)))``, with Monte-Carlo propensities and ``eps`` uniform mixing exactly as in
-:mod:`kernels.scoring` (whose moment, Cholesky and draw-counting helpers this module reuses); the
+diag(v)))``, with Monte-Carlo propensities and ``eps`` uniform mixing: the one decision loop of
+:mod:`kernels.scoring`, given the item terms as score offsets; the
 sigmoid is monotone, so the argmax over sampled scores is the argmax over sampled click probabilities.
 ``scale = 0`` is greedy on the posterior mean.
 """
@@ -49,12 +49,11 @@ import numpy as np
 
 from kernels import _validate as v
 from kernels._jit import kernel
-from kernels._linalg import _cholesky_psd
 from kernels.exceptions import (
-    BAD_K_VALID, BAD_SEGMENT, BAD_UNIFORM, NON_FINITE_INPUT, NON_POSITIVE_VARIANCE, OK, raise_for_status,
+    BAD_SEGMENT, NON_FINITE_INPUT, NON_POSITIVE_VARIANCE, OK, raise_for_status,
 )
 from kernels.posterior import _apply_rank1, _moments
-from kernels.scoring import _count_argmax_draws, _eps_floor, _explore_choice, _scratch, _score_moments
+from kernels.scoring import _decide_many
 
 #: Floor of the logistic curvature ``p (1 - p)``: keeps the pseudo-observation noise ``1 / h`` finite
 #: for scores far in the tails (|score| > ~23).
@@ -97,44 +96,6 @@ def _item_offsets(seg, items, k_valid, tab_ids, tab_mean, tab_var, prior_mean, p
                 off_mean[b, k] = prior_mean[b, k]
                 off_var[b, k] = prior_var
     return OK
-
-
-@kernel
-def _glm_decide_many(phis, P, m, seg, k_valid, off_mean, off_var, normals, uniforms, eps, scale):  # pragma: no cover
-    """Thompson decisions for B rows; returns (choices, props, means, status, bad_row)."""
-    bsz, kk, d = phis.shape
-    n_seg = P.shape[0]
-    choices = np.empty(bsz, dtype=np.int64)
-    props = np.zeros((bsz, kk), dtype=np.float64)
-    means = np.zeros((bsz, kk), dtype=np.float64)
-    row, C, L, counts, zt, acc, best, arg = _scratch(kk, d, normals.shape[1])
-    w = (1.0 - eps) / normals.shape[1]
-    for b in range(bsz):
-        s = seg[b]
-        kv = k_valid[b]
-        if s < 0 or s >= n_seg:
-            return choices, props, means, BAD_SEGMENT, b
-        if kv < 1 or kv > kk:
-            return choices, props, means, BAD_K_VALID, b
-        u0 = uniforms[b, 0]
-        u1 = uniforms[b, 1]
-        if not (u0 >= 0.0 and u0 <= 1.0 and u1 >= 0.0 and u1 <= 1.0):
-            return choices, props, means, BAD_UNIFORM, b
-        mean = means[b]
-        if not _score_moments(phis[b], P[s], m[s], kv, scale, row, C, mean):
-            return choices, props, means, NON_FINITE_INPUT, b
-        for k in range(kv):
-            mean[k] += off_mean[b, k]
-            C[k, k] += scale * off_var[b, k]
-        _cholesky_psd(C, L, kv)
-        greedy = _count_argmax_draws(mean, L, normals[b], kv, zt, acc, best, arg, counts)
-        if greedy < 0:
-            return choices, props, means, NON_FINITE_INPUT, b
-        floor = _eps_floor(eps, kv)
-        for k in range(kv):
-            props[b, k] = min(w * counts[k] + floor, 1.0)
-        choices[b] = _explore_choice(u0, u1, eps, greedy, kv)
-    return choices, props, means, OK, -1
 
 
 @kernel
@@ -354,8 +315,8 @@ def glm_decide_many(
         raise v.KernelInputError(f"normals must have shape (B={bsz}, n_draws >= 1, K={kk}), got {normals.shape}")
     e = eps if type(eps) is float and 0.0 <= eps <= 1.0 else v.scalar("eps", eps, 0.0, 1.0)
     sc = scale if type(scale) is float and 0.0 <= scale < v.INF else v.scalar("scale", scale, 0.0, v.INF)
-    choices, props, means, status, row = _glm_decide_many(phis, P, m, seg, k_valid, off_mean, off_var,
-                                                          normals, uniforms, e, sc)
+    choices, props, means, status, row = _decide_many(phis, P, m, seg, k_valid, normals, uniforms, e, sc,
+                                                      off_mean, off_var)
     if status != OK:
         raise_for_status(status, f"glm_decide_many, row {row}")
     return choices, props, means

@@ -135,11 +135,12 @@ def _count_argmax_draws(mean, L, normals, kv, zt, acc, best, arg, counts):  # pr
 
 
 @kernel
-def _thompson_core(phis, P, m, normals, uniforms, eps, scale, kv, scratch, prop, mean):  # pragma: no cover
+def _thompson_core(phis, P, m, normals, uniforms, eps, scale, kv, scratch, prop, mean, off_mean, off_var):  # pragma: no cover
     """One Thompson decision over the first kv candidates; writes prop[:kv] and mean[:kv].
 
-    ``scratch`` comes from :func:`_scratch`. Returns the choice, or a negative status code (then
-    prop and mean hold nothing meaningful).
+    ``off_mean`` / ``off_var`` (length >= kv) are added to each candidate's score mean and variance (the
+    per-item terms of ``kernels.glm``; zeros for the plain head). ``scratch`` comes from :func:`_scratch`.
+    Returns the choice, or a negative status code (then prop and mean hold nothing meaningful).
     """
     row, C, L, counts, zt, acc, best, arg = scratch
     u0 = uniforms[0]
@@ -148,6 +149,9 @@ def _thompson_core(phis, P, m, normals, uniforms, eps, scale, kv, scratch, prop,
         return BAD_UNIFORM
     if not _score_moments(phis, P, m, kv, scale, row, C, mean):
         return NON_FINITE_INPUT
+    for k in range(kv):
+        mean[k] += off_mean[k]
+        C[k, k] += scale * off_var[k]
     _cholesky_psd(C, L, kv)
     greedy = _count_argmax_draws(mean, L, normals, kv, zt, acc, best, arg, counts)
     if greedy < 0:
@@ -188,7 +192,8 @@ def _thompson_one(phis, P, m, normals, uniforms, eps, scale):  # pragma: no cove
     scratch = _scratch(kk, d, n_draws)
     prop = np.empty(kk, dtype=np.float64)
     mean = np.empty(kk, dtype=np.float64)
-    choice = _thompson_core(phis, P, m, normals, uniforms, eps, scale, kk, scratch, prop, mean)
+    zero = np.zeros(kk, dtype=np.float64)
+    choice = _thompson_core(phis, P, m, normals, uniforms, eps, scale, kk, scratch, prop, mean, zero, zero)
     return choice, prop
 
 
@@ -234,8 +239,9 @@ def _ucb_one(phis, P, m, alpha, uniforms, eps):  # pragma: no cover - compiled
 
 
 @kernel
-def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale):  # pragma: no cover - compiled
-    """Thompson decisions for B rows; returns (choices, props, means, status, bad_row)."""
+def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale, off_mean, off_var):  # pragma: no cover
+    """Thompson decisions for B rows, scores offset by ``off_mean`` / ``off_var`` [B, K];
+    returns (choices, props, means, status, bad_row)."""
     bsz, kk, d = phis.shape
     n_seg = P.shape[0]
     choices = np.empty(bsz, dtype=np.int64)
@@ -249,7 +255,8 @@ def _decide_many(phis, P, m, seg, k_valid, normals, uniforms, eps, scale):  # pr
             return choices, props, means, BAD_SEGMENT, b
         if kv < 1 or kv > kk:
             return choices, props, means, BAD_K_VALID, b
-        c = _thompson_core(phis[b], P[s], m[s], normals[b], uniforms[b], eps, scale, kv, scratch, props[b], means[b])
+        c = _thompson_core(phis[b], P[s], m[s], normals[b], uniforms[b], eps, scale, kv, scratch, props[b], means[b],
+                           off_mean[b], off_var[b])
         if c < 0:
             return choices, props, means, c, b
         choices[b] = c
@@ -466,7 +473,8 @@ def decide_many(
         raise v.KernelInputError(f"uniforms must have shape (B={bsz}, 2), got {uniforms.shape}")
     e = v.scalar("eps", eps, 0.0, 1.0)
     sc = v.scalar("scale", scale, 0.0, float("inf"))
-    choices, props, means, status, row = _decide_many(phis, P, m, seg, k_valid, normals, uniforms, e, sc)
+    zero = np.zeros(phis.shape[:2])
+    choices, props, means, status, row = _decide_many(phis, P, m, seg, k_valid, normals, uniforms, e, sc, zero, zero)
     if status != 0:
         if status == BAD_K_VALID:
             raise v.KernelInputError(f"decide_many, row {row}: k_valid must be in [1, K={kk}], got {k_valid[row]}")
