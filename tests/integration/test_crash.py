@@ -36,4 +36,10 @@ def test_kill_mid_stream_loses_no_decision(settings, workers, tmp_path):
         raise
     ids = [json.loads(m.value())["request_id"] for m in decisions.seen]
     assert set(ids) == wanted
-    print(f"decided before the kill: {len(before)}; decided twice (at-least-once): {len(ids) - len(set(ids))}")
+    ads: dict[str, set[str]] = {}
+    for m in decisions.seen:
+        d = json.loads(m.value())
+        ads.setdefault(d["request_id"], set()).add(d["ad_id"])
+    print(f"kill -9: {len(wanted)} requests, decided before the kill: {len(before)}, none without a decision, "
+          f"decided twice (at-least-once): {len(ids) - len(set(ids))}, "
+          f"of them with a different ad: {sum(len(v) > 1 for v in ads.values())}")

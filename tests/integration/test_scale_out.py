@@ -36,3 +36,8 @@ def test_two_workers_split_partitions_and_both_decide(settings, workers, tmp_pat
     except AssertionError:
         print(a.log_tail(), "\n-----\n", b.log_tail())
         raise
+    ads: dict[str, set[str]] = {}
+    for d in json_values(decisions.seen):
+        ads.setdefault(d["request_id"], set()).add(d["ad_id"])
+    print(f"rebalance 1->2 workers: {sent} requests, {len(ads)} decided, "
+          f"{len(decisions.seen) - len(ads)} extra decisions, {sum(len(v) > 1 for v in ads.values())} with a different ad")
