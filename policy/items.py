@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from functools import lru_cache
 
 import numpy as np
 
 _MASK = (1 << 63) - 1
 
 
+@lru_cache(maxsize=65536)  # the hot path keys every candidate of every request; catalogues repeat
 def item_key(item_id: str) -> int:
     """Stable non-negative int64 key of one string id."""
     digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()

@@ -167,8 +167,9 @@ def gate_report(artifact: PolicyArtifact, initial: PolicyArtifact, data: ClickDa
         idx = rows[active, j]
         seg, y, u = heldout_segs[active], data.y[idx], data.u[idx].astype(np.float64)
         items = data.item[idx]
+        phi_ours = artifact.phi_numpy(u)  # ours and the prior mean alone share the features
         for name, policy in (("ours", ours), ("initialisation", init), ("prior_mean", frozen)):
-            phi = policy.artifact.phi_numpy(u)
+            phi = initial.phi_numpy(u) if policy is init else phi_ours
             mean, var = policy.predict_phis(seg, phi, items)
             np.add.at(loss[name], active, _nll(mean, var, y, bernoulli, policy.artifact.noise_var))
             if name != "prior_mean":
