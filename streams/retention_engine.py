@@ -58,7 +58,9 @@ a rebalance. (Combining partitions exactly is possible — Gaussian evidence add
 but is left out.)
 
 State goes through a :class:`RetentionStore` (four tables: ``users``, ``segments``, ``partitions`` for
-budgets and review marks, ``actions`` for open actions), so the Faust glue can route each write to the
+budgets and review marks, ``actions`` for open actions). A budget is kept as many small records
+(``budget:<partition>/<record>``, see :meth:`Budget.drain_changes`), never as one value, so no state value
+grows with the number of users toward the producer's message limit, so the Faust glue can route each write to the
 changelog partition of its key and unit tests can use dicts. Writes are buffered and flushed at most
 every ``state_flush_interval_s`` (and before every review, rebalance and swap of state).
 """
@@ -84,7 +86,7 @@ from policy.retention.features import expired_many, features_many, new_states, u
 from policy.retention.risk import RiskModel
 from policy.retention.schema import INTERVENTION, NONE, PURCHASE, SESSION, TREATMENTS, EventBatch
 from streams.ads_engine import RawMessage
-from streams.retention_state import (DAY_S, TICK, OpenAction, RetentionStore, UserRow, decision_id,
+from streams.retention_state import (DAY_S, TICK, OpenAction, RetentionStore, UserRow, budget_key, decision_id,
                                      partition_budget_config, read_never_contact)
 from streams.edge import Decoder, Source, dead_letter
 from streams.pseudonyms import Pseudonyms
@@ -176,6 +178,7 @@ class RetentionEngine:
         self._deletes: list[tuple[str, int]] = []
         self._learn: list[_Close] = []
         self._rebuild_needed = True
+        self._legacy_budgets: set[int] = set()
         self._user_counts: Counter[int] = Counter()
         self._last_flush = 0.0
         self.counters: Counter[str] = Counter()
@@ -497,17 +500,26 @@ class RetentionEngine:
         risk = RiskModel(self.artifacts.risk.mean, self.artifacts.risk.sd, self.artifacts.risk.w1,
                          self.artifacts.risk.b1, self.artifacts.risk.w2, self.artifacts.risk.b2,
                          self.artifacts.risk.tau2, dict(self.artifacts.risk.meta))
-        raw = self.store.get("partitions", f"budget:{partition}", partition)
-        if raw is None:
-            budget = Budget(self.budget_config)
-        else:
-            budget = Budget.from_bytes(raw)
-            budget.config = self.budget_config  # caps follow the current settings
+        budget = self._load_budget(partition)
         tick = self.store.get("partitions", f"tick:{partition}", partition)
         part = _Partition(adapter, risk, budget, None if tick is None else TICK.unpack(tick)[0],
                           users=self._user_counts.get(partition, 0))
         self._parts[partition] = part
         return part
+
+    def _load_budget(self, partition: int) -> Budget:
+        """The partition's budget from its records (caps follow the current settings). A budget stored
+        as one value (before records) is read once and moved to records at the next flush."""
+        legacy = self.store.get("partitions", budget_key(partition), partition)
+        if legacy is not None:
+            budget = Budget.from_bytes(legacy)
+            budget.config = self.budget_config
+            budget.mark_all_changed()
+            self._legacy_budgets.add(partition)
+            return budget
+        prefix = budget_key(partition, "")
+        return Budget.from_records(self.budget_config, ((k[len(prefix):], v) for k, v in
+                                                        self.store.items("partitions") if k.startswith(prefix)))
 
     def _load_segment(self, partition: int, segment: str) -> None:
         part = self._part(partition)
@@ -553,8 +565,15 @@ class RetentionEngine:
                          + adapter_state + part.risk.state_bytes(segment))
                 self.store.put("segments", f"{partition}/{segment}", partition, value)
             part.dirty_segments.clear()
+            puts, deletes = part.budget.drain_changes()
+            for record, value in puts.items():
+                self.store.put("partitions", budget_key(partition, record), partition, value)
+            for record in deletes:
+                self.store.delete("partitions", budget_key(partition, record), partition)
+            if partition in self._legacy_budgets:
+                self.store.delete("partitions", budget_key(partition), partition)
+                self._legacy_budgets.discard(partition)
             if part.dirty:
-                self.store.put("partitions", f"budget:{partition}", partition, part.budget.to_bytes())
                 if part.last_tick is not None:
                     self.store.put("partitions", f"tick:{partition}", partition, TICK.pack(part.last_tick))
                 part.dirty = False

@@ -130,6 +130,12 @@ class OpenAction:
         return cls(user, segment, partition, t, action, cost, prop, x, phi)
 
 
+def budget_key(partition: int, record: str | None = None) -> str:
+    """Key of one budget record of ``partition`` in the ``partitions`` table (``None``: the single value
+    that held a whole budget before records)."""
+    return f"budget:{partition}" if record is None else f"budget:{partition}/{record}"
+
+
 def decision_id(user: str, t: float) -> str:
     """Deterministic id of the decision for ``user`` at review time ``t`` (days)."""
     return "r" + hashlib.blake2b(f"{user}|{t!r}".encode(), digest_size=10).hexdigest()

@@ -22,6 +22,13 @@ Rules, checked by :meth:`Budget.try_spend_one` for a contact ``(decision_id, use
    dropped; decisions that old are denied as ``expired`` (so a replay of an evicted decision cannot
    contact anyone twice). Contacts are kept one contact window longer, so rule 3 stays exact.
 
+Persistence. :meth:`Budget.to_bytes` writes the whole state as one value; its size grows with the
+decisions of the horizon, so a stream store keeps the state as *records* instead
+(:meth:`Budget.drain_changes` / :meth:`Budget.from_records`): one small value per decision (``d/<id>``),
+per user with contacts (``c/<user>``), per opted-out user (``n/<user>``) and a head (``head``), and only
+the records changed since the last drain are written or deleted. Every record stays small whatever the
+number of users (a user's contact list is bounded by the frequency cap and the horizon).
+
 Costs are reserved at their worst case (a coupon's face value) and may later be lowered to what was
 actually paid with :meth:`Budget.settle_one` (idempotent: it sets, never subtracts twice). Money is kept in
 integer micro-units (cost rounded up, caps rounded down), so sums are exact and a cap check never fails
@@ -33,6 +40,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -194,6 +202,8 @@ class Budget:
         self._contacts: dict[str, list[float]] = {}
         self._never: set[str] = set()
         self._latest_period: int | None = None
+        self._changed: set[str] = set()
+        """record keys (``head``, ``d/<id>``, ``c/<user>``, ``n/<user>``) changed since the last drain"""
 
     # ------------------------------------------------------------------ queries
     def period_of(self, now: float) -> int:
@@ -238,6 +248,7 @@ class Budget:
     def add_never_contact(self, user: str) -> None:
         """Put ``user`` on the never-contact list (opt-out); later requests for them are denied."""
         self._never.add(user)
+        self._changed.add(f"n/{user}")
 
     def forget_user(self, user: str) -> int:
         """Erase ``user``: their contact times go and their name leaves the decision records (the spend
@@ -245,9 +256,11 @@ class Budget:
         never-contact entry stays: it is the record that they must not be contacted. Returns the number
         of entries changed."""
         changed = len(self._contacts.pop(user, ()))
-        for rec in self._decisions.values():
+        self._changed.add(f"c/{user}")
+        for did, rec in self._decisions.items():
             if rec["user"] == user:
                 rec["user"] = ""
+                self._changed.add(f"d/{did}")
                 changed += 1
         return changed
 
@@ -296,6 +309,7 @@ class Budget:
                 "reason": "expired",
                 "tag": tag,
             }
+            self._changed.add(f"d/{decision_id}")
             return Grant(False, "expired", 0.0, False, tag)
         reason = self._check(user, segment, cost, now, period)
         granted = reason == "granted"
@@ -316,8 +330,11 @@ class Budget:
             self._seg_ledgers.setdefault((period, segment), _Ledger()).add(float(now), decision_id, amount)
             self._tot_ledgers.setdefault(period, _Ledger()).add(float(now), decision_id, amount)
             bisect.insort(self._contacts.setdefault(user, []), float(now))
+            self._changed.add(f"c/{user}")
+        self._changed.add(f"d/{decision_id}")
         if self._latest_period is None or period > self._latest_period:
             self._latest_period = period
+            self._changed.add("head")
             self._evict()
         return Grant(granted, reason, amount / MICRO, False, tag)
 
@@ -354,6 +371,7 @@ class Budget:
         new = min(rec["charged"], to_micro_up(actual_cost))
         delta = rec["charged"] - new
         if delta:
+            self._changed.add(f"d/{decision_id}")
             rec["charged"] = new
             self._amounts[decision_id] = new
             self._seg_ledgers[(rec["period"], rec["segment"])].total -= delta
@@ -366,6 +384,7 @@ class Budget:
         for d in stale:
             del self._decisions[d]
             self._amounts.pop(d, None)
+            self._changed.add(f"d/{d}")
         for key in [k for k in self._seg_ledgers if k[0] < oldest]:
             del self._seg_ledgers[key]
         for key in [k for k in self._tot_ledgers if k < oldest]:
@@ -375,6 +394,8 @@ class Budget:
         for user in list(self._contacts):
             times = self._contacts[user]
             keep = times[bisect.bisect_left(times, cutoff) :]
+            if len(keep) != len(times):
+                self._changed.add(f"c/{user}")
             if keep:
                 self._contacts[user] = keep
             else:
@@ -405,17 +426,86 @@ class Budget:
             budget._never = set(payload["never"])
             budget._contacts = {u: sorted(float(t) for t in ts) for u, ts in payload["contacts"].items()}
             for did, rec in payload["decisions"].items():
-                budget._decisions[did] = dict(rec)
-                if rec["granted"]:
-                    budget._amounts[did] = int(rec["charged"])
-                    p, seg, t = int(rec["period"]), str(rec["segment"]), float(rec["time"])
-                    for ledger in (
-                        budget._seg_ledgers.setdefault((p, seg), _Ledger()),
-                        budget._tot_ledgers.setdefault(p, _Ledger()),
-                    ):
-                        ledger.add(t, did, int(rec["charged"]))
+                budget._add_record(did, dict(rec))
         except BudgetStateError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BudgetStateError(f"malformed budget state: {exc}") from exc
         return budget
+
+    # ------------------------------------------------------------------ records
+    def drain_changes(self) -> tuple[dict[str, bytes], list[str]]:
+        """The records changed since the last drain: ``(puts, deletes)`` by record key; clears the set.
+
+        Keys are ``head``, ``d/<decision id>``, ``c/<user>`` and ``n/<user>``; values are small JSON
+        documents (one decision, one user's contact times, one opt-out, the latest period).
+        """
+        puts: dict[str, bytes] = {}
+        deletes: list[str] = []
+        for key in sorted(self._changed):
+            raw = self._record(key)
+            if raw is None:
+                deletes.append(key)
+            else:
+                puts[key] = raw
+        self._changed.clear()
+        return puts, deletes
+
+    def mark_all_changed(self) -> None:
+        """Make the next :meth:`drain_changes` return every record (e.g. to move a whole state)."""
+        self._changed.add("head")
+        self._changed.update(f"d/{d}" for d in self._decisions)
+        self._changed.update(f"c/{u}" for u in self._contacts)
+        self._changed.update(f"n/{u}" for u in self._never)
+
+    def _record(self, key: str) -> bytes | None:
+        kind, _, name = key.partition("/")
+        if kind == "head":
+            body: object = {"version": STATE_VERSION, "latest_period": self._latest_period}
+        elif kind == "d":
+            body = self._decisions.get(name)
+        elif kind == "c":
+            body = self._contacts.get(name)
+        elif kind == "n":
+            body = 1 if name in self._never else None
+        else:
+            raise BudgetStateError(f"unknown budget record key {key!r}")
+        if body is None:
+            return None
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_records(config: BudgetConfig, records: Iterable[tuple[str, bytes]]) -> "Budget":
+        """The budget whose records (as written from :meth:`drain_changes`) are ``records``, under
+        ``config``; raises :class:`BudgetStateError` on a malformed record."""
+        budget = Budget(config)
+        try:
+            for key, raw in records:
+                kind, _, name = key.partition("/")
+                body = json.loads(raw)
+                if kind == "head":
+                    if body["version"] != STATE_VERSION:
+                        raise BudgetStateError(f"unsupported budget state version {body['version']!r}")
+                    budget._latest_period = body["latest_period"]
+                elif kind == "d":
+                    budget._add_record(name, dict(body))
+                elif kind == "c":
+                    budget._contacts[name] = sorted(float(t) for t in body)
+                elif kind == "n":
+                    budget._never.add(name)
+                else:
+                    raise BudgetStateError(f"unknown budget record key {key!r}")
+        except BudgetStateError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BudgetStateError(f"malformed budget record: {exc}") from exc
+        return budget
+
+    def _add_record(self, did: str, rec: dict) -> None:
+        self._decisions[did] = rec
+        if rec["granted"]:
+            self._amounts[did] = int(rec["charged"])
+            p, seg, t = int(rec["period"]), str(rec["segment"]), float(rec["time"])
+            for ledger in (self._seg_ledgers.setdefault((p, seg), _Ledger()),
+                           self._tot_ledgers.setdefault(p, _Ledger())):
+                ledger.add(t, did, int(rec["charged"]))

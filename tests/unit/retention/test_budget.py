@@ -182,3 +182,38 @@ def test_invalid_inputs():
     with pytest.raises(BudgetStateError):
         BudgetConfig(segment_cap=-1.0, total_cap=1.0)
     assert MICRO == 1_000_000
+
+
+def _apply(store: dict[str, bytes], budget: Budget) -> None:
+    puts, deletes = budget.drain_changes()
+    store.update(puts)
+    for key in deletes:
+        store.pop(key, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(request, max_size=60), st.integers(0, 60), st.lists(st.sampled_from(USERS), max_size=2))
+def test_records_written_from_drained_changes_restore_the_state_mid_stream(requests, cut, opted_out):
+    """The changed records, applied to a store after every request (settles, opt-outs, erasures and
+    evictions included), always rebuild the state in memory, and every record stays small."""
+    store: dict[str, bytes] = {}
+    a = Budget(CONFIG)
+    for user in opted_out:
+        a.add_never_contact(user)
+    for i, (d, user, seg, cost, now) in enumerate(requests):
+        a.try_spend_one(f"d{d}", user, seg, cost, now)
+        if i % 3 == 0:
+            a.settle_one(f"d{d}", cost / 2)
+        if i == cut:
+            a.forget_user(user)
+        _apply(store, a)
+        b = Budget.from_records(CONFIG, store.items())
+        assert b.to_bytes() == a.to_bytes()
+    assert all(len(v) < 1024 for v in store.values())
+
+
+def test_a_malformed_record_is_a_budget_state_error():
+    with pytest.raises(BudgetStateError):
+        Budget.from_records(CONFIG, [("d/x", b"{not json")])
+    with pytest.raises(BudgetStateError):
+        Budget.from_records(CONFIG, [("q/x", b"1")])

@@ -279,3 +279,45 @@ def test_caps_hold_and_contacts_never_repeat_under_replays_crashes_and_duplicate
         times = sorted(datetime.fromisoformat(a["decided_at"]).timestamp() / DAY for a in unique
                        if a["user_id"] == user and a["action"] != "none")
         assert all(b - a >= 1.0 for a, b in zip(times, times[2:]))
+
+
+STATE_VALUE_BOUND = 16 * 1024  # bytes; the producer's limit is 1 MB, and no value may grow with the users
+
+
+def test_no_state_value_grows_with_new_users_and_caps_hold_exactly():
+    """Regression: a partition's budget was one value that grew with every decision (past the producer's
+    1 MB limit in production). Many new users across several periods, a restart in the middle: every
+    stored value stays small, and the spend of every period stays within its caps exactly."""
+    store = DictStore()
+    caps = dict(budget_per_period=60.0, segment_budget_per_period=40.0, max_contacts_per_user=1)
+    eng = engine(store, eps=1.0, **caps)
+    sent: list[dict] = []
+    biggest = 0
+    for day in range(6):
+        if day == 3:
+            eng = engine(store, eps=1.0, **caps)  # a new process on the same tables
+        users = [f"d{day}-u{i}" for i in range(250)]  # new users every day
+        segs = [f"m0{i % 3}-c00" for i in range(len(users))]
+        for start in range(0, len(users), 50):
+            batch = [session(u, day + 0.2 + 0.001 * (start + i), 0, segment=s)
+                     for i, (u, s) in enumerate(zip(users[start:start + 50], segs[start:start + 50]))]
+            sent += actions(eng.process_many(batch))
+        biggest = max(biggest, max(len(v) for t in store.tables.values() for v in t.values()))
+    eng.flush()
+    assert len(sent) > 1000  # the decisions whose records used to pile up in one value
+    assert biggest <= STATE_VALUE_BOUND, f"a state value of {biggest} bytes"
+    treated = [a for a in {a["decision_id"]: a for a in sent}.values() if a["action"] != "none"]
+    assert treated
+    cfg = partition_budget_config(retention(**caps), TOPICS.user_partitions)
+    spend: dict[tuple, int] = defaultdict(int)
+    for a in treated:
+        period = int(datetime.fromisoformat(a["decided_at"]).timestamp() // DAY)
+        spend[(period, a["segment"])] += to_micro_up(a["cost"])
+        spend[(period, None)] += to_micro_up(a["cost"])
+    for (period, seg), micro in spend.items():
+        assert micro <= to_micro_down(cfg.total_cap if seg is None else cfg.segment_cap)
+    # the caps bind: some period spent its total share to within the dearest treatment
+    assert max(m for (_, seg), m in spend.items() if seg is None) > to_micro_down(cfg.total_cap - max(RESERVE_COST))
+    # the budget restored from its records is the one in memory
+    restored = engine(store, eps=1.0, **caps)._load_budget(0)
+    assert restored.to_bytes() == eng._parts[0].budget.to_bytes()
