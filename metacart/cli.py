@@ -430,12 +430,12 @@ def publish_policy(
                                               "size on the log is below this"),
     force: bool = typer.Option(False, help="with --gate: publish even if the gate refuses (and say so)"),
 ) -> None:
-    """Tell every ad worker to hot-swap to --artifact (rollback = publish the old one again).
+    """Tell every worker of --kind to hot-swap to --artifact (rollback = publish the old one again).
 
     The artifact is loaded and its kind checked first. With --gate it is evaluated off-policy against the
     serving one on a recent exported log and published only when the paired lower bound clears --margin.
-    Ad workers hot-swap to an ads update; retention workers do not hot-swap: they log a warning and count it
-    (restart them with METACART_RETENTION__ARTIFACT pointing at the new artifact).
+    Ad workers hot-swap to an ads update, retention workers to a retention one (after scoring a probe batch
+    on it; a refused artifact is dead-lettered and the serving one stays).
     """
     from streams.control import artifact_version, latest_policy_update, publish_policy_update
 

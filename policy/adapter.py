@@ -610,3 +610,51 @@ class Adapter(SegmentBandit):
         if not keep:
             self.reset_all()
         return keep
+
+
+PROBE_SCORE_LIMIT = 1e6
+"""Largest expected reward a probe may score, in units of the training data's reward scale."""
+
+
+def check_serves(artifact: PolicyArtifact, context: np.ndarray | None = None,
+                 candidates: np.ndarray | None = None, n: int = 64, seed: int = 0) -> None:
+    """Raise :class:`ArtifactError` unless ``artifact`` serves a probe batch with finite results.
+
+    A loader checks files and shapes; this scores. The probe is ``context`` float[B, dx] with
+    ``candidates`` float[B, K, da] (e.g. representative traffic), else ``n`` seeded standard-normal rows
+    with K = 4 candidates. On a throwaway :class:`Adapter` (nothing serving is touched) it checks that the
+    features ``phi``, the prior and posterior-mean scores are finite and within ``PROBE_SCORE_LIMIT``
+    times the training rewards' scale (``|reward_mean| + reward_std``, at least 1), that propensities are
+    finite, >= 0 and sum to 1 per row, and that one learning step (reward 0 at the chosen features) leaves the
+    posterior finite. A finite but absurd artifact (weights x 1e300) fails here instead of failing every
+    batch once it serves.
+    """
+    meta = artifact.meta
+    if context is None or candidates is None:
+        rng = np.random.default_rng(seed)
+        context = rng.standard_normal((n, meta.dx))
+        candidates = rng.standard_normal((n, 4, meta.da))
+    context = np.ascontiguousarray(context, dtype=np.float64)
+    candidates = np.ascontiguousarray(candidates, dtype=np.float64)
+    segments = ["probe"] * context.shape[0]
+    try:
+        with np.errstate(all="ignore"):
+            probe = Adapter(artifact, seed=seed)
+            dec = probe.decide_many(segments, context, candidates)
+            data = meta.training_data
+            limit = PROBE_SCORE_LIMIT * max(1.0, abs(data.reward_mean) + data.reward_std)
+            scores = np.concatenate([dec.mean_scores, dec.prior_scores])
+            checks = {"scores": bool(np.isfinite(scores).all() and (np.abs(scores) <= limit).all()),
+                      "features": np.isfinite(dec.phis_chosen).all(),
+                      "propensities": (np.isfinite(dec.propensities).all() and (dec.propensities >= 0).all()
+                                       and np.allclose(dec.propensities.sum(axis=1), 1.0))}
+            if all(checks.values()):
+                probe.learn_many(segments, dec.phis_chosen, np.zeros(len(segments)))
+                p_matrix, mean, _ = probe.posterior("probe")
+                checks["learning"] = bool(np.isfinite(p_matrix).all() and np.isfinite(mean).all())
+    except (ValueError, ArithmeticError) as exc:  # KernelInputError and StateError are ValueErrors
+        raise ArtifactError(f"artifact {artifact.version} fails on a probe batch: {exc}") from exc
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise ArtifactError(f"artifact {artifact.version} does not serve a probe batch: non-finite, "
+                            f"absurd or invalid {', '.join(bad)}")

@@ -497,9 +497,7 @@ class RetentionEngine:
         p = self.policy
         adapter = Adapter(art, eps=p.eps, n_draws=p.n_draws, forget=p.forget, scale=p.scale,
                           seed=p.seed * 1009 + partition)
-        risk = RiskModel(self.artifacts.risk.mean, self.artifacts.risk.sd, self.artifacts.risk.w1,
-                         self.artifacts.risk.b1, self.artifacts.risk.w2, self.artifacts.risk.b2,
-                         self.artifacts.risk.tau2, dict(self.artifacts.risk.meta))
+        risk = _risk_model(self.artifacts)
         budget = self._load_budget(partition)
         tick = self.store.get("partitions", f"tick:{partition}", partition)
         part = _Partition(adapter, risk, budget, None if tick is None else TICK.unpack(tick)[0],
@@ -589,6 +587,32 @@ class RetentionEngine:
             self.store.delete("actions", did, partition)
         self._deletes.clear()
 
+    def swap(self, artifacts: RetentionArtifacts, on_swap: str) -> None:
+        """Serve ``artifacts`` from the next decision on; ``on_swap`` is "keep" or "reset".
+
+        The caller has checked that they serve (:func:`policy.retention.artifacts.check_serves`). Closed
+        actions are learnt and state is written first. "keep" carries every segment's posterior and risk
+        offset over (the feature dimension ``d`` must match: ``ArtifactError`` before anything changes);
+        "reset" restarts every segment from the new prior, and segment states stored under the old
+        version are ignored from then on. Open actions keep the features they were decided with.
+        """
+        mode = "keep" if on_swap == "keep" else "reset"
+        probe = Adapter(self.artifacts.uplift)
+        probe.swap_artifact(artifacts.uplift, mode)  # raises ArtifactError for an impossible "keep"
+        self._apply_learning()
+        self.flush(force=True)
+        for part in self._parts.values():
+            part.adapter.swap_artifact(artifacts.uplift, mode)
+            risk = _risk_model(artifacts)
+            if mode == "keep":
+                for segment in part.loaded:
+                    risk.load_state(segment, part.risk.state_bytes(segment))
+            part.risk = risk
+        if mode == "reset":
+            self._epoch = artifacts.uplift.version.encode()
+        self.artifacts = artifacts
+        self.counters["retention_policy_swaps"] += 1
+
     def on_rebalance(self) -> None:
         """Partitions move: save what changed, forget everything in memory, reload lazily."""
         self._apply_learning()
@@ -611,11 +635,20 @@ class RetentionEngine:
         out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))
 
 
+def _risk_model(artifacts: RetentionArtifacts) -> RiskModel:
+    """A fresh risk model (no segment offsets) of ``artifacts``: one per partition."""
+    r = artifacts.risk
+    return RiskModel(r.mean, r.sd, r.w1, r.b1, r.w2, r.b2, r.tau2, dict(r.meta))
+
+
 def load_engine_artifacts(path: Path) -> RetentionArtifacts:
-    """The artifacts at ``path`` (``ArtifactError`` with the fix when missing or bad)."""
-    from policy.retention.artifacts import load_artifacts
+    """The artifacts at ``path``, checked on a probe batch (``ArtifactError`` with the fix when missing,
+    bad or not serving)."""
+    from policy.retention.artifacts import check_serves, load_artifacts
 
     if not Path(path).exists():
         raise ArtifactError(f"no retention artifact at {path}: build one with "
                             "policy.retention.train.build_artifacts(out_dir)")
-    return load_artifacts(path)
+    artifacts = load_artifacts(path)
+    check_serves(artifacts)
+    return artifacts

@@ -8,7 +8,8 @@ Layout (written by :func:`policy.retention.train.build_artifacts`)::
 
 The manifest's ``world`` block (markets, cohorts, seed, held-out segments, window) lets the live simulator
 (:mod:`streams.live_retention`) play the very segments the artifact never saw. Anything missing or
-inconsistent raises :class:`policy.artifact.ArtifactError` naming the part and the fix.
+inconsistent raises :class:`policy.artifact.ArtifactError` naming the part and the fix; so does an artifact
+that loads but does not serve (:func:`check_serves`: a probe batch scored before it may serve).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from policy.adapter import check_serves as check_uplift_serves
 from policy.artifact import ArtifactError, PolicyArtifact
 from policy.retention.exceptions import RiskModelError
-from policy.retention.features import DX
+from policy.retention.features import DX, features_many, new_states, update_many
 from policy.retention.risk import RiskModel
-from policy.retention.schema import DA
+from policy.retention.schema import DA, PURCHASE, SESSION, EventBatch, treatment_encoding
 
 MANIFEST = "retention.json"
 UPLIFT_DIR = "uplift"
@@ -91,3 +95,41 @@ def load_artifacts(directory: str | os.PathLike[str]) -> RetentionArtifacts:
     if risk.dx != DX:
         raise ArtifactError(f"{path / RISK_DIR} expects {risk.dx} features; retention features have {DX}")
     return RetentionArtifacts(uplift, risk, manifest)
+
+
+def probe_features(n: int = 64, seed: int = 0) -> np.ndarray:
+    """float64[n, DX]: engagement features of ``n`` plausible users (seeded sessions and purchases over
+    ten weeks), the probe batch of :func:`check_serves`."""
+    rng = np.random.default_rng(seed)
+    events = 12 * n
+    user = rng.integers(0, n, events)
+    t = np.sort(rng.uniform(0.0, 70.0, events))
+    kind = np.where(rng.random(events) < 0.3, PURCHASE, SESSION)
+    value = np.where(kind == PURCHASE, rng.gamma(2.0, 20.0, events), 0.0)
+    states = update_many(new_states(n), EventBatch(user, t, kind, value))
+    return features_many(states, np.full(n, 70.0 + rng.uniform(0.0, 14.0)))
+
+
+RISK_LOGIT_LIMIT = 1e3
+"""Largest churn logit a probe may get (a probability beyond 1 - 1e-400 is no prediction)."""
+
+
+def check_serves(artifacts: RetentionArtifacts, n: int = 64, seed: int = 0) -> None:
+    """Raise ``ArtifactError`` unless ``artifacts`` serve a probe batch: churn logits finite and within
+    ``RISK_LOGIT_LIMIT``, risks in [0, 1],
+    the uplift policy's scores, propensities and one learning step finite
+    (:func:`policy.adapter.check_serves`, with the treatments as candidates)."""
+    x = probe_features(n, seed)
+    with np.errstate(all="ignore"):
+        try:
+            logit = artifacts.risk.logit_shared(x)
+            risk = artifacts.risk.predict_many(["probe"] * n, x)
+        except (ValueError, ArithmeticError) as exc:
+            raise ArtifactError(f"retention artifact {artifacts.version}: the risk model fails on a probe "
+                                f"batch: {exc}") from exc
+    if not (np.isfinite(logit).all() and (np.abs(logit) <= RISK_LOGIT_LIMIT).all()
+            and np.isfinite(risk).all() and ((risk >= 0) & (risk <= 1)).all()):
+        raise ArtifactError(f"retention artifact {artifacts.version}: the risk model gives non-finite or "
+                            "absurd churn logits on a probe batch")
+    enc = treatment_encoding()
+    check_uplift_serves(artifacts.uplift, x, np.broadcast_to(enc, (n, *enc.shape)), seed=seed)

@@ -51,7 +51,7 @@ def test_train_and_publish_a_retention_policy(settings, workers, tmp_path):
         f"metacart: error: {out} is a retention artifact, not an ads one: publish it with --kind retention"]
     updates.close()
 
-    # A retention worker does not hot-swap: it says so in its log and counts it.
+    # A retention worker hot-swaps: it loads the published artifact, checks it and says so in its log.
     settings.agents = "retention"
     settings.retention.artifact = out
     worker = start_worker(workers, settings, "retention")
@@ -59,9 +59,9 @@ def test_train_and_publish_a_retention_policy(settings, workers, tmp_path):
     stats = Reader(settings.kafka, topics_for(settings).worker_stats.name)
     assert cli(settings, "publish-policy", "--kind", "retention", "--artifact", str(out),
                "--version", "next-version").returncode == 0
-    stats.wait_for(lambda ms: counter(ms, "retention_policy_updates_not_applied") == 1, 60, "update noticed")
+    stats.wait_for(lambda ms: counter(ms, "retention_policy_swaps") == 1, 60, "update applied")
     logged = [json.loads(line) for line in worker.log_path.read_text().splitlines()]
-    (warning,) = [r for r in logged if "is not applied" in r["msg"]]
-    assert warning["level"] == "WARNING" and "next-version" in warning["msg"]
-    assert f"METACART_RETENTION__ARTIFACT={out.resolve()}" in warning["msg"]
+    (line,) = [r for r in logged if "hot-swapped in from" in r["msg"] and str(out.resolve()) in r["msg"]]
+    assert line["level"] == "WARNING"
+    assert counter(stats.seen, "retention_policy_refused") == 0
     stats.close()

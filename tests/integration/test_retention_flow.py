@@ -153,3 +153,68 @@ def test_sessions_actions_outcomes_updates_dead_letters_and_caps(settings, worke
     except AssertionError:
         print(worker.log_tail())
         raise
+
+
+def _retention_copy(source, target, version: str, scale: float = 1.0):
+    """The retention artifact at ``source`` as a new one at ``target``: same risk model, uplift version
+    ``version``, every uplift array multiplied by ``scale`` (finite: the loader accepts it)."""
+    from dataclasses import replace
+
+    from policy.retention.artifacts import load_artifacts, save_artifacts
+
+    arts = load_artifacts(source)
+    u = arts.uplift
+    uplift = replace(u, w1=u.w1 * scale, b1=u.b1 * scale, w2=u.w2 * scale, b2=u.b2 * scale,
+                     prior_mean=u.prior_mean * scale, meta=u.meta.model_copy(update={"version": version}))
+    manifest = {k: v for k, v in arts.manifest.items() if k not in ("format", "version")}
+    return save_artifacts(target, uplift, arts.risk, manifest)
+
+
+def test_retention_worker_hot_swaps_and_refuses_an_absurd_artifact(settings, workers, retention_artifact,
+                                                                   tmp_path):
+    """A published retention artifact serves from the next review (actions carry its version); a finite
+    but absurd one (arrays x 1e300) is refused with a dead letter and the serving one keeps deciding."""
+    from streams.control import publish_policy_update
+
+    s = settings
+    s.retention.artifact = retention_artifact
+    s.retention.risk_threshold = 0.0
+    s.retention.review_interval_s = s.retention.period_s = s.retention.outcome_window_s = 7 * DAY
+    s.retention.batch_within_s = 0.02
+    topics = topics_for(s)
+    actions = Reader(s.kafka, topics.retention_actions.name)
+    stats = Reader(s.kafka, topics.worker_stats.name)
+    letters = Reader(s.kafka, topics.dead_letters.name)
+    users = USERS[:8]
+    v2 = _retention_copy(retention_artifact, tmp_path / "v2", "itest-retention-v2")
+    absurd = _retention_copy(retention_artifact, tmp_path / "absurd", "itest-retention-absurd", scale=1e300)
+
+    produce(s.kafka, topics.sessions.name, [_session(u, 0.5 + 0.01 * i) for i, u in enumerate(users)]
+            + [_session(u, 7.5) for u in users])
+    worker = start_worker(workers, s)
+    try:
+        actions.wait_for(lambda ms: len(ms) >= len(users), 90, "the day-7 review")
+        v1 = {a["policy_version"] for a in json_values(actions.seen)}
+        assert len(v1) == 1 and v1 != {"itest-retention-v2"}
+
+        publish_policy_update(s, v2, on_swap="keep", kind="retention")
+        stats.wait_for(lambda ms: counter(ms, "retention_policy_swaps") == 1, 60, "the swap")
+        produce(s.kafka, topics.sessions.name, [_session(u, 14.5) for u in users])
+        actions.wait_for(lambda ms: len(ms) >= 2 * len(users), 60, "the day-14 review")
+        assert {a["policy_version"] for a in json_values(actions.seen[len(users):])} == {"itest-retention-v2"}
+
+        publish_policy_update(s, absurd, version="itest-retention-absurd", on_swap="reset", kind="retention",
+                              check=False)
+        letters.wait_for(lambda ms: any(d["error_type"] == "policy_refused" for d in json_values(ms)),
+                         60, "the refusal")
+        refusal = next(d for d in json_values(letters.seen) if d["error_type"] == "policy_refused")
+        assert "itest-retention-absurd" in refusal["reason"] and "probe" in refusal["reason"]
+        assert refusal["source_topic"] == topics.policy_updates.name
+        produce(s.kafka, topics.sessions.name, [_session(u, 21.5) for u in users])
+        actions.wait_for(lambda ms: len(ms) >= 3 * len(users), 60, "the day-21 review")
+        assert {a["policy_version"] for a in json_values(actions.seen[2 * len(users):])} == {"itest-retention-v2"}
+        stats.wait_for(lambda ms: counter(ms, "retention_policy_refused") == 1, 30, "the refusal counted")
+        assert counter(stats.seen, "retention_policy_swaps") == 1
+    except AssertionError:
+        print(worker.log_tail())
+        raise

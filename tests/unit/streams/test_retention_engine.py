@@ -321,3 +321,54 @@ def test_no_state_value_grows_with_new_users_and_caps_hold_exactly():
     # the budget restored from its records is the one in memory
     restored = engine(store, eps=1.0, **caps)._load_budget(0)
     assert restored.to_bytes() == eng._parts[0].budget.to_bytes()
+
+
+def _versioned(seed: int, version: str, d: int | None = None) -> RetentionArtifacts:
+    import dataclasses
+
+    import numpy as np
+
+    art = artifact(seed)
+    if d is not None:  # another feature dimension: posteriors cannot be kept
+        rng = np.random.default_rng(seed)
+        art = dataclasses.replace(art, w2=rng.normal(size=(art.w2.shape[0], d - 1)), b2=rng.normal(size=d - 1),
+                                  prior_mean=rng.normal(size=d), prior_cov=np.eye(d),
+                                  meta=art.meta.model_copy(update={"d": d}))
+    art = dataclasses.replace(art, meta=art.meta.model_copy(update={"version": version}))
+    return RetentionArtifacts(art, risk_model(), {})
+
+
+@pytest.mark.parametrize("on_swap", ["keep", "reset"])
+def test_swap_serves_the_new_version_from_the_next_review(on_swap):
+    store = DictStore()
+    eng = engine(store)
+    users = [f"u{i}" for i in range(4)]
+    warm(eng, users)
+    first = actions(eng.process_many([session("u0", 1.3)]))
+    eng.process_many([outcome(first[0], 1.5, True, 10.0)])
+    n_before = eng._parts[0].adapter.posterior(SEG)[2]
+    assert n_before == 1 and {a["policy_version"] for a in first} == {"test-retention"}
+    eng.swap(_versioned(2, "test-retention-v2"), on_swap)
+    assert eng.version == "test-retention-v2" and eng.counters["retention_policy_swaps"] == 1
+    second = actions(eng.process_many([session("u1", 2.2)]))
+    assert len(second) == 4 and {a["policy_version"] for a in second} == {"test-retention-v2"}
+    # "keep" carries the segment's posterior over; "reset" starts it from the new prior, also after a restart
+    kept = eng._parts[0].adapter.posterior(SEG)[2]
+    assert kept == (n_before if on_swap == "keep" else 0)
+    restarted = engine(store)
+    restarted.swap(_versioned(2, "test-retention-v2"), on_swap)
+    restarted.process_many([session("u2", 2.3)])
+    restarted._load_segment(0, SEG)
+    assert restarted._parts[0].adapter.posterior(SEG)[2] == (n_before if on_swap == "keep" else 0)
+
+
+def test_swap_that_cannot_keep_posteriors_changes_nothing():
+    from policy.artifact import ArtifactError
+
+    eng = engine()
+    warm(eng, ["u0", "u1"])
+    eng.process_many([session("u0", 1.3)])
+    with pytest.raises(ArtifactError, match="keep"):
+        eng.swap(_versioned(3, "other-d", d=5), "keep")
+    assert eng.version == "test-retention" and eng._parts[0].adapter.version == "test-retention"
+    assert {a["policy_version"] for a in actions(eng.process_many([session("u1", 2.2)]))} == {"test-retention"}
