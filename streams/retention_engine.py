@@ -5,7 +5,15 @@
 counter it keeps is named ``retention_*``.
 
 Event time. Timestamps become days since the Unix epoch at the edge (the scale of
-:mod:`policy.retention`). Each partition has a *watermark*, the latest event time it has seen.
+:mod:`policy.retention`). Each partition has a *watermark*, the latest event time it has seen. An event
+stamped more than ``max_event_time_skew_s`` (store settings, default one day) ahead of both the
+partition's latest accepted event time (persisted as ``watermark:<partition>``) and the wall clock moves
+nothing: it is dead-lettered (``event_time_skew``) and counted (``retention_event_time_skew``), so one event
+dated 2100 cannot close every open window. Both references are needed: the wall clock keeps a partition
+that was quiet for days live (its next event is not "ahead" of now), and the partition's own time admits
+simulations that run event time ahead of the wall clock (:mod:`metacart.live.retention` runs a week in 12 s,
+its events in event-time order, so consecutive events of a partition are minutes apart). One day tolerates
+clocks off by a time zone.
 
 Flow, in arrival order within a batch:
 
@@ -70,7 +78,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,6 +136,7 @@ class _Partition:
     loaded: set[str] = field(default_factory=set)
     dirty_segments: set[str] = field(default_factory=set)
     dirty: bool = False
+    watermark_dirty: bool = False
     users: int = 0
 
 
@@ -145,7 +154,7 @@ class RetentionEngine:
     def __init__(self, artifacts: RetentionArtifacts, store: RetentionStore, topics: Topics,
                  settings: RetentionSettings, storage: StoreSettings,
                  policy: PolicySettings | None = None, never_contact: frozenset[str] | None = None,
-                 pseudonyms: Pseudonyms | None = None) -> None:
+                 pseudonyms: Pseudonyms | None = None, clock: Callable[[], float] = time.time) -> None:
         self.artifacts = artifacts
         self.pseudonyms = pseudonyms
         self.store = store
@@ -169,6 +178,9 @@ class RetentionEngine:
         self._epoch = artifacts.uplift.version.encode()
         self._parts: dict[int, _Partition] = {}
         self._watermark: dict[int, float] = {}
+        self._skew_ref: dict[int, float] = {}  # latest accepted event time per partition, persisted
+        self._skew = storage.max_event_time_skew_s / DAY_S
+        self._clock = clock
         self._users: dict[str, UserRow] = {}
         self._dirty_users: set[str] = set()
         self._folds: list[tuple[str, float, int, float]] = []  # (user, t, kind, value) not yet folded
@@ -222,6 +234,14 @@ class RetentionEngine:
                 self._erase(event.user_id, msg.partition)
                 continue
             t = _days(event.event_time)
+            if self._beyond_skew(msg.partition, t):
+                ref = self._skew_ref.get(msg.partition)
+                mark = "none yet" if ref is None else _iso(ref).isoformat()
+                self._dead(out, dead_letter(msg.value or b"", source, "event_time_skew",
+                                            f"event_time {event.event_time.isoformat()} is more than "
+                                            f"{self._skew * DAY_S:.0f} s ahead of partition {msg.partition}'s "
+                                            f"watermark ({mark}) and of the wall clock"))
+                continue
             self._advance(msg.partition, t, out)
             if isinstance(event, SessionEvent):
                 self._session(event, msg.partition, t)
@@ -321,6 +341,21 @@ class RetentionEngine:
             self._review(partition, tick, out)
         if t > self._watermark.get(partition, -math.inf):
             self._watermark[partition] = t
+
+    def _beyond_skew(self, partition: int, t: float) -> bool:
+        """Whether event time ``t`` lies more than ``max_event_time_skew_s`` ahead of both the partition's
+        watermark (persisted, so a restart keeps it) and the wall clock; if not, ``t`` becomes the
+        partition's reference when it is newer."""
+        part = self._part(partition)
+        ref = self._skew_ref.get(partition, -math.inf)
+        if t <= ref:
+            return False
+        if t > max(ref, self._clock() / DAY_S) + self._skew:
+            self.counters["retention_event_time_skew"] += 1
+            return True
+        self._skew_ref[partition] = t
+        part.watermark_dirty = True
+        return False
 
     def _review(self, partition: int, tick: float, out: Outputs) -> None:
         """Evict idle users of ``partition`` and decide for the risky ones at event time ``tick``."""
@@ -500,6 +535,9 @@ class RetentionEngine:
         risk = _risk_model(self.artifacts)
         budget = self._load_budget(partition)
         tick = self.store.get("partitions", f"tick:{partition}", partition)
+        mark = self.store.get("partitions", f"watermark:{partition}", partition)
+        if mark is not None:
+            self._skew_ref[partition] = max(self._skew_ref.get(partition, -math.inf), TICK.unpack(mark)[0])
         part = _Partition(adapter, risk, budget, None if tick is None else TICK.unpack(tick)[0],
                           users=self._user_counts.get(partition, 0))
         self._parts[partition] = part
@@ -571,6 +609,10 @@ class RetentionEngine:
             if partition in self._legacy_budgets:
                 self.store.delete("partitions", budget_key(partition), partition)
                 self._legacy_budgets.discard(partition)
+            if part.watermark_dirty and partition in self._skew_ref:
+                self.store.put("partitions", f"watermark:{partition}", partition,
+                               TICK.pack(self._skew_ref[partition]))
+                part.watermark_dirty = False
             if part.dirty:
                 if part.last_tick is not None:
                     self.store.put("partitions", f"tick:{partition}", partition, TICK.pack(part.last_tick))
@@ -619,6 +661,7 @@ class RetentionEngine:
         self.flush(force=True)
         self._parts.clear()
         self._watermark.clear()
+        self._skew_ref.clear()
         self._open.clear()
         self._closed.clear()
         self._rebuild_needed = True

@@ -100,6 +100,9 @@ class StoreSettings(BaseModel):
         0.5, ge=0.0, description="how often changed segment posteriors are written to the table")
     changelog_buffer_max: int = Field(
         5000, ge=100, description="table changes queued for the changelog before Faust pauses consuming")
+    max_event_time_skew_s: float = Field(
+        86400.0, gt=0, description="an event time further ahead than this of both its partition's watermark "
+        "and the wall clock does not move the watermark: it is dead-lettered (event_time_skew)")
 
 
 class PolicySettings(BaseModel):

@@ -372,3 +372,47 @@ def test_swap_that_cannot_keep_posteriors_changes_nothing():
         eng.swap(_versioned(3, "other-d", d=5), "keep")
     assert eng.version == "test-retention" and eng._parts[0].adapter.version == "test-retention"
     assert {a["policy_version"] for a in actions(eng.process_many([session("u1", 2.2)]))} == {"test-retention"}
+
+
+def test_an_event_far_in_the_future_is_dead_lettered_and_moves_no_watermark():
+    """Regression: one valid event dated 2100 moved the partition's watermark and closed every open
+    window with a zero reward; later outcomes were then rejected as late."""
+    eng = engine()
+    users = [f"u{i}" for i in range(5)]
+    warm(eng, users)
+    acts = actions(eng.process_many([session("u0", 1.3)]))
+    assert eng.pending_count() == 5
+    far = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp() / DAY - T0
+    out = eng.process_many([session("u1", far), outcome(acts[0], far, True, 5.0)])
+    assert not out.actions
+    letters = [json.loads(v) for _, v in out.dead_letters]
+    assert [d["error_type"] for d in letters] == ["event_time_skew"] * 2
+    assert "2100-01-01" in letters[0]["reason"] and "ahead" in letters[0]["reason"]
+    assert eng.counters["retention_event_time_skew"] == 2
+    assert eng.pending_count() == 5 and eng.counters["retention_windows_expired"] == 0
+    eng.process_many([outcome(acts[1], 2.0, True, 12.0)])  # inside its window: applied, not late
+    assert eng.counters["retention_outcomes_applied"] == 1
+    assert eng.counters["retention_outcomes_late_or_unknown"] == 0
+
+
+def test_event_time_ahead_of_the_wall_clock_is_accepted_in_steps_and_after_a_restart():
+    """A simulation that starts at the wall clock and runs ahead of it: steps under the skew are accepted
+    (days ahead of the wall clock), a jump beyond it is not, and the partition's reference survives a
+    restart (it is persisted). With no reference yet, the wall clock is the reference."""
+    store = DictStore()
+    wall = lambda: (T0 - 0.5) * DAY  # noqa: E731  the wall clock stays at day -0.5
+
+    def fresh() -> RetentionEngine:
+        return RetentionEngine(RetentionArtifacts(artifact(0), risk_model(), {}), store, TOPICS, retention(),
+                               StoreSettings(state_flush_interval_s=0.0), PolicySettings(eps=0.3), clock=wall)
+
+    eng = fresh()
+    assert eng.process_many([session("u1", 3.0, partition=1)]).dead_letters  # 3.5 days ahead, no reference
+    for k in range(8):  # half-day steps, up to 4 days ahead of the wall clock
+        assert not eng.process_many([session("u0", 0.5 * k)]).dead_letters
+    assert eng.process_many([session("u0", 3.5 + 1.5)]).dead_letters  # 1.5 days ahead: refused
+    again = fresh()
+    assert not again.process_many([session("u0", 4.2)]).dead_letters
+    assert again.process_many([session("u0", 6.0)]).dead_letters
+    # a quiet partition in real time: its next event, days later, is not ahead of the wall clock
+    assert not engine().process_many([session("u0", 0.0), session("u0", 20.0)]).dead_letters
