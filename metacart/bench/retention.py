@@ -15,7 +15,7 @@ Protocol (all in event time, days):
 3. After each week's outcome window, ``ours`` learns through the same
    :meth:`policy.retention.policy.RetentionPolicy.learn_many` as the stream engine: segment posteriors
    with every user's reward, risk offsets on untreated users, coupons settled at their realised cost (the
-   other policies settle and adapt the risk model the same way).
+   other policies call its shared part, :func:`policy.retention.policy.settle_many`, alone).
 
 Policies: ``ours`` (Thompson sampling with the meta-learned prior, adapted per segment; budget to the best
 expected uplift per unit of reserved cost), ``frozen`` (the same artifact and rule, its segment posteriors
@@ -45,7 +45,7 @@ from policy.retention.budget import MICRO, Budget, BudgetConfig, to_micro_down
 from policy.retention.decide import allocate_many
 from policy.retention.features import features_many, new_states, update_many
 from policy.retention.history import heldout_split, training_logs
-from policy.retention.policy import RetentionPolicy
+from policy.retention.policy import RetentionPolicy, settle_many
 from policy.retention.risk import RiskModel
 from policy.retention.schema import K, NONE, RESERVE_COST, TREATMENTS
 from policy.simulator.retention import RetentionWorld, draw_segments, subset_segments
@@ -198,15 +198,12 @@ def _play(
         ids = [f"{name}-{r}-{i}" for i in range(world.n_users)]
         if decider is not None:
             realised = decider.learn_many(ids, seg_names, action, x, phis, res.purchased, res.value)
-            if not np.allclose(realised, res.cost):
-                raise AssertionError("the policy's realised costs disagree with the simulator's")
             if name == "frozen":
                 decider.adapter.reset_all()  # the same artifact, never adapted
         else:
-            for i in np.flatnonzero(treated):
-                budget.settle_one(ids[i], float(res.cost[i]))
-            untreated = np.flatnonzero(~treated)
-            risk.adapt_many([seg_names[i] for i in untreated], x[untreated], ~res.purchased[untreated])
+            realised = settle_many(risk, budget, ids, seg_names, action, x, res.purchased)
+        if not np.allclose(realised, res.cost):
+            raise AssertionError("the policy's realised costs disagree with the simulator's")
     # caps hold: reserved (worst-case) spend per (week, segment) and per week in total
     cap_ok = all(
         v <= to_micro_down(budget.config.total_cap if seg is None else budget.config.cap_for(seg))

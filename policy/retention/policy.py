@@ -3,7 +3,8 @@ from their outcomes, in one object that the stream engine and ``metacart bench r
 
 Deciding is :meth:`RetentionPolicy.decide_many` (see :mod:`policy.retention.decide` for the allocation
 rule); learning is :meth:`RetentionPolicy.learn_many`, which turns each closed decision's outcome into the
-reward, the churn label and the budget settlement, so the outcome semantics live in one place.
+reward, the churn label and the budget settlement, so the outcome semantics live in one place
+(:func:`settle_many` is its policy-independent part, which non-bandit baselines call alone).
 """
 
 from __future__ import annotations
@@ -102,17 +103,43 @@ class RetentionPolicy:
         action = np.asarray(action, dtype=np.int64).reshape(-1)
         retained = np.asarray(retained, dtype=bool).reshape(-1)
         value = np.asarray(value, dtype=np.float64).reshape(-1)
-        n = action.shape[0]
-        if not (len(decision_ids) == len(segments) == retained.shape[0] == value.shape[0] == n):
-            raise ValueError("decision_ids, segments, action, retained and value must have one entry per decision")
-        if n == 0:
-            return np.zeros(0)
-        realised = FIXED_COST[action] + COUPON_FACE[action] * retained
-        self.adapter.learn_many(list(segments), phis, value - realised)
-        untreated = np.flatnonzero(action == NONE)
-        if untreated.size:
-            self.risk.adapt_many([segments[i] for i in untreated], np.asarray(x)[untreated],
-                                 (~retained[untreated]).astype(np.float64))
-        for i in np.flatnonzero(action != NONE):
-            self.budget.settle_one(decision_ids[i], float(realised[i]))
+        if value.shape != retained.shape:
+            raise ValueError("retained and value must have one entry per decision")
+        realised = settle_many(self.risk, self.budget, decision_ids, segments, action, x, retained)
+        if action.shape[0]:
+            self.adapter.learn_many(list(segments), phis, value - realised)
         return realised
+
+
+def settle_many(
+    risk: RiskModel,
+    budget: Budget,
+    decision_ids: Sequence[str],
+    segments: Sequence[str],
+    action: np.ndarray,
+    x: np.ndarray,
+    retained: np.ndarray,
+) -> np.ndarray:
+    """The part of learning every retention policy shares (bandit or not); returns realised costs float64[B].
+
+    Realised cost ``fixed_cost + coupon_face * retained`` (a coupon is redeemed with the first purchase);
+    the risk model's segment offsets learn from the untreated users (churned = not retained); the budget
+    lowers each treatment's reservation to its realised cost (:meth:`Budget.settle_one`, idempotent).
+    :meth:`RetentionPolicy.learn_many` adds the bandit's posterior update; ``metacart bench retention``'s
+    baselines call this alone.
+    """
+    action = np.asarray(action, dtype=np.int64).reshape(-1)
+    retained = np.asarray(retained, dtype=bool).reshape(-1)
+    n = action.shape[0]
+    if not (len(decision_ids) == len(segments) == retained.shape[0] == n):
+        raise ValueError("decision_ids, segments, action, retained and value must have one entry per decision")
+    if n == 0:
+        return np.zeros(0)
+    realised = FIXED_COST[action] + COUPON_FACE[action] * retained
+    untreated = np.flatnonzero(action == NONE)
+    if untreated.size:
+        risk.adapt_many([segments[i] for i in untreated], np.asarray(x)[untreated],
+                        (~retained[untreated]).astype(np.float64))
+    for i in np.flatnonzero(action != NONE):
+        budget.settle_one(decision_ids[i], float(realised[i]))
+    return realised

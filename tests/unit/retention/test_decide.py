@@ -134,3 +134,28 @@ def test_learning_from_outcomes_sets_rewards_risk_and_budget_in_one_place():
     # each reservation now stands at its realised cost (settle_one never raises a charge: it reports it)
     assert [budget.settle_one(d, 1e6) for d in ids[:3]] == [15.0, 0.0, 0.02]
     assert pol.learn_many([], [], np.zeros(0), np.zeros((0, DX)), np.zeros((0, D)), np.zeros(0), np.zeros(0)).size == 0
+
+
+def test_learning_is_settle_many_plus_the_posterior_update():
+    """The one learning step: ``RetentionPolicy.learn_many`` = ``settle_many`` (realised costs, risk
+    offsets from the untreated, budget settlement) + the bandit's update; baselines call ``settle_many``."""
+    import copy
+
+    from policy.adapter import Adapter
+    from policy.retention.policy import RetentionPolicy, settle_many
+
+    rng = np.random.default_rng(5)
+    ids = [f"d{i}" for i in range(8)]
+    segs = ["m00-c00"] * 4 + ["m01-c02"] * 4
+    budget = Budget(CFG)
+    policy = RetentionPolicy(Adapter(artifact(0), eps=1.0, seed=3), risk_model(), budget)
+    x = rng.normal(size=(8, DX))
+    dec = policy.decide_many(ids, USERS, segs, x, np.full(8, 2.0))
+    retained = rng.random(8) < 0.5
+    value = np.where(retained, 20.0, 0.0)
+    twin_risk, twin_budget = copy.deepcopy(policy.risk), copy.deepcopy(budget)
+    realised = policy.learn_many(ids, segs, dec.action, x, dec.phis, retained, value)
+    np.testing.assert_array_equal(realised, settle_many(twin_risk, twin_budget, ids, segs, dec.action, x, retained))
+    assert twin_budget.to_bytes() == budget.to_bytes()
+    assert all(twin_risk.offset(s) == policy.risk.offset(s) for s in set(segs))
+    assert sum(policy.adapter.posterior(s)[2] for s in set(segs)) == 8
