@@ -495,7 +495,7 @@ def simulate(
     Prints a JSON summary (values that could not be measured are null). Exit code 1 when no worker
     answered.
     """
-    from streams.live import LiveConfig, run_live
+    from metacart.live.ads import LiveConfig, run_live
 
     summary = run_live(_connected(Settings()), LiveConfig(rate=rate, duration_s=duration_s, speed=speed,
                                                           seed=seed, segments=segments.value))

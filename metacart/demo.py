@@ -29,8 +29,8 @@ from streams.app import topics_for
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka_io import client_config, ensure_topics, make_consumer, wait_for_broker
-from streams.live import LiveConfig, LiveStats, run_live
-from streams.live_retention import LiveRetentionConfig, LiveRetentionStats, aligned_settings, run_live_retention
+from metacart.live.ads import LiveConfig, LiveStats, run_live
+from metacart.live.retention import LiveRetentionConfig, LiveRetentionStats, aligned_settings, run_live_retention
 from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 

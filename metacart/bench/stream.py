@@ -23,7 +23,7 @@ import numpy as np
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.kafka_io import client_config, ensure_topics, make_producer, tail_consumer, wait_for_broker
-from streams.live import request_payloads
+from metacart.live.ads import request_payloads
 from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 from streams.topics import TopicSpec

@@ -7,7 +7,7 @@ Layout (written by :func:`policy.retention.train.build_artifacts`)::
     <dir>/risk/            a policy.retention.risk.RiskModel (risk.npz + risk.json)
 
 The manifest's ``world`` block (markets, cohorts, seed, held-out segments, window) lets the live simulator
-(:mod:`streams.live_retention`) play the very segments the artifact never saw. Anything missing or
+(:mod:`metacart.live.retention`) play the very segments the artifact never saw. Anything missing or
 inconsistent raises :class:`policy.artifact.ArtifactError` naming the part and the fix; so does an artifact
 that loads but does not serve (:func:`check_serves`: a probe batch scored before it may serve).
 """

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from policy.simulator.market import Market
-from streams.live import feedback_payload, request_payloads
+from metacart.live.ads import feedback_payload, request_payloads
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 _MARKET = Market()

@@ -12,7 +12,7 @@ from metacart.cli import app
 from policy.artifact import PolicyArtifact
 from policy.logformat.reader import LogReader
 from streams.app import topics_for
-from streams.live import feedback_payload, request_payloads
+from metacart.live.ads import feedback_payload, request_payloads
 
 from .conftest import Reader, json_values, produce, start_worker
 from .helpers import T0, market

@@ -51,8 +51,18 @@ def test_streams_never_imports_the_cli_package():
         assert "metacart" not in imported_roots(path), path
 
 
+def test_the_serving_package_holds_no_simulated_world():
+    """The live simulators (shops producing traffic) live in metacart.live, not beside the worker."""
+    for path in modules("streams"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(m.startswith("policy.simulator") for m in names), path
+
+
 def test_serving_path_loads_without_torch():
-    code = ("import sys, streams.worker, streams.agents.ads, streams.live, policy.adapter, kernels.warmup;"
+    code = ("import sys, streams.worker, streams.agents.ads, streams.agents.retention, policy.adapter, kernels.warmup,"
+            " metacart.live.ads, metacart.live.retention;"
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')];"
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

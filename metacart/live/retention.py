@@ -179,7 +179,7 @@ def run_live_retention(settings: Settings, cfg: LiveRetentionConfig,
     w_days = int(spec.get("window_days", 7))
     if not (r.review_interval_s == r.period_s == r.outcome_window_s == w_days * DAY_S):
         raise ValueError(f"retention settings must review, budget and close windows every {w_days} days "
-                         "to play the live world: use streams.live_retention.aligned_settings")
+                         "to play the live world: use metacart.live.retention.aligned_settings")
     if r.outcome_grace_s < cfg.lag_days * DAY_S:
         raise ValueError(f"outcome_grace_s must be >= lag ({cfg.lag_days * DAY_S:.0f} s)")
     topics = topics_for(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from policy.retention.schema import NONE, RESERVE_COST, TREATMENTS
-from streams.live_retention import _risk_top_gain
+from metacart.live.retention import _risk_top_gain
 from tests.unit.retention.test_simulator import world
 
 COUPON = TREATMENTS.index("coupon_5")
