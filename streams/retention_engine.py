@@ -66,10 +66,10 @@ a rebalance. (Combining partitions exactly is possible — Gaussian evidence add
 but is left out.)
 
 State goes through a :class:`RetentionStore` (four tables: ``users``, ``segments``, ``partitions`` for
-budgets and review marks, ``actions`` for open actions). A budget is kept as many small records
-(``budget:<partition>/<record>``, see :meth:`Budget.drain_changes`), never as one value, so no state value
-grows with the number of users toward the producer's message limit, so the Faust glue can route each write to the
-changelog partition of its key and unit tests can use dicts. Writes are buffered and flushed at most
+budgets and review marks, ``actions`` for open actions), so the Faust glue can route each write to the
+changelog partition of its key and unit tests can use dicts. A budget is kept as many small records
+(``budget:<partition>/<record>``, see :meth:`Budget.drain_changes`), never as one value: no state value grows
+with the number of users toward the producer's message limit. Writes are buffered and flushed at most
 every ``state_flush_interval_s`` (and before every review, rebalance and swap of state).
 """
 
