@@ -146,7 +146,11 @@ def dead_letter(raw: bytes, source: Source, error_type: str, reason: str,
         original_sha256=hashlib.sha256(raw).hexdigest(),
         failed_at=datetime.now(timezone.utc),
     )
-    room = max_bytes - len(letter.model_dump_json().encode())
+    fixed = len(letter.model_dump_json().encode())
+    while fixed > max_bytes // 2:  # a reason of 4,096 escaped characters can take 24 KB: halve it until it fits
+        letter = letter.model_copy(update={"reason": letter.reason[: len(letter.reason) // 2]})
+        fixed = len(letter.model_dump_json().encode())
+    room = max_bytes - fixed
     keep = len(raw) if 4 * -(-len(raw) // 3) <= room else max(0, room // 4 * 3)
     letter = letter.model_copy(update={"original_b64": base64.b64encode(raw[:keep]).decode(),
                                        "original_truncated": keep < len(raw)})

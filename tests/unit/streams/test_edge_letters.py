@@ -107,3 +107,10 @@ def test_a_letter_read_back_never_leaks_a_user_id_cut_by_truncation():
     out = P.letter_one(read_back)
     assert b"alice" not in original_bytes(out) and original_bytes(out) == raw[: raw.index(b'"user_id"')]
     assert out.original_size is None and out.original_sha256 is None  # they described the raw bytes
+
+
+@pytest.mark.parametrize("reason", ["\x01" * 4096, "\u00e9\U0001f600" * 2048])
+def test_a_long_escaped_reason_is_cut_to_fit_the_smallest_bound(reason):
+    letter = dead_letter(b"x" * 100_000, SRC, "invalid", reason, MIN_LETTER_BYTES)
+    assert len(letter.model_dump_json().encode()) <= MIN_LETTER_BYTES
+    assert letter.reason and reason.startswith(letter.reason) and letter.original_truncated

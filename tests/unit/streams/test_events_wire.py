@@ -199,3 +199,14 @@ def test_sub_microsecond_digits_round_where_the_models_truncate():
     doc = {**VALID[TOPICS.sessions][0], "event_time": "2026-01-01T00:00:00.123456789Z"}
     out, model = _both(TOPICS.sessions, doc)
     assert (out.event_time.microsecond, model.event_time.microsecond) == (123457, 123456)
+
+
+def test_each_wire_struct_checks_the_key_its_topic_is_keyed_by():
+    from typing import get_args
+
+    from streams.events import WIRE
+
+    for spec in VALID:
+        wire = next(w for p, w in WIRE.items() if p is spec.payload)
+        for member in get_args(wire) or (wire,):
+            assert member.KEY_FIELD == (None if spec == TOPICS.policy_updates else spec.key), spec.name
