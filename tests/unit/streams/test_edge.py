@@ -166,3 +166,15 @@ def test_arbitrary_bytes_never_raise(raw):
     assert isinstance(out, (AdRequestWire, DeadLetter))
     if isinstance(out, DeadLetter):
         assert original_bytes(out) == raw and out.reason
+
+
+def test_pseudonyms_replace_the_user_id_of_a_struct_and_of_a_model():
+    from streams.pseudonyms import Pseudonyms
+
+    p = Pseudonyms(b"k" * 32)
+    raw = json.dumps(VALID).encode()
+    struct = p.event_one(decode(raw))
+    assert isinstance(struct, AdRequestWire) and struct.user_id == p.of("u1")
+    assert struct.candidates == decode(raw).candidates and struct.event_time == decode(raw).event_time
+    session = Decoder(TOPICS.sessions.payload).decode_one(json.dumps(SESSION).encode(), Source("t", 0, 0, b"alice"))
+    assert p.event_one(session).user_id == p.of("alice") and isinstance(p.event_one(session), SessionEvent)
