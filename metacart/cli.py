@@ -573,6 +573,18 @@ def bench_stream(
     run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s)
 
 
+@bench.command("edge")
+def bench_edge(
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    n: int = typer.Option(5000, min=1, help="calls per timed round"),
+    repeats: int = typer.Option(7, min=1, help="timed rounds (the median is reported)"),
+) -> None:
+    """Per-message CPU cost at the edge: decoding (pydantic before, msgspec now) and encoding decisions."""
+    from metacart.bench.edge import run
+
+    run(out=out, n=n, repeats=repeats)
+
+
 @bench.command("retention")
 def bench_retention(
     quick: bool = typer.Option(False),

@@ -21,9 +21,12 @@ import json
 import re
 import secrets
 from functools import lru_cache
+from typing import TypeVar
 
-from pydantic import BaseModel, SecretStr
+import msgspec
+from pydantic import SecretStr
 
+from streams.edge import rebuild_letter
 from streams.events import DeadLetter
 from streams.exceptions import StreamsError
 from streams.settings import Settings
@@ -31,6 +34,8 @@ from streams.topics import Topics
 
 DIGEST_HEX = 32
 _USER_FIELD = re.compile(rb'("user_id"\s*:\s*")((?:[^"\\]|\\.)*)(")')
+_OPEN_USER_FIELD = re.compile(rb'"user_id"\s*:\s*"(?:[^"\\]|\\.)*\\?\Z')  # a user_id cut off by truncation
+E = TypeVar("E")
 
 
 class PrivacyConfigError(StreamsError):
@@ -52,8 +57,11 @@ class Pseudonyms:
         digest = hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:DIGEST_HEX]
         return f"{self.key_id}.{digest}"
 
-    def event_one(self, event: BaseModel) -> BaseModel:
-        """``event`` with its ``user_id`` replaced by the pseudonym (events are frozen: a copy)."""
+    def event_one(self, event: E) -> E:
+        """``event`` (a model or a wire struct) with its ``user_id`` replaced by the pseudonym (events are
+        frozen: a copy)."""
+        if isinstance(event, msgspec.Struct):
+            return msgspec.structs.replace(event, user_id=self.of(event.user_id))
         return event.model_copy(update={"user_id": self.of(event.user_id)})
 
     def raw_one(self, raw: bytes) -> bytes:
@@ -61,13 +69,33 @@ class Pseudonyms:
         return _USER_FIELD.sub(lambda m: m.group(1) + self.of(_unescape(m.group(2))).encode() + m.group(3), raw)
 
     def letter_one(self, letter: DeadLetter) -> DeadLetter:
-        """A dead letter whose original bytes (and key, for user-keyed topics) carry pseudonyms only."""
-        original = base64.b64encode(self.raw_one(base64.b64decode(letter.original_b64))).decode()
+        """A dead letter whose original bytes (and key, for user-keyed topics) carry pseudonyms only.
+
+        A letter from ``streams.edge.dead_letter`` is rebuilt from the whole original value, so its size,
+        hash and (when the envelope must truncate) prefix describe the pseudonymised bytes. A letter read
+        back from Kafka has only what it holds: a truncated one keeps its prefix up to the last
+        ``"user_id"`` field that is cut off, and its size and hash are dropped (they describe raw bytes).
+        """
+        raw, key = letter._raw, letter._key
+        if raw is None:
+            return self._held_letter_one(letter)
+        if key is not None and letter.source_topic in self.user_topics:
+            key = self.of(key.decode("utf-8", "replace")).encode()
+        return rebuild_letter(letter, self.raw_one(raw), key)
+
+    def _held_letter_one(self, letter: DeadLetter) -> DeadLetter:
+        held = base64.b64decode(letter.original_b64)
+        changes: dict = {}
+        if letter.original_truncated:
+            cut = _OPEN_USER_FIELD.search(held)
+            held = held if cut is None else held[:cut.start()]
+            changes = {"original_size": None, "original_sha256": None}
+        changes["original_b64"] = base64.b64encode(self.raw_one(held)).decode()
         key = letter.original_key_b64
         if key is not None and letter.source_topic in self.user_topics:
             raw_key = base64.b64decode(key).decode("utf-8", "replace")
-            key = base64.b64encode(self.of(raw_key).encode()).decode()
-        return letter.model_copy(update={"original_b64": original, "original_key_b64": key})
+            changes["original_key_b64"] = base64.b64encode(self.of(raw_key).encode()).decode()
+        return letter.model_copy(update=changes)
 
 
 def _unescape(value: bytes) -> str:

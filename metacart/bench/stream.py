@@ -6,7 +6,7 @@
    steps): milliseconds from producing each request to reading its decision (p50, p99), including
    the Faust batch wait (``METACART_ADS__BATCH_WITHIN_S``).
 3. Ceiling: the same ``n`` messages through a plain confluent-kafka loop in its own process
-   (consume → validate with the same pydantic model → produce a reply), timed the same way.
+   (consume → validate with the same edge decoder → produce a reply), timed the same way.
 Worker and ceiling run one at a time, each in its own process, on the same broker.
 """
 
@@ -100,7 +100,7 @@ def _latency(settings: Settings, rate: float, seconds: float, seed: int = 1) -> 
 
 
 def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready) -> None:
-    """The plain loop: consume → validate (pydantic AdRequest) → produce a reply, batched polls."""
+    """The plain loop: consume → validate (the edge's AdRequest decoder) → produce a reply, batched polls."""
     from confluent_kafka import Consumer, Producer
 
     from streams.edge import Decoder, Source
@@ -121,7 +121,7 @@ def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready
         for m in msgs:
             if m.error():
                 continue
-            event = decoder.decode_one(m.value(), Source(m.topic(), m.partition(), m.offset()))
+            event = decoder.decode_one(m.value(), Source(m.topic(), m.partition(), m.offset(), m.key()))
             if isinstance(event, DeadLetter):
                 continue
             reply = {"request_id": event.request_id, "ad_id": event.candidates[0].ad_id}

@@ -172,7 +172,7 @@ def test_malformed_and_wrong_dimensions_are_dead_lettered_with_original_bytes():
     good = request("ok", 0)
     wrong = json.loads(good.value)
     wrong["context"] = wrong["context"][:2]
-    wrong_msg = RawMessage(TOPICS.ad_requests.name, 1, 9, b"k", json.dumps(wrong).encode())
+    wrong_msg = RawMessage(TOPICS.ad_requests.name, 1, 9, good.key, json.dumps(wrong).encode())
     bad_feedback = RawMessage(TOPICS.ad_feedback.name, 0, 3, b"k", b"[]")
     out = eng.process_many([bad, good, wrong_msg, bad_feedback])
     assert len(out.decisions) == 1
