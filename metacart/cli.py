@@ -339,6 +339,16 @@ def train(
     report = artifact.meta.report
     for line in report.get("summary", []):
         typer.echo(f"held-out check: {line}")
+    dp = artifact.meta.dp
+    if dp is not None:
+        typer.echo(f"differential privacy per segment: epsilon {dp.epsilon:.3f} (target {dp.target_epsilon:g}), "
+                   f"delta {dp.delta:g}; DP-SGD sigma {dp.sgd_noise_multiplier:.3f}, q {dp.sample_rate:g}, "
+                   f"steps {dp.steps_run}/{dp.steps}, clip {dp.clip:g}; {dp.stats_releases} one-shot releases "
+                   f"at sigma {dp.stats_noise_multiplier:.3f} ({dp.accountant})")
+        for line in dp.covered:
+            typer.echo(f"  covered: {line}")
+        for line in dp.not_covered:
+            typer.echo(f"  NOT covered: {line}")
     evidence = artifact.meta.serving.evidence
     if evidence:
         typer.echo(f"exploration: scale {artifact.meta.serving.scale:g} (reference {evidence['reference_scale']:g}; "
