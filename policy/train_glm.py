@@ -229,30 +229,35 @@ class DPStep:
             nll = float((_row_nll(logits, self.y_t[i]) * w).sum() / w.sum().clamp(min=1.0))
         return g_params, g_delta, nll
 
+    def clipped_sum(self, segs: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, float]:
+        """``sum_s clip(g_s, C)`` over segments ``segs`` (no noise), their delta gradients and mean nll."""
+        shared = {n: p for n, p in self.model.named_parameters() if n != "delta"}
+        if segs.size == 0:
+            return {n: torch.zeros_like(p) for n, p in shared.items()}, None, 0.0
+        g_params, g_delta, nll = self.per_segment(segs, rng)
+        norms = torch.sqrt(sum(g_params[n].reshape(segs.size, -1).pow(2).sum(dim=1) for n in self.names))
+        factor = (self.plan.clip / norms.clamp(min=1e-12)).clamp(max=1.0)
+        total = {n: (g_params[n] * factor.reshape(-1, *([1] * p.dim()))).sum(dim=0) for n, p in shared.items()}
+        return total, g_delta, nll
+
     def set_grads(self, rng: np.random.Generator) -> float:
         """Sample a batch, write the privatised gradients into ``.grad``; returns the batch's mean nll."""
         plan = self.plan
         segs = np.flatnonzero(rng.random(plan.n_segments) < plan.sample_rate)
         scale = 1.0 / (plan.sample_rate * plan.n_segments)
-        nll = float("nan")
-        if segs.size:
-            g_params, g_delta, nll = self.per_segment(segs, rng)
-            norms = torch.sqrt(sum(g_params[n].reshape(segs.size, -1).pow(2).sum(dim=1) for n in self.names))
-            factor = (plan.clip / norms.clamp(min=1e-12)).clamp(max=1.0)
+        total, g_delta, nll = self.clipped_sum(segs, rng)
         for name, p in self.model.named_parameters():
             if name == "delta":
                 p.grad = torch.zeros_like(p)
-                if segs.size:
+                if g_delta is not None:
                     p.grad[torch.as_tensor(segs, device=self.device)] = g_delta
                 continue
-            total = torch.zeros_like(p)
-            if segs.size:
-                total = (g_params[name] * factor.reshape(-1, *([1] * p.dim()))).sum(dim=0)
             noise = torch.normal(0.0, plan.sgd_noise_multiplier * plan.clip, size=p.shape, generator=self.noise,
                                  device=self.device)
-            p.grad = (total + noise) * scale
+            p.grad = (total[name] + noise) * scale
         self.steps_run += 1
-        return 0.0 if segs.size == 0 else nll
+        return nll
 
 
 def _floor_eigen(cov: np.ndarray, floor: float) -> np.ndarray:
