@@ -37,6 +37,7 @@ from policy.logformat.writer import LogWriter
 from streams.app import topics_for
 from streams.events import AdDecision, AdFeedback, AdRequest
 from streams.kafka_io import make_consumer
+from streams.pseudonyms import pseudonyms_for
 from streams.settings import KafkaSettings, Settings
 
 _FEEDBACK = TypeAdapter(AdFeedback)
@@ -123,12 +124,15 @@ def export_ads(settings: Settings, out: str | os.PathLike[str], *, since: dateti
         watermark = t if watermark is None or t > watermark else watermark
 
     requests: dict[str, AdRequest] = {}
+    pseudonyms = pseudonyms_for(settings)  # the shop writes raw ids: the exported log carries pseudonyms only
     for value in raw["requests"]:
         try:
             r = AdRequest.model_validate_json(value)
         except ValidationError:
             summary.unparsable += 1
             continue
+        if pseudonyms is not None:
+            r = pseudonyms.event_one(r)
         requests.setdefault(r.request_id, r)
         later(r.event_time)
     feedback: dict[str, list] = defaultdict(list)
