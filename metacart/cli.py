@@ -554,6 +554,9 @@ def bench_adapt(
     cache_dir: Path = typer.Option(REPO / "reports" / "bench-cache",
                                    help="trained artifacts are cached here (keyed by world, sizes, seed, code)"),
     no_cache: bool = typer.Option(False, help="train every artifact afresh, do not read or write the cache"),
+    dp_epsilon: Optional[str] = typer.Option(
+        None, "--dp-epsilon", help="instead: the DP cost table, regret of artifacts trained with these segment-level "
+        "epsilons (comma list, e.g. 1,4,8) and without DP, on --worlds (default here market,logistic)"),
 ) -> None:
     """Regret on held-out segments (meta vs scratch, pooled, random, oracle), then every world family
     against a practitioner's baselines (lift = fraction of the random->oracle gap, paired 95 % CIs)."""
@@ -566,6 +569,18 @@ def bench_adapt(
     if bad:
         typer.echo(f"error: unknown world {bad[0]!r}; choose from {', '.join(WORLDS)} or none", err=True)
         raise typer.Exit(2)
+    if dp_epsilon is not None:
+        from metacart.bench.adapt import run_dp
+
+        try:
+            levels = [float(x) for x in dp_epsilon.split(",") if x.strip()]
+        except ValueError:
+            levels = []
+        if not levels or any(not (e > 0 and e < float("inf")) for e in levels):
+            raise UserError(f"--dp-epsilon takes positive numbers separated by commas, got {dp_epsilon!r}")
+        dp_worlds = chosen if worlds != "market,recsys,logistic" else ["market", "logistic"]
+        run_dp(levels, dp_worlds, seed=seed, out=out, cache_dir=None if no_cache else cache_dir)
+        return
     run(quick=quick, out=out, plot=plot, seed=seed, artifact=artifact, worlds=chosen,
         cache_dir=None if no_cache else cache_dir)
 
