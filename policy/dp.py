@@ -13,10 +13,12 @@ What the DP trainer (``policy.train_glm``, ``TrainConfig.dp_epsilon``) releases,
   plus ``N(0, (sigma C)^2 I)``, divided by the expected batch ``q N``; ``steps`` such steps (the sampled
   Gaussian mechanism, Mironov et al. 2019). A segment's own deviation ``delta_s`` is updated from its own
   rows only and never released.
-* the input standardisation, the base rate and the empirical-Bayes prior ``(mu0, Sigma0)``: per-segment
-  statistics clipped to a fixed bound, summed, plus Gaussian noise (the Gaussian mechanism, ``q = 1``).
+* the base rate, the empirical-Bayes prior ``(mu0, s2 I)`` and (with ``dp_standardise``) the input
+  standardisation: per-segment statistics clipped to a fixed bound, summed, plus Gaussian noise (the
+  Gaussian mechanism, ``q = 1``).
 * nothing else the serving path reads is computed from the data: no pooled item offsets, a per-item
-  variance from the settings, the exploration scale from the settings.
+  variance from the settings (``dp_item_prior_var``), the exploration scale from the settings
+  (``dp_explore_scale``).
 
 All mechanisms are composed by one Renyi-DP accountant (Opacus ``RDPAccountant``); the budget is split:
 ``stats_share`` of ``epsilon`` (and half of ``delta``) for the one-shot statistics, the rest for DP-SGD,
@@ -41,11 +43,12 @@ from policy.train_config import TrainingError
 
 COVERED = (
     "phi (w1, b1, w2, b2) and the shared head it was trained with (DP-SGD, per-segment clipping)",
-    "raw_mean / raw_sd and the input standardisation folded into w1, b1 (Gaussian mechanism)",
+    "raw_mean / raw_sd and the input standardisation folded into w1, b1 (mean 0 / sd 1 unless "
+    "dp_standardise: then a Gaussian mechanism)",
     "the base rate that initialises the shared head (Gaussian mechanism)",
     "prior_mean and prior_cov (noisy clipped per-segment head moments, Gaussian mechanism)",
     "item terms: no pooled item offsets are released; item_prior_var is the setting dp_item_prior_var",
-    "serving.scale: the setting explore_scales[0], not chosen on data",
+    "serving.scale: the setting dp_explore_scale, not chosen on data",
 )
 NOT_COVERED = (
     "meta.report, meta.curves['heldout_nll'] and the held-out metrics: computed exactly on the held-out "
@@ -212,8 +215,10 @@ def shrink(noisy: np.ndarray, noise_var: float) -> np.ndarray:
     return v * factor
 
 
-DP_STATS_RELEASES = 5
-"""One-shot releases of the DP trainer: input mean, input second moment, base rate, prior mean, prior width."""
+def stats_releases(config: Any) -> int:
+    """One-shot releases of the DP trainer: base rate, prior mean, prior width, and with ``dp_standardise``
+    the input mean and second moment."""
+    return 3 + (2 if config.dp_standardise else 0)
 
 
 def segment_means(values: np.ndarray, segment: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -229,22 +234,27 @@ def segment_means(values: np.ndarray, segment: np.ndarray, segments: np.ndarray)
 
 def dp_standardisation(u: np.ndarray, y: np.ndarray, segment: np.ndarray, train_segs: np.ndarray, plan: DPPlan,
                        config: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(u_mean, u_sd, base rate)`` from three Gaussian releases over the training segments.
+    """``(u_mean, u_sd, base rate)`` from Gaussian releases over the training segments.
 
-    Each segment contributes its mean input (L2 bound ``dp_input_clip sqrt(D)``), its mean squared input
-    (bound ``dp_input_clip^2 sqrt(D)``) and its click rate (bound 1); the noisy averages are shrunk
-    (:func:`shrink`, post-processing) towards a standard input (mean 0, second moment 1). The variance is
-    floored at 0.01 and the rate kept in ``[1e-3, 0.5]``.
+    Each segment contributes its click rate (bound 1; the noisy average kept in ``[1e-3, 0.5]``). Without
+    ``dp_standardise`` the inputs are taken as they come (mean 0, sd 1: no budget spent; give inputs on a
+    unit scale, standardised with public statistics). With it, each segment also contributes its mean input
+    (L2 bound ``dp_input_clip sqrt(D)``) and its mean squared input (bound ``dp_input_clip^2 sqrt(D)``);
+    the noisy averages are shrunk (:func:`shrink`, post-processing) towards a standard input (mean 0,
+    second moment 1) and the variance floored at 0.01.
     """
     n, dim = train_segs.size, u.shape[1]
     sigma = plan.stats_noise_multiplier
+    rate = float(noisy_sum(segment_means(y, segment, train_segs)[:, None], 1.0, sigma, rng)[0] / n)
+    rate = float(np.clip(rate, 1e-3, 0.5))
+    if not config.dp_standardise:
+        return np.zeros(dim), np.ones(dim), rate
     b_mean = config.dp_input_clip * np.sqrt(dim)
     b_sq = config.dp_input_clip ** 2 * np.sqrt(dim)
     mean = shrink(noisy_sum(segment_means(u, segment, train_segs), b_mean, sigma, rng) / n, (sigma * b_mean / n) ** 2)
     sq_stats = segment_means(u.astype(np.float64) ** 2, segment, train_segs)
     sq = 1.0 + shrink(noisy_sum(sq_stats, b_sq, sigma, rng) / n - 1.0, (sigma * b_sq / n) ** 2)
-    rate = float(noisy_sum(segment_means(y, segment, train_segs)[:, None], 1.0, sigma, rng)[0] / n)
-    return mean, np.sqrt(np.maximum(sq - mean ** 2, 0.01)), float(np.clip(rate, 1e-3, 0.5))
+    return mean, np.sqrt(np.maximum(sq - mean ** 2, 0.01)), rate
 
 
 def dp_prior(heads: tuple[np.ndarray, np.ndarray], mu: np.ndarray, plan: DPPlan, config: Any,

@@ -122,16 +122,23 @@ class TrainConfig:
     """DP-SGD: L2 bound of one segment's gradient (mean over its sampled rows) of the shared parameters."""
     dp_sample_rate: float = 0.25
     """DP-SGD: probability that a training segment is in a step's batch (Poisson sampling)."""
-    dp_steps: int = 400
+    dp_steps: int = 150
     """DP-SGD: steps (replaces ``epochs * steps_per_epoch``; no early stopping, the last step is kept)."""
     dp_stats_share: float = 0.25
     """Share of ``dp_epsilon`` for the one-shot releases (standardisation, base rate, prior)."""
-    dp_input_clip: float = 3.0
-    """Bound of a segment's mean input and mean squared input, per input coordinate (times ``sqrt(dim)``)."""
+    dp_standardise: bool = True
+    """With DP: estimate the input standardisation (two more noisy releases); off: inputs are used as they
+    come (mean 0, sd 1), so give them on a unit scale, standardised with public statistics."""
+    dp_input_clip: float = 1.5
+    """With ``dp_standardise``: bound of a segment's mean input and mean squared input, per coordinate
+    (times ``sqrt(dim)``)."""
     dp_head_clip: float = 1.0
     """Bound of a segment's head deviation from the shared head, in units of ``sqrt(d / segment_l2)``."""
     dp_item_prior_var: float = 0.0
     """With DP: the per-segment item-term variance (a setting, not learned; 0 = no item terms)."""
+    dp_explore_scale: float = 0.25
+    """With DP: the serving posterior-width multiplier (a setting: replay on held-out segments would make
+    the served policy depend on their data). Without DP, replay chose 0.1 on the logistic world."""
 
 
 def config_from_mapping(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:

@@ -39,7 +39,7 @@ from torch import nn
 
 from policy.artifact import (ArtifactMeta, DPRecord, PolicyArtifact, RewardSpec, ServingSpec, TrainingDataSummary,
                              now_utc)
-from policy.dp import DP_STATS_RELEASES, DPPlan, dp_prior, dp_standardisation, plan_budget
+from policy.dp import DPPlan, dp_prior, dp_standardisation, plan_budget, stats_releases
 from policy.features import build_inputs, raw_dim
 from policy.train_config import TrainConfig, TrainingError
 from policy.training_report import ClickData, calibrate_exploration, gate_report
@@ -335,7 +335,7 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     plan: DPPlan | None = None
     if config.dp_epsilon is not None:
         plan = plan_budget(config.dp_epsilon, config.dp_delta, config.dp_sample_rate, config.dp_steps,
-                           config.dp_clip, train_segs.size, DP_STATS_RELEASES, config.dp_stats_share)
+                           config.dp_clip, train_segs.size, stats_releases(config), config.dp_stats_share)
         noise_rng = np.random.default_rng([config.seed, 7919])
         u_mean, u_sd, rate = dp_standardisation(data.u, data.y, data.segment, train_segs, plan, config, noise_rng)
     else:
@@ -448,9 +448,8 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     if plan is None:
         explore = calibrate_exploration(art1, data, heldout_segs, config)
     else:  # DP: the scale is a setting, so the held-out segments do not shape what is served
-        first = float(config.explore_scales[0]) if config.explore_scales else 1.0
-        explore = {"chosen_scale": first, "reference_scale": first,
-                   "rule": "differential privacy: explore_scales[0], not chosen by replay"}
+        explore = {"chosen_scale": float(config.dp_explore_scale), "reference_scale": float(config.dp_explore_scale),
+                   "rule": "differential privacy: the setting dp_explore_scale, not chosen by replay"}
     serving = ServingSpec(scale=explore["chosen_scale"], eps=config.calibrate_eps, item_capacity=capacity,
                           evidence=explore)
     init_arrays = _export_state(model, init_state, u_mean, u_sd, config)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from policy.artifact import PolicyArtifact
-from policy.dp import DPPlan, PrivacyError, clip_rows, noisy_sum, plan_budget, spent_epsilon
+from policy.dp import (DPPlan, PrivacyError, clip_rows, dp_standardisation, noisy_sum, plan_budget, spent_epsilon,
+                       stats_releases)
 from policy.logs import LoggedData
 from policy.train import train
 from policy.train_config import TrainConfig, TrainingError, config_from_mapping
@@ -47,6 +48,21 @@ def test_gaussian_release_clips_each_segment_then_adds_noise_of_the_stated_scale
     draws = np.stack([noisy_sum(values, 2.0, 3.0, rng) for _ in range(4000)])
     assert np.allclose(draws.mean(axis=0), clipped.sum(axis=0), atol=0.5)
     assert abs(draws.std(axis=0).mean() - 6.0) < 0.2
+
+
+def test_dp_statistics_estimate_the_truth_when_the_noise_is_small_and_standardisation_can_be_off():
+    rng = np.random.default_rng(3)
+    segment = np.repeat(np.arange(400), 50)
+    u = rng.normal(0.5, 2.0, size=(segment.size, 3))
+    y = (rng.random(segment.size) < 0.1).astype(float)
+    plan = replace(plan_budget(50.0, 1e-5, 0.25, 10, 1.0, 400, 5, 0.25), stats_noise_multiplier=0.5)
+    config = TrainConfig(dp_standardise=True, dp_input_clip=4.0)
+    mean, sd, rate = dp_standardisation(u, y, segment, np.arange(400), plan, config, rng)
+    assert np.allclose(mean, 0.5, atol=0.1) and np.allclose(sd, 2.0, atol=0.2) and abs(rate - 0.1) < 0.02
+    off = TrainConfig(dp_standardise=False)
+    mean, sd, _ = dp_standardisation(u, y, segment, np.arange(400), plan, off, rng)
+    assert np.all(mean == 0.0) and np.all(sd == 1.0)  # no budget spent on it when off
+    assert stats_releases(off) == 3 and stats_releases(config) == 5
 
 
 def _step(clip: float, same_rows_segment: int | None = None) -> DPStep:
@@ -126,7 +142,8 @@ def test_dp_training_beats_the_base_rate_on_an_easy_world(dp_artifact: PolicyArt
     assert report["gain_ci"]["base_rate"][0] > 0, report["summary"]
     dp = dp_artifact.meta.dp
     assert dp is not None and dp.epsilon <= 8.0 and dp.steps_run == 200 and dp.unit == "segment"
-    assert dp_artifact.meta.serving.scale == 1.0 and "differential privacy" in dp_artifact.meta.serving.evidence["rule"]
+    assert dp_artifact.meta.serving.scale == TrainConfig().dp_explore_scale  # a setting, not chosen on data
+    assert "differential privacy" in dp_artifact.meta.serving.evidence["rule"]
     assert dp_artifact.item_ids is None  # no pooled item offsets are released under DP
 
 
