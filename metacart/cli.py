@@ -215,9 +215,11 @@ def logs_export(
     def aware(t: Optional[datetime]) -> Optional[datetime]:
         return None if t is None or t.tzinfo else t.replace(tzinfo=timezone.utc)
 
+    from streams.pseudonyms import PrivacyConfigError
+
     try:
         summary = export_ads(Settings(), out, since=aware(since), until=aware(until), value_weight=value_weight)
-    except ValueError as exc:
+    except (ValueError, PrivacyConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {summary.rows} decisions ({summary.clicks} clicked, {summary.purchases} purchases; "

@@ -17,6 +17,8 @@ the latest event time seen on the three topics (the watermark). Later ones are c
 Ad ids (strings) become int64 item ids by a stable hash (BLAKE2b, 63 bits); the item table keeps the
 original id in ``item_key`` and is time-versioned (``valid_from``) when an ad's features change.
 Messages that do not parse are skipped and counted (the worker already dead-lettered them).
+The requests' user ids (raw: the shop writes them) are replaced by the workers' pseudonyms
+(:mod:`streams.pseudonyms`, same key), so the exported log carries pseudonyms only.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def export_ads(settings: Settings, out: str | os.PathLike[str], *, since: dateti
                until: datetime | None = None, value_weight: float = 0.0,
                attribution_window_s: float | None = None, timeout_s: float = 120.0) -> ExportSummary:
     """Export the ad decisions on ``settings``' topics into the v2 log directory ``out``."""
+    pseudonyms = pseudonyms_for(settings)  # the shop writes raw ids: the exported log carries pseudonyms only
     topics = topics_for(settings)
     window = attribution_window_s if attribution_window_s is not None else settings.ads.attribution_window_s
     summary = ExportSummary()
@@ -124,7 +127,6 @@ def export_ads(settings: Settings, out: str | os.PathLike[str], *, since: dateti
         watermark = t if watermark is None or t > watermark else watermark
 
     requests: dict[str, AdRequest] = {}
-    pseudonyms = pseudonyms_for(settings)  # the shop writes raw ids: the exported log carries pseudonyms only
     for value in raw["requests"]:
         try:
             r = AdRequest.model_validate_json(value)
