@@ -215,9 +215,11 @@ def logs_export(
     def aware(t: Optional[datetime]) -> Optional[datetime]:
         return None if t is None or t.tzinfo else t.replace(tzinfo=timezone.utc)
 
+    from streams.pseudonyms import PrivacyConfigError
+
     try:
         summary = export_ads(Settings(), out, since=aware(since), until=aware(until), value_weight=value_weight)
-    except ValueError as exc:
+    except (ValueError, PrivacyConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {summary.rows} decisions ({summary.clicks} clicked, {summary.purchases} purchases; "
@@ -339,6 +341,16 @@ def train(
     report = artifact.meta.report
     for line in report.get("summary", []):
         typer.echo(f"held-out check: {line}")
+    dp = artifact.meta.dp
+    if dp is not None:
+        typer.echo(f"differential privacy per segment: epsilon {dp.epsilon:.3f} (target {dp.target_epsilon:g}), "
+                   f"delta {dp.delta:g}; DP-SGD sigma {dp.sgd_noise_multiplier:.3f}, q {dp.sample_rate:g}, "
+                   f"steps {dp.steps_run}/{dp.steps}, clip {dp.clip:g}; {dp.stats_releases} one-shot releases "
+                   f"at sigma {dp.stats_noise_multiplier:.3f} ({dp.accountant})")
+        for line in dp.covered:
+            typer.echo(f"  covered: {line}")
+        for line in dp.not_covered:
+            typer.echo(f"  NOT covered: {line}")
     evidence = artifact.meta.serving.evidence
     if evidence:
         typer.echo(f"exploration: scale {artifact.meta.serving.scale:g} (reference {evidence['reference_scale']:g}; "
@@ -544,6 +556,9 @@ def bench_adapt(
     cache_dir: Path = typer.Option(REPO / "reports" / "bench-cache",
                                    help="trained artifacts are cached here (keyed by world, sizes, seed, code)"),
     no_cache: bool = typer.Option(False, help="train every artifact afresh, do not read or write the cache"),
+    dp_epsilon: Optional[str] = typer.Option(
+        None, "--dp-epsilon", help="instead: the DP cost table, regret of artifacts trained with these segment-level "
+        "epsilons (comma list, e.g. 1,4,8) and without DP, on --worlds (default here market,logistic)"),
 ) -> None:
     """Regret on held-out segments (meta vs scratch, pooled, random, oracle), then every world family
     against a practitioner's baselines (lift = fraction of the random->oracle gap, paired 95 % CIs)."""
@@ -556,6 +571,18 @@ def bench_adapt(
     if bad:
         typer.echo(f"error: unknown world {bad[0]!r}; choose from {', '.join(WORLDS)} or none", err=True)
         raise typer.Exit(2)
+    if dp_epsilon is not None:
+        from metacart.bench.adapt import run_dp
+
+        try:
+            levels = [float(x) for x in dp_epsilon.split(",") if x.strip()]
+        except ValueError:
+            levels = []
+        if not levels or any(not (e > 0 and e < float("inf")) for e in levels):
+            raise UserError(f"--dp-epsilon takes positive numbers separated by commas, got {dp_epsilon!r}")
+        dp_worlds = chosen if worlds != "market,recsys,logistic" else ["market", "logistic"]
+        run_dp(levels, dp_worlds, seed=seed, out=out, cache_dir=None if no_cache else cache_dir)
+        return
     run(quick=quick, out=out, plot=plot, seed=seed, artifact=artifact, worlds=chosen,
         cache_dir=None if no_cache else cache_dir)
 

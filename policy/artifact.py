@@ -92,6 +92,34 @@ class ServingSpec(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict, description="how scale/eps were chosen")
 
 
+class DPRecord(BaseModel):
+    """The differential-privacy guarantee of a DP-trained artifact (:mod:`policy.dp`); None when not DP.
+
+    ``(epsilon, delta)`` per segment (add/remove one segment's whole data) for what ``covered`` lists,
+    composed over every mechanism by the accountant; ``not_covered`` says what the metadata holds outside it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epsilon: float = Field(ge=0.0, allow_inf_nan=False, description="composed epsilon spent")
+    delta: float = Field(gt=0.0, lt=1.0)
+    target_epsilon: float = Field(gt=0.0, allow_inf_nan=False)
+    unit: Literal["segment"] = "segment"
+    adjacency: str = "add/remove one segment's whole data"
+    accountant: str = "rdp (opacus)"
+    sample_rate: float = Field(gt=0.0, le=1.0)
+    steps: int = Field(ge=1, description="DP-SGD steps planned")
+    steps_run: int = Field(ge=0, description="DP-SGD steps run (charged)")
+    clip: float = Field(gt=0.0, allow_inf_nan=False)
+    sgd_noise_multiplier: float = Field(gt=0.0, allow_inf_nan=False)
+    stats_releases: int = Field(ge=0)
+    stats_noise_multiplier: float = Field(ge=0.0, allow_inf_nan=False)
+    stats_share: float = Field(gt=0.0, lt=1.0)
+    n_segments: int = Field(ge=1, description="training segments (treated as public)")
+    covered: list[str] = Field(default_factory=list)
+    not_covered: list[str] = Field(default_factory=list)
+
+
 class ArtifactMeta(BaseModel):
     """Metadata of a policy artifact (``meta.json``)."""
 
@@ -119,6 +147,7 @@ class ArtifactMeta(BaseModel):
     report: dict[str, Any] = Field(
         default_factory=dict, description="what training measured on held-out segments against its baselines"
     )
+    dp: DPRecord | None = Field(default=None, description="the differential-privacy guarantee, None: not DP")
 
     @field_validator("created_at")
     @classmethod
@@ -273,7 +302,7 @@ class PolicyArtifact:
                 fh.flush()
                 os.fsync(fh.fileno())
             with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-                fh.write(self.meta.model_dump_json(indent=2))
+                fh.write(self.meta.model_dump_json(indent=2, exclude=None if self.meta.dp is not None else {"dp"}))
                 fh.flush()
                 os.fsync(fh.fileno())
             if target.exists():

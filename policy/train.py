@@ -327,6 +327,9 @@ def train(
             from policy.train_glm import train_bernoulli
 
             return train_bernoulli(logs, y_all, config, source, out_dir, progress, device)
+    if config.dp_epsilon is not None:
+        raise TrainingError("dp_epsilon (differentially private training) is implemented for the bernoulli "
+                            "head only: it needs 0/1 rewards (reward='click'), and likelihood 'auto' or 'bernoulli'")
     prep = _prepare(logs, config, rng)
     present = np.flatnonzero(prep.counts >= 2)
     if present.size < 2:

@@ -113,6 +113,32 @@ class TrainConfig:
     """Description of the training data for the metadata; default: the log path or ``"in-memory"``."""
     extra_meta: dict[str, Any] = field(default_factory=dict)
     """Free-form entries merged into the metadata's ``config`` record."""
+    dp_epsilon: float | None = None
+    """Segment-level differential privacy (:mod:`policy.dp`, bernoulli head only): the ``epsilon`` of the
+    whole artifact's serving parameters per segment; None: no DP."""
+    dp_delta: float = 1e-5
+    """``delta`` of the DP guarantee."""
+    dp_clip: float = 1.0
+    """DP-SGD: L2 bound of one segment's gradient (mean over its sampled rows) of the shared parameters."""
+    dp_sample_rate: float = 0.25
+    """DP-SGD: probability that a training segment is in a step's batch (Poisson sampling)."""
+    dp_steps: int = 150
+    """DP-SGD: steps (replaces ``epochs * steps_per_epoch``; no early stopping, the last step is kept)."""
+    dp_stats_share: float = 0.25
+    """Share of ``dp_epsilon`` for the one-shot releases (standardisation, base rate, prior)."""
+    dp_standardise: bool = True
+    """With DP: estimate the input standardisation (two more noisy releases); off: inputs are used as they
+    come (mean 0, sd 1), so give them on a unit scale, standardised with public statistics."""
+    dp_input_clip: float = 1.5
+    """With ``dp_standardise``: bound of a segment's mean input and mean squared input, per coordinate
+    (times ``sqrt(dim)``)."""
+    dp_head_clip: float = 1.0
+    """Bound of a segment's head deviation from the shared head, in units of ``sqrt(d / segment_l2)``."""
+    dp_item_prior_var: float = 0.0
+    """With DP: the per-segment item-term variance (a setting, not learned; 0 = no item terms)."""
+    dp_explore_scale: float = 0.25
+    """With DP: the serving posterior-width multiplier (a setting: replay on held-out segments would make
+    the served policy depend on their data). Without DP, replay chose 0.1 on the logistic world."""
 
 
 def config_from_mapping(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:

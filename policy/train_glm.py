@@ -37,7 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from policy.artifact import ArtifactMeta, PolicyArtifact, RewardSpec, ServingSpec, TrainingDataSummary, now_utc
+from policy.artifact import (ArtifactMeta, DPRecord, PolicyArtifact, RewardSpec, ServingSpec, TrainingDataSummary,
+                             now_utc)
+from policy.dp import DPPlan, dp_prior, dp_standardisation, plan_budget, stats_releases
 from policy.features import build_inputs, raw_dim
 from policy.train_config import TrainConfig, TrainingError
 from policy.training_report import ClickData, calibrate_exploration, gate_report
@@ -116,6 +118,10 @@ class _Hierarchical(nn.Module):
         head = self.mu0 if seg is None else self.mu0 + self.delta[seg]
         return (self.phi(u) * head).sum(dim=1)
 
+    def forward(self, u: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """``phi(u) . head`` (what :func:`torch.func.functional_call` runs for the DP per-segment gradients)."""
+        return (self.phi(u) * head).sum(dim=1)
+
 
 def _row_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
@@ -156,6 +162,102 @@ def fit_prior(Phi: np.ndarray, y: np.ndarray, off: np.ndarray, groups: list[np.n
             acc += np.outer(dev, dev) + covs[g]
         cov0 = _floor_eigen(acc / len(groups), jitter)
     return mu0, cov0, heads
+
+
+def _segment_heads(Phi: np.ndarray, y: np.ndarray, groups: list[np.ndarray], mu: np.ndarray, l2: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Each segment's Laplace posterior ``(modes[S, d], covs[S, d, d])`` under ``N(mu, I / l2)``: a function
+    of that segment's rows and ``mu`` only (the DP prior's per-segment statistics)."""
+    prec0 = np.eye(mu.shape[0]) * l2
+    pairs = [_newton_head(Phi[rows], y[rows], np.zeros(rows.size), mu, prec0, mu.copy()) for rows in groups]
+    return np.stack([w for w, _ in pairs]), np.stack([c for _, c in pairs])
+
+
+class DPStep:
+    """One DP-SGD step of stage 1 at a time (:mod:`policy.dp`): Poisson-sampled segments, per-segment clipping.
+
+    For each training segment in the batch (each one independently with probability ``q``), ``rows_per_segment``
+    of its rows are sampled and its loss is ``mean_rows nll + segment_l2 |delta_s|^2 / (2 n_s)`` (``n_s``: its
+    rows). The gradient of that loss in the shared parameters (``lin1``, ``lin2``, ``mu0``) is clipped to L2
+    norm ``C``; the clipped gradients are summed, ``N(0, (sigma C)^2)`` is added to every coordinate and the
+    sum divided by the expected batch ``q N``. ``delta_s`` gets its own gradient unclipped: it is never
+    released and depends only on segment ``s``'s rows and the (private) shared parameters. Per-segment
+    gradients come from :func:`torch.func.vmap` over segments (rows padded and masked).
+    """
+
+    def __init__(self, model: "_Hierarchical", plan: DPPlan, tr: np.ndarray, seg_index: np.ndarray,
+                 u_t: torch.Tensor, y_t: torch.Tensor, config: TrainConfig, device: torch.device) -> None:
+        from torch.func import functional_call, grad, vmap
+
+        self.model, self.plan, self.u_t, self.y_t, self.device = model, plan, u_t, y_t, device
+        self.rows = [tr[seg_index[tr] == s] for s in range(plan.n_segments)]
+        self.m = max(1, min(config.rows_per_segment, max(r.size for r in self.rows)))
+        self.n_rows = torch.as_tensor([float(max(r.size, 1)) for r in self.rows], device=device)
+        self.l2 = float(config.segment_l2)
+        self.names = [n for n, _ in model.named_parameters() if n != "delta"]
+        self.noise = torch.Generator(device=device).manual_seed(config.seed + 104_729)
+        self.steps_run = 0
+
+        def loss(params: dict[str, torch.Tensor], delta_s: torch.Tensor, u: torch.Tensor, y: torch.Tensor,
+                 w: torch.Tensor, n_s: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(model, params, (u, params["mu0"] + delta_s))
+            nll = (_row_nll(logits, y) * w).sum() / w.sum().clamp(min=1.0)
+            return nll + self.l2 * (delta_s ** 2).sum() / (2.0 * n_s)
+
+        self._grads = vmap(grad(loss, argnums=(0, 1)), in_dims=(None, 0, 0, 0, 0, 0))
+        self._loss = loss
+
+    def per_segment(self, segs: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+        """Unclipped gradients ``({name: [B, ...]}, delta grads [B, d], mean nll)`` of segments ``segs``."""
+        idx = np.zeros((segs.size, self.m), dtype=np.int64)
+        mask = np.zeros((segs.size, self.m), dtype=np.float32)
+        for j, s in enumerate(segs):
+            r = self.rows[s]
+            take = r if r.size <= self.m else rng.choice(r, self.m, replace=False)
+            idx[j, : take.size], mask[j, : take.size] = take, 1.0
+        i = torch.as_tensor(idx, device=self.device)
+        w = torch.as_tensor(mask, device=self.device)
+        s_t = torch.as_tensor(segs, device=self.device)
+        params = {n: p.detach() for n, p in self.model.named_parameters() if n != "delta"}
+        g_params, g_delta = self._grads(params, self.model.delta.detach()[s_t], self.u_t[i], self.y_t[i], w,
+                                        self.n_rows[s_t])
+        with torch.no_grad():
+            head = params["mu0"] + self.model.delta.detach()[s_t]
+            logits = (self.model.phi(self.u_t[i].reshape(-1, self.u_t.shape[1])).reshape(segs.size, self.m, -1)
+                      * head[:, None, :]).sum(dim=2)
+            nll = float((_row_nll(logits, self.y_t[i]) * w).sum() / w.sum().clamp(min=1.0))
+        return g_params, g_delta, nll
+
+    def clipped_sum(self, segs: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, float]:
+        """``sum_s clip(g_s, C)`` over segments ``segs`` (no noise), their delta gradients and mean nll."""
+        shared = {n: p for n, p in self.model.named_parameters() if n != "delta"}
+        if segs.size == 0:
+            return {n: torch.zeros_like(p) for n, p in shared.items()}, None, 0.0
+        g_params, g_delta, nll = self.per_segment(segs, rng)
+        norms = torch.sqrt(sum(g_params[n].reshape(segs.size, -1).pow(2).sum(dim=1) for n in self.names))
+        factor = (self.plan.clip / norms.clamp(min=1e-12)).clamp(max=1.0)
+        total = {n: (g_params[n] * factor.reshape(-1, *([1] * p.dim()))).sum(dim=0) for n, p in shared.items()}
+        return total, g_delta, nll
+
+    def set_grads(self, rng: np.random.Generator) -> float:
+        """Sample a batch, write the privatised gradients into ``.grad``; returns the batch's mean nll."""
+        plan = self.plan
+        segs = np.flatnonzero(rng.random(plan.n_segments) < plan.sample_rate)
+        scale = 1.0 / (plan.sample_rate * plan.n_segments)
+        total, g_delta, nll = self.clipped_sum(segs, rng)
+        for name, p in self.model.named_parameters():
+            if name == "delta":
+                p.grad = torch.zeros_like(p)
+                if g_delta is not None:
+                    p.grad[torch.as_tensor(segs, device=self.device)] = g_delta
+                continue
+            noise = torch.normal(0.0, plan.sgd_noise_multiplier * plan.clip, size=p.shape, generator=self.noise,
+                                 device=self.device)
+            p.grad = (total[name] + noise) * scale
+        self.steps_run += 1
+        return nll
 
 
 def _floor_eigen(cov: np.ndarray, floor: float) -> np.ndarray:
@@ -230,12 +332,19 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     is_train = np.isin(data.segment, train_segs)
     tr, ho = np.flatnonzero(is_train), np.flatnonzero(np.isin(data.segment, heldout_segs))
 
-    u_mean = data.u[tr].astype(np.float64).mean(axis=0)
-    u_sd = data.u[tr].astype(np.float64).std(axis=0)
-    u_sd = np.where(u_sd > 1e-8, u_sd, 1.0)
+    plan: DPPlan | None = None
+    if config.dp_epsilon is not None:
+        plan = plan_budget(config.dp_epsilon, config.dp_delta, config.dp_sample_rate, config.dp_steps,
+                           config.dp_clip, train_segs.size, stats_releases(config), config.dp_stats_share)
+        noise_rng = np.random.default_rng([config.seed, 7919])
+        u_mean, u_sd, rate = dp_standardisation(data.u, data.y, data.segment, train_segs, plan, config, noise_rng)
+    else:
+        u_mean = data.u[tr].astype(np.float64).mean(axis=0)
+        u_sd = data.u[tr].astype(np.float64).std(axis=0)
+        u_sd = np.where(u_sd > 1e-8, u_sd, 1.0)
+        rate = float(np.clip(data.y[tr].mean(), 1e-4, 1 - 1e-4))
     u_std = ((data.u - u_mean) / u_sd).astype(np.float32)
     seg_index = np.searchsorted(train_segs, data.segment)
-    rate = float(np.clip(data.y[tr].mean(), 1e-4, 1 - 1e-4))
     d_z = config.d - 1
     dx = int(np.asarray(logs.context).shape[1])
     interactions = raw_interactions(config, dx, u_std.shape[1] - dx)
@@ -261,9 +370,18 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     best = ({k: v.detach().clone() for k, v in model.state_dict().items()}, 0)
     init_nll, stale, epochs_run = float(best_rows.mean()), 0, 0
     n_tr = float(tr.size)
-    for epoch in range(1, config.epochs + 1):
+    dp_step = None if plan is None else DPStep(model, plan, tr, seg_index, u_t, y_t, config, device)
+    n_epochs = config.epochs if plan is None else -(-config.dp_steps // config.steps_per_epoch)
+    for epoch in range(1, n_epochs + 1):
         running = 0.0
-        for _ in range(config.steps_per_epoch):
+        n_steps = config.steps_per_epoch if dp_step is None else min(config.steps_per_epoch,
+                                                                       config.dp_steps - dp_step.steps_run)
+        for _ in range(n_steps):
+            if dp_step is not None:
+                opt.zero_grad(set_to_none=True)
+                running += dp_step.set_grads(rng)
+                opt.step()
+                continue
             rows = torch.as_tensor(tr[rng.integers(0, tr.size, min(config.batch_rows, tr.size))], device=device)
             nll = _row_nll(model.logits(u_t[rows], s_t[rows]), y_t[rows]).mean()
             penalty = config.segment_l2 * (model.delta ** 2).sum() / (2 * n_tr)
@@ -272,13 +390,16 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
             loss.backward()
             opt.step()
             running += float(nll.detach())
+        running *= config.steps_per_epoch / max(n_steps, 1)
         epochs_run = epoch
         rows_now = heldout_rows()
         diff = best_rows - rows_now  # > 0: better than the best so far
         se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("inf")
         curves["train_nll"].append(running / config.steps_per_epoch)
         curves["heldout_nll"].append(float(rows_now.mean()))
-        if diff.mean() > 2.0 * se:
+        if dp_step is not None:  # DP: no selection on held-out data, the last step is released
+            best_rows, best = rows_now, ({k: v.detach().clone() for k, v in model.state_dict().items()}, epoch)
+        elif diff.mean() > 2.0 * se:
             best_rows, best, stale = rows_now, ({k: v.detach().clone() for k, v in model.state_dict().items()}, epoch), 0
         else:
             stale += 1
@@ -297,11 +418,17 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     phi_all = art0.phi_numpy(data.u)
     groups = [tr[data.segment[tr] == s] for s in train_segs]
     cov_start = np.eye(art0.d) / config.segment_l2
-    mu0, cov0, heads = fit_prior(phi_all, data.y, np.zeros(data.y.size), groups, arrays["prior_mean"], cov_start,
-                                 config.eb_iters, config.jitter)
+    if plan is not None:
+        mu0, cov0 = dp_prior(_segment_heads(phi_all, data.y, groups, arrays["prior_mean"], config.segment_l2),
+                             arrays["prior_mean"], plan, config, noise_rng)
+    else:
+        mu0, cov0, heads = fit_prior(phi_all, data.y, np.zeros(data.y.size), groups, arrays["prior_mean"],
+                                     cov_start, config.eb_iters, config.jitter)
     arrays["prior_mean"], arrays["prior_cov"] = mu0, cov0
     tau2, pooled_var = 0.0, 0.0
-    has = tr[data.item[tr] >= 0] if config.item_terms else tr[:0]
+    has = tr[data.item[tr] >= 0] if config.item_terms and plan is None else tr[:0]
+    if plan is not None and config.item_terms and np.any(data.item >= 0):
+        tau2 = float(config.dp_item_prior_var)  # a setting: nothing about items is learned from the data
     if has.size:
         base = np.einsum("nd,nd->n", phi_all[has], heads[np.searchsorted(train_segs, data.segment[has])])
         ids, by_item = np.unique(data.item[has], return_inverse=True)
@@ -318,7 +445,11 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
     capacity = config.item_capacity if tau2 > 0 else 0
     art1 = _artifact(arrays, config, data, logs, source, train_segs, heldout_segs, {}, {},
                      ServingSpec(scale=1.0, eps=config.calibrate_eps, item_capacity=capacity))
-    explore = calibrate_exploration(art1, data, heldout_segs, config)
+    if plan is None:
+        explore = calibrate_exploration(art1, data, heldout_segs, config)
+    else:  # DP: the scale is a setting, so the held-out segments do not shape what is served
+        explore = {"chosen_scale": float(config.dp_explore_scale), "reference_scale": float(config.dp_explore_scale),
+                   "rule": "differential privacy: the setting dp_explore_scale, not chosen by replay"}
     serving = ServingSpec(scale=explore["chosen_scale"], eps=config.calibrate_eps, item_capacity=capacity,
                           evidence=explore)
     init_arrays = _export_state(model, init_state, u_mean, u_sd, config)
@@ -340,8 +471,13 @@ def train_bernoulli(logs: Any, y: np.ndarray, config: TrainConfig, source: str, 
         "exploration_scale": float(explore["chosen_scale"]),
         "train_seconds": time.perf_counter() - t0,
     }
+    dp_record = None
+    if plan is not None and dp_step is not None:
+        dp_record = plan.record(dp_step.steps_run)
+        metrics.update(dp_epsilon=dp_record["epsilon"], dp_delta=plan.delta,
+                       dp_noise_multiplier=plan.sgd_noise_multiplier, dp_steps=float(dp_step.steps_run))
     artifact = _artifact(arrays, config, data, logs, source, train_segs, heldout_segs, metrics, curves, serving,
-                         report)
+                         report, dp_record)
     if out_dir is not None:
         artifact.save(out_dir)
     return artifact
@@ -379,8 +515,8 @@ def _export_state(model: _Hierarchical, state: dict[str, torch.Tensor], u_mean: 
 
 def _artifact(arrays: dict[str, Any], config: TrainConfig, data: ClickData, logs: Any, source: str,
               train_segs: np.ndarray, heldout_segs: np.ndarray, metrics: dict[str, float],
-              curves: dict[str, list[float]], serving: ServingSpec, report: dict[str, Any] | None = None
-              ) -> PolicyArtifact:
+              curves: dict[str, list[float]], serving: ServingSpec, report: dict[str, Any] | None = None,
+              dp: dict[str, Any] | None = None) -> PolicyArtifact:
     from policy.train import _default_version, _jsonable
 
     dx = int(np.asarray(logs.context).shape[1])
@@ -400,5 +536,6 @@ def _artifact(arrays: dict[str, Any], config: TrainConfig, data: ClickData, logs
             reward_mean=float(data.y.mean()), reward_std=float(data.y.std()),
         ),
         metrics=metrics, curves=curves, config=_jsonable(asdict(config)), report=_jsonable(report or {}),
+        dp=None if dp is None else DPRecord(**dp),
     )
     return PolicyArtifact(meta=meta, **arrays)

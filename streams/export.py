@@ -17,6 +17,8 @@ the latest event time seen on the three topics (the watermark). Later ones are c
 Ad ids (strings) become int64 item ids by a stable hash (BLAKE2b, 63 bits); the item table keeps the
 original id in ``item_key`` and is time-versioned (``valid_from``) when an ad's features change.
 Messages that do not parse are skipped and counted (the worker already dead-lettered them).
+The requests' user ids (raw: the shop writes them) are replaced by the workers' pseudonyms
+(:mod:`streams.pseudonyms`, same key), so the exported log carries pseudonyms only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from policy.logformat.writer import LogWriter
 from streams.app import topics_for
 from streams.events import AdDecision, AdFeedback, AdRequest
 from streams.kafka_io import make_consumer
+from streams.pseudonyms import pseudonyms_for
 from streams.settings import KafkaSettings, Settings
 
 _FEEDBACK = TypeAdapter(AdFeedback)
@@ -109,6 +112,7 @@ def export_ads(settings: Settings, out: str | os.PathLike[str], *, since: dateti
                until: datetime | None = None, value_weight: float = 0.0,
                attribution_window_s: float | None = None, timeout_s: float = 120.0) -> ExportSummary:
     """Export the ad decisions on ``settings``' topics into the v2 log directory ``out``."""
+    pseudonyms = pseudonyms_for(settings)  # the shop writes raw ids: the exported log carries pseudonyms only
     topics = topics_for(settings)
     window = attribution_window_s if attribution_window_s is not None else settings.ads.attribution_window_s
     summary = ExportSummary()
@@ -129,6 +133,8 @@ def export_ads(settings: Settings, out: str | os.PathLike[str], *, since: dateti
         except ValidationError:
             summary.unparsable += 1
             continue
+        if pseudonyms is not None:
+            r = pseudonyms.event_one(r)
         requests.setdefault(r.request_id, r)
         later(r.event_time)
     feedback: dict[str, list] = defaultdict(list)

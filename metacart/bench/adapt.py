@@ -316,3 +316,112 @@ def _plot(traces: dict[str, dict[str, np.ndarray]], path: Path, horizon: int, n_
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+DP_SPEC = {"tasks": 20, "horizon": 1000, "train_per_task": 500, "train_seconds": 60.0, "windows": 4}
+"""Sizes of ``bench adapt --dp-epsilon`` per world (small enough for a shared two-core machine)."""
+
+
+def _dp_artifact(world: Any, logs: Any, spec: Any, seed: int, epsilon: float | None, cache_dir: Path | None
+                 ) -> tuple[PolicyArtifact, bool]:
+    """The world's artifact trained with ``dp_epsilon=epsilon`` (None: without DP), cached like the others."""
+    from metacart.bench.worlds import _cache_key, train_config, train_ours
+
+    cfg = replace(train_config(world, spec, seed), dp_epsilon=epsilon)
+    tag = "nodp" if epsilon is None else f"dp{epsilon:g}"
+    path = None if cache_dir is None else Path(cache_dir) / f"{world.name}-{tag}-{_cache_key(world, cfg, spec)}"
+    if path is not None and (path / "meta.json").exists():
+        return PolicyArtifact.load(path), True
+    art = train_ours(world, logs, cfg)
+    if path is not None:
+        art.save(path)
+    return art, False
+
+
+def run_dp(epsilons: Sequence[float], worlds: Sequence[str] = ("market", "logistic"), seed: int = 0,
+           out: Path | None = None, cache_dir: Path | None = None, sizes: dict[str, Any] | None = None) -> dict:
+    """The adaptation cost of differentially private meta-training (``metacart bench adapt --dp-epsilon``).
+
+    Per world family: one artifact without DP and one per ``epsilon`` (``TrainConfig.dp_epsilon``, the other
+    DP settings at their defaults), all trained on the same uniform logs of the training tasks; then they and
+    the per-task ``scratch`` baseline play the same held-out tasks in lock-step (common requests and outcome
+    draws, :func:`metacart.bench.worlds.play_world`). Reported per policy: regret per task in expected clicks
+    (oracle minus policy) with its 95 % t-interval, the lift (0 random, 1 oracle), and the paired 95 %
+    intervals of ``regret(ours at epsilon) - regret(ours without DP)`` and of ``regret - regret(scratch)``.
+    """
+    from metacart.bench.worlds import WorldSpec, _lift, make_world, mean_ci, play_world
+    from policy.baselines import InteractionFeatures, InteractionLinearTS
+
+    import kernels
+
+    unknown = set(worlds) - set(WORLDS)
+    if unknown:
+        raise ValueError(f"unknown worlds {sorted(unknown)}; known: {', '.join(WORLDS)}")
+    spec = WorldSpec(**{**DP_SPEC, **(sizes or {})})
+    t_start = time.perf_counter()
+    kernels.warm_up()
+    levels: list[float | None] = [None, *sorted(float(e) for e in epsilons)]
+    names = {e: "ours (no DP)" if e is None else f"ours eps={e:g}" for e in levels}
+    result: dict[str, Any] = {"spec": {**DP_SPEC, **(sizes or {})}, "seed": seed, "worlds": {}}
+    for wname in worlds:
+        world = make_world(wname, seed)
+        tasks = world.heldout_tasks[: spec.tasks].astype(np.int64)
+        logs = uniform_logs(world, world.train_tasks, spec.train_per_task, seed=seed + 1)
+        policies: dict[str, Any] = {}
+        training: dict[str, Any] = {}
+        for e in levels:
+            t0 = time.perf_counter()
+            art, cached = _dp_artifact(world, logs, spec, seed, e, cache_dir)
+            dp = art.meta.dp
+            training[names[e]] = {"cached": cached, "seconds": round(time.perf_counter() - t0, 1),
+                                  "heldout_nll": round(art.meta.metrics["heldout_nll"], 5),
+                                  "learned": bool(art.meta.report.get("learned", False)),
+                                  **({} if dp is None else {"epsilon": round(dp.epsilon, 4), "delta": dp.delta,
+                                                            "sigma": round(dp.sgd_noise_multiplier, 3),
+                                                            "q": dp.sample_rate, "steps": dp.steps_run})}
+            print(f"{wname}: {names[e]} trained ({training[names[e]]})", flush=True)
+            policies[names[e]] = Adapter(art, eps=spec.eps, n_draws=spec.n_draws, seed=seed + 406)
+        feats = InteractionFeatures.from_logs(logs.context, logs.candidates, logs.valid_k())
+        s2 = max(float(logs.reward.var()), 1e-6)
+        policies["scratch"] = InteractionLinearTS(feats, np.zeros(feats.d), s2 * np.eye(feats.d), s2,
+                                                  seed=seed + 405, version="scratch", eps=spec.eps,
+                                                  n_draws=spec.n_draws)
+        played = play_world(world, policies, tasks, spec.horizon, seed, spec.windows)
+        sums = played["sums"]
+        clicks = {n: sums[n].sum(axis=1) for n in sums}
+        regret = {n: clicks["oracle"] - clicks[n] for n in policies}
+        r = lambda x: round(float(x), 3)  # noqa: E731
+        rec: dict[str, Any] = {"tasks": int(tasks.size), "horizon": spec.horizon, "training": training,
+                               "regret": {}, "regret_ci": {}, "lift": {}, "minus_no_dp_ci": {},
+                               "minus_scratch_ci": {}}
+        for n in policies:
+            m, lo, hi = mean_ci(regret[n])
+            rec["regret"][n], rec["regret_ci"][n] = r(m), [r(lo), r(hi)]
+            rec["lift"][n] = r(mean_ci(_lift(sums, n))[0])
+            if n != "scratch":
+                rec["minus_scratch_ci"][n] = [r(x) for x in mean_ci(regret[n] - regret["scratch"])[1:]]
+            if n.startswith("ours eps"):
+                rec["minus_no_dp_ci"][n] = [r(x) for x in mean_ci(regret[n] - regret[names[None]])[1:]]
+        result["worlds"][wname] = rec
+        _print_dp(wname, rec)
+    result["seconds_total"] = round(time.perf_counter() - t_start, 1)
+    print(f"\nbench adapt --dp-epsilon: {result['seconds_total']:.0f} s in all")
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _print_dp(world: str, rec: dict[str, Any]) -> None:
+    print(f"\nworld {world}: {rec['tasks']} held-out tasks x {rec['horizon']} rounds; regret in expected clicks "
+          f"per task (oracle - policy)")
+    head = (f"{'policy':<14} {'regret/task':>11} {'95% CI':>18} {'lift':>6} {'minus no-DP, paired':>22} "
+            f"{'minus scratch, paired':>22}")
+    print(head)
+    print("-" * len(head))
+    for n, v in rec["regret"].items():
+        lo, hi = rec["regret_ci"][n]
+        nd = rec["minus_no_dp_ci"].get(n)
+        sc = rec["minus_scratch_ci"].get(n)
+        fmt = lambda ci: "" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"  # noqa: E731
+        print(f"{n:<14} {v:>11.2f} {f'[{lo:.2f}, {hi:.2f}]':>18} {rec['lift'][n]:>6.3f} {fmt(nd):>22} {fmt(sc):>22}")

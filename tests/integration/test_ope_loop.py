@@ -13,6 +13,7 @@ from policy.artifact import PolicyArtifact
 from policy.logformat.reader import LogReader
 from streams.app import topics_for
 from metacart.live.ads import feedback_payload, request_payloads
+from streams.settings import settings_env
 
 from .conftest import Reader, json_values, produce, start_worker
 from .helpers import T0, market
@@ -26,7 +27,9 @@ def _env(settings) -> dict[str, str]:
     return {"METACART_KAFKA__BOOTSTRAP": k.bootstrap, "METACART_KAFKA__TOPIC_PREFIX": k.topic_prefix,
             "METACART_KAFKA__SEGMENT_PARTITIONS": str(k.segment_partitions),
             "METACART_KAFKA__USER_PARTITIONS": str(k.user_partitions),
-            "METACART_POLICY__ARTIFACT": str(settings.policy.artifact)}
+            "METACART_POLICY__ARTIFACT": str(settings.policy.artifact),
+            # the export pseudonymises user ids with the workers' key
+            **{k: v for k, v in settings_env(settings).items() if k.startswith("METACART_PRIVACY__")}}
 
 
 def _updates(settings) -> list[dict]:
