@@ -34,7 +34,7 @@ from policy.simulator.market import Market
 from streams.edge import Decoder, Source, encode_one
 from streams.events import (AdDecision, AdDecisionRecord, AdRequest, Explanation, ExplanationRecord,
                             SessionEvent)
-from streams.live import feedback_payload, request_payloads
+from metacart.live.ads import feedback_payload, request_payloads
 from streams.topics import Topics
 
 
