@@ -563,14 +563,18 @@ def bench_adapt(
 @bench.command("stream")
 def bench_stream(
     out: Optional[Path] = typer.Option(None, help="JSON output"),
-    n: int = typer.Option(30000, help="requests for the throughput run"),
-    load_rate: float = typer.Option(1000.0, help="offered load for the latency run (requests/s)"),
-    load_s: float = typer.Option(15.0, help="length of the latency run"),
+    n: Optional[int] = typer.Option(None, min=1000, help="backlog requests (default: ~25 s of the worker's calibrated speed)"),
+    load_rate: float = typer.Option(1000.0, min=1.0, help="offered load for the latency run (requests/s)"),
+    load_s: float = typer.Option(15.0, min=1.0, help="length of the latency run"),
+    baseline: bool = typer.Option(True, help="also run a worker with the settings before tuning"),
+    click_share: float = typer.Option(0.05, min=0.0, max=1.0, help="share of decisions clicked"),
 ) -> None:
-    """Worker decisions/s and request→decision latency on the real broker, against a plain-client ceiling."""
+    """Worker decisions/s on a pre-produced backlog (worker clock) and latency at a fixed load, against a
+    plain-client ceiling on the same backlog."""
     from metacart.bench.stream import run
 
-    run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s)
+    run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s, baseline=baseline,
+        click_share=click_share)
 
 
 @bench.command("retention")

@@ -102,6 +102,19 @@ class StoreSettings(BaseModel):
         5000, ge=100, description="table changes queued for the changelog before Faust pauses consuming")
 
 
+class ConsumerSettings(BaseModel):
+    """How the Faust app reads and commits (``streams.app``): what amortises its per-event cost."""
+
+    max_poll_records: int | None = Field(
+        None, ge=1, description="most records one consumer poll returns (unset: no limit, aiokafka's default)")
+    max_fetch_size_bytes: int = Field(
+        1024 ** 2, ge=64 * 1024, description="most bytes one fetch returns per partition")
+    stream_buffer_maxsize: int = Field(
+        16384, ge=1, description="events buffered per topic partition before Faust pauses fetching")
+    commit_interval_s: float = Field(1.0, gt=0, description="how often acknowledged offsets are committed")
+    commit_every: int = Field(5000, ge=1, description="commit after this many acknowledged events at the latest")
+
+
 class PolicySettings(BaseModel):
     artifact: Path = Field(Path("artifacts/ads-policy"), description="policy artifact directory")
     eps: float | None = Field(None, ge=0.0, le=1.0, description="uniform exploration mixed into Thompson "
@@ -188,6 +201,7 @@ class Settings(BaseSettings):
     ads: AdsSettings = AdsSettings()
     retention: RetentionSettings = RetentionSettings()
     privacy: PrivacySettings = PrivacySettings()
+    consumer: ConsumerSettings = ConsumerSettings()
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
     agents: str = Field("ads,retention", description="agents this worker runs: ads, retention, or both")
     web_port: int = Field(
