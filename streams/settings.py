@@ -102,8 +102,9 @@ class StoreSettings(BaseModel):
         5000, ge=100, description="table changes queued for the changelog before Faust pauses consuming")
 
 
-class ConsumerSettings(BaseModel):
-    """How the Faust app reads and commits (``streams.app``): what amortises its per-event cost."""
+class FaustSettings(BaseModel):
+    """How the Faust app reads, writes changelogs and commits (``streams.app``): what amortises its
+    per-event cost. ``metacart bench stream`` measures each against the values before tuning."""
 
     max_poll_records: int | None = Field(
         None, ge=1, description="most records one consumer poll returns (unset: no limit, aiokafka's default)")
@@ -113,6 +114,11 @@ class ConsumerSettings(BaseModel):
         16384, ge=1, description="events buffered per topic partition before Faust pauses fetching")
     commit_interval_s: float = Field(1.0, gt=0, description="how often acknowledged offsets are committed")
     commit_every: int = Field(5000, ge=1, description="commit after this many acknowledged events at the latest")
+    producer_linger_s: float = Field(
+        0.002, ge=0, description="how long Faust's producer (table changelogs) waits to fill a batch")
+    producer_max_batch_bytes: int = Field(
+        256 * 1024, ge=16 * 1024, le=900 * 1024,
+        description="largest changelog batch per partition (below aiokafka's 1 MB request limit)")
 
 
 class PolicySettings(BaseModel):
@@ -201,7 +207,7 @@ class Settings(BaseSettings):
     ads: AdsSettings = AdsSettings()
     retention: RetentionSettings = RetentionSettings()
     privacy: PrivacySettings = PrivacySettings()
-    consumer: ConsumerSettings = ConsumerSettings()
+    faust: FaustSettings = FaustSettings()
     worker_id: str = Field("metacart-worker", description="Faust app id (consumer group)")
     agents: str = Field("ads,retention", description="agents this worker runs: ads, retention, or both")
     web_port: int = Field(
