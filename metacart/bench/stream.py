@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import re
 import time
 import uuid
@@ -271,7 +272,7 @@ def _generator_loop(connection: dict, topic: str, payloads: list, rate: float, r
                 "behind_schedule_max_ms": round(float(max(behind, default=0.0)), 2)})
 
 
-def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready) -> None:
+def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready, cpu) -> None:
     """The plain loop: consume → validate (the worker's edge decoder) → produce a reply, batched polls."""
     from confluent_kafka import Consumer, Producer
 
@@ -286,10 +287,12 @@ def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready
     ready.set()
     done = 0
     idle_since = time.monotonic()
+    cpu0 = None
     while done < n and time.monotonic() - idle_since < 60:
         msgs = consumer.consume(num_messages=1000, timeout=0.1)
         if msgs:
             idle_since = time.monotonic()
+            cpu0 = time.process_time() if cpu0 is None else cpu0
         for m in msgs:
             if m.error():
                 continue
@@ -306,6 +309,7 @@ def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready
             done += 1
         producer.poll(0)
     producer.flush(30)
+    cpu.value = (time.process_time() - cpu0) / max(done, 1) if cpu0 is not None else 0.0
     consumer.close()
 
 
@@ -337,6 +341,16 @@ def _start_worker(s: Settings, log: Path, warm_n: int = 2000) -> WorkerProcess:
         worker.stop()
         raise RuntimeError(f"worker did not answer the warm-up; log:\n{worker.log_tail()}")
     return worker
+
+
+def cpu_seconds(stat_text: str, ticks_per_s: int) -> float:
+    """User + system CPU seconds of a process (all its threads) from the text of ``/proc/PID/stat``."""
+    fields = stat_text.rpartition(")")[2].split()  # the command name may hold spaces; it ends with ")"
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s  # utime, stime: fields 14 and 15 of stat
+
+
+def _cpu_of(pid: int) -> float:
+    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
 
 
 def _timed(s: Settings, worker: WorkerProcess, requests: list, stall_s: float = 30) -> float | None:
@@ -378,8 +392,10 @@ def _worker_throughput(s: Settings, worker: WorkerProcess, backlog: list, click_
     time.sleep(3.0)  # the feedback consumer joins its group
     start = _end_offsets(s, topics.ad_decisions.name)
     spy = record(worker.pid, 15, profile) if profile else None
+    cpu0 = _cpu_of(worker.pid)
     _produce(s, topics.ad_requests.name, backlog)
     got = _wait_for(s, topics.ad_decisions.name, start, len(backlog), stall_s=30, alive=worker.alive)
+    cpu = _cpu_of(worker.pid) - cpu0  # includes up to ~0.5 s idle polling after the last decision
     ts = _timestamps(s, topics.ad_decisions.name, start, got)
     time.sleep(2.0)  # the last clicks reach the worker
     if spy is not None:
@@ -388,6 +404,7 @@ def _worker_throughput(s: Settings, worker: WorkerProcess, backlog: list, click_
     feedback.join(30)
     per_s, span = rate_from_timestamps(ts)
     return {"per_s": per_s, "decided": int(ts.size), "requests": len(backlog), "span_s": round(span, 2),
+            "cpu_us_per_decision": round(cpu / max(got, 1) * 1e6, 1),
             "decisions_seen_by_feedback": int(counts[0]), "clicks_sent": int(counts[1]),
             "batch_max": s.ads.batch_max, "batch_within_s": s.ads.batch_within_s,
             "worker_counters": _scrape(worker)}
@@ -477,14 +494,16 @@ def _ceiling(s: Settings, backlog: list, tag: str) -> dict:
     _produce(s, in_topic, backlog)
     start = _end_offsets(s, out_topic)
     ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(target=_ceiling_loop, args=(client_config(s.kafka), in_topic, out_topic, len(backlog), ready))
+    ready, cpu = ctx.Event(), ctx.Value("d", 0.0)
+    proc = ctx.Process(target=_ceiling_loop, args=(client_config(s.kafka), in_topic, out_topic, len(backlog),
+                                                   ready, cpu))
     proc.start()
     got = _wait_for(s, out_topic, start, len(backlog), stall_s=30, alive=proc.is_alive)
     proc.join(60)
     ts = _timestamps(s, out_topic, start, got)
     per_s, span = rate_from_timestamps(ts)
-    return {"per_s": per_s, "answered": int(ts.size), "span_s": round(span, 2)}
+    return {"per_s": per_s, "answered": int(ts.size), "span_s": round(span, 2),
+            "cpu_us_per_message": round(cpu.value * 1e6, 1)}
 
 
 def run(settings: Settings, out: Path | None = None, n: int | None = None, load_rate: float = 1000.0,
@@ -494,6 +513,7 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
 
     console = Console()
     wait_for_broker(settings.kafka)
+    load_start = round(os.getloadavg()[0], 2)  # the box is shared: how busy it was is part of the result
     tag = uuid.uuid4().hex[:8]
     base = with_run_key(settings)  # a random pseudonym key unless one is configured
     s = _bench_settings(base, tag)
@@ -530,6 +550,7 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
             "ads.attribution_window_s": ATTRIBUTION_WINDOW_S, "click_share": click_share}
     result = result_json(worker=worker_result, latency=latency, ceiling=ceiling, baseline=base_result,
                          settings=used)
+    result["load_average_1m"] = {"start": load_start, "end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     if profile and profile.exists():
         result["profile"] = summarise(profile) | {"raw": str(profile)}
         console.print("profile (share of samples, self time by part): " + ", ".join(
@@ -553,6 +574,8 @@ def _print_table(console, result: dict, load_rate: float) -> None:
         table.add_column(col)
     table.add_row("decisions/s (backlog, worker clock)",
                   f"{w['per_s']:,.0f}  ({w['decided']:,}/{w['requests']:,} decided in {w['span_s']} s)")
+    table.add_row("worker CPU per decision", f"{w['cpu_us_per_decision']:.0f} µs (ceiling "
+                  f"{result['ceiling'].get('cpu_us_per_message', 0):.0f} µs per message)")
     if "baseline_per_s" in result:
         table.add_row("baseline (settings before tuning)", f"{result['baseline_per_s']:,.0f}  "
                       f"(x{result['speedup_vs_baseline']})")

@@ -92,3 +92,18 @@ def test_result_without_baseline_or_at_another_load():
     assert "baseline_per_s" not in out
     assert out["p99_ms_at_1000"] is None
     assert out["p99_ms"] == 12.35
+
+
+def test_cpu_seconds_reads_utime_and_stime_past_a_name_with_spaces():
+    stat = "4242 (python -m x) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 7 0 100 0 0"
+    assert stream.cpu_seconds(stat, ticks_per_s=100) == pytest.approx(3.0)
+
+
+def test_cpu_seconds_of_this_process_grows_with_work():
+    import os
+    from pathlib import Path
+
+    before = stream.cpu_seconds(Path(f"/proc/{os.getpid()}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+    sum(i * i for i in range(3_000_000))
+    after = stream.cpu_seconds(Path(f"/proc/{os.getpid()}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+    assert after > before
