@@ -136,8 +136,10 @@ class PolicySettings(BaseModel):
 class AdsSettings(BaseModel):
     attribution_window_s: float = Field(600.0, gt=0, description="event-time window for clicks/purchases")
     value_weight: float = Field(0.0, ge=0.0, description="reward = click + value_weight * purchase value")
-    batch_max: int = Field(512, ge=1, description="most requests decided in one kernel call")
-    batch_within_s: float = Field(0.005, gt=0, description="longest wait to fill a batch")
+    batch_max: int = Field(1024, ge=1, description="most requests decided in one kernel call")
+    batch_within_s: float = Field(
+        0.01, gt=0, description="longest wait to fill a batch (bench stream: 10 ms vs 5 ms, batches of ~80 "
+        "instead of ~30 at saturation, ~20 % less CPU per decision)")
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
     max_open_decisions: int = Field(
         1_000_000, ge=1, description="open attribution windows kept; beyond it the oldest close early")
