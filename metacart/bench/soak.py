@@ -14,7 +14,8 @@ Traffic (one process, paced every 20 ms):
 
 Each sample: the worker's RSS (``/proc/PID/status``), its state (bytes under its data dir, segments and
 users in memory, open decisions, from its ``/metrics``), the interval's decisions/s, request→decision
-p50/p99 (produce to consume, in this process), dead letters so far, and whether the worker is alive.
+p50/p99 (request sent to the decision record's timestamp, set by the worker's producer; ms resolution), dead
+letters so far, and whether the worker is alive.
 Samples are printed as they are taken and written to ``out`` after each one (a stopped run keeps them).
 """
 
@@ -299,11 +300,14 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
                   f"a sample every {cfg.sample_s:g} s; worker {s.worker_id} (ads + retention)")
     worker = WorkerProcess(s, data_root / f"soak-{tag}.log").start()
     producer = make_producer(s.kafka)
-    decisions = tail_consumer(s.kafka, topics.ad_decisions.name, **{"fetch.wait.max.ms": 10})
-    actions = tail_consumer(s.kafka, topics.retention_actions.name)
     samples: list[dict] = []
+    consumers: list = []
     try:
-        _wait_ready(worker)
+        _wait_ready(worker)  # topics have leaders by then: the tail consumers can read their ends
+        decisions = tail_consumer(s.kafka, topics.ad_decisions.name, **{"fetch.wait.max.ms": 10})
+        consumers.append(decisions)
+        actions = tail_consumer(s.kafka, topics.retention_actions.name)
+        consumers.append(actions)
         t0 = time.monotonic()
         traffic = _Traffic(cfg, s, time.time())
         counts = {"decided": 0, "requests": 0, "sessions": 0, "actions": 0}
@@ -318,7 +322,7 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
             while credit_ads >= 1:
                 key, value, rid = traffic.ad_request(now_wall)
                 producer.produce(topics.ad_requests.name, key=key, value=value)
-                traffic.sent_at[rid] = time.perf_counter()
+                traffic.sent_at[rid] = time.time()
                 counts["requests"] += 1
                 credit_ads -= 1
             while credit_sessions >= 1:
@@ -333,6 +337,7 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
                 sample = _take_sample(time.monotonic() - t0, worker, counts, lat, cfg.sample_s)
                 samples.append(asdict(sample))
                 console.print(sample_line(sample), soft_wrap=True)
+                console.file.flush()  # progress reaches a log file as it is taken
                 _write(out, cfg, samples)
                 counts.update(decided=0, requests=0, sessions=0)
                 lat = []
@@ -344,9 +349,12 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
             time.sleep(max(0.0, next_tick - time.monotonic()))
     finally:
         producer.flush(10)
-        decisions.close()
-        actions.close()
+        for consumer in consumers:
+            consumer.close()
         worker.stop()
+        from metacart.demo import cleanup
+
+        cleanup(s, f"soak-{tag}", [s.store.data_dir])  # the samples are the result; the state was only load
     result = _write(out, cfg, samples)
     console.print("summary: " + json.dumps(result["summary"]))
     if out:
@@ -372,7 +380,6 @@ def _wait_ready(worker: WorkerProcess, timeout_s: float = 180.0) -> None:
 
 def _read_decisions(consumer, traffic: _Traffic, producer, topics, cfg: SoakConfig, counts: dict,
                     lat: list[float]) -> None:
-    now = time.perf_counter()
     for m in consumer.consume(num_messages=5000, timeout=0):
         if m.error() is not None:
             continue
@@ -381,7 +388,9 @@ def _read_decisions(consumer, traffic: _Traffic, producer, topics, cfg: SoakConf
         if sent is None:
             continue
         counts["decided"] += 1
-        lat.append((now - sent) * 1e3)
+        # The decision record's timestamp (set by the worker's producer) minus the request's send time:
+        # the loop reads every 20 ms, so its own clock would add up to a tick to every latency.
+        lat.append(m.timestamp()[1] - sent * 1e3)
         if traffic.rng.random() < cfg.click_share:
             t = datetime.fromisoformat(d["request_time"]).timestamp() + 5.0
             key, value = feedback_payload("click", d["request_id"], d["segment"], d["ad_id"], t)

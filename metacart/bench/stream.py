@@ -552,7 +552,14 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
             w.stop()
         console.print(f"  {base_result['per_s']:,.0f} decisions/s over {base_result['span_s']} s")
     console.print("ceiling: plain confluent-kafka consume → validate → produce on the same backlog ...")
-    ceiling = _ceiling(s, backlog, tag)
+    try:
+        ceiling = _ceiling(s, backlog, tag)
+    finally:
+        from metacart.demo import cleanup
+
+        dirs = [s.store.data_dir, Path("var") / f"bench-{tag}-base"]
+        topics_gone, _ = cleanup(s, f"bench-{tag}", dirs)  # the backlogs are large: leave nothing behind
+        console.print(f"  cleaned up {topics_gone} topics and the workers' state")
     used = {"ads.batch_max": s.ads.batch_max, "ads.batch_within_s": s.ads.batch_within_s,
             **{f"faust.{k}": v for k, v in s.faust.model_dump().items()},
             "ads.attribution_window_s": ATTRIBUTION_WINDOW_S, "click_share": click_share}
