@@ -590,14 +590,36 @@ def bench_adapt(
 @bench.command("stream")
 def bench_stream(
     out: Optional[Path] = typer.Option(None, help="JSON output"),
-    n: int = typer.Option(30000, help="requests for the throughput run"),
-    load_rate: float = typer.Option(1000.0, help="offered load for the latency run (requests/s)"),
-    load_s: float = typer.Option(15.0, help="length of the latency run"),
+    n: Optional[int] = typer.Option(None, min=1000, help="backlog requests (default: ~25 s of the worker's calibrated speed)"),
+    load_rate: float = typer.Option(1000.0, min=1.0, help="offered load for the latency run (requests/s)"),
+    load_s: float = typer.Option(15.0, min=1.0, help="length of the latency run"),
+    baseline: bool = typer.Option(True, help="also run a worker with the settings before tuning"),
+    click_share: float = typer.Option(0.05, min=0.0, max=1.0, help="share of decisions clicked"),
+    profile: Optional[Path] = typer.Option(None, help="py-spy the worker on the backlog (collapsed stacks here)"),
 ) -> None:
-    """Worker decisions/s and request→decision latency on the real broker, against a plain-client ceiling."""
+    """Worker decisions/s on a pre-produced backlog (worker clock) and latency at a fixed load, against a
+    plain-client ceiling on the same backlog."""
     from metacart.bench.stream import run
 
-    run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s)
+    run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s, baseline=baseline,
+        click_share=click_share, profile=profile)
+
+
+@bench.command("soak")
+def bench_soak(
+    minutes: float = typer.Option(30.0, min=0.1, help="how long traffic runs"),
+    out: Optional[Path] = typer.Option(None, help="JSON output (rewritten after every sample)"),
+    sample_s: float = typer.Option(30.0, min=1.0, help="seconds between samples"),
+    ad_rate: float = typer.Option(300.0, min=1.0, help="ad requests per second"),
+    session_rate: float = typer.Option(100.0, min=0.0, help="retention session events per second"),
+) -> None:
+    """A worker with ads and retention under traffic where new users and segments keep arriving: RSS, state,
+    p99 latency, decisions/s and dead letters every SAMPLE_S seconds."""
+    from metacart.bench.soak import SoakConfig, ensure_artifacts, run
+
+    settings = _connected(Settings())
+    ensure_artifacts(settings)
+    run(settings, SoakConfig(minutes=minutes, sample_s=sample_s, ad_rate=ad_rate, session_rate=session_rate), out=out)
 
 
 @bench.command("edge")

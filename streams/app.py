@@ -28,7 +28,7 @@ def worker_name(settings: Settings) -> str:
 
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app (not started). Agents are installed by ``streams.agents.*.install``."""
-    kafka = settings.kafka
+    kafka, tuning = settings.kafka, settings.faust
     Path(settings.store.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         settings.worker_id,
@@ -43,11 +43,13 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=settings.web_port > 0,
         web_port=max(settings.web_port, 1),
-        producer_linger=0.002,
-        producer_max_batch_size=256 * 1024,
-        stream_buffer_maxsize=16384,
-        broker_commit_every=5000,
-        broker_commit_interval=1.0,
+        producer_linger=tuning.producer_linger_s,
+        producer_max_batch_size=tuning.producer_max_batch_bytes,
+        stream_buffer_maxsize=tuning.stream_buffer_maxsize,
+        broker_commit_every=tuning.commit_every,
+        broker_commit_interval=tuning.commit_interval_s,
+        broker_max_poll_records=tuning.max_poll_records,
+        consumer_max_fetch_size=tuning.max_fetch_size_bytes,
         table_standby_replicas=0,
         broker_session_timeout=kafka.session_timeout_s,
         broker_heartbeat_interval=kafka.heartbeat_interval_s,

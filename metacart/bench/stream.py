@@ -1,25 +1,42 @@
-"""``metacart bench stream``: one real worker on the real broker, against a plain-client ceiling.
+"""``metacart bench stream``: the worker's own speed on the real broker, against a plain-client ceiling.
 
-1. Throughput: ``n`` requests are produced at once; decisions/s = n / (time from the first produce to
-   the n-th decision read back).
-2. Latency at a fixed offered load (``load_rate`` requests/s for ``load_s`` seconds, paced in 5 ms
-   steps): milliseconds from producing each request to reading its decision (p50, p99), including
-   the Faust batch wait (``METACART_ADS__BATCH_WITHIN_S``).
-3. Ceiling: the same ``n`` messages through a plain confluent-kafka loop in its own process
-   (consume → validate with the same edge decoder → produce a reply), timed the same way.
-Worker and ceiling run one at a time, each in its own process, on the same broker.
+Everything runs in one invocation, on one broker, one process at a time:
+
+1. **Throughput.** ``n`` ad requests are produced before the clock starts (a backlog). A real worker
+   process (``metacart worker``, as the demo starts it) is warmed up on requests of its own, then reads
+   the backlog. A feedback process reads its decisions and clicks ``click_share`` of them (chosen by a
+   hash of the request id, with the decided ad), so attribution windows close, posteriors are updated
+   and written. decisions/s = (decisions - 1) / (last - first decision record timestamp): the clock is
+   the worker's producer, not the harness.
+2. **Baseline** (``--baseline``): the same measurement with a second worker running the batching and
+   consumer settings the project used before they were tuned (:data:`BASELINE_SETTINGS`), so that the
+   effect of the tuning is measured in the same run.
+3. **Latency at a fixed offered load**: a generator process produces ``load_rate`` requests/s for
+   ``load_s`` seconds, each stamped with its send time (µs) as its event time; this process reads the
+   decisions and takes consume time - request time (p50, p99). The generator reports the rate it achieved
+   and how far it fell behind its schedule, so a generator that could not keep up is visible.
+4. **Ceiling**: the same backlog through a plain confluent-kafka loop in its own process: consume →
+   validate (``streams.edge.Decoder``, the worker's edge) → produce a reply, timed from the replies'
+   record timestamps exactly as the worker is.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
+import os
+import re
 import time
 import uuid
+import zlib
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from metacart.bench.profile import record, summarise
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.kafka_io import client_config, ensure_topics, make_producer, tail_consumer, wait_for_broker
@@ -28,79 +45,235 @@ from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 from streams.topics import TopicSpec
 
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z: event times are synthetic, one request per ms
+RESULT_KEYS = ("decisions_per_s", "p50_ms", "p99_ms", "ceiling_per_s", "ratio", "p99_ms_at_1000")
+"""Keys every ``bench stream`` JSON has (the acceptance test of issue 11 reads them)."""
+
+BASELINE_SETTINGS = {"ads.batch_max": 512, "ads.batch_within_s": 0.005, "faust.max_poll_records": None,
+                     "faust.max_fetch_size_bytes": 1024 ** 2, "faust.stream_buffer_maxsize": 16384,
+                     "faust.commit_interval_s": 1.0, "faust.commit_every": 5000, "faust.producer_linger_s": 0.002,
+                     "faust.producer_max_batch_bytes": 256 * 1024}
+"""The batching and consumer settings of the worker before issue 11's tuning (the baseline run)."""
+
+ATTRIBUTION_WINDOW_S = 20.0
+"""Event-time attribution window of the benchmark's workers: with one backlog request per event-time ms,
+windows close 20,000 requests after they open, so closing and zero updates are part of the work."""
+
+_PLACEHOLDER_TIME = "1970-01-01T00:00:00+00:00"
+_REQUEST_ID = re.compile(rb'"request_id":"([^"]+)"')
 
 
-def _payloads(n: int, seed: int) -> list[tuple[bytes, bytes]]:
+# --- pure parts ------------------------------------------------------------------------------------
+
+def percentiles_ms(latencies_ms: Sequence[float]) -> tuple[float | None, float | None]:
+    """(p50, p99) of the latencies, or (None, None) when there are none (JSON has no NaN)."""
+    arr = np.asarray(latencies_ms, dtype=np.float64)
+    if arr.size == 0:
+        return None, None
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def rate_from_timestamps(timestamps_ms: Sequence[int]) -> tuple[float, float]:
+    """(messages/s, span in s) from record timestamps: (n - 1) / (last - first).
+
+    ``n`` records span ``n - 1`` inter-record gaps, so the first record starts the clock and is not
+    counted. Raises ``ValueError`` when fewer than two records or a zero span make a rate meaningless.
+    """
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
+    if ts.size < 2:
+        raise ValueError(f"a rate needs at least two records, got {ts.size}")
+    span_s = (int(ts.max()) - int(ts.min())) / 1e3
+    if span_s <= 0:
+        raise ValueError(f"{ts.size} records share one timestamp: the run was too short to time")
+    return (ts.size - 1) / span_s, span_s
+
+
+def clicked(request_id: bytes, share: float) -> bool:
+    """Whether the feedback process clicks this decision: a stable hash of the id, ``share`` of them."""
+    return zlib.crc32(request_id) % 10_000 < share * 10_000
+
+
+def result_json(*, worker: dict, latency: dict, ceiling: dict, baseline: dict | None, settings: dict) -> dict:
+    """The benchmark's JSON: :data:`RESULT_KEYS` first, then what each figure was measured on."""
+    rate = worker["per_s"]
+    out = {
+        "decisions_per_s": round(rate, 1),
+        "p50_ms": _round(latency["p50_ms"]),
+        "p99_ms": _round(latency["p99_ms"]),
+        "ceiling_per_s": round(ceiling["per_s"], 1),
+        "ratio": round(rate / ceiling["per_s"], 3) if ceiling["per_s"] > 0 else None,
+        "p99_ms_at_1000": _round(latency["p99_ms"]) if latency["offered_per_s"] == 1000 else None,
+    }
+    if baseline is not None:
+        out["baseline_per_s"] = round(baseline["per_s"], 1)
+        out["speedup_vs_baseline"] = round(rate / baseline["per_s"], 2) if baseline["per_s"] > 0 else None
+        out["baseline"] = baseline | {"what": "same code, batching and consumer settings before tuning",
+                                      "settings": BASELINE_SETTINGS}
+    out.update({"worker": worker, "latency_at_load": latency, "ceiling": ceiling, "settings": settings})
+    return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+# --- payloads --------------------------------------------------------------------------------------
+
+def _payloads(n: int, seed: int, t0: float, prefix: str, step_s: float = 1e-3,
+              pool: int = 20_000) -> list[tuple[bytes, bytes]]:
+    """``n`` ad requests of held-out segments, one per ``step_s`` of event time from ``t0``.
+
+    ``pool`` distinct requests are drawn from the simulator; beyond that they repeat with their own
+    request id and event time (spliced into the JSON, so that a large backlog is cheap to build).
+    """
     from policy.simulator.market import Market
 
     market = Market()
     rng = np.random.default_rng(seed)
-    reqs = market.sample_requests(rng.choice(market.heldout_segments, size=n), rng)
-    ids = [f"b{seed}-{i}" for i in range(n)]
-    return request_payloads(market, reqs, T0 + np.arange(n) * 1e-3, ids)
+    m = min(n, pool)
+    reqs = market.sample_requests(rng.choice(market.heldout_segments, size=m), rng)
+    base = request_payloads(market, reqs, np.zeros(m), [f"{prefix}-x{i}" for i in range(m)])
+    out = []
+    for i in range(n):
+        key, value = base[i % m]
+        t = _PLACEHOLDER_TIME if step_s == 0 else datetime.fromtimestamp(t0 + i * step_s, timezone.utc).isoformat()
+        value = value.replace(f'"{prefix}-x{i % m}"'.encode(), f'"{prefix}-{i}"'.encode(), 1)
+        out.append((key, value.replace(_PLACEHOLDER_TIME.encode(), t.encode(), 1)))
+    return out
 
 
-def _reader(settings: Settings, topic: str):
-    return tail_consumer(settings.kafka, topic, **{"fetch.wait.max.ms": 5})
-
-
-def _throughput(settings: Settings, in_topic: str, out_topic: str, payloads: list, timeout_s: float
-                ) -> tuple[float, int]:
-    """(messages/s from first produce to last reply read, replies read)."""
-    consumer = _reader(settings, out_topic)
-    producer = make_producer(settings.kafka)
-    t0 = time.perf_counter()
+def _produce(settings: Settings, topic: str, payloads: list[tuple[bytes, bytes]]) -> None:
+    producer = make_producer(settings.kafka, **{"linger.ms": 20, "batch.size": 1_000_000})
     for key, value in payloads:
-        producer.produce(in_topic, key=key, value=value)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
         producer.poll(0)
-    producer.flush(30)
-    got = 0
-    t_last = t0
-    deadline = time.monotonic() + timeout_s
-    while got < len(payloads) and time.monotonic() < deadline:
-        msgs = consumer.consume(num_messages=10000, timeout=0.2)
-        ok = sum(1 for m in msgs if m.error() is None)
-        if ok:
-            got += ok
-            t_last = time.perf_counter()
+    left = producer.flush(60)
+    if left:
+        raise RuntimeError(f"{left} backlog messages not delivered to {topic}")
+
+
+def _end_offsets(settings: Settings, topic: str, attempts: int = 20) -> dict[int, int]:
+    """End offset of every partition of ``topic`` (retried while a new topic's leaders are elected)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(client_config(settings.kafka) | {"group.id": f"bench-offsets-{uuid.uuid4().hex[:6]}"})
+    try:
+        for attempt in range(attempts):
+            try:
+                parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+            except KafkaException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+    finally:
+        consumer.close()
+
+
+def _wait_for(settings: Settings, topic: str, start: dict[int, int], n: int, stall_s: float,
+              alive=lambda: True) -> int:
+    """Wait until ``n`` records were appended to ``topic`` after ``start`` (or none came for ``stall_s``)."""
+    got, last_change, last_got = 0, time.monotonic(), -1
+    while got < n and time.monotonic() - last_change < stall_s and alive():
+        time.sleep(0.5)
+        end = _end_offsets(settings, topic)
+        got = sum(end[p] - start.get(p, 0) for p in end)
+        if got != last_got:
+            last_got, last_change = got, time.monotonic()
+    return got
+
+
+def _timestamps(settings: Settings, topic: str, start: dict[int, int], n: int) -> np.ndarray:
+    """Record timestamps (ms) of the ``n`` records after ``start`` on ``topic``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(client_config(settings.kafka) | {"group.id": f"bench-ts-{uuid.uuid4().hex[:6]}",
+                                                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
+    out: list[int] = []
+    idle = time.monotonic()
+    while len(out) < n and time.monotonic() - idle < 10:
+        msgs = consumer.consume(num_messages=10000, timeout=0.5)
+        if msgs:
+            idle = time.monotonic()
+        out.extend(m.timestamp()[1] for m in msgs if m.error() is None)
     consumer.close()
-    return got / max(t_last - t0, 1e-9), got
+    return np.array(out, dtype=np.int64)
 
 
-def _latency(settings: Settings, rate: float, seconds: float, seed: int = 1) -> dict:
-    topics = topics_for(settings)
-    payloads = _payloads(int(rate * seconds), seed)
-    consumer = _reader(settings, topics.ad_decisions.name)
-    producer = make_producer(settings.kafka, **{"linger.ms": 0})
-    sent_at: dict[str, float] = {}
-    lat: list[float] = []
-    n = min(len(payloads), int(rate * seconds))
-    step = 0.005
+# --- child processes -------------------------------------------------------------------------------
+
+def _feedback_loop(connection: dict, decisions: str, feedback: str, share: float, delay_s: float,
+                   stop, counts) -> None:
+    """Click ``share`` of the decisions read (decided ad, event time = request time + ``delay_s``)."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer(connection | {"group.id": f"bench-feedback-{uuid.uuid4().hex[:6]}",
+                                      "auto.offset.reset": "latest", "fetch.wait.max.ms": 20})
+    producer = Producer(connection | {"linger.ms": 5})
+    consumer.subscribe([decisions])
+    seen = sent = 0
+    while not stop.is_set():
+        msgs = consumer.consume(num_messages=5000, timeout=0.1)
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            seen += 1
+            rid = _REQUEST_ID.search(m.value())
+            if rid is None or not clicked(rid.group(1), share):
+                continue
+            d = json.loads(m.value())
+            t = datetime.fromisoformat(d["request_time"]).timestamp() + delay_s
+            body = {"schema_version": 1, "type": "click", "request_id": d["request_id"], "segment": d["segment"],
+                    "ad_id": d["ad_id"], "event_time": datetime.fromtimestamp(t, timezone.utc).isoformat()}
+            producer.produce(feedback, key=m.key(), value=json.dumps(body, separators=(",", ":")).encode())
+            sent += 1
+        producer.poll(0)
+        counts[0], counts[1] = seen, sent
+    producer.flush(10)
+    consumer.close()
+    counts[0], counts[1] = seen, sent
+
+
+def _generator_loop(connection: dict, topic: str, payloads: list, rate: float, ready, go, report) -> None:
+    """Produce ``payloads`` at ``rate``/s, each stamped with its send time; report the achieved pace."""
+    from confluent_kafka import Producer
+
+    producer = Producer(connection | {"linger.ms": 0})
+    ready.set()
+    go.wait(120)
+    n = len(payloads)
+    behind: list[float] = []
     t_start = time.perf_counter()
+    first = last = None
     i = 0
-    while i < n or (len(lat) < n and time.perf_counter() - t_start < seconds + 10):
+    while i < n:
         now = time.perf_counter()
-        due = min(n, int((now - t_start) * rate))
+        due = min(n, int((now - t_start) * rate) + 1)
+        if due > i:
+            behind.append((now - (t_start + (due - 1) / rate)) * 1e3)
         while i < due:
             key, value = payloads[i]
-            producer.produce(topics.ad_requests.name, key=key, value=value)
-            sent_at[f"b{seed}-{i}"] = time.perf_counter()
+            stamp = datetime.now(timezone.utc).isoformat()
+            producer.produce(topic, key=key, value=value.replace(_PLACEHOLDER_TIME.encode(), stamp.encode(), 1))
+            last = time.perf_counter()
+            first = first or last
             i += 1
         producer.poll(0)
-        for m in consumer.consume(num_messages=1000, timeout=step):
-            if m.error() is None:
-                t = sent_at.pop(json.loads(m.value())["request_id"], None)
-                if t is not None:
-                    lat.append((time.perf_counter() - t) * 1e3)
-    consumer.close()
-    arr = np.array(lat) if lat else np.array([np.nan])
-    return {"offered_per_s": rate, "requests": n, "answered": len(lat),
-            "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+        time.sleep(max(0.0, t_start + i / rate - time.perf_counter()))
+    producer.flush(30)
+    report.put({"sent": n, "achieved_per_s": round((n - 1) / max(last - first, 1e-9), 1),
+                "behind_schedule_p99_ms": round(float(np.percentile(behind, 99)), 2) if behind else 0.0,
+                "behind_schedule_max_ms": round(float(max(behind, default=0.0)), 2)})
 
 
-def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready) -> None:
-    """The plain loop: consume → validate (the edge's AdRequest decoder) → produce a reply, batched polls."""
+def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready, cpu) -> None:
+    """The plain loop: consume → validate (the worker's edge decoder) → produce a reply, batched polls."""
     from confluent_kafka import Consumer, Producer
 
     from streams.edge import Decoder, Source
@@ -108,16 +281,18 @@ def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready
 
     decoder = Decoder(AdRequest)
     consumer = Consumer(connection | {"group.id": f"ceiling-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
+                                      "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
     producer = Producer(connection | {"linger.ms": 2, "partitioner": "murmur2_random"})
     consumer.subscribe([in_topic])
     ready.set()
     done = 0
     idle_since = time.monotonic()
-    while done < n and time.monotonic() - idle_since < 30:
+    cpu0 = None
+    while done < n and time.monotonic() - idle_since < 60:
         msgs = consumer.consume(num_messages=1000, timeout=0.1)
         if msgs:
             idle_since = time.monotonic()
+            cpu0 = time.process_time() if cpu0 is None else cpu0
         for m in msgs:
             if m.error():
                 continue
@@ -125,93 +300,309 @@ def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready
             if isinstance(event, DeadLetter):
                 continue
             reply = {"request_id": event.request_id, "ad_id": event.candidates[0].ad_id}
-            producer.produce(out_topic, key=m.key(), value=json.dumps(reply).encode())
+            while True:
+                try:
+                    producer.produce(out_topic, key=m.key(), value=json.dumps(reply).encode())
+                    break
+                except BufferError:
+                    producer.poll(0.01)
             done += 1
         producer.poll(0)
     producer.flush(30)
+    cpu.value = (time.process_time() - cpu0) / max(done, 1) if cpu0 is not None else 0.0
     consumer.close()
 
 
-def _start_worker(settings: Settings, log: Path) -> WorkerProcess:
-    from metacart.demo import ensure_artifact
+# --- phases ----------------------------------------------------------------------------------------
 
-    ensure_artifact(settings.policy.artifact)
-    worker = WorkerProcess(settings, log).start()
-    topics = topics_for(settings)
-    warm = _payloads(200, seed=99)
-    rate, got = _throughput(settings, topics.ad_requests.name, topics.ad_decisions.name, warm, 180)
-    if got < len(warm):
-        worker.stop()
-        raise RuntimeError(f"worker did not answer the warm-up ({got}/{len(warm)}); log:\n{worker.log_tail()}")
-    return worker
-
-
-def run(settings: Settings, out: Path | None = None, n: int = 30000, load_rate: float = 1000.0,
-        load_s: float = 15.0) -> dict:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    wait_for_broker(settings.kafka)
-    tag = uuid.uuid4().hex[:8]
-    s = with_run_key(settings)  # a random pseudonym key unless one is configured
-    s = s.model_copy(deep=True)
+def _bench_settings(settings: Settings, tag: str, overrides: dict | None = None) -> Settings:
+    s = settings.model_copy(deep=True)
     s.kafka.topic_prefix = f"bench-{tag}"
     s.worker_id = f"bench-{tag}"
     s.store.data_dir = Path("var") / f"bench-{tag}"
+    s.agents = "ads"
+    s.ads.attribution_window_s = ATTRIBUTION_WINDOW_S
+    for dotted, value in (overrides or {}).items():
+        group, name = dotted.split(".")
+        setattr(getattr(s, group), name, value)
+    return s
+
+
+def _start_worker(s: Settings, log: Path, warm_n: int = 2000) -> WorkerProcess:
+    """A worker process that has answered ``warm_n`` requests of its own (kernels compiled, tables open)."""
+    from metacart.demo import ensure_artifact
+
+    ensure_artifact(s.policy.artifact)
     topics = topics_for(s)
     ensure_topics(s.kafka, topics.all())
-    payloads = _payloads(n, seed=0)
+    worker = WorkerProcess(s, log).start()
+    rate = _timed(s, worker, _payloads(warm_n, 99, time.time() - 3600.0, "warm"), stall_s=120)
+    if rate is None:
+        worker.stop()
+        raise RuntimeError(f"worker did not answer the warm-up; log:\n{worker.log_tail()}")
+    return worker
 
+
+def cpu_seconds(stat_text: str, ticks_per_s: int) -> float:
+    """User + system CPU seconds of a process (all its threads) from the text of ``/proc/PID/stat``."""
+    fields = stat_text.rpartition(")")[2].split()  # the command name may hold spaces; it ends with ")"
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s  # utime, stime: fields 14 and 15 of stat
+
+
+def _cpu_of(pid: int) -> float:
+    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+
+
+def _timed(s: Settings, worker: WorkerProcess, requests: list, stall_s: float = 30) -> float | None:
+    """Decisions/s (worker clock) on ``requests`` produced at once; None when not all were answered."""
+    topics = topics_for(s)
+    start = _end_offsets(s, topics.ad_decisions.name)
+    _produce(s, topics.ad_requests.name, requests)
+    got = _wait_for(s, topics.ad_decisions.name, start, len(requests), stall_s=stall_s, alive=worker.alive)
+    if got < len(requests):
+        return None
+    return rate_from_timestamps(_timestamps(s, topics.ad_decisions.name, start, got))[0]
+
+
+def _calibrate(s: Settings, worker: WorkerProcess, n: int = 10_000) -> float:
+    """The worker's decisions/s on a small backlog, to size the measured one."""
+    rate = _timed(s, worker, _payloads(n, 98, time.time() - 3000.0, "cal"))
+    if rate is None:
+        raise RuntimeError(f"worker did not answer the calibration backlog; log:\n{worker.log_tail()}")
+    return rate
+
+
+def backlog_size(rate_per_s: float, seconds: float = 25.0, lo: int = 20_000, hi: int = 1_000_000) -> int:
+    """Requests that keep a worker of ``rate_per_s`` busy for ``seconds`` (within [lo, hi])."""
+    return int(min(max(rate_per_s * seconds, lo), hi))
+
+
+def _worker_throughput(s: Settings, worker: WorkerProcess, backlog: list, click_share: float,
+                       profile: Path | None = None) -> dict:
+    """Decisions/s of a running worker on ``backlog``, with clicks fed back (see the module docstring).
+
+    With ``profile``, py-spy samples the worker for the first 15 s of the backlog (collapsed stacks there).
+    """
+    topics = topics_for(s)
+    ctx = multiprocessing.get_context("spawn")
+    stop, counts = ctx.Event(), ctx.Array("q", 2)
+    feedback = ctx.Process(target=_feedback_loop, args=(
+        client_config(s.kafka), topics.ad_decisions.name, topics.ad_feedback.name, click_share, 0.5, stop, counts))
+    feedback.start()
+    time.sleep(3.0)  # the feedback consumer joins its group
+    start = _end_offsets(s, topics.ad_decisions.name)
+    spy = record(worker.pid, 15, profile) if profile else None
+    cpu0 = _cpu_of(worker.pid)
+    _produce(s, topics.ad_requests.name, backlog)
+    got = _wait_for(s, topics.ad_decisions.name, start, len(backlog), stall_s=30, alive=worker.alive)
+    cpu = _cpu_of(worker.pid) - cpu0  # includes up to ~0.5 s idle polling after the last decision
+    ts = _timestamps(s, topics.ad_decisions.name, start, got)
+    time.sleep(2.0)  # the last clicks reach the worker
+    if spy is not None:
+        spy.wait(60)
+    stop.set()
+    feedback.join(30)
+    per_s, span = rate_from_timestamps(ts)
+    return {"per_s": per_s, "decided": int(ts.size), "requests": len(backlog), "span_s": round(span, 2),
+            "cpu_us_per_decision": round(cpu / max(got, 1) * 1e6, 1),
+            "decisions_seen_by_feedback": int(counts[0]), "clicks_sent": int(counts[1]),
+            "batch_max": s.ads.batch_max, "batch_within_s": s.ads.batch_within_s,
+            "worker_counters": _scrape(worker)}
+
+
+def _scrape(worker: WorkerProcess) -> dict:
+    """The worker's engine counters from its ``/metrics`` page (empty when it does not answer)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(worker.url + "/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "metacart_engine_counter":
+                out[sample.labels["name"]] = sample.value
+            elif sample.name in ("metacart_state_bytes", "metacart_segments_in_state", "metacart_open_decisions"):
+                out[sample.name] = sample.value
+    return {k: out[k] for k in sorted(out) if k in _REPORTED or k.startswith("metacart_")}
+
+
+_REPORTED = ("decisions", "updates", "clicks_applied", "clicks_late_or_unknown", "zero_updates", "batches",
+             "batch_events", "engine_s", "dead_letters")
+
+
+def _settle(s: Settings, worker: WorkerProcess) -> None:
+    """Move every partition's event time to now and wait for the windows this closes to be done.
+
+    The backlog's event times lie minutes in the past; the latency run's are the wall clock. Without this,
+    its first requests would pay for closing every window the backlog left open (a one-off of the benchmark,
+    not of production traffic, whose event time does not jump).
+    """
+    if _timed(s, worker, _payloads(400, 3, time.time() - 1.0, "settle", step_s=1e-6), stall_s=120) is None:
+        raise RuntimeError(f"worker did not answer after the backlog; log:\n{worker.log_tail()}")
+    time.sleep(2.0)
+
+
+def _latency(s: Settings, rate: float, seconds: float, warm_s: float = 5.0) -> dict:
+    """Request → decision latency at ``rate``/s for ``seconds``, after ``warm_s`` at the same rate.
+
+    The warm-up lets the worker settle after the backlog (its open windows close when event time jumps
+    to the wall clock); its requests (ids ``lw-…``) are not measured.
+    """
+    topics = topics_for(s)
+    n = int(rate * seconds)
+    payloads = _payloads(int(rate * warm_s), 2, 0.0, "lw", step_s=0.0) + _payloads(n, 1, 0.0, "load", step_s=0.0)
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, report = ctx.Event(), ctx.Event(), ctx.Queue()
+    gen = ctx.Process(target=_generator_loop, args=(
+        client_config(s.kafka), topics.ad_requests.name, payloads, rate, ready, go, report))
+    gen.start()
+    consumer = tail_consumer(s.kafka, topics.ad_decisions.name, **{"fetch.wait.max.ms": 5})
+    ready.wait(60)
+    go.set()
+    lat: list[float] = []
+    to_decided: list[float] = []  # request time -> the worker's decided_at: the part before the engine's clock
+    to_record: list[float] = []  # decided_at -> the decision record's timestamp (handed to its producer)
+    deadline = time.monotonic() + warm_s + seconds + 20
+    while len(lat) < n and time.monotonic() < deadline:
+        # One message per poll: consume(num_messages=...) would hold what came until the batch or its
+        # timeout fills, adding that wait to every latency.
+        m = consumer.poll(0.05)
+        for m in ([m] if m is not None else []):
+            if m.error() is None and b'"load-' in m.value():
+                now = time.time()
+                d = json.loads(m.value())
+                t_req = datetime.fromisoformat(d["request_time"]).timestamp()
+                lat.append((now - t_req) * 1e3)
+                t_decided = datetime.fromisoformat(d["decided_at"]).timestamp()
+                to_decided.append((t_decided - t_req) * 1e3)
+                to_record.append(m.timestamp()[1] - t_decided * 1e3)
+    consumer.close()
+    gen.join(30)
+    generator = report.get(timeout=10) if not report.empty() else {}
+    p50, p99 = percentiles_ms(lat)
+    steady = lat[len(lat) // 10:]
+    p50s, p99s = percentiles_ms(steady)
+    return {"offered_per_s": rate, "requests": n, "answered": len(lat), "warm_up_s": warm_s, "p50_ms": p50, "p99_ms": p99,
+            "p50_ms_after_first_10pct": p50s, "p99_ms_after_first_10pct": p99s,
+            "request_to_decided_at_p50_ms": percentiles_ms(to_decided)[0],
+            "request_to_decided_at_p99_ms": percentiles_ms(to_decided)[1],
+            "decided_at_to_record_p50_ms": percentiles_ms(to_record)[0],
+            "decided_at_to_record_p99_ms": percentiles_ms(to_record)[1], "generator": generator}
+
+
+def _ceiling(s: Settings, backlog: list, tag: str) -> dict:
+    in_topic, out_topic = f"bench-{tag}.ceiling-in", f"bench-{tag}.ceiling-out"
+    parts = topics_for(s).ad_requests.partitions
+    ensure_topics(s.kafka, [TopicSpec(in_topic, "segment", parts, bytes, "ceiling input"),
+                            TopicSpec(out_topic, "segment", parts, bytes, "ceiling output")])
+    _produce(s, in_topic, backlog)
+    start = _end_offsets(s, out_topic)
+    ctx = multiprocessing.get_context("spawn")
+    ready, cpu = ctx.Event(), ctx.Value("d", 0.0)
+    proc = ctx.Process(target=_ceiling_loop, args=(client_config(s.kafka), in_topic, out_topic, len(backlog),
+                                                   ready, cpu))
+    proc.start()
+    got = _wait_for(s, out_topic, start, len(backlog), stall_s=30, alive=proc.is_alive)
+    proc.join(60)
+    ts = _timestamps(s, out_topic, start, got)
+    per_s, span = rate_from_timestamps(ts)
+    return {"per_s": per_s, "answered": int(ts.size), "span_s": round(span, 2),
+            "cpu_us_per_message": round(cpu.value * 1e6, 1)}
+
+
+def run(settings: Settings, out: Path | None = None, n: int | None = None, load_rate: float = 1000.0,
+        load_s: float = 15.0, baseline: bool = True, click_share: float = 0.05, profile: Path | None = None) -> dict:
+    """Run the benchmark; ``n`` None sizes the backlog to ~25 s of the worker's calibrated speed."""
+    from rich.console import Console
+
+    console = Console()
+    wait_for_broker(settings.kafka)
+    load_start = round(os.getloadavg()[0], 2)  # the box is shared: how busy it was is part of the result
+    tag = uuid.uuid4().hex[:8]
+    base = with_run_key(settings)  # a random pseudonym key unless one is configured
+    s = _bench_settings(base, tag)
     console.print(f"[bold]bench stream[/]: starting a worker ({s.worker_id}) ...")
     worker = _start_worker(s, Path("var") / f"bench-{tag}.log")
     try:
-        console.print(f"throughput: {n} requests ...")
-        rate, got = _throughput(s, topics.ad_requests.name, topics.ad_decisions.name, payloads, 300)
+        calibrated = _calibrate(s, worker)
+        n = n or backlog_size(calibrated)
+        console.print(f"  calibration: {calibrated:,.0f} decisions/s → backlog of {n:,} requests")
+        backlog = _payloads(n, 0, time.time() - n * 1e-3 - 600.0, f"b{tag}")
+        console.print("worker on the backlog, clicks fed back ...")
+        worker_result = _worker_throughput(s, worker, backlog, click_share, profile)
+        worker_result["calibration_per_s"] = round(calibrated, 1)
+        console.print(f"  {worker_result['per_s']:,.0f} decisions/s over {worker_result['span_s']} s")
+        _settle(s, worker)
         console.print(f"latency at {load_rate:.0f} requests/s for {load_s:.0f}s ...")
         latency = _latency(s, load_rate, load_s)
     finally:
         worker.stop()
+    base_result = None
+    if baseline:
+        sb = _bench_settings(base, f"{tag}-base", BASELINE_SETTINGS)
+        console.print("baseline worker (settings before tuning) on the same backlog ...")
+        w = _start_worker(sb, Path("var") / f"bench-{tag}-base.log")
+        try:
+            base_result = _worker_throughput(sb, w, backlog, click_share)
+        finally:
+            w.stop()
+        console.print(f"  {base_result['per_s']:,.0f} decisions/s over {base_result['span_s']} s")
+    console.print("ceiling: plain confluent-kafka consume → validate → produce on the same backlog ...")
+    try:
+        ceiling = _ceiling(s, backlog, tag)
+    finally:
+        from metacart.demo import cleanup
 
-    console.print("ceiling: plain confluent-kafka consume → validate → produce ...")
-    in_topic, out_topic = f"bench-{tag}.ceiling-in", f"bench-{tag}.ceiling-out"
-    parts = topics.ad_requests.partitions
-    ensure_topics(s.kafka, [TopicSpec(in_topic, "segment", parts, bytes, "ceiling input"),
-                            TopicSpec(out_topic, "segment", parts, bytes, "ceiling output")])
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(
-        target=_ceiling_loop, args=(client_config(s.kafka), in_topic, out_topic, n, ready))
-    proc.start()
-    ready.wait(60)
-    time.sleep(3.0)  # let the ceiling consumer join its group before the clock starts
-    ceiling, ceiling_got = _throughput(s, in_topic, out_topic, payloads, 300)
-    proc.join(60)
-
-    result = {
-        "decisions_per_s": round(rate, 1),
-        "decided": got,
-        "requests": n,
-        "p50_ms": round(latency["p50_ms"], 2),
-        "p99_ms": round(latency["p99_ms"], 2),
-        "latency_at_load": latency,
-        "ceiling_per_s": round(ceiling, 1),
-        "ceiling_answered": ceiling_got,
-        "ratio": round(rate / ceiling, 3) if ceiling else None,
-        "batch_max": s.ads.batch_max,
-        "batch_within_s": s.ads.batch_within_s,
-    }
-    table = Table(title="metacart bench stream (one worker process, local broker)")
-    for col in ("metric", "value"):
-        table.add_column(col)
-    table.add_row("decisions/s (saturated)", f"{rate:,.0f}  ({got}/{n} decided)")
-    table.add_row(f"p50 / p99 latency at {load_rate:.0f}/s", f"{latency['p50_ms']:.1f} / {latency['p99_ms']:.1f} ms "
-                  f"({latency['answered']}/{latency['requests']} answered)")
-    table.add_row("ceiling (plain client loop)", f"{ceiling:,.0f} msg/s")
-    table.add_row("ratio worker / ceiling", f"{result['ratio']}")
-    console.print(table)
+        dirs = [s.store.data_dir, Path("var") / f"bench-{tag}-base"]
+        topics_gone, _ = cleanup(s, f"bench-{tag}", dirs)  # the backlogs are large: leave nothing behind
+        console.print(f"  cleaned up {topics_gone} topics and the workers' state")
+    used = {"ads.batch_max": s.ads.batch_max, "ads.batch_within_s": s.ads.batch_within_s,
+            **{f"faust.{k}": v for k, v in s.faust.model_dump().items()},
+            "ads.attribution_window_s": ATTRIBUTION_WINDOW_S, "click_share": click_share}
+    result = result_json(worker=worker_result, latency=latency, ceiling=ceiling, baseline=base_result,
+                         settings=used)
+    result["load_average_1m"] = {"start": load_start, "end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+    if profile and profile.exists():
+        result["profile"] = summarise(profile) | {"raw": str(profile)}
+        console.print("profile (share of samples, self time by part): " + ", ".join(
+            f"{k} {v:.0%}" for k, v in result["profile"]["self_time_by_part"].items()))
+    if worker_result["span_s"] < 20:
+        console.print(f"[yellow]note: the backlog took {worker_result['span_s']} s (< 20 s); raise --n[/]")
+    _print_table(console, result, load_rate)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {out}")
     return result
+
+
+def _print_table(console, result: dict, load_rate: float) -> None:
+    from rich.table import Table
+
+    w, lat, gen = result["worker"], result["latency_at_load"], result["latency_at_load"].get("generator", {})
+    table = Table(title="metacart bench stream (one worker process, local broker)")
+    for col in ("metric", "value"):
+        table.add_column(col)
+    table.add_row("decisions/s (backlog, worker clock)",
+                  f"{w['per_s']:,.0f}  ({w['decided']:,}/{w['requests']:,} decided in {w['span_s']} s)")
+    table.add_row("worker CPU per decision", f"{w['cpu_us_per_decision']:.0f} µs (ceiling "
+                  f"{result['ceiling'].get('cpu_us_per_message', 0):.0f} µs per message)")
+    if "baseline_per_s" in result:
+        table.add_row("baseline (settings before tuning)", f"{result['baseline_per_s']:,.0f}  "
+                      f"(x{result['speedup_vs_baseline']})")
+    fmt = (lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}")
+    table.add_row(f"p50 / p99 latency at {load_rate:.0f}/s", f"{fmt(lat['p50_ms'])} / {fmt(lat['p99_ms'])} ms "
+                  f"({lat['answered']}/{lat['requests']} answered)")
+    table.add_row("generator achieved", f"{gen.get('achieved_per_s', 0):,.0f}/s, p99 "
+                  f"{gen.get('behind_schedule_p99_ms', 0)} ms behind schedule")
+    table.add_row("ceiling (plain client loop)", f"{result['ceiling_per_s']:,.0f} msg/s")
+    table.add_row("ratio worker / ceiling", f"{result['ratio']}")
+    c = w.get("worker_counters", {})
+    table.add_row("worker: clicks applied / late, zero updates",
+                  f"{c.get('clicks_applied', 0):,.0f} / {c.get('clicks_late_or_unknown', 0):,.0f}, "
+                  f"{c.get('zero_updates', 0):,.0f}")
+    console.print(table)

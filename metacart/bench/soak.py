@@ -1,0 +1,405 @@
+"""``metacart bench soak --minutes N``: one worker (ads and retention agents) under steady traffic in which
+new users and new segments keep arriving; every ``sample_s`` a sample of what would grow if it leaked.
+
+Traffic (one process, paced every 20 ms):
+
+- ad requests at ``ad_rate``/s; every ``segment_every_s`` a new generation of the held-out segments
+  (``m05-c12.g7``) starts, and each request picks a generation uniformly among those so far, so the
+  number of segments grows throughout; every request has a new user id. ``click_share`` of the decisions
+  read back are clicked (with the decided ad). Ad event time runs ``ad_speed`` × the wall clock, so
+  attribution windows close as the run goes;
+- session events at ``session_rate``/s, half from brand-new users, half from users of the last
+  ``recent_users`` (a purchase one time in ten); retention event time runs ``retention_speed`` × the wall
+  clock (a simulated day every 30 s by default), so reviews, budget periods and idle eviction happen.
+
+Each sample: the worker's RSS (``/proc/PID/status``), its state (bytes under its data dir, segments and
+users in memory, open decisions, from its ``/metrics``), the interval's decisions/s, request→decision
+p50/p99 (request sent to the decision record's timestamp, set by the worker's producer; ms resolution), dead
+letters so far, and whether the worker is alive.
+Samples are printed as they are taken and written to ``out`` after each one (a stopped run keeps them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from metacart.bench.stream import percentiles_ms
+from metacart.processes import WorkerProcess
+from streams.app import topics_for
+from streams.kafka_io import ensure_topics, make_producer, tail_consumer, wait_for_broker
+from metacart.live.ads import feedback_payload, request_payloads
+from streams.pseudonyms import with_run_key
+from streams.settings import Settings
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    minutes: float = 30.0
+    """How long traffic runs."""
+    sample_s: float = 30.0
+    """Seconds between samples."""
+    ad_rate: float = 300.0
+    """Ad requests per second."""
+    session_rate: float = 100.0
+    """Session events per second."""
+    click_share: float = 0.05
+    """Share of decisions clicked."""
+    segment_every_s: float = 10.0
+    """A new generation of segments starts this often (wall clock)."""
+    recent_users: int = 5000
+    """Returning session users are drawn from this many most recent users."""
+    ad_speed: float = 60.0
+    """Ad event-time seconds per wall-clock second."""
+    retention_speed: float = DAY_S / 30.0
+    """Retention event-time seconds per wall-clock second."""
+    idle_horizon_days: float = 5.0
+    """The worker evicts retention users idle this long (event time), so state has a bound to keep."""
+
+
+@dataclass
+class Sample:
+    """One sample of the worker (see the module docstring)."""
+
+    t_s: float
+    alive: bool
+    rss_mb: float | None
+    state_mb: float | None
+    segments_ads: int | None
+    segments_retention: int | None
+    users_retention: int | None
+    open_decisions: int | None
+    decisions_per_s: float
+    requests_per_s: float
+    sessions_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    answered: int
+    dead_letters: int | None
+    retention_actions: int
+    load_average_1m: float
+
+
+# --- pure parts ------------------------------------------------------------------------------------
+
+def rss_mb(status_text: str) -> float | None:
+    """Resident set size in MB from the text of ``/proc/PID/status`` (None when it has no ``VmRSS``)."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            return int(parts[1]) * 1024 / 1e6 if parts[2].lower() == "kb" else int(parts[1]) / 1e6
+    return None
+
+
+def metrics_values(text: str) -> dict[str, float]:
+    """The worker's gauges and counters a sample needs, from its Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"dead_letters": 0.0}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            agent = s.labels.get("agent", "")
+            if s.name == "metacart_state_bytes":
+                out["state_bytes"] = s.value
+            elif s.name == "metacart_segments_in_state":
+                out[f"segments_{agent}"] = s.value
+            elif s.name == "metacart_users_in_state":
+                out["users_retention"] = s.value
+            elif s.name == "metacart_open_decisions":
+                out["open_decisions"] = out.get("open_decisions", 0.0) + s.value
+            elif s.name == "metacart_dead_letters_total":
+                out["dead_letters"] += s.value
+    return out
+
+
+def summary(samples: list[dict], warm_up_samples: int = 1) -> dict:
+    """What a reader checks first: alive throughout, RSS and p99 after warm-up (first, last, max), growth."""
+    if not samples:
+        return {"samples": 0}
+    steady = samples[warm_up_samples:] or samples
+
+    def series(key: str) -> list[float]:
+        return [s[key] for s in steady if s.get(key) is not None]
+
+    rss, p99 = series("rss_mb"), series("p99_ms")
+    return {
+        "samples": len(samples),
+        "alive_throughout": all(s["alive"] for s in samples),
+        "rss_mb_first_after_warm_up": rss[0] if rss else None,
+        "rss_mb_last": rss[-1] if rss else None,
+        "rss_mb_max": max(rss) if rss else None,
+        "rss_growth_mb_per_min": _slope_per_min(steady, "rss_mb"),
+        "p99_ms_max_after_warm_up": max(p99) if p99 else None,
+        "p99_ms_median_after_warm_up": float(np.median(p99)) if p99 else None,
+        "segments_ads_last": samples[-1].get("segments_ads"),
+        "users_retention_last": samples[-1].get("users_retention"),
+        "state_mb_last": samples[-1].get("state_mb"),
+        "dead_letters_last": samples[-1].get("dead_letters"),
+    }
+
+
+def _slope_per_min(samples: list[dict], key: str) -> float | None:
+    pts = [(s["t_s"], s[key]) for s in samples if s.get(key) is not None]
+    if len(pts) < 2:
+        return None
+    t, y = np.array(pts).T
+    return round(float(np.polyfit(t / 60.0, y, 1)[0]), 3)
+
+
+def segment_name(base: str, generation: int) -> str:
+    return f"{base}.g{generation}"
+
+
+# --- traffic ---------------------------------------------------------------------------------------
+
+class _Traffic:
+    """Builds ad requests and session events; keeps what is needed to answer and time them."""
+
+    def __init__(self, cfg: SoakConfig, settings: Settings, t0_wall: float) -> None:
+        from policy.retention.artifacts import load_artifacts
+        from policy.simulator.market import Market
+        from policy.simulator.retention import draw_segments
+
+        self.cfg = cfg
+        self.rng = random.Random(0)
+        self.t0_wall = t0_wall
+        self.run = uuid.uuid4().hex[:6]
+        market = Market()
+        gen = np.random.default_rng(0)
+        reqs = market.sample_requests(gen.choice(market.heldout_segments, size=2000), gen)
+        self.ad_pool = [json.loads(v) for _, v in request_payloads(market, reqs, np.zeros(2000),
+                                                                     [f"p{i}" for i in range(2000)])]
+        spec = load_artifacts(settings.retention.artifact).world
+        names, _ = draw_segments(int(spec["n_markets"]), int(spec["n_cohorts"]), seed=int(spec["seed"]))
+        self.retention_bases = [names[i] for i in spec["heldout_index"]]
+        self.n_requests = self.n_sessions = self.n_users = 0
+        self.sent_at: dict[str, float] = {}
+
+    def generation(self, now: float) -> int:
+        return int((now - self.t0_wall) / self.cfg.segment_every_s)
+
+    def ad_request(self, now: float) -> tuple[bytes, bytes, str]:
+        body = dict(self.rng.choice(self.ad_pool))
+        rid = f"{self.run}-r{self.n_requests}"
+        self.n_requests += 1
+        body["request_id"], body["user_id"] = rid, f"{self.run}-a{self.n_requests}"
+        body["segment"] = segment_name(body["segment"], self.rng.randint(0, self.generation(now)))
+        t = self.t0_wall + (now - self.t0_wall) * self.cfg.ad_speed
+        body["event_time"] = datetime.fromtimestamp(t, timezone.utc).isoformat()
+        return body["segment"].encode(), json.dumps(body, separators=(",", ":")).encode(), rid
+
+    def session(self, now: float) -> tuple[bytes, bytes]:
+        if self.n_users == 0 or self.rng.random() < 0.5:
+            self.n_users += 1
+            user = self.n_users
+        else:
+            user = self.rng.randint(max(1, self.n_users - self.cfg.recent_users), self.n_users)
+        uid = f"{self.run}-s{user}"
+        base = self.retention_bases[user % len(self.retention_bases)]
+        segment = segment_name(base, user // 2000)  # a new retention segment every 2,000 users
+        purchase = self.rng.random() < 0.1
+        t = self.t0_wall + (now - self.t0_wall) * self.cfg.retention_speed
+        self.n_sessions += 1
+        body = {"schema_version": 1, "user_id": uid, "segment": segment, "session_id": f"{self.run}-x{self.n_sessions}",
+                "kind": "purchase" if purchase else "session_start",
+                "value": round(self.rng.uniform(5, 80), 2) if purchase else 0.0,
+                "event_time": datetime.fromtimestamp(t, timezone.utc).isoformat()}
+        return uid.encode(), json.dumps(body, separators=(",", ":")).encode()
+
+
+def ensure_artifacts(settings: Settings) -> None:
+    """Train the ads and retention artifacts the settings name, where they are missing (torch needed then)."""
+    from metacart.demo import ensure_artifact
+
+    ensure_artifact(settings.policy.artifact)
+    if not Path(settings.retention.artifact).exists():
+        from policy.retention.train import build_artifacts
+
+        build_artifacts(Path(settings.retention.artifact), max_seconds=40.0)
+
+
+def _soak_settings(settings: Settings, tag: str, cfg: SoakConfig, data_root: Path) -> Settings:
+    s = with_run_key(settings).model_copy(deep=True)
+    s.kafka.topic_prefix = f"soak-{tag}"
+    s.worker_id = f"soak-{tag}"
+    s.store.data_dir = data_root / f"soak-{tag}"
+    s.agents = "ads,retention"
+    s.retention.idle_horizon_s = cfg.idle_horizon_days * DAY_S
+    return s
+
+
+def _scrape(worker: WorkerProcess) -> dict[str, float]:
+    import urllib.request
+
+    try:
+        return metrics_values(urllib.request.urlopen(worker.url + "/metrics", timeout=5).read().decode())
+    except OSError:
+        return {}
+
+
+def _rss(pid: int) -> float | None:
+    try:
+        return rss_mb(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return None
+
+
+def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[float], interval: float) -> Sample:
+    m = _scrape(worker) if worker.alive() else {}
+    p50, p99 = percentiles_ms(lat)
+
+    def get(key: str) -> int | None:
+        return int(m[key]) if key in m else None
+
+    return Sample(t_s=round(t_s, 1), alive=worker.alive(), rss_mb=_rss(worker.pid) if worker.alive() else None,
+                  state_mb=round(m["state_bytes"] / 1e6, 2) if "state_bytes" in m else None,
+                  segments_ads=get("segments_ads"), segments_retention=get("segments_retention"),
+                  users_retention=get("users_retention"), open_decisions=get("open_decisions"),
+                  decisions_per_s=round(counts["decided"] / interval, 1),
+                  requests_per_s=round(counts["requests"] / interval, 1),
+                  sessions_per_s=round(counts["sessions"] / interval, 1),
+                  p50_ms=None if p50 is None else round(p50, 2), p99_ms=None if p99 is None else round(p99, 2),
+                  answered=len(lat), dead_letters=get("dead_letters"), retention_actions=counts["actions"],
+                  load_average_1m=round(os.getloadavg()[0], 2))
+
+
+def sample_line(s: Sample) -> str:
+    """One progress line per sample."""
+    def f(x, fmt="{:,.0f}"):
+        return "—" if x is None else fmt.format(x)
+
+    return (f"  {s.t_s:6.0f}s  {'alive' if s.alive else 'DEAD '}  RSS {f(s.rss_mb)} MB  state {f(s.state_mb, '{:,.1f}')} MB  "
+            f"segments {f(s.segments_ads)} ads / {f(s.segments_retention)} retention  users {f(s.users_retention)}  "
+            f"open {f(s.open_decisions)}  {s.decisions_per_s:,.0f} decisions/s  p50/p99 {f(s.p50_ms, '{:.1f}')}/"
+            f"{f(s.p99_ms, '{:.1f}')} ms  dead letters {f(s.dead_letters)}  actions {s.retention_actions:,}  "
+            f"load {s.load_average_1m}")
+
+
+def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root: Path = Path("var")) -> dict:
+    """Run the soak; the worker's state and log go under ``data_root``."""
+    from rich.console import Console
+
+    console = Console()
+    wait_for_broker(settings.kafka)
+    tag = uuid.uuid4().hex[:8]
+    s = _soak_settings(settings, tag, cfg, data_root)
+    topics = topics_for(s)
+    ensure_topics(s.kafka, topics.all())
+    console.print(f"[bold]bench soak[/]: {cfg.minutes:g} min, {cfg.ad_rate:.0f} ad requests/s + "
+                  f"{cfg.session_rate:.0f} sessions/s, new segments every {cfg.segment_every_s:g} s, "
+                  f"a sample every {cfg.sample_s:g} s; worker {s.worker_id} (ads + retention)")
+    worker = WorkerProcess(s, data_root / f"soak-{tag}.log").start()
+    producer = make_producer(s.kafka)
+    samples: list[dict] = []
+    consumers: list = []
+    try:
+        _wait_ready(worker)  # topics have leaders by then: the tail consumers can read their ends
+        decisions = tail_consumer(s.kafka, topics.ad_decisions.name, **{"fetch.wait.max.ms": 10})
+        consumers.append(decisions)
+        actions = tail_consumer(s.kafka, topics.retention_actions.name)
+        consumers.append(actions)
+        t0 = time.monotonic()
+        traffic = _Traffic(cfg, s, time.time())
+        counts = {"decided": 0, "requests": 0, "sessions": 0, "actions": 0}
+        lat: list[float] = []
+        credit_ads = credit_sessions = 0.0
+        tick, next_tick, next_sample = 0.02, t0, t0 + cfg.sample_s
+        n_samples = max(1, round(cfg.minutes * 60.0 / cfg.sample_s))  # the last one ends the run
+        while len(samples) < n_samples:
+            now_wall = time.time()
+            credit_ads += cfg.ad_rate * tick
+            credit_sessions += cfg.session_rate * tick
+            while credit_ads >= 1:
+                key, value, rid = traffic.ad_request(now_wall)
+                producer.produce(topics.ad_requests.name, key=key, value=value)
+                traffic.sent_at[rid] = time.time()
+                counts["requests"] += 1
+                credit_ads -= 1
+            while credit_sessions >= 1:
+                key, value = traffic.session(now_wall)
+                producer.produce(topics.sessions.name, key=key, value=value)
+                counts["sessions"] += 1
+                credit_sessions -= 1
+            producer.poll(0)
+            _read_decisions(decisions, traffic, producer, topics, cfg, counts, lat)
+            counts["actions"] += sum(1 for m in actions.consume(num_messages=5000, timeout=0) if m.error() is None)
+            if time.monotonic() >= next_sample:
+                sample = _take_sample(time.monotonic() - t0, worker, counts, lat, cfg.sample_s)
+                samples.append(asdict(sample))
+                console.print(sample_line(sample), soft_wrap=True)
+                console.file.flush()  # progress reaches a log file as it is taken
+                _write(out, cfg, samples)
+                counts.update(decided=0, requests=0, sessions=0)
+                lat = []
+                next_sample += cfg.sample_s
+                if not sample.alive:
+                    console.print(f"[red]worker died[/]:\n{worker.log_tail()}")
+                    break
+            next_tick += tick
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+    finally:
+        producer.flush(10)
+        for consumer in consumers:
+            consumer.close()
+        worker.stop()
+        from metacart.demo import cleanup
+
+        cleanup(s, f"soak-{tag}", [s.store.data_dir])  # the samples are the result; the state was only load
+    result = _write(out, cfg, samples)
+    console.print("summary: " + json.dumps(result["summary"]))
+    if out:
+        console.print(f"wrote {out}")
+    return result
+
+
+def _wait_ready(worker: WorkerProcess, timeout_s: float = 180.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            raise RuntimeError(f"the worker exited during start:\n{worker.log_tail()}")
+        try:
+            if urllib.request.urlopen(worker.url + "/readyz", timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker was not ready after {timeout_s:.0f}s:\n{worker.log_tail()}")
+
+
+def _read_decisions(consumer, traffic: _Traffic, producer, topics, cfg: SoakConfig, counts: dict,
+                    lat: list[float]) -> None:
+    for m in consumer.consume(num_messages=5000, timeout=0):
+        if m.error() is not None:
+            continue
+        d = json.loads(m.value())
+        sent = traffic.sent_at.pop(d["request_id"], None)
+        if sent is None:
+            continue
+        counts["decided"] += 1
+        # The decision record's timestamp (set by the worker's producer) minus the request's send time:
+        # the loop reads every 20 ms, so its own clock would add up to a tick to every latency.
+        lat.append(m.timestamp()[1] - sent * 1e3)
+        if traffic.rng.random() < cfg.click_share:
+            t = datetime.fromisoformat(d["request_time"]).timestamp() + 5.0
+            key, value = feedback_payload("click", d["request_id"], d["segment"], d["ad_id"], t)
+            producer.produce(topics.ad_feedback.name, key=key, value=value)
+
+
+def _write(out: Path | None, cfg: SoakConfig, samples: list[dict]) -> dict:
+    result = {"config": asdict(cfg), "summary": summary(samples), "samples": samples}
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,28 @@
+"""``metacart bench soak`` for half a minute against the real broker and a real worker (ads + retention)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from metacart.bench.soak import SoakConfig, run
+from streams.settings import Settings
+
+
+def test_short_soak_samples_a_live_worker_while_segments_and_users_arrive(
+        settings: Settings, retention_artifact: Path, tmp_path: Path) -> None:
+    settings.retention.artifact = retention_artifact
+    out = tmp_path / "soak.json"
+    cfg = SoakConfig(minutes=0.5, sample_s=10.0, ad_rate=100.0, session_rate=50.0, segment_every_s=2.0)
+    result = run(settings, cfg, out=out, data_root=tmp_path)
+    samples = result["samples"]
+    assert json.loads(out.read_text())["samples"] == samples
+    assert [round(s["t_s"] / 10) for s in samples] == [1, 2, 3]  # every 10 s of a 30 s run
+    assert all(s["alive"] for s in samples) and result["summary"]["alive_throughout"]
+    assert all(s["rss_mb"] > 50 for s in samples)
+    assert all(s["decisions_per_s"] > 50 and s["p99_ms"] is not None for s in samples)
+    assert all(s["requests_per_s"] > 90 for s in samples)
+    assert samples[-1]["segments_ads"] > samples[0]["segments_ads"] > 0  # new segments keep arriving
+    assert samples[-1]["users_retention"] > 0
+    assert samples[-1]["state_mb"] > 0
+    assert samples[-1]["dead_letters"] == 0

@@ -1,0 +1,75 @@
+"""The sampling and summarising parts of ``metacart bench soak``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metacart.bench import soak
+from streams.events import SEGMENT_PATTERN
+
+STATUS = "Name:\tpython\nVmPeak:\t  900000 kB\nVmRSS:\t  264000 kB\nThreads:\t12\n"
+
+METRICS = """\
+# TYPE metacart_state_bytes gauge
+metacart_state_bytes 5.0e+06
+# TYPE metacart_segments_in_state gauge
+metacart_segments_in_state{agent="ads"} 120.0
+metacart_segments_in_state{agent="retention"} 30.0
+# TYPE metacart_users_in_state gauge
+metacart_users_in_state 4000.0
+# TYPE metacart_open_decisions gauge
+metacart_open_decisions{agent="ads"} 700.0
+metacart_open_decisions{agent="retention"} 50.0
+# TYPE metacart_dead_letters counter
+metacart_dead_letters_total{agent="ads",reason="invalid"} 2.0
+metacart_dead_letters_total{agent="retention",reason="late"} 3.0
+"""
+
+
+def test_rss_from_proc_status():
+    assert soak.rss_mb(STATUS) == pytest.approx(264000 * 1024 / 1e6)
+    assert soak.rss_mb("Name:\tzombie\n") is None
+
+
+def test_metrics_values_sum_dead_letters_and_open_decisions_over_agents():
+    assert soak.metrics_values(METRICS) == {
+        "state_bytes": 5e6, "segments_ads": 120.0, "segments_retention": 30.0, "users_retention": 4000.0,
+        "open_decisions": 750.0, "dead_letters": 5.0}
+
+
+def _sample(t, rss, p99, alive=True):
+    return {"t_s": t, "alive": alive, "rss_mb": rss, "p99_ms": p99, "segments_ads": 10, "users_retention": 5,
+            "state_mb": 1.0, "dead_letters": 0}
+
+
+def test_summary_skips_warm_up_and_measures_growth():
+    samples = [_sample(30, 500.0, 900.0)] + [_sample(30 * k, 200.0 + 10 * k, 10.0 + k) for k in range(2, 8)]
+    out = soak.summary(samples, warm_up_samples=1)
+    assert out["alive_throughout"] is True
+    assert out["rss_mb_first_after_warm_up"] == 220.0 and out["rss_mb_last"] == 270.0
+    assert out["rss_growth_mb_per_min"] == pytest.approx(20.0)  # 10 MB per 30 s
+    assert out["p99_ms_max_after_warm_up"] == 17.0  # the warm-up's 900 ms left out
+    json.dumps(out, allow_nan=False)
+
+
+def test_summary_reports_a_dead_worker_and_no_samples():
+    samples = [_sample(30, 200.0, 5.0), _sample(60, None, None, alive=False)]
+    assert soak.summary(samples)["alive_throughout"] is False
+    assert soak.summary([]) == {"samples": 0}
+
+
+def test_new_segment_names_are_valid_segments():
+    import re
+
+    assert re.match(SEGMENT_PATTERN, soak.segment_name("m05-c12", 173))
+
+
+def test_sample_line_shows_missing_values_as_dashes():
+    s = soak.Sample(t_s=30.0, alive=False, rss_mb=None, state_mb=None, segments_ads=None, segments_retention=None,
+                    users_retention=None, open_decisions=None, decisions_per_s=0.0, requests_per_s=300.0,
+                    sessions_per_s=100.0, p50_ms=None, p99_ms=None, answered=0, dead_letters=None,
+                    retention_actions=0, load_average_1m=1.0)
+    line = soak.sample_line(s)
+    assert "DEAD" in line and "RSS — MB" in line
