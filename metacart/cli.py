@@ -617,8 +617,7 @@ def bench_soak(
     p99 latency, decisions/s and dead letters every SAMPLE_S seconds."""
     from metacart.bench.soak import SoakConfig, ensure_artifacts, run
 
-    settings = _connected(Settings())
-    ensure_artifacts(settings)
+    settings = ensure_artifacts(_connected(Settings()))
     run(settings, SoakConfig(minutes=minutes, sample_s=sample_s, ad_rate=ad_rate, session_rate=session_rate), out=out)
 
 

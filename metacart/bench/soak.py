@@ -217,15 +217,26 @@ class _Traffic:
         return uid.encode(), json.dumps(body, separators=(",", ":")).encode()
 
 
-def ensure_artifacts(settings: Settings) -> None:
-    """Train the ads and retention artifacts the settings name, where they are missing (torch needed then)."""
+def ensure_artifacts(settings: Settings) -> Settings:
+    """Settings whose ads and retention artifacts exist, trained where missing (torch needed then).
+
+    A missing ads artifact is trained at its configured path (as ``bench stream`` does). A missing retention
+    artifact is built under ``artifacts/bench-soak/`` instead of the configured path: a default worker starts
+    the retention agents whenever that path holds one, and a benchmark should not change what it does.
+    """
     from metacart.demo import ensure_artifact
 
     ensure_artifact(settings.policy.artifact)
-    if not Path(settings.retention.artifact).exists():
+    if Path(settings.retention.artifact).exists():
+        return settings
+    path = Path("artifacts") / "bench-soak" / "retention-policy"
+    if not path.exists():
         from policy.retention.train import build_artifacts
 
-        build_artifacts(Path(settings.retention.artifact), max_seconds=40.0)
+        build_artifacts(path, max_seconds=40.0)
+    s = settings.model_copy(deep=True)
+    s.retention.artifact = path
+    return s
 
 
 def _soak_settings(settings: Settings, tag: str, cfg: SoakConfig, data_root: Path) -> Settings:
