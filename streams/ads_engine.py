@@ -139,9 +139,11 @@ class AdsEngine:
         for msg in messages:
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
             tp = (msg.topic, msg.partition)
+            if msg.offset < self.positions.get(tp, -1):  # delivered again to this process: already done
+                self.counters["redelivered_skipped"] += 1
+                continue
+            self.positions[tp] = msg.offset + 1
             replayed = msg.offset < self.ledger.get(tp, -1)
-            if msg.offset >= self.positions.get(tp, -1):
-                self.positions[tp] = msg.offset + 1
             if msg.topic == self.topics.ad_requests.name:
                 event = self._requests.decode_one(msg.value, source)
                 if replayed:

@@ -115,17 +115,18 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
     @app.agent(source, name="ads")
     async def decide(stream: faust.StreamT) -> None:
         async for events in stream.take_events(ads.batch_max, within=ads.batch_within_s):
-            async with delivery.lock:
-                batch = []
-                for event in events:
-                    msg = event.message
-                    store.events[msg.partition] = event
-                    batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
-                await delivery.prepare({m.partition for m in batch})
-                t0 = time.perf_counter()
-                out = engine.process_many(batch)
-                delivery.produce(out)
-                elapsed = time.perf_counter() - t0
+            batch = []
+            for event in events:
+                msg = event.message
+                store.events[msg.partition] = event
+                batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            partitions = {m.partition for m in batch}
+            if not partitions <= delivery.ready:  # normally read on assignment, before any event
+                await delivery.prepare(partitions)
+            t0 = time.perf_counter()
+            out = engine.process_many(batch)
+            delivery.produce(out)
+            elapsed = time.perf_counter() - t0
             counters = engine.counters
             counters["batches"] += 1
             counters["batch_events"] += len(batch)

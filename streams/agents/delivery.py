@@ -1,6 +1,6 @@
 """How the ad agent's outputs, state and input offsets are committed together (one place for the order).
 
-A commit, under one asyncio lock shared with the agent loop:
+A commit (commits never overlap: one asyncio lock; the agent never waits for it, see ``_commit_locked``):
 
 1. ``engine.flush()`` writes new pending blocks, then every changed segment head, into the Faust table;
 2. Faust's producer is flushed: the table changelog holds that state;
@@ -56,6 +56,8 @@ class Delivery:
         self.ready: set[int] = set()  # partitions whose ledger offsets were read since the assignment
         self.failed = 0
         self._in_txn = False
+        self._committing = False
+        self._held: list[Outputs] = []
         self._produced = 0
         self._last = time.monotonic()
         self._committed_positions: dict[tuple[str, int], int] = {}
@@ -112,7 +114,11 @@ class Delivery:
             time.sleep(0.2)
 
     def produce(self, out: Outputs) -> None:
+        """Send a batch's outputs; while a commit is in flight they wait for the next transaction."""
         if not (out.decisions or out.dead_letters):
+            return
+        if self._committing:
+            self._held.append(out)
             return
         if self.exactly_once and not self._in_txn:
             self.output.begin_transaction()
@@ -135,13 +141,28 @@ class Delivery:
             await self._commit_locked()
 
     async def _commit_locked(self) -> None:
+        # The agent never waits for this lock (an agent cancelled while waiting would have Faust ack a
+        # batch it never processed): batches processed while this commit awaits keep their outputs in
+        # ``_held`` for the next transaction, and their positions out of this one.
         self._last = time.monotonic()
         t0 = time.perf_counter()
-        self.engine.flush()
-        await self._faust_flush()
-        positions = dict(self.engine.positions)
-        if positions == self._committed_positions and not self._produced:
-            return
+        self._committing = True
+        try:
+            self.engine.flush()
+            positions = dict(self.engine.positions)  # exactly what the state just written covers
+            await self._faust_flush()
+            if positions != self._committed_positions or self._produced:
+                await self._commit_outputs(positions)
+        finally:
+            self._committing = False
+        held, self._held = self._held, []
+        for out in held:
+            self.produce(out)
+        counters = self.engine.counters
+        counters["commits"] += 1
+        counters["commit_s"] += time.perf_counter() - t0
+
+    async def _commit_outputs(self, positions: dict[tuple[str, int], int]) -> None:
         loop = asyncio.get_running_loop()
         before = self.failed
         if self.exactly_once:
@@ -163,9 +184,6 @@ class Delivery:
         self._produced = 0
         self._committed_positions = positions
         self.engine.on_committed(positions)
-        counters = self.engine.counters
-        counters["commits"] += 1
-        counters["commit_s"] += time.perf_counter() - t0
 
     def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
         if offsets:
@@ -203,6 +221,11 @@ class Delivery:
         async def commit_outputs() -> None:
             if self._produced or self.engine.positions != self._committed_positions:
                 await self.commit()
+
+        @app.on_partitions_assigned.connect
+        async def _assigned(app_: faust.App, assigned: set, **kwargs: object) -> None:
+            # Read the ledger before any message of the new assignment reaches the agent.
+            await self.prepare({tp.partition for tp in assigned if tp.topic == self.topics.ad_requests.name})
 
         @app.on_partitions_revoked.connect
         async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime, timezone
 
@@ -18,25 +19,29 @@ from tests.unit.policy.test_artifact import make_artifact
 TOPICS = Topics("u")
 DX, DA, K = 3, 2, 4
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+# Offsets grow per topic as in Kafka: a message at an offset a process already handled is a redelivery.
+_OFFSETS = {"requests": itertools.count(10_000), "feedback": itertools.count(10_000)}
 
 
 def iso(t: float) -> str:
     return datetime.fromtimestamp(T0 + t, timezone.utc).isoformat()
 
 
-def request(rid: str, t: float, segment: str = "m00-c00", seed: int = 0, offset: int = 0) -> RawMessage:
+def request(rid: str, t: float, segment: str = "m00-c00", seed: int = 0, offset: int | None = None) -> RawMessage:
     rng = np.random.default_rng(seed)
     body = {"request_id": rid, "user_id": "u1", "segment": segment, "context": rng.normal(size=DX).tolist(),
             "candidates": [{"ad_id": f"a{k}", "features": rng.normal(size=DA).tolist()} for k in range(K)],
             "event_time": iso(t)}
+    offset = next(_OFFSETS["requests"]) if offset is None else offset
     return RawMessage(TOPICS.ad_requests.name, 0, offset, segment.encode(), json.dumps(body).encode())
 
 
 def feedback(kind: str, rid: str, t: float, segment: str = "m00-c00", value: float = 0.0,
-             offset: int = 0) -> RawMessage:
+             offset: int | None = None) -> RawMessage:
     body = {"type": kind, "request_id": rid, "segment": segment, "ad_id": "a0", "event_time": iso(t)}
     if kind == "purchase":
         body["value"] = value
+    offset = next(_OFFSETS["feedback"]) if offset is None else offset
     return RawMessage(TOPICS.ad_feedback.name, 0, offset, segment.encode(), json.dumps(body).encode())
 
 
@@ -145,7 +150,7 @@ def test_restart_restores_posteriors_and_open_decisions_from_the_store():
     assert second.counters["clicks_applied"] == 1  # B's decision survived in its block
     second.process_many([request("D", 500)])
     assert second.counters["zero_updates"] == 1  # C
-    second.on_committed({(TOPICS.ad_requests.name, 0): 1})
+    second.on_committed(dict(second.positions))
     second.flush()
     head = SegmentHead.decode(store.heads["m00-c00"])
     assert second.adapter.posterior("m00-c00")[2] == head.n_updates == 3
