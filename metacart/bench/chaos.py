@@ -61,7 +61,7 @@ class ChaosConfig:
     """Traffic kept flowing after the last fault step."""
     max_requests: int = 90_000
     """The generator stops here whatever happens (a stuck run still ends)."""
-    timeout_s: float = 180.0
+    timeout_s: float = 90.0
     """Longest wait for each phase (every decision, every click consumed, the windows closed)."""
 
 
@@ -185,10 +185,14 @@ def _heads(kafka: KafkaSettings, topic: str) -> dict[str, SegmentHead]:
     return {k[2:].decode(): SegmentHead.decode(v) for k, v in latest.items() if v is not None}
 
 
-def _wait(predicate, timeout_s: float, what: str, workers: list[WorkerProcess]) -> None:
+def _wait(predicate, timeout_s: float, what: str, workers: list[WorkerProcess], missed: list | None = None) -> None:
+    """Wait for ``predicate``; past ``timeout_s`` raise, or with ``missed`` note ``what`` there and go on."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
+            if missed is not None:
+                missed.append(what)
+                return
             tails = "\n-----\n".join(w.log_tail(30) for w in workers[-2:])
             raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{tails}")
         time.sleep(0.2)
@@ -227,6 +231,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
     generator = threading.Thread(target=_generate, args=(s.kafka, topics.ad_requests.name, traffic, cfg.rate),
                                  daemon=True)
     restarts = 0
+    missed: list[str] = []
     t_start = time.monotonic()
     try:
         first = start("w0")
@@ -271,13 +276,14 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
         elapsed = time.monotonic() - t_start
         n = traffic.sent
         wanted = {rid for rid, _, _ in meta[:n]}
+        # From here on a timeout is a result (counted below), not an error.
         _wait(lambda: traffic.seen >= n and wanted <= traffic.decisions.keys(), cfg.timeout_s,
-              "a decision for every request", workers)
+              "a decision for every request", workers, missed)
         time.sleep(1.0)
         done.set()
         feeder.join(60)
         _wait(lambda: _offsets_done(s.kafka, s.worker_id, topics.ad_feedback.name, s.kafka.segment_partitions),
-              cfg.timeout_s, "every click consumed", workers)
+              cfg.timeout_s, "every click consumed", workers, missed)
         # One late request per segment closes every open window of its partition.
         segments = sorted({seg for _, seg, _ in meta[:n]})
         t_end = meta[n - 1][2] + cfg.window_s + 10.0
@@ -287,7 +293,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
             producer.produce(topics.ad_requests.name, key=key, value=value)
         producer.flush(30)
         _wait(lambda: _offsets_done(s.kafka, s.worker_id, topics.ad_requests.name, s.kafka.segment_partitions),
-              cfg.timeout_s, "the closing requests consumed", workers)
+              cfg.timeout_s, "the closing requests consumed", workers, missed)
         time.sleep(1.0)
         heads = _heads(s.kafka, f"{s.worker_id}-ads-segments-changelog")
     finally:
@@ -295,7 +301,9 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
         done.set()
         for w in workers:
             w.stop()
-    return _account(fault, n, meta[:n], traffic, heads, elapsed, restarts)
+    result = _account(fault, n, meta[:n], traffic, heads, elapsed, restarts)
+    result["timed_out"] = missed
+    return result
 
 
 def _closing_requests(segments: list[str], t: float, tag: str) -> list[tuple[bytes, bytes]]:
@@ -335,12 +343,22 @@ def _account(fault: str, n: int, meta: list, traffic: _Traffic, heads: dict[str,
 def run(settings: Settings, faults: list[str], workdir: Path, out: Path | None = None,
         cfg: ChaosConfig = ChaosConfig()) -> dict:
     """Every fault in ``faults``, one run each; prints a table, writes ``{"runs": [...]}`` to ``out``."""
-    from metacart.console import table
+    from rich.console import Console
+    from rich.table import Table
 
-    runs = [run_fault(settings, f, workdir, cfg, seed=i) for i, f in enumerate(faults)]
+    console = Console()
+    runs = []
+    for i, fault in enumerate(faults):
+        console.print(f"[bold]bench chaos[/]: {fault} at {cfg.rate:.0f} requests/s ...")
+        runs.append(run_fault(settings, fault, Path(workdir), cfg, seed=i))
     keys = ["fault", "requests", "offered_per_s", "no_decision", "multi_decision", "different_ad", "clicks_sent",
             "clicks_lost", "clicks_double", "updates_lost", "updates_double"]
-    print(table(keys, [[r[k] for k in keys] for r in runs]))
+    table = Table(title=f"metacart bench chaos (delivery={settings.ads.delivery})")
+    for k in keys:
+        table.add_column(k)
+    for r in runs:
+        table.add_row(*[str(r[k]) for k in keys])
+    console.print(table)
     result = {"runs": runs, "delivery": settings.ads.delivery, "rate": cfg.rate}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -52,11 +52,13 @@ class Delivery:
         self.topics = topics
         self.exactly_once = settings.ads.delivery == "exactly_once"
         self.interval_s = settings.ads.commit_interval_s
+        self.stuck_s = 2 * settings.ads.transaction_timeout_s + 10
         self.lock = asyncio.Lock()
         self.ready: set[int] = set()  # partitions whose ledger offsets were read since the assignment
         self.failed = 0
         self._in_txn = False
         self._committing = False
+        self._broken: str | None = None
         self._held: list[Outputs] = []
         self._produced = 0
         self._last = time.monotonic()
@@ -141,6 +143,10 @@ class Delivery:
             await self._commit_locked()
 
     async def _commit_locked(self) -> None:
+        if self._broken is not None:
+            # After a failed commit the engine's positions cover outputs that were never sent: committing
+            # them now (Faust's shutdown commit) would skip those requests for good.
+            raise ProducerSendError(self._broken)
         # The agent never waits for this lock (an agent cancelled while waiting would have Faust ack a
         # batch it never processed): batches processed while this commit awaits keep their outputs in
         # ``_held`` for the next transaction, and their positions out of this one.
@@ -171,9 +177,16 @@ class Delivery:
                 self._in_txn = True
             offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
             try:
-                await loop.run_in_executor(None, self._commit_transaction, offsets)
+                await asyncio.wait_for(loop.run_in_executor(None, self._commit_transaction, offsets),
+                                       self.stuck_s)
             except KafkaException as exc:
                 await self._fail(f"transaction not committed: {exc}")
+            except asyncio.TimeoutError:
+                # Seen after a broker restart: librdkafka's send_offsets_to_transaction never returned.
+                # Exit like a crash (the broker aborts the transaction; a restarted worker replays it).
+                log.critical("transaction not committed within %.0fs: exiting", self.stuck_s)
+                logging.shutdown()
+                os._exit(70)
             self._in_txn = False
         else:
             left = await loop.run_in_executor(None, self.output.flush, 30.0)
@@ -185,14 +198,26 @@ class Delivery:
         self._committed_positions = positions
         self.engine.on_committed(positions)
 
-    def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
-        if offsets:
-            self.output.send_offsets_to_transaction(offsets, self._metadata, 30)
-        self.output.commit_transaction(30)
+    def _commit_transaction(self, offsets: list[TopicPartition], timeout_s: float = 60.0) -> None:
+        """Ledger offsets into the transaction, then commit; retriable errors (a broker away) are retried."""
+        deadline = time.monotonic() + timeout_s
+        steps = ([lambda: self.output.send_offsets_to_transaction(offsets, self._metadata, 30)] if offsets else [])
+        steps.append(lambda: self.output.commit_transaction(30))
+        for step in steps:
+            while True:
+                try:
+                    step()
+                    break
+                except KafkaException as exc:
+                    if not exc.args[0].retriable() or time.monotonic() > deadline:
+                        raise
+                    log.warning("transaction step failed, retrying: %s", exc)
+                    time.sleep(0.5)
 
     async def _fail(self, reason: str) -> None:
         """Stop the worker: what was not committed is processed again after a restart."""
         log.error(reason)
+        self._broken = reason
         if self.exactly_once and self._in_txn:
             try:
                 self.output.abort_transaction(10)
