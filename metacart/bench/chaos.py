@@ -217,8 +217,8 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
 
     def start(name: str) -> WorkerProcess:
         ws = s.model_copy(deep=True)
-        ws.store.data_dir = workdir / f"{fault}-{name}"
-        w = WorkerProcess(ws, workdir / f"{fault}-{name}.log").start()
+        ws.store.data_dir = workdir / f"{tag}-{fault}-{name}"  # fresh per run: RocksDB offsets follow topics
+        w = WorkerProcess(ws, workdir / f"{tag}-{fault}-{name}.log").start()
         workers.append(w)
         return w
 
