@@ -672,6 +672,29 @@ def bench_logs(
     run(rows, path, out=out, keep=keep)
 
 
+@bench.command("chaos")
+def bench_chaos(
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+    faults: str = typer.Option("kill9x3,rebalance_sigterm,rebalance_sigkill,broker_restart",
+                               help="comma-separated faults (broker_restart stops the local broker launcher's broker)"),
+    rate: float = typer.Option(1000.0, help="offered ad requests per second"),
+    workdir: Path = typer.Option(Path("var/bench-chaos"), help="worker data directories and logs"),
+) -> None:
+    """Faults injected into real workers under load: requests without / with several decisions, clicks lost / doubled."""
+    from metacart.bench.chaos import FAULTS, ChaosConfig, run
+    from metacart.demo import ensure_artifact
+    from streams.pseudonyms import with_run_key
+
+    chosen = [f.strip() for f in faults.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in FAULTS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown fault(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FAULTS)}",
+                                 param_hint="--faults")
+    settings = with_run_key(_connected(Settings()))
+    ensure_artifact(settings.policy.artifact)
+    run(settings, chosen, workdir, out=out, cfg=ChaosConfig(rate=rate))
+
+
 @bench.command("all")
 def bench_all(
     out_dir: Path = typer.Option(Path("reports"), help="one JSON per benchmark goes here"),

@@ -96,7 +96,7 @@ def collect(settings: Settings, decisions: int = 20000, timeout_s: float = 10.0)
     seen = [json.loads(m.value()) for m in _tail(settings, topics.ad_decisions.name, decisions, timeout_s)]
     posteriors = {}
     for g in groups:
-        changelog = f"{g}-ads-posteriors-changelog"
+        changelog = f"{g}-ads-segments-changelog"
         if changelog in _topic_names(settings, timeout_s):
             posteriors |= _posteriors(_tail(settings, changelog, 10**6, timeout_s))
     return {"workers": [asdict(w) for w in workers], "groups": [asdict(g) for g in group_views],
@@ -198,15 +198,20 @@ def _posteriors(messages: list) -> dict[str, tuple[int, float]]:
     """Newest posterior per segment from the changelog: (updates absorbed, trace of the covariance)."""
     from policy.adapter import decode_state
 
+    from streams.ads_state import SegmentHead
+
     out = {}
     for m in messages:
-        raw = m.value()
-        state = raw[1 + raw[0]:]  # a one-byte length, the policy epoch, then the adapter's state
+        if m.value() is None or not m.key().startswith(b"h:"):  # pending blocks share the table
+            continue
         try:
+            state = SegmentHead.decode(m.value()).state
+            if state is None:
+                continue
             P, _, n = decode_state(state)
         except Exception:  # a state this version cannot read: leave the summary out
             continue
-        out[m.key().decode()] = (n, float(np.trace(P)))
+        out[m.key()[2:].decode()] = (n, float(np.trace(P)))
     return out
 
 

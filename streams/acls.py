@@ -36,6 +36,9 @@ def worker_acls(settings: Settings, topics: Topics, principal: str) -> list[AclB
                  for op in (AclOperation.CREATE, AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE)]
     bindings.append(AclBinding(ResourceType.GROUP, settings.worker_id, ResourcePatternType.PREFIXED, principal,
                                "*", AclOperation.READ, AclPermissionType.ALLOW))  # the app and its watchers
+    bindings += [AclBinding(ResourceType.TRANSACTIONAL_ID, settings.worker_id, ResourcePatternType.PREFIXED,
+                            principal, "*", op, AclPermissionType.ALLOW)  # exactly-once output transactions
+                 for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]
     return bindings
 
 

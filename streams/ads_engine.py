@@ -3,16 +3,22 @@
 ``process_many`` takes one batch of raw messages (requests and feedback, in arrival order) and returns
 what to send (decisions, dead letters). In between it:
 
-1. validates each message at the edge (malformed → dead letter, never an exception);
-2. decides all valid requests of the batch in one kernel call per candidate count
-   (``policy.adapter.Adapter.decide_many``), a new segment starting from the meta-learned prior;
-3. records a ``Pending`` per decision until its attribution window closes in event time;
-4. joins clicks and purchases to their decision by request id; with click rewards a click updates the
+1. skips messages below the partition's *ledger* offset (their outputs are visible and their effects
+   are in the state: see "Delivery guarantee" in docs/ARCHITECTURE.md), advancing the watermark only;
+2. validates each message at the edge (malformed -> dead letter, never an exception);
+3. decides all valid requests of the batch in one kernel call per candidate count
+   (``policy.adapter.Adapter.decide_many``), a new segment starting from the meta-learned prior; a
+   replayed request whose decision is already in the state gets that decision again (same ad, same
+   propensity), never a new one;
+4. records a ``Pending`` per decision until its attribution window closes in event time;
+5. joins clicks and purchases to their decision by request id; with click rewards a click updates the
    segment posterior at once, exactly once; a window that closes without a click applies the zero update
    once; with ``value_weight > 0`` the update ``click + value_weight * value`` is applied at window close;
-5. counts duplicates, late and unknown feedback instead of applying it twice;
-6. writes changed segment posteriors (and deletes closed pending records) to the state store at most
-   every ``state_flush_interval_s``.
+6. counts duplicates, late and unknown feedback instead of applying it twice.
+
+State is written only by ``flush``, which the Faust glue calls at every commit, before the input offsets
+are committed: new pending blocks first, then the head record of every changed segment (posterior and
+the feedback marks together, ``streams.ads_state.SegmentHead``), then the deletes of finished blocks.
 
 State goes through a ``StateStore`` so the Faust glue can route each write to the changelog partition
 of its segment, and unit tests can use plain dicts.
@@ -22,11 +28,10 @@ from __future__ import annotations
 
 import math
 
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -35,7 +40,7 @@ import numpy as np
 from policy.adapter import Adapter
 from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
-from streams.ads_state import Pending
+from streams.ads_state import Pending, SegmentHead
 from streams.pending import BookStore, PendingBook
 from streams.edge import Decoder, Source, dead_letter
 from streams.pseudonyms import Pseudonyms
@@ -46,25 +51,24 @@ from streams.topics import Topics
 
 
 class StateStore(BookStore, Protocol):
-    """Where segment posteriors and open decisions live (Faust tables in production)."""
+    """Where segment heads and pending blocks live (one Faust table in production)."""
 
-    def get_posterior(self, segment: str, partition: int) -> bytes | None: ...
-    def put_posterior(self, segment: str, partition: int, value: bytes) -> None: ...
+    def get_head(self, segment: str, partition: int) -> bytes | None: ...
+    def put_head(self, segment: str, partition: int, value: bytes) -> None: ...
 
 
 @dataclass
 class DictStore:
     """A ``StateStore`` over dicts (for tests and offline replays)."""
 
-    posteriors: dict[str, bytes] = field(default_factory=dict)
+    heads: dict[str, bytes] = field(default_factory=dict)
     blocks: dict[str, bytes] = field(default_factory=dict)
-    marks: dict[str, bytes] = field(default_factory=dict)
 
-    def get_posterior(self, segment: str, partition: int) -> bytes | None:
-        return self.posteriors.get(segment)
+    def get_head(self, segment: str, partition: int) -> bytes | None:
+        return self.heads.get(segment)
 
-    def put_posterior(self, segment: str, partition: int, value: bytes) -> None:
-        self.posteriors[segment] = value
+    def put_head(self, segment: str, partition: int, value: bytes) -> None:
+        self.heads[segment] = value
 
     def put_block(self, key: str, partition: int, value: bytes) -> None:
         self.blocks[key] = value
@@ -74,15 +78,6 @@ class DictStore:
 
     def iter_blocks(self) -> Iterator[tuple[str, bytes]]:
         return iter(list(self.blocks.items()))
-
-    def get_mark(self, request_id: str, partition: int) -> bytes | None:
-        return self.marks.get(request_id)
-
-    def put_mark(self, request_id: str, partition: int, value: bytes) -> None:
-        self.marks[request_id] = value
-
-    def del_mark(self, request_id: str, partition: int) -> None:
-        self.marks.pop(request_id, None)
 
 
 @dataclass(frozen=True)
@@ -118,17 +113,20 @@ class AdsEngine:
         self.store = store
         self.topics = topics
         self.settings = ads
-        self.flush_interval_s = storage.state_flush_interval_s
         self._requests = Decoder(topics.ad_requests.payload, ads.max_message_bytes)
         self._feedback = Decoder(topics.ad_feedback.payload, ads.max_message_bytes)
-        self._partition_of: dict[str, int] = {}
+        self._heads: dict[str, SegmentHead] = {}
         self._dirty: set[str] = set()
-        self.book = PendingBook(store, ads.attribution_window_s, ads.max_open_decisions)
+        self.book = PendingBook(ads.attribution_window_s, ads.max_open_decisions)
         self._tag = uuid.uuid4().hex[:8]  # makes block keys unique across worker restarts
         self._watermark: dict[int, float] = {}
         self._rebuild_needed = True
-        self._last_flush = 0.0
         self._epoch = adapter.version.encode()  # version of the artifact whose prior posteriors grew from
+        # Input positions: next offset to process per (topic, partition); the ledger: offsets below which
+        # every message's outputs are visible and its effects stored; committed: positions at the last commit.
+        self.positions: dict[tuple[str, int], int] = {}
+        self.ledger: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
         self.counters: Counter[str] = Counter()
 
     # --- the batch entry point -------------------------------------------------------------------
@@ -136,13 +134,21 @@ class AdsEngine:
     def process_many(self, messages: Sequence[RawMessage]) -> Outputs:
         out = Outputs()
         if self._rebuild_needed:
-            self.book.rebuild()
-            self._rebuild_needed = False
+            self._rebuild()
         requests: list[tuple[AdRequest, RawMessage]] = []
         for msg in messages:
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
+            tp = (msg.topic, msg.partition)
+            if msg.offset < self.positions.get(tp, -1):  # delivered again to this process: already done
+                self.counters["redelivered_skipped"] += 1
+                continue
+            self.positions[tp] = msg.offset + 1
+            replayed = msg.offset < self.ledger.get(tp, -1)
             if msg.topic == self.topics.ad_requests.name:
                 event = self._requests.decode_one(msg.value, source)
+                if replayed:
+                    self._skip(msg.partition, event)
+                    continue
                 if isinstance(event, DeadLetter):
                     self._dead(out, event)
                     continue
@@ -156,6 +162,9 @@ class AdsEngine:
                     self._decide(requests, out)
                     requests = []
                 event = self._feedback.decode_one(msg.value, source)
+                if replayed:
+                    self._skip(msg.partition, event)
+                    continue
                 if isinstance(event, DeadLetter):
                     self._dead(out, event)
                     continue
@@ -164,31 +173,50 @@ class AdsEngine:
         if requests:
             self._decide(requests, out)
         self._close_windows()
-        self.flush(force=False)
         return out
+
+    def _skip(self, partition: int, event: object) -> None:
+        """A message below the ledger: its outputs are visible and its effects stored; time still moves."""
+        self.counters["replayed_skipped"] += 1
+        if not isinstance(event, DeadLetter):
+            self._advance(partition, _epoch(event.event_time))
 
     # --- decisions -------------------------------------------------------------------------------
 
     def _decide(self, requests: list[tuple[AdRequest, RawMessage]], out: Outputs) -> None:
         artifact = self.adapter.artifact
         dx, da = artifact.meta.dx, artifact.meta.da
-        by_k: dict[int, list[tuple[AdRequest, int, list[list[float]]]]] = {}
+        by_k: dict[int, list[tuple[AdRequest, RawMessage, list[list[float]]]]] = {}
+        seen: set[str] = set()
         for req, msg in requests:
+            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
+            known = self.book.known(req.request_id)
+            if known is not None and known.offset == msg.offset and known.partition == msg.partition:
+                # Replayed after a crash between the state flush and the commit: the same decision again.
+                self._load_segment(req.segment, msg.partition)
+                out.decisions.append((req.segment.encode(), self._decision_bytes(req, known)))
+                self.counters["decisions_reemitted"] += 1
+                continue
+            if known is not None or req.request_id in seen:
+                self.counters["duplicate_requests"] += 1
+                self._dead(out, dead_letter(msg.value or b"", source, "duplicate_request",
+                                            f"request id {req.request_id} was already decided"))
+                continue
             features = [c.features for c in req.candidates]
             if len(req.context) != dx or any(len(f) != da for f in features):
-                source = Source(msg.topic, msg.partition, msg.offset, msg.key)
                 self._dead(out, dead_letter(msg.value or b"", source, "invalid", _shape_problem(req, dx, da)))
                 continue
-            by_k.setdefault(len(features), []).append((req, msg.partition, features))
+            seen.add(req.request_id)
+            by_k.setdefault(len(features), []).append((req, msg, features))
         now = datetime.now(timezone.utc)
         for group in by_k.values():
             self._decide_group(group, out, now)
 
-    def _decide_group(self, group: list[tuple[AdRequest, int, list[list[float]]]], out: Outputs,
+    def _decide_group(self, group: list[tuple[AdRequest, RawMessage, list[list[float]]]], out: Outputs,
                       now: datetime) -> None:
         segments = [req.segment for req, _, _ in group]
-        for req, partition, _ in group:
-            self._load_segment(req.segment, partition)
+        for req, msg, _ in group:
+            self._load_segment(req.segment, msg.partition)
         context = np.array([req.context for req, _, _ in group], dtype=np.float64)
         candidates = np.array([features for _, _, features in group], dtype=np.float64)
         items = item_keys(c.ad_id for req, _, _ in group for c in req.candidates).reshape(candidates.shape[:2])
@@ -196,25 +224,35 @@ class AdsEngine:
         version = self.adapter.version
         bernoulli = self.adapter.likelihood == "bernoulli"
         opened = []
-        for i, (req, partition, _) in enumerate(group):
+        for i, (req, msg, _) in enumerate(group):
             choice = int(decided.choices[i])
-            ad = req.candidates[choice]
-            opened.append((req.request_id, Pending(req.segment, ad.ad_id, partition,
-                                                   _epoch(req.event_time), decided.phis_chosen[i])))
             score = float(decided.mean_scores[i, choice])
-            prior = float(decided.prior_scores[i, choice])
-            expected = 1.0 / (1.0 + math.exp(-score)) if bernoulli else score
-            decision = AdDecision(
-                request_id=req.request_id, user_id=req.user_id, segment=req.segment, slot=req.slot,
-                ad_id=ad.ad_id, position=choice, propensity=float(decided.propensities[i, choice]),
-                policy_version=version,
-                explanation=Explanation(score=score, prior_score=prior, evidence_score=score - prior,
-                                        segment_updates=int(decided.n_updates[i]), expected_reward=expected),
-                request_time=req.event_time, decided_at=now,
-            )
-            out.decisions.append((req.segment.encode(), decision.model_dump_json().encode()))
-        self.counters["duplicate_requests"] += self.book.add_many(opened, self._tag)
+            pending = Pending(
+                req.segment, req.candidates[choice].ad_id, msg.partition, _epoch(req.event_time),
+                decided.phis_chosen[i], offset=msg.offset, position=choice,
+                propensity=float(decided.propensities[i, choice]), score=score,
+                prior_score=float(decided.prior_scores[i, choice]), segment_updates=int(decided.n_updates[i]),
+                expected=1.0 / (1.0 + math.exp(-score)) if bernoulli else score,
+                decided_at=now.timestamp(), policy_version=version)
+            opened.append((req.request_id, pending))
+            out.decisions.append((req.segment.encode(), self._decision_bytes(req, pending)))
+        self.book.add_many(opened, self._tag)
+        for rid, pending in opened:  # a request older than its segment's closed windows closes at once
+            if pending.decided_t + self.settings.attribution_window_s <= self._heads[pending.segment].closed_through:
+                self.counters["windows_forced"] += 1
+                self._close_one(rid, pending)
         self.counters["decisions"] += len(group)
+
+    @staticmethod
+    def _decision_bytes(req: AdRequest, p: Pending) -> bytes:
+        decision = AdDecision(
+            request_id=req.request_id, user_id=req.user_id, segment=req.segment, slot=req.slot,
+            ad_id=p.ad_id, position=p.position, propensity=p.propensity, policy_version=p.policy_version,
+            explanation=Explanation(score=p.score, prior_score=p.prior_score, evidence_score=p.score - p.prior_score,
+                                    segment_updates=p.segment_updates, expected_reward=p.expected),
+            request_time=req.event_time, decided_at=datetime.fromtimestamp(p.decided_at, timezone.utc),
+        )
+        return decision.model_dump_json().encode()
 
     # --- feedback --------------------------------------------------------------------------------
 
@@ -229,11 +267,14 @@ class AdsEngine:
         if _epoch(event.event_time) > pending.decided_t + self.settings.attribution_window_s:
             self.counters[f"{event.type}s_late_or_unknown"] += 1
             return
+        self._load_segment(pending.segment, pending.partition)
+        head = self._heads[pending.segment]
         if isinstance(event, Click):
             if pending.clicked:
                 self.counters["clicks_duplicate"] += 1
                 return
             pending = pending.with_click()
+            head.clicks += 1
             if self.settings.value_weight == 0.0:
                 self._learn(pending, 1.0)
             self.counters["clicks_applied"] += 1
@@ -244,6 +285,8 @@ class AdsEngine:
             pending = pending.with_value(event.value)
             self.counters["purchases_attributed"] += 1
             self.counters["purchase_value"] += event.value
+        head.feedback[event.request_id] = (pending.clicked, pending.value)
+        self._dirty.add(pending.segment)
         self.book.update(event.request_id, pending)
 
     def _learn(self, pending: Pending, reward: float) -> None:
@@ -252,6 +295,7 @@ class AdsEngine:
             reward = float(pending.clicked)
         self.adapter.learn_many([pending.segment], pending.phi[None, :], np.array([reward]),
                                 np.array([item_key(pending.ad_id)], dtype=np.int64))
+        self._heads[pending.segment].n_updates += 1
         self._dirty.add(pending.segment)
         self.counters["updates"] += 1
 
@@ -264,48 +308,83 @@ class AdsEngine:
     def _close_windows(self) -> None:
         """Close every open decision whose window ended before its partition's watermark."""
         for partition, watermark in self._watermark.items():
-            for _, pending in self.book.due(partition, watermark):
-                self._close_one(pending)
+            for rid, pending in self.book.due(partition, watermark):
+                self._close_one(rid, pending)
                 self.counters["windows_closed"] += 1
-        for _, pending in self.book.overflow():
-            self._close_one(pending)
+        for rid, pending in self.book.overflow():
+            self._close_one(rid, pending)
             self.counters["windows_forced"] += 1
 
-    def _close_one(self, pending: Pending) -> None:
+    def _close_one(self, request_id: str, pending: Pending) -> None:
+        self._load_segment(pending.segment, pending.partition)
+        head = self._heads[pending.segment]
+        head.closed_through = max(head.closed_through, pending.decided_t + self.settings.attribution_window_s)
+        head.feedback.pop(request_id, None)
+        self._dirty.add(pending.segment)
         if self.settings.value_weight > 0.0:
             self._learn(pending, float(pending.clicked) + self.settings.value_weight * pending.value)
         elif not pending.clicked:
             self._learn(pending, 0.0)
+            head.zero_updates += 1
             self.counters["zero_updates"] += 1
 
     # --- state -----------------------------------------------------------------------------------
 
     def _load_segment(self, segment: str, partition: int) -> None:
-        if segment in self._partition_of:
+        if segment in self._heads:
             return
-        self._partition_of[segment] = partition
-        raw = self.store.get_posterior(segment, partition)
+        raw = self.store.get_head(segment, partition)
         if raw is None:
+            self._heads[segment] = SegmentHead(self._epoch, partition)
             self.counters["segments_new"] += 1
             return
-        epoch, state = _split_epoch(raw)
-        if epoch != self._epoch:
+        head = SegmentHead.decode(raw)
+        self._heads[segment] = head
+        if head.epoch != self._epoch:
+            head.epoch, head.state = self._epoch, None
+            self._dirty.add(segment)
             self.counters["segments_reset_by_swap"] += 1
             return
-        self.adapter.load_state(segment, state)
+        if head.state is not None:
+            self.adapter.load_state(segment, head.state)
         self.counters["segments_restored"] += 1
 
+    def _rebuild(self) -> None:
+        """Reload the open decisions of the assigned partitions, with their heads (after a rebalance)."""
+        self._rebuild_needed = False
+
+        def current(request_id: str, pending: Pending) -> Pending | None:
+            self._load_segment(pending.segment, pending.partition)
+            head = self._heads[pending.segment]
+            if pending.decided_t + self.settings.attribution_window_s <= head.closed_through:
+                return None
+            clicked, value = head.feedback.get(request_id, (False, 0.0))
+            return pending if not (clicked or value) else replace(pending, clicked=clicked, value=value)
+
+        self.book.rebuild(self.store.iter_blocks(), current)
+
     def flush(self, force: bool = True) -> None:
-        """Write changed posteriors, then drop closed pending records (in that order)."""
-        now = time.monotonic()
-        if not force and now - self._last_flush < self.flush_interval_s:
-            return
-        self._last_flush = now
+        """Write new pending blocks, then changed segment heads, then delete finished blocks (in that order).
+
+        The glue calls this at every commit, before Faust's producer flush and the offset commit.
+        """
+        self.counters["blocks_written"] += self.book.write_new(self.store)
         for segment in self._dirty:
-            state = _join_epoch(self._epoch, self.adapter.state_bytes(segment))
-            self.store.put_posterior(segment, self._partition_of[segment], state)
+            head = self._heads[segment]
+            head.state = self.adapter.state_bytes(segment)
+            self.store.put_head(segment, head.partition, head.encode())
+        self.counters["heads_written"] += len(self._dirty)
         self._dirty.clear()
-        self.book.flush_deletes()
+        requests = self.topics.ad_requests.name
+        self.counters["blocks_deleted"] += self.book.delete_done(
+            self.store, lambda p: self.committed.get((requests, p), -1))
+
+    def on_committed(self, positions: dict[tuple[str, int], int]) -> None:
+        """The outputs and state of everything below ``positions`` are durable and visible."""
+        self.committed.update(positions)
+        for tp, offset in positions.items():
+            if offset > self.ledger.get(tp, -1):
+                self.ledger[tp] = offset
 
     def swap(self, artifact: PolicyArtifact, on_swap: str) -> None:
         """Serve ``artifact`` from the next decision on; ``on_swap`` is "keep" or "reset".
@@ -319,21 +398,29 @@ class AdsEngine:
             raise ArtifactError(
                 f"artifact {artifact.version} expects dx={artifact.meta.dx}, da={artifact.meta.da}; "
                 f"traffic has dx={current.dx}, da={current.da}")
-        self.flush(force=True)
         kept = self.adapter.swap_artifact(artifact, "keep" if on_swap == "keep" else "reset")
         if not kept:
-            # Every segment restarts from the new prior; posteriors stored under the old epoch are
-            # ignored from now on, also for segments not in memory.
+            # Every segment restarts from the new prior; heads stored under the old epoch are reset
+            # when loaded, and the ones in memory now.
             self._epoch = artifact.version.encode()
+            for segment, head in self._heads.items():
+                head.epoch, head.state = self._epoch, None
+                self._dirty.add(segment)
         self.counters["policy_swaps"] += 1
 
     def on_rebalance(self) -> None:
-        """Partitions move: save what changed, forget cached segments and deadlines, reload lazily."""
-        self.flush(force=True)
+        """Partitions move: forget cached segments, deadlines and positions, reload lazily.
+
+        The glue commits (``flush`` included) before the partitions go.
+        """
         self.adapter.reset_all()
-        self._partition_of.clear()
+        self._heads.clear()
         self.book.clear()
         self._dirty.clear()
+        self._watermark.clear()
+        self.positions.clear()
+        self.ledger.clear()
+        self.committed.clear()
         self._rebuild_needed = True
 
     def pending_count(self) -> int:
@@ -353,12 +440,3 @@ def _shape_problem(req: AdRequest, dx: int, da: int) -> str:
         return f"context has {len(req.context)} features; the policy expects {dx}"
     bad = next(c for c in req.candidates if len(c.features) != da)
     return f"candidate {bad.ad_id} has {len(bad.features)} features; the policy expects {da}"
-
-
-def _join_epoch(epoch: bytes, state: bytes) -> bytes:
-    return len(epoch).to_bytes(1, "little") + epoch + state
-
-
-def _split_epoch(raw: bytes) -> tuple[bytes, bytes]:
-    n = raw[0]
-    return raw[1:1 + n], raw[1 + n:]

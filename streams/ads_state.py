@@ -1,22 +1,34 @@
-"""What the ad agent keeps between a decision and its reward: one ``Pending`` record per request.
+"""What the ad agent keeps between a decision and its reward, and per segment.
 
-A pending record holds exactly what the posterior update needs (the chosen ad's features phi, the
-segment, the decision's event time) plus what arrived so far (a click, purchase value). It lives in a
-RocksDB-backed Faust table keyed by request id until the attribution window closes, so a restarted
-worker still applies late clicks and closes windows it opened before the crash.
+Two records, both in the one ``ads-segments`` table (so both go to the changelog partition of their
+segment, in the order they are written):
 
-Encoding: a fixed header (``struct``) + UTF-8 strings + phi as little-endian float64. No pickle.
+- ``Pending``: one decision waiting for its reward: what the posterior update needs (the chosen ad's
+  features phi, the segment, the decision's event time), the request's offset, and the facts of the
+  decision that was sent (position, propensity, scores, version, time), so a replayed request re-emits
+  the same decision instead of deciding anew. Pendings are immutable once written; they travel in blocks.
+- ``SegmentHead``: the segment's posterior and everything feedback changed, in one value: the number of
+  updates applied, clicks applied, zero updates, the event time up to which its windows are closed
+  (``closed_through``), and the click/value of its open decisions. A click, a purchase and a window close
+  each change the posterior and the mark that makes their replay a no-op in this one record, so they
+  cannot be lost or applied twice as long as it is written before the input offsets covering it are
+  committed.
+
+Encoding: fixed ``struct`` headers + UTF-8 strings + little-endian float64. No pickle.
 """
 
 from __future__ import annotations
 
+import math
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-_HEADER = struct.Struct("<BdidBHHH")  # version, decided_t, partition, value, clicked, |seg|, |ad|, d
-_VERSION = 1
+# version, decided_t, partition, value, clicked, offset, position, propensity, score, prior_score,
+# segment_updates, expected, decided_at, |segment|, |ad|, |policy version|, d
+_HEADER = struct.Struct("<BdidBqHdddIddHHHH")
+_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,10 @@ class Pending:
         A click already arrived (and, for click rewards, was applied).
     value : float
         Purchase value attributed so far.
+    offset : int
+        Offset of the request in its partition of ad-requests (-1 when unknown).
+    position, propensity, score, prior_score, segment_updates, expected, decided_at, policy_version
+        The decision as it was sent (``decided_at`` in seconds since the epoch).
     """
 
     segment: str
@@ -46,6 +62,15 @@ class Pending:
     phi: np.ndarray
     clicked: bool = False
     value: float = 0.0
+    offset: int = -1
+    position: int = 0
+    propensity: float = 0.0
+    score: float = 0.0
+    prior_score: float = 0.0
+    segment_updates: int = 0
+    expected: float = 0.0
+    decided_at: float = 0.0
+    policy_version: str = ""
 
     def with_click(self) -> "Pending":
         return replace(self, clicked=True)
@@ -56,14 +81,17 @@ class Pending:
     def encode(self) -> bytes:
         seg = self.segment.encode()
         ad = self.ad_id.encode()
+        ver = self.policy_version.encode()
         phi = np.ascontiguousarray(self.phi, dtype="<f8")
-        head = _HEADER.pack(_VERSION, self.decided_t, self.partition, self.value, self.clicked,
-                            len(seg), len(ad), phi.shape[0])
-        return head + seg + ad + phi.tobytes()
+        head = _HEADER.pack(_VERSION, self.decided_t, self.partition, self.value, self.clicked, self.offset,
+                            self.position, self.propensity, self.score, self.prior_score, self.segment_updates,
+                            self.expected, self.decided_at, len(seg), len(ad), len(ver), phi.shape[0])
+        return head + seg + ad + ver + phi.tobytes()
 
     @classmethod
     def decode(cls, raw: bytes) -> "Pending":
-        version, decided_t, partition, value, clicked, n_seg, n_ad, d = _HEADER.unpack_from(raw)
+        (version, decided_t, partition, value, clicked, offset, position, propensity, score, prior, n_upd,
+         expected, decided_at, n_seg, n_ad, n_ver, d) = _HEADER.unpack_from(raw)
         if version != _VERSION:
             raise ValueError(f"pending record version {version} is not {_VERSION}")
         at = _HEADER.size
@@ -71,5 +99,70 @@ class Pending:
         at += n_seg
         ad_id = raw[at:at + n_ad].decode()
         at += n_ad
+        policy_version = raw[at:at + n_ver].decode()
+        at += n_ver
         phi = np.frombuffer(raw, dtype="<f8", count=d, offset=at).copy()
-        return cls(segment, ad_id, partition, decided_t, phi, bool(clicked), value)
+        return cls(segment, ad_id, partition, decided_t, phi, bool(clicked), value, offset, position, propensity,
+                   score, prior, n_upd, expected, decided_at, policy_version)
+
+
+# version, partition, n_updates, clicks, zero_updates, closed_through, |epoch|, |state|, feedback entries
+_HEAD = struct.Struct("<BiIIIdHII")
+_FEEDBACK = struct.Struct("<HBd")  # |request id|, clicked, value
+_HEAD_VERSION = 1
+
+
+@dataclass
+class SegmentHead:
+    """A segment's posterior and the feedback it absorbed, stored as one table value.
+
+    Attributes
+    ----------
+    epoch : bytes
+        Version of the artifact whose prior the posterior grew from.
+    state : bytes or None
+        The adapter's posterior bytes (None: the segment is at its prior).
+    n_updates, clicks, zero_updates : int
+        Posterior updates applied; of them clicks (or value rewards) and zero rewards of closed windows.
+    closed_through : float
+        Every decision of the segment whose window ends at or before this event time is closed.
+    feedback : dict
+        Request id -> (clicked, value) of the segment's open decisions that received feedback.
+    """
+
+    epoch: bytes
+    partition: int
+    state: bytes | None = None
+    n_updates: int = 0
+    clicks: int = 0
+    zero_updates: int = 0
+    closed_through: float = -math.inf
+    feedback: dict[str, tuple[bool, float]] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        state = self.state or b""
+        parts = [_HEAD.pack(_HEAD_VERSION, self.partition, self.n_updates, self.clicks, self.zero_updates,
+                            self.closed_through, len(self.epoch), len(state), len(self.feedback)),
+                 self.epoch, state]
+        for rid, (clicked, value) in self.feedback.items():
+            b = rid.encode()
+            parts.append(_FEEDBACK.pack(len(b), clicked, value) + b)
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "SegmentHead":
+        version, partition, n_updates, clicks, zeros, closed, n_epoch, n_state, n_fb = _HEAD.unpack_from(raw)
+        if version != _HEAD_VERSION:
+            raise ValueError(f"segment record version {version} is not {_HEAD_VERSION}")
+        at = _HEAD.size
+        epoch = bytes(raw[at:at + n_epoch])
+        at += n_epoch
+        state = bytes(raw[at:at + n_state]) or None
+        at += n_state
+        feedback = {}
+        for _ in range(n_fb):
+            n_rid, clicked, value = _FEEDBACK.unpack_from(raw, at)
+            at += _FEEDBACK.size
+            feedback[raw[at:at + n_rid].decode()] = (bool(clicked), value)
+            at += n_rid
+        return cls(epoch, partition, state, n_updates, clicks, zeros, closed, feedback)

@@ -41,6 +41,9 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> C
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
+        # Ad decisions are written in transactions: readers see committed ones only (librdkafka's
+        # default too, stated here so no reader of decisions depends on a default).
+        "isolation.level": "read_committed",
     }
     return Consumer({"logger": RDKAFKA_LOGGER} | config | overrides)
 

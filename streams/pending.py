@@ -1,11 +1,16 @@
-"""Open decisions, waiting for their attribution window to close: in memory, persisted in blocks.
+"""Decisions waiting for their attribution window to close: in memory, persisted in immutable blocks.
 
 Writing one table key per decision costs two changelog messages per request (put, then delete). The
-book instead writes the decisions of one batch and one partition as a single *block*, and only the
-records that feedback changed (clicks, purchases) as small per-request *marks*. A block is deleted when
-its last window closes. After a restart or rebalance, ``rebuild`` reads blocks and marks back.
+book instead writes the decisions of one partition made since the last commit as a single *block*,
+once. What feedback changes (clicks, purchases, closes) lives in the segment's head record
+(``streams.ads_state.SegmentHead``), never in the block, so a block is written once and deleted once.
 
-Memory is bounded: beyond ``max_open`` open decisions the oldest windows are closed early (their
+A block is written before the heads of the same commit (same table, same changelog partition, so a
+head that reached the changelog implies its blocks did), and deleted only once all its decisions are
+closed *and* the committed input offsets passed its requests: a replayed request always finds its
+decision (open or closed) while it may still be replayed.
+
+Memory is bounded: beyond ``max_open`` open decisions the earliest windows are closed early (their
 zero-reward update applied, counted as ``windows_forced``).
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,14 +28,11 @@ _LEN = struct.Struct("<HI")  # request-id length, record length
 
 
 class BookStore(Protocol):
-    """Persistence of blocks and marks (Faust tables in production, dicts in tests)."""
+    """Persistence of blocks (a Faust table in production, a dict in tests)."""
 
     def put_block(self, key: str, partition: int, value: bytes) -> None: ...
     def del_block(self, key: str, partition: int) -> None: ...
     def iter_blocks(self) -> Iterator[tuple[str, bytes]]: ...
-    def get_mark(self, request_id: str, partition: int) -> bytes | None: ...
-    def put_mark(self, request_id: str, partition: int, value: bytes) -> None: ...
-    def del_mark(self, request_id: str, partition: int) -> None: ...
 
 
 def encode_block(records: list[tuple[str, Pending]]) -> bytes:
@@ -56,127 +58,145 @@ def decode_block(raw: bytes) -> list[tuple[str, Pending]]:
 
 
 @dataclass(slots=True)
-class _Open:
+class _Entry:
     pending: Pending
     block: str
-    marked: bool = False
+    open: bool = True
 
 
 @dataclass
 class PendingBook:
-    """Open decisions by request id, with their event-time deadlines per partition."""
+    """Decisions by request id (open, or closed but still in a retained block), deadlines per partition."""
 
-    store: BookStore
     window_s: float
     max_open: int = 1_000_000
-    _open: dict[str, _Open] = field(default_factory=dict)
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+    _n_open: int = 0
     _deadlines: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
+    _block_rids: dict[str, list[str]] = field(default_factory=dict)
     _block_open: dict[str, int] = field(default_factory=dict)
     _block_partition: dict[str, int] = field(default_factory=dict)
-    _deletes: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, key, partition)
+    _block_offset: dict[str, int] = field(default_factory=dict)
+    _unwritten: list[str] = field(default_factory=list)
+    _emptied: set[str] = field(default_factory=set)
     _seq: int = 0
 
     def __len__(self) -> int:
-        return len(self._open)
+        return self._n_open
 
-    def __contains__(self, request_id: str) -> bool:
-        return request_id in self._open
+    def known(self, request_id: str) -> Pending | None:
+        """The decision of ``request_id`` while its block is retained (open or closed)."""
+        entry = self._entries.get(request_id)
+        return entry.pending if entry else None
 
-    def add_many(self, records: list[tuple[str, Pending]], tag: str) -> int:
-        """Open new decisions (one block per partition); returns how many were already open."""
+    def get(self, request_id: str) -> Pending | None:
+        """The decision of ``request_id`` while its window is open."""
+        entry = self._entries.get(request_id)
+        return entry.pending if entry is not None and entry.open else None
+
+    def add_many(self, records: list[tuple[str, Pending]], tag: str) -> None:
+        """Open new decisions (one block per partition, written at the next ``write_new``)."""
         by_partition: dict[int, list[tuple[str, Pending]]] = {}
-        seen: set[str] = set()
-        duplicates = 0
         for request_id, pending in records:
-            if request_id in self._open or request_id in seen:
-                duplicates += 1  # a replayed request: the first decision stays the one rewarded
-                continue
-            seen.add(request_id)
             by_partition.setdefault(pending.partition, []).append((request_id, pending))
         for partition, recs in by_partition.items():
             self._seq += 1
             key = f"{partition}:{tag}:{self._seq}"
-            self.store.put_block(key, partition, encode_block(recs))
-            self._index(key, partition, recs)
-        return duplicates
-
-    def get(self, request_id: str) -> Pending | None:
-        entry = self._open.get(request_id)
-        return entry.pending if entry else None
+            self._index(key, partition, recs, [True] * len(recs))
+            self._unwritten.append(key)
 
     def update(self, request_id: str, pending: Pending) -> None:
-        """Record what feedback changed (persisted as a mark)."""
-        entry = self._open[request_id]
-        entry.pending = pending
-        entry.marked = True
-        self.store.put_mark(request_id, pending.partition, pending.encode())
+        """Feedback changed an open decision (persisted in its segment's head, not here)."""
+        self._entries[request_id].pending = pending
 
     def due(self, partition: int, watermark: float) -> Iterator[tuple[str, Pending]]:
-        """Pop the decisions of ``partition`` whose window ended at or before ``watermark``."""
+        """Close the decisions of ``partition`` whose window ended at or before ``watermark``."""
         heap = self._deadlines.get(partition)
         while heap and heap[0][0] <= watermark:
             _, request_id = heapq.heappop(heap)
-            entry = self._open.get(request_id)
-            if entry is not None:
-                yield request_id, self._close(request_id, entry)
+            entry = self._entries.get(request_id)
+            if entry is not None and entry.open:
+                yield request_id, self._close(entry)
 
     def overflow(self) -> Iterator[tuple[str, Pending]]:
-        """Pop the earliest-deadline decisions while more than ``max_open`` are open."""
-        while len(self._open) > self.max_open:
-            partition = min((h[0][0], p) for p, h in self._deadlines.items() if h)[1]
-            _, request_id = heapq.heappop(self._deadlines[partition])
-            entry = self._open.get(request_id)
-            if entry is not None:
-                yield request_id, self._close(request_id, entry)
+        """Close the earliest-deadline decisions while more than ``max_open`` are open.
 
-    def _close(self, request_id: str, entry: _Open) -> Pending:
-        del self._open[request_id]
-        p = entry.pending.partition
-        if entry.marked:
-            self._deletes.append(("mark", request_id, p))
+        Decisions of the same partition sharing that deadline close with it, so that "every window
+        ending at or before t is closed" stays true per segment (``SegmentHead.closed_through``).
+        """
+        while self._n_open > self.max_open:
+            deadline, partition = min((h[0][0], p) for p, h in self._deadlines.items() if h)
+            yield from self.due(partition, deadline)
+
+    def _close(self, entry: _Entry) -> Pending:
+        entry.open = False
+        self._n_open -= 1
         left = self._block_open[entry.block] - 1
-        if left:
-            self._block_open[entry.block] = left
-        else:
-            del self._block_open[entry.block]
-            self._deletes.append(("block", entry.block, self._block_partition.pop(entry.block)))
+        self._block_open[entry.block] = left
+        if not left:
+            self._emptied.add(entry.block)
         return entry.pending
 
-    def flush_deletes(self) -> None:
-        """Delete closed marks and emptied blocks (after the posteriors they fed are saved)."""
-        for kind, key, partition in self._deletes:
-            if kind == "mark":
-                self.store.del_mark(key, partition)
-            else:
-                self.store.del_block(key, partition)
-        self._deletes.clear()
+    def write_new(self, store: BookStore) -> int:
+        """Write the blocks opened since the last call; returns how many."""
+        for key in self._unwritten:
+            recs = [(rid, self._entries[rid].pending) for rid in self._block_rids[key]]
+            store.put_block(key, self._block_partition[key], encode_block(recs))
+        n = len(self._unwritten)
+        self._unwritten.clear()
+        return n
+
+    def delete_done(self, store: BookStore, committed: Callable[[int], int]) -> int:
+        """Delete written blocks with nothing open whose requests are all below ``committed(partition)``."""
+        done = [k for k in self._emptied
+                if self._block_offset[k] < committed(self._block_partition[k])]
+        for key in done:
+            store.del_block(key, self._block_partition.pop(key))
+            for rid in self._block_rids.pop(key):
+                self._entries.pop(rid, None)
+            del self._block_open[key], self._block_offset[key]
+            self._emptied.discard(key)
+        return len(done)
 
     def clear(self) -> None:
-        self._open.clear()
+        self._entries.clear()
+        self._n_open = 0
         self._deadlines.clear()
+        self._block_rids.clear()
         self._block_open.clear()
         self._block_partition.clear()
-        self._deletes.clear()
+        self._block_offset.clear()
+        self._unwritten.clear()
+        self._emptied.clear()
 
-    def rebuild(self) -> None:
-        """Reload every open decision from the store (after a restart or a rebalance)."""
+    def rebuild(self, blocks: Iterable[tuple[str, bytes]],
+                current: Callable[[str, Pending], Pending | None]) -> None:
+        """Reload every retained decision from the store (after a restart or a rebalance).
+
+        ``current(request_id, pending)`` returns the decision with its feedback applied while its
+        window is open, None once it is closed (both known from the segment's head).
+        """
         self.clear()
-        for key, raw in self.store.iter_blocks():
-            recs = [(rid, p) for rid, p in decode_block(raw) if rid not in self._open]
+        for key, raw in blocks:
+            recs = decode_block(raw)
             if not recs:
-                self._deletes.append(("block", key, int(key.split(":", 1)[0])))
                 continue
-            self._index(key, recs[0][1].partition, recs)
-            for rid, _ in recs:
-                mark = self.store.get_mark(rid, self._open[rid].pending.partition)
-                if mark is not None:
-                    self._open[rid].pending = Pending.decode(mark)
-                    self._open[rid].marked = True
+            states = [current(rid, p) for rid, p in recs]
+            self._index(key, recs[0][1].partition, [(rid, s if s is not None else p) for (rid, p), s in
+                                                     zip(recs, states)], [s is not None for s in states])
 
-    def _index(self, key: str, partition: int, recs: list[tuple[str, Pending]]) -> None:
+    def _index(self, key: str, partition: int, recs: list[tuple[str, Pending]], open_: list[bool]) -> None:
         heap = self._deadlines.setdefault(partition, [])
-        for request_id, pending in recs:
-            self._open[request_id] = _Open(pending, key)
-            heapq.heappush(heap, (pending.decided_t + self.window_s, request_id))
-        self._block_open[key] = len(recs)
+        n_open = 0
+        for (request_id, pending), is_open in zip(recs, open_):
+            self._entries[request_id] = _Entry(pending, key, is_open)
+            if is_open:
+                n_open += 1
+                heapq.heappush(heap, (pending.decided_t + self.window_s, request_id))
+        self._n_open += n_open
+        self._block_rids[key] = [rid for rid, _ in recs]
+        self._block_open[key] = n_open
         self._block_partition[key] = partition
+        self._block_offset[key] = max(p.offset for _, p in recs)
+        if not n_open:
+            self._emptied.add(key)

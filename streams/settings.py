@@ -146,6 +146,15 @@ class AdsSettings(BaseModel):
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
     max_open_decisions: int = Field(
         1_000_000, ge=1, description="open attribution windows kept; beyond it the oldest close early")
+    delivery: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once", description="exactly_once: decisions, dead letters and input offsets commit in one "
+        "Kafka transaction (readers use isolation.level=read_committed); at_least_once: an idempotent producer")
+    commit_interval_s: float = Field(
+        0.1, gt=0, description="longest time between commits (state, outputs, offsets): bounds decision latency")
+    transaction_timeout_s: float = Field(
+        10.0, ge=1, description="a dead worker's open transaction is aborted by the broker after this long")
+    instance_id: str = Field(
+        "", description="stable name of this worker process in its app (transactional.id); empty: host-pid")
 
 
 class RetentionSettings(BaseModel):

@@ -14,25 +14,22 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import faust
-from confluent_kafka import Producer
-from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
 from faust.types import EventT
 
 from policy.adapter import Adapter
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_engine import AdsEngine, RawMessage
-from streams.agents.lifecycle import install_state_hooks
+from streams.agents.delivery import Delivery
 from streams.app import TABLE_OPTIONS
 from streams.edge import Decoder, Source, dead_letter
 from streams.events import DeadLetter
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import make_consumer
 from streams.pseudonyms import Pseudonyms
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
@@ -43,7 +40,11 @@ log = logging.getLogger("metacart.ads")
 
 @dataclass
 class FaustStore:
-    """``StateStore`` over Faust tables; every read and write happens under an event of the key's partition.
+    """``StateStore`` over one Faust table; every read and write happens under an event of the key's partition.
+
+    Segment heads (``h:<segment>``) and pending blocks (``b:<key>``) share the table, so both go to the
+    changelog partition of their segment, in the order they were written (a head that reached the
+    changelog implies the blocks written before it did).
 
     Faust's RocksDB store reads, tests membership and writes through the partition of the *current event*
     (``faust.streams.current_event``). A batch spans partitions, so each call first makes an event of the
@@ -51,9 +52,7 @@ class FaustStore:
     event, and Faust then searches every assigned partition.
     """
 
-    posteriors: faust.Table
-    blocks: faust.Table
-    marks: faust.Table
+    table: faust.Table
     events: dict[int, EventT] = field(default_factory=dict)
     skipped_deletes: int = 0
 
@@ -62,52 +61,40 @@ class FaustStore:
         _current_event.set(weakref.ref(event) if event is not None else None)
         return event is not None
 
-    def get_posterior(self, segment: str, partition: int) -> bytes | None:
+    def get_head(self, segment: str, partition: int) -> bytes | None:
         self._within(partition)
-        return self.posteriors.get(segment.encode())
+        return self.table.get(b"h:" + segment.encode())
 
-    def put_posterior(self, segment: str, partition: int, value: bytes) -> None:
-        self._write(self.posteriors, segment.encode(), partition, value)
+    def put_head(self, segment: str, partition: int, value: bytes) -> None:
+        self._write(b"h:" + segment.encode(), partition, value)
 
     def put_block(self, key: str, partition: int, value: bytes) -> None:
-        self._write(self.blocks, key.encode(), partition, value)
+        self._write(b"b:" + key.encode(), partition, value)
 
     def del_block(self, key: str, partition: int) -> None:
-        self._delete(self.blocks, key.encode(), partition)
-
-    def iter_blocks(self) -> Iterator[tuple[str, bytes]]:
-        return ((k.decode(), v) for k, v in list(self.blocks.items()))
-
-    def get_mark(self, request_id: str, partition: int) -> bytes | None:
-        self._within(partition)
-        return self.marks.get(request_id.encode())
-
-    def put_mark(self, request_id: str, partition: int, value: bytes) -> None:
-        self._write(self.marks, request_id.encode(), partition, value)
-
-    def del_mark(self, request_id: str, partition: int) -> None:
-        self._delete(self.marks, request_id.encode(), partition)
-
-    def _write(self, table: faust.Table, key: bytes, partition: int, value: bytes) -> None:
-        if not self._within(partition):
-            raise RuntimeError(f"no event of partition {partition} to write {table.name} under")
-        table[key] = value
-
-    def _delete(self, table: faust.Table, key: bytes, partition: int) -> None:
-        # A delete needs an event of the key's partition. Every partition this process wrote to has one;
-        # the exception is a block restored after a restart and force-closed by the open-decision cap
-        # before any event of its partition arrived: it then stays, and is closed again after a later
-        # restart (its zero updates applied twice). Counted as ``deletes_skipped``.
+        # A delete needs an event of the key's partition; every block this process closes belongs to a
+        # partition it processed since the assignment, so one exists. Otherwise counted and left (it is
+        # read back, found closed and deleted after a later restart).
         if not self._within(partition):
             self.skipped_deletes += 1
             return
-        if key in table:
-            del table[key]
+        k = b"b:" + key.encode()
+        if k in self.table:
+            del self.table[k]
+
+    def iter_blocks(self) -> Iterator[tuple[str, bytes]]:
+        _current_event.set(None)
+        return ((k[2:].decode(), v) for k, v in list(self.table.items()) if k.startswith(b"b:"))
+
+    def _write(self, key: bytes, partition: int, value: bytes) -> None:
+        if not self._within(partition):
+            raise RuntimeError(f"no event of partition {partition} to write {self.table.name} under")
+        self.table[key] = value
 
 
 def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter,
             pseudonyms: Pseudonyms | None = None, metrics: WorkerMetrics | None = None) -> AdsEngine:
-    """Register the ad agent, its tables, the policy watcher and the stats timer on ``app``.
+    """Register the ad agent, its table, the commit hooks, the policy watcher and the stats timer on ``app``.
 
     With ``metrics``, each batch's engine time and each request's latency (record timestamp to
     decision produced) are observed.
@@ -117,24 +104,13 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
     source = app.topic(topics.ad_requests.name, topics.ad_feedback.name,
                        key_type=bytes, value_type=bytes, partitions=parts)
     dead_letters = app.topic(topics.dead_letters.name, key_type=bytes, value_type=bytes, partitions=1)
-    tables = {name: app.Table(f"ads-{name}", partitions=parts, key_type=bytes, value_type=bytes,
-                              options=TABLE_OPTIONS)
-              for name in ("posteriors", "pending", "marks")}
-    store = FaustStore(tables["posteriors"], tables["pending"], tables["marks"])
+    table = app.Table("ads-segments", partitions=parts, key_type=bytes, value_type=bytes, options=TABLE_OPTIONS)
+    store = FaustStore(table)
     engine = AdsEngine(adapter, store, topics, ads, settings.store, pseudonyms)
     # Decisions and dead letters go out through librdkafka (aiokafka's pure-Python producer was the
-    # largest cost per request in profiles). They are delivered before the offsets of the requests that
-    # produced them are committed: see ``_flush_outputs_before_commit``.
-    failed = Counter()
-
-    def on_failed_delivery(err: object, msg: object) -> None:
-        failed["n"] += 1
-        engine.counters["output_delivery_errors"] += 1
-        log.error("output not delivered: %s", err)
-
-    output = make_producer(settings.kafka, **{"linger.ms": 1, "delivery.report.only.error": True,
-                                              "on_delivery": on_failed_delivery})
-    _flush_outputs_before_commit(app, output, failed)
+    # largest cost per request in profiles), committed together with the state and the input offsets.
+    delivery = Delivery(app, settings, topics, engine)
+    delivery.install(on_revoked=store.events.clear)
 
     @app.agent(source, name="ads")
     async def decide(stream: faust.StreamT) -> None:
@@ -144,13 +120,12 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
                 msg = event.message
                 store.events[msg.partition] = event
                 batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            partitions = {m.partition for m in batch}
+            if not partitions <= delivery.ready:  # normally read on assignment, before any event
+                await delivery.prepare(partitions)
             t0 = time.perf_counter()
             out = engine.process_many(batch)
-            for key, value in out.decisions:
-                output.produce(topics.ad_decisions.name, key=key, value=value)
-            for key, value in out.dead_letters:
-                output.produce(topics.dead_letters.name, key=key, value=value)
-            output.poll(0)
+            delivery.produce(out)
             elapsed = time.perf_counter() - t0
             counters = engine.counters
             counters["batches"] += 1
@@ -161,36 +136,14 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
                 metrics.observe_requests(e.message.timestamp for e in events
                                          if e.message.topic == topics.ad_requests.name)
             counters["deletes_skipped"] = store.skipped_deletes
-
-    install_state_hooks(app, engine, settings.store.state_flush_interval_s)
+            if delivery.due():
+                await delivery.commit()
 
     @app.task
     async def watch_policy_updates() -> None:
         await _watch_policy_updates(settings, topics, engine, dead_letters)
 
     return engine
-
-
-def _flush_outputs_before_commit(app: faust.App, output: Producer, failed: Counter) -> None:
-    """Make Faust's pre-commit producer flush also flush (and check) our librdkafka producer.
-
-    Faust acknowledges a batch's events as soon as the agent moves on, and commits acknowledged offsets
-    every ``broker_commit_interval`` after ``await app.producer.flush()``. Chaining our flush into that
-    call keeps at-least-once delivery without a round trip per batch: an offset is committed only once
-    every decision produced before it was delivered. A delivery failure fails the commit, the worker
-    crashes, and the uncommitted requests are processed again after the restart.
-    """
-    producer = app.producer
-    faust_flush = producer.flush
-
-    async def flush_both() -> None:
-        await faust_flush()
-        before = failed["n"]
-        left = await asyncio.get_running_loop().run_in_executor(None, output.flush, 30.0)
-        if left or failed["n"] != before or failed["n"]:
-            raise ProducerSendError(f"{left} outputs undelivered, {failed['n']} failed: not committing")
-
-    producer.flush = flush_both  # type: ignore[method-assign]
 
 
 async def _watch_policy_updates(settings: Settings, topics: Topics, engine: AdsEngine,

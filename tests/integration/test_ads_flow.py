@@ -14,6 +14,7 @@ import numpy as np
 
 from policy.adapter import decode_state
 from policy.artifact import PolicyArtifact
+from streams.ads_state import SegmentHead
 from streams.app import topics_for
 from streams.control import publish_policy_update
 
@@ -36,15 +37,14 @@ def _wait_counter(stats: Reader, name: str, value: float, timeout_s: float = 30.
 
 def _updates_in_changelog(settings, segment: str) -> int:
     """n_updates of the newest posterior the worker flushed to the table's changelog."""
-    log = Reader(settings.kafka, f"{settings.worker_id}-ads-posteriors-changelog")
+    log = Reader(settings.kafka, f"{settings.worker_id}-ads-segments-changelog")
     log.poll(2.0)
     log.close()
-    values = [m.value() for m in log.seen if m.key() == segment.encode()]
+    values = [m.value() for m in log.seen if m.key() == b"h:" + segment.encode()]
     if not values:
         return -1
-    raw = values[-1]
-    state = raw[1 + raw[0]:]  # skip the policy-epoch prefix
-    return decode_state(state)[2]
+    state = SegmentHead.decode(values[-1]).state
+    return decode_state(state)[2] if state is not None else 0
 
 
 def test_click_once_duplicate_ignored_window_zero_update(settings, workers):

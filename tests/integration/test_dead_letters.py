@@ -33,7 +33,8 @@ def _malformed(valid: bytes) -> dict[str, bytes]:
         "unknown_version": variant(schema_version=2),
         "naive_time": variant(event_time="2026-01-01T00:00:00"),
         "extra_field": variant(coupon="free"),
-        "wrong_dims": variant(context=body["context"][:3]),
+        # its own request id: one that was decided already is dead-lettered as duplicate_request
+        "wrong_dims": variant(request_id="dims-0", context=body["context"][:3]),
     }
 
 

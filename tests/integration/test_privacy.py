@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rocksdict import AccessType, Options, Rdict
 
@@ -54,7 +54,10 @@ def _retention_settings(s: Settings, artifact: Path) -> Settings:
 
 def drain(kafka: KafkaSettings, topic: str) -> list:
     """Every message of ``topic``, from the first offset to the end at the time of the call."""
-    consumer = make_consumer(kafka, f"scan-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
+    # End of partition as librdkafka sees it: a transactional topic ends with a commit marker, which is
+    # never delivered as a message.
+    consumer = make_consumer(kafka, f"scan-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False,
+                                                                      "enable.partition.eof": True})
     try:
         parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30) for p in parts}
@@ -68,6 +71,8 @@ def drain(kafka: KafkaSettings, topic: str) -> list:
                     out.append(m)
                     if m.offset() >= ends[m.partition()][1] - 1:
                         todo.discard(m.partition())
+                elif m.error().code() == KafkaError._PARTITION_EOF and m.offset() >= ends[m.partition()][1]:
+                    todo.discard(m.partition())
         assert not todo, f"{topic}: partitions {todo} not read to the end"
         return out
     finally:
@@ -157,7 +162,7 @@ def test_no_raw_user_id_in_state_changelogs_outputs_or_logs(settings, workers, r
     stored = [b for rows in tables.values() for kv in rows for b in kv]
     admin = AdminClient(client_config(s.kafka))
     changelogs = sorted(t for t in admin.list_topics(timeout=30).topics if t.startswith(f"{s.worker_id}-"))
-    assert len(changelogs) >= 7  # three ads tables, four retention tables (and the leader topic)
+    assert len(changelogs) >= 5  # the ads table, four retention tables (and the leader topic)
     outputs = [topics.ad_decisions.name, topics.retention_actions.name, topics.dead_letters.name,
                topics.worker_stats.name]
     written = {t: [b for m in drain(s.kafka, t) for b in _blobs(m)] for t in changelogs + outputs}

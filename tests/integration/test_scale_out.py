@@ -41,3 +41,4 @@ def test_two_workers_split_partitions_and_both_decide(settings, workers, tmp_pat
         ads.setdefault(d["request_id"], set()).add(d["ad_id"])
     print(f"rebalance 1->2 workers: {sent} requests, {len(ads)} decided, "
           f"{len(decisions.seen) - len(ads)} extra decisions, {sum(len(v) > 1 for v in ads.values())} with a different ad")
+    assert len(decisions.seen) == len(ads), "a request has more than one visible decision after the rebalance"

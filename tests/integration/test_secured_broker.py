@@ -91,7 +91,7 @@ def test_worker_decides_end_to_end_over_sasl_ssl_with_acls(secured, secure_setti
         produce(shop, topics.ad_requests.name, mixed_requests(n, f"sec{uuid.uuid4().hex[:6]}"))
         decisions.wait_for(lambda ms: len(ms) >= n, 120, f"{n} decisions")
         assert len({d["request_id"] for d in json_values(decisions.seen)}) == n
-        changelog = Reader(admin, f"{s.worker_id}-ads-pending-changelog")  # open decisions, written by the worker
+        changelog = Reader(admin, f"{s.worker_id}-ads-segments-changelog")  # open decisions, written by the worker
         changelog.wait_for(lambda ms: len(ms) > 0, 30, "open decisions in the changelog")
         changelog.close()
         assert worker.alive(), worker.log_tail()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime, timezone
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from policy.adapter import Adapter
 from streams.ads_engine import AdsEngine, DictStore, RawMessage
+from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
 from tests.unit.policy.test_artifact import make_artifact
@@ -17,25 +19,30 @@ from tests.unit.policy.test_artifact import make_artifact
 TOPICS = Topics("u")
 DX, DA, K = 3, 2, 4
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+# Offsets grow per topic as in Kafka: a message at an offset a process already handled is a redelivery.
+_OFFSETS = {"requests": itertools.count(10_000), "feedback": itertools.count(10_000)}
 
 
 def iso(t: float) -> str:
     return datetime.fromtimestamp(T0 + t, timezone.utc).isoformat()
 
 
-def request(rid: str, t: float, segment: str = "m00-c00", seed: int = 0) -> RawMessage:
+def request(rid: str, t: float, segment: str = "m00-c00", seed: int = 0, offset: int | None = None) -> RawMessage:
     rng = np.random.default_rng(seed)
     body = {"request_id": rid, "user_id": "u1", "segment": segment, "context": rng.normal(size=DX).tolist(),
             "candidates": [{"ad_id": f"a{k}", "features": rng.normal(size=DA).tolist()} for k in range(K)],
             "event_time": iso(t)}
-    return RawMessage(TOPICS.ad_requests.name, 0, 0, segment.encode(), json.dumps(body).encode())
+    offset = next(_OFFSETS["requests"]) if offset is None else offset
+    return RawMessage(TOPICS.ad_requests.name, 0, offset, segment.encode(), json.dumps(body).encode())
 
 
-def feedback(kind: str, rid: str, t: float, segment: str = "m00-c00", value: float = 0.0) -> RawMessage:
+def feedback(kind: str, rid: str, t: float, segment: str = "m00-c00", value: float = 0.0,
+             offset: int | None = None) -> RawMessage:
     body = {"type": kind, "request_id": rid, "segment": segment, "ad_id": "a0", "event_time": iso(t)}
     if kind == "purchase":
         body["value"] = value
-    return RawMessage(TOPICS.ad_feedback.name, 0, 0, segment.encode(), json.dumps(body).encode())
+    offset = next(_OFFSETS["feedback"]) if offset is None else offset
+    return RawMessage(TOPICS.ad_feedback.name, 0, offset, segment.encode(), json.dumps(body).encode())
 
 
 def engine(store: DictStore | None = None, window: float = 600.0, value_weight: float = 0.0,
@@ -133,37 +140,83 @@ def test_restart_restores_posteriors_and_open_decisions_from_the_store():
     first.process_many([request("A", 0), request("B", 1), request("C", 2)])
     first.process_many([feedback("click", "A", 3)])
     first.flush()
-    assert store.blocks and store.marks and store.posteriors
+    assert store.blocks and store.heads
+    head = SegmentHead.decode(store.heads["m00-c00"])
+    assert (head.n_updates, head.clicks, head.feedback) == (1, 1, {"A": (True, 0.0)})
 
-    second = engine(store, window=100)  # a new process: empty memory, same tables
+    second = engine(store, window=100)  # a new process: empty memory, same table
     second.process_many([feedback("click", "A", 4), feedback("click", "B", 5)])
-    assert second.counters["clicks_duplicate"] == 1  # A's click survived as a mark
+    assert second.counters["clicks_duplicate"] == 1  # A's click survived in the segment's head
     assert second.counters["clicks_applied"] == 1  # B's decision survived in its block
     second.process_many([request("D", 500)])
     assert second.counters["zero_updates"] == 1  # C
+    second.on_committed(dict(second.positions))
     second.flush()
-    assert second.adapter.posterior("m00-c00")[2] == 3
-    assert not store.marks  # every marked decision is closed
+    head = SegmentHead.decode(store.heads["m00-c00"])
+    assert second.adapter.posterior("m00-c00")[2] == head.n_updates == 3
+    assert (head.clicks, head.zero_updates, head.feedback) == (2, 1, {})  # every clicked decision is closed
     assert len(store.blocks) == 1 and len(second.book) == 1  # only D's block is still open
 
 
-def test_closed_blocks_and_marks_are_deleted():
+def test_closed_blocks_are_deleted_once_the_commit_passed_their_requests():
     store = DictStore()
     eng = engine(store, window=10)
-    eng.process_many([request(f"r{i}", 0, seed=i) for i in range(5)])
+    eng.process_many([request(f"r{i}", 0, seed=i, offset=i) for i in range(5)])
     eng.process_many([feedback("click", "r0", 1)])
-    assert len(store.blocks) == 1 and len(store.marks) == 1
-    eng.process_many([request("later", 100)])
+    eng.process_many([request("later", 100, offset=5)])
     eng.flush()
-    assert len(store.blocks) == 1 and not store.marks  # only the block holding "later"
+    assert len(store.blocks) == 2  # every window of the first block is closed, but not yet committed
+    eng.on_committed({(TOPICS.ad_requests.name, 0): 4})
+    eng.flush()
+    assert len(store.blocks) == 2  # r4 (offset 4) is not below the committed position yet
+    eng.on_committed({(TOPICS.ad_requests.name, 0): 5})
+    eng.flush()
+    assert len(store.blocks) == 1  # only the block holding "later"
+
+
+def test_replayed_request_gets_its_stored_decision_and_duplicate_id_is_dead_lettered():
+    store = DictStore()
+    first = engine(store, window=100)
+    sent = decisions(first.process_many([request("A", 0, offset=7)]))[0]
+    first.flush()  # state durable, then the worker dies before its commit
+    second = engine(store, window=100)
+    out = second.process_many([request("A", 0, offset=7), request("A", 1, offset=9)])
+    again = decisions(out)
+    assert again == [sent]  # same ad, same propensity, same decision time
+    assert [json.loads(v)["error_type"] for _, v in out.dead_letters] == ["duplicate_request"]
+    assert second.counters["decisions_reemitted"] == 1 and second.counters["decisions"] == 0
+
+
+def test_messages_below_the_ledger_are_skipped_but_move_event_time():
+    store = DictStore()
+    eng = engine(store, window=10)
+    eng.process_many([request("A", 0, offset=0)])
+    eng.ledger[(TOPICS.ad_feedback.name, 0)] = 1
+    eng.process_many([feedback("click", "A", 50, offset=0)])  # below the ledger: already applied
+    assert eng.counters["replayed_skipped"] == 1 and eng.counters["clicks_applied"] == 0
+    assert eng.counters["zero_updates"] == 1  # its event time still closed A's window
 
 
 def test_open_decisions_are_bounded():
     eng = engine(window=1e9, max_open=50)
     for i in range(10):
-        eng.process_many([request(f"r{i}-{j}", i, seed=j) for j in range(20)])
+        eng.process_many([request(f"r{i}-{j}", i + j / 100, seed=j) for j in range(20)])
     assert eng.pending_count() == 50
     assert eng.counters["windows_forced"] == 150
+
+
+def test_forced_closes_survive_a_restart_without_a_second_update():
+    store = DictStore()
+    eng = engine(store, window=1e9, max_open=5)
+    eng.process_many([request(f"r{j}", j, seed=j, offset=j) for j in range(8)])
+    eng.flush()
+    again = engine(store, window=1e9, max_open=5)
+    again.process_many([request("later", 100, offset=8)])
+    again.flush()
+    head = SegmentHead.decode(store.heads["m00-c00"])
+    assert again.counters["zero_updates"] == 1  # r3, forced by "later"; r0-r2 stay closed
+    assert head.zero_updates == head.n_updates == 4
+    assert again.pending_count() == 5
 
 
 def test_malformed_and_wrong_dimensions_are_dead_lettered_with_original_bytes():
@@ -171,6 +224,7 @@ def test_malformed_and_wrong_dimensions_are_dead_lettered_with_original_bytes():
     bad = RawMessage(TOPICS.ad_requests.name, 2, 7, b"k", b"{nope")
     good = request("ok", 0)
     wrong = json.loads(good.value)
+    wrong["request_id"] = "wrong"
     wrong["context"] = wrong["context"][:2]
     wrong_msg = RawMessage(TOPICS.ad_requests.name, 1, 9, good.key, json.dumps(wrong).encode())
     bad_feedback = RawMessage(TOPICS.ad_feedback.name, 0, 3, b"k", b"[]")

@@ -51,7 +51,7 @@ def families(samples) -> set[str]:
 def run_engines(tmp_path):
     ad = ads.engine()
     ad.process_many([ads.request(f"r{i}", i, seed=i) for i in range(6)] + [
-        ads.RawMessage(ads.TOPICS.ad_requests.name, 0, 0, b"k", b"{not json")])
+        ads.RawMessage(ads.TOPICS.ad_requests.name, 0, next(ads._OFFSETS["requests"]), b"k", b"{not json")])
     ad.process_many([ads.feedback("click", "r0", 1), ads.feedback("click", "r0", 2)])
     rt = ret.engine()
     users = [f"u{i}" for i in range(5)]

@@ -1,0 +1,267 @@
+"""How the ad agent's outputs, state and input offsets are committed together (one place for the order).
+
+A commit (commits never overlap: one asyncio lock; the agent never waits for it, see ``_commit_locked``):
+
+1. ``engine.flush()`` writes new pending blocks, then every changed segment head, into the Faust table;
+2. Faust's producer is flushed: the table changelog holds that state;
+3. ``exactly_once``: one Kafka transaction holds every decision and dead letter produced since the last
+   commit *and* the input positions, sent with ``send_offsets_to_transaction`` for the separate *ledger*
+   consumer group ``<app id>-ledger``; it commits atomically. ``at_least_once``: the idempotent producer
+   is flushed instead;
+4. only then may Faust commit its own consumer offsets (this runs inside Faust's pre-commit
+   ``producer.flush``, so Faust never commits past the ledger).
+
+On assignment, before the first message of a partition is processed, the ledger's committed offsets are
+read with ``isolation.level=read_committed`` (that waits while a dead worker's open transaction is
+still pending, until the broker aborts it after ``transaction_timeout_s``). The engine skips messages
+below them and re-emits the stored decision for a replayed request at or after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import faust
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from faust.exceptions import ProducerSendError
+
+from streams.ads_engine import AdsEngine, Outputs
+from streams.kafka_io import make_consumer, make_producer
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger("metacart.ads.delivery")
+
+
+def instance_id(settings: Settings) -> str:
+    """Stable name of this worker process inside its app (``ads.instance_id``, else host-pid)."""
+    return settings.ads.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Delivery:
+    """The output producer, the ledger and the commit order of one ad worker process."""
+
+    def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine) -> None:
+        self.app = app
+        self.engine = engine
+        self.topics = topics
+        self.exactly_once = settings.ads.delivery == "exactly_once"
+        self.interval_s = settings.ads.commit_interval_s
+        self.stuck_s = 2 * settings.ads.transaction_timeout_s + 10
+        self.lock = asyncio.Lock()
+        self.ready: set[int] = set()  # partitions whose ledger offsets were read since the assignment
+        self.failed = 0
+        self._in_txn = False
+        self._committing = False
+        self._broken: str | None = None
+        self._held: list[Outputs] = []
+        self._produced = 0
+        self._last = time.monotonic()
+        self._committed_positions: dict[tuple[str, int], int] = {}
+        kafka = settings.kafka
+        options: dict[str, object] = {"linger.ms": 1, "on_delivery": self._on_delivery}
+        if self.exactly_once:
+            self.group = f"{settings.worker_id}-ledger"
+            options |= {"transactional.id": f"{settings.worker_id}-ads-{instance_id(settings)}",
+                        "transaction.timeout.ms": int(settings.ads.transaction_timeout_s * 1000)}
+            self._ledger = make_consumer(kafka, self.group, **{"enable.auto.commit": False,
+                                                               "isolation.level": "read_committed"})
+            self.output = make_producer(kafka, **options)
+            self.output.init_transactions(30)
+            self._metadata = self._ledger.consumer_group_metadata()
+        else:
+            self.output = make_producer(kafka, **options | {"delivery.report.only.error": True})
+        self._faust_flush = app.producer.flush
+
+    def _on_delivery(self, err: object, msg: object) -> None:
+        if err is not None:
+            self.failed += 1
+            self.engine.counters["output_delivery_errors"] += 1
+            log.error("output not delivered: %s", err)
+
+    # --- the agent side --------------------------------------------------------------------------
+
+    async def prepare(self, partitions: set[int]) -> None:
+        """Read the ledger of partitions not seen since the last assignment (exactly-once only)."""
+        new = partitions - self.ready
+        if not new:
+            return
+        if self.exactly_once:
+            offsets = await asyncio.get_running_loop().run_in_executor(None, self._read_ledger, new)
+            self.engine.ledger.update(offsets)
+            self.engine.counters["ledger_reads"] += 1
+        self.ready |= new
+
+    def _read_ledger(self, partitions: set[int], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+        names = (self.topics.ad_requests.name, self.topics.ad_feedback.name)
+        tps = [TopicPartition(t, p) for t in names for p in sorted(partitions)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                got = self._ledger.committed(tps, timeout=10)
+                if not any(tp.error for tp in got):
+                    return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
+                error = next(tp.error for tp in got if tp.error)
+            except KafkaException as exc:
+                error = exc.args[0]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ledger offsets of partitions {sorted(partitions)} unreadable: {error}")
+            # UNSTABLE_OFFSET_COMMIT: a transaction with offsets for this group is still open.
+            log.warning("ledger offsets not stable yet (%s); retrying", error)
+            time.sleep(0.2)
+
+    def produce(self, out: Outputs) -> None:
+        """Send a batch's outputs; while a commit is in flight they wait for the next transaction."""
+        if not (out.decisions or out.dead_letters):
+            return
+        if self._committing:
+            self._held.append(out)
+            return
+        if self.exactly_once and not self._in_txn:
+            self.output.begin_transaction()
+            self._in_txn = True
+        for key, value in out.decisions:
+            self.output.produce(self.topics.ad_decisions.name, key=key, value=value)
+        for key, value in out.dead_letters:
+            self.output.produce(self.topics.dead_letters.name, key=key, value=value)
+        self._produced += len(out.decisions) + len(out.dead_letters)
+        self.output.poll(0)
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.interval_s
+
+    # --- the commit ------------------------------------------------------------------------------
+
+    async def commit(self) -> None:
+        """State, then changelog, then outputs with the ledger (one transaction); see the module docstring."""
+        async with self.lock:
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
+        if self._broken is not None:
+            # After a failed commit the engine's positions cover outputs that were never sent: committing
+            # them now (Faust's shutdown commit) would skip those requests for good.
+            raise ProducerSendError(self._broken)
+        # The agent never waits for this lock (an agent cancelled while waiting would have Faust ack a
+        # batch it never processed): batches processed while this commit awaits keep their outputs in
+        # ``_held`` for the next transaction, and their positions out of this one.
+        self._last = time.monotonic()
+        t0 = time.perf_counter()
+        self._committing = True
+        try:
+            self.engine.flush()
+            positions = dict(self.engine.positions)  # exactly what the state just written covers
+            await self._faust_flush()
+            if positions != self._committed_positions or self._produced:
+                await self._commit_outputs(positions)
+        finally:
+            self._committing = False
+        held, self._held = self._held, []
+        for out in held:
+            self.produce(out)
+        counters = self.engine.counters
+        counters["commits"] += 1
+        counters["commit_s"] += time.perf_counter() - t0
+
+    async def _commit_outputs(self, positions: dict[tuple[str, int], int]) -> None:
+        loop = asyncio.get_running_loop()
+        before = self.failed
+        if self.exactly_once:
+            if not self._in_txn:
+                self.output.begin_transaction()
+                self._in_txn = True
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, self._commit_transaction, offsets),
+                                       self.stuck_s)
+            except KafkaException as exc:
+                await self._fail(f"transaction not committed: {exc}")
+            except asyncio.TimeoutError:
+                # Seen after a broker restart: librdkafka's send_offsets_to_transaction never returned.
+                # Exit like a crash (the broker aborts the transaction; a restarted worker replays it).
+                log.critical("transaction not committed within %.0fs: exiting", self.stuck_s)
+                logging.shutdown()
+                os._exit(70)
+            self._in_txn = False
+        else:
+            left = await loop.run_in_executor(None, self.output.flush, 30.0)
+            if left:
+                await self._fail(f"{left} outputs undelivered: not committing")
+        if self.failed != before:
+            await self._fail(f"{self.failed - before} outputs failed: not committing")
+        self._produced = 0
+        self._committed_positions = positions
+        self.engine.on_committed(positions)
+
+    def _commit_transaction(self, offsets: list[TopicPartition], timeout_s: float = 60.0) -> None:
+        """Ledger offsets into the transaction, then commit; retriable errors (a broker away) are retried."""
+        deadline = time.monotonic() + timeout_s
+        steps = ([lambda: self.output.send_offsets_to_transaction(offsets, self._metadata, 30)] if offsets else [])
+        steps.append(lambda: self.output.commit_transaction(30))
+        for step in steps:
+            while True:
+                try:
+                    step()
+                    break
+                except KafkaException as exc:
+                    if not exc.args[0].retriable() or time.monotonic() > deadline:
+                        raise
+                    log.warning("transaction step failed, retrying: %s", exc)
+                    time.sleep(0.5)
+
+    async def _fail(self, reason: str) -> None:
+        """Stop the worker: what was not committed is processed again after a restart."""
+        log.error(reason)
+        self._broken = reason
+        if self.exactly_once and self._in_txn:
+            try:
+                self.output.abort_transaction(10)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._FATAL:
+                    log.error("abort failed: %s", exc)
+        exc = ProducerSendError(reason)
+        await self.app.crash(exc)
+        raise exc
+
+    # --- hooks -----------------------------------------------------------------------------------
+
+    def install(self, on_revoked: Callable[[], None]) -> None:
+        """Commit inside Faust's pre-commit producer flush, on a timer, and before partitions go.
+
+        ``on_revoked`` runs after the revoke commit (the store forgets its events there).
+        """
+        app = self.app
+
+        async def flush_then_commit() -> None:
+            await self.commit()
+
+        app.producer.flush = flush_then_commit  # type: ignore[method-assign]
+
+        @app.timer(interval=max(self.interval_s, 0.01))
+        async def commit_outputs() -> None:
+            if self._produced or self.engine.positions != self._committed_positions:
+                await self.commit()
+
+        @app.on_partitions_assigned.connect
+        async def _assigned(app_: faust.App, assigned: set, **kwargs: object) -> None:
+            # Read the ledger before any message of the new assignment reaches the agent.
+            await self.prepare({tp.partition for tp in assigned if tp.topic == self.topics.ad_requests.name})
+
+        @app.on_partitions_revoked.connect
+        async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
+            async with self.lock:
+                await self._commit_locked()
+                self.engine.on_rebalance()
+                on_revoked()
+                self.ready.clear()
+                self._committed_positions = {}
+
+    def close(self) -> None:
+        self.output.flush(10)
+        if self.exactly_once:
+            self._ledger.close()
