@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timezone
 
 import numpy as np
+import pytest
 
 from policy.adapter import Adapter, decode_state
+from policy.artifact import ArtifactError
 from streams.ads_engine import AdsEngine, DictStore, RawMessage
 from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings
+from streams.worker import load_policy
 from tests.unit.policy.test_artifact import make_artifact
 from tests.unit.streams.test_ads_engine import DA, DX, TOPICS, decisions, feedback, request
 
@@ -198,3 +202,14 @@ def test_a_hot_segment_head_stays_under_its_bound_and_closes_its_oldest_windows_
     assert set(head.feedback) == {f"r{i}" for i in range(n) if eng.book.get(f"r{i}") is not None}
     assert head.closed_through < min(float(i) for i in range(n) if eng.book.get(f"r{i}") is not None) + 10_000.0 + \
         datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+# --- the worker refuses to start on an artifact that does not serve ------------------------------
+
+def test_worker_start_up_scores_the_artifact_before_serving_it(tmp_path):
+    good = ART.save(tmp_path / "good")
+    assert load_policy(good).version == ART.version
+    absurd = dataclasses.replace(ART, w1=ART.w1 * 1e300, b1=ART.b1 * 1e300, w2=ART.w2 * 1e300,
+                                 b2=ART.b2 * 1e300, prior_mean=ART.prior_mean * 1e300)
+    with pytest.raises(ArtifactError, match="probe"):
+        load_policy(absurd.save(tmp_path / "absurd"))
