@@ -16,6 +16,16 @@ what to send (decisions, dead letters). In between it:
    once; with ``value_weight > 0`` the update ``click + value_weight * value`` is applied at window close;
 6. counts duplicates, late and unknown feedback instead of applying it twice.
 
+Defences (issue 11): a group whose decision raises (``KernelInputError`` from an absurd posterior, say) is
+decided again request by request, and a request that fails alone becomes a ``serving_failed`` dead letter,
+so nothing is skipped and nothing crashes the agent. An event more than ``store.max_event_time_skew_s``
+ahead of both its partition's watermark and the wall clock is a dead letter (``event_time_skew``) and moves
+no watermark (the retention engine's rule). At most ``ads.max_cached_segments`` segments stay in memory:
+beyond it the least recently used clean ones (head already in the store) leave the cache and the
+``Adapter`` and are reloaded from their head when next used. A segment head holds at most
+``ads.max_head_feedback`` feedback marks: beyond it the segment's oldest windows close early
+(``windows_forced_by_head``), so no head nears the producer's 1 MB limit.
+
 State is written only by ``flush``, which the Faust glue calls at every commit, before the input offsets
 are committed: new pending blocks first, then the head record of every changed segment (posterior and
 the feedback marks together, ``streams.ads_state.SegmentHead``), then the deletes of finished blocks.
@@ -330,8 +340,9 @@ class AdsEngine:
         """
         head = self._heads[segment]
         window = self.settings.attribution_window_s
-        deadlines = sorted(p.decided_t + window for rid in head.feedback
-                           if (p := self.book.get(rid)) is not None)
+        for rid in [rid for rid in head.feedback if self.book.get(rid) is None]:
+            del head.feedback[rid]  # not open any more: nothing reads its mark
+        deadlines = sorted(self.book.get(rid).decided_t + window for rid in head.feedback)
         excess = len(deadlines) - self.settings.max_head_feedback // 2
         if excess <= 0:
             return
