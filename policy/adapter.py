@@ -219,6 +219,7 @@ class SegmentBandit:
                 self._grow(slot + 1)
             self._clear_slot(slot)
             self._slots[key] = slot
+            self._keys.append(key)
         return slot
 
     def _slots_for(self, segments: Sequence[Hashable] | np.ndarray) -> np.ndarray:
@@ -401,10 +402,32 @@ class SegmentBandit:
         """Return a segment's posterior (and item terms) to the prior."""
         self._clear_slot(self._slot(segment))
 
+    def evict(self, segment: Hashable) -> bool:
+        """Drop a segment's posterior from memory (its slot is reused); False if it held none.
+
+        The caller keeps the posterior elsewhere (:meth:`state_bytes` first, :meth:`load_state` to bring
+        it back); an evicted segment seen again starts from the prior. The shared posterior is never
+        dropped. The last slot moves into the freed one, so slots stay dense.
+        """
+        if self.shared:
+            return False
+        slot = self._slots.pop(_key(segment), None)
+        if slot is None:
+            return False
+        last = len(self._slots)
+        moved = self._keys.pop()
+        if slot != last:
+            for arr in (self._P, self._m, self._n, self._tab_ids, self._tab_mean, self._tab_var, self._tab_tick):
+                arr[slot] = arr[last]
+            self._slots[moved] = slot
+            self._keys[slot] = moved
+        return True
+
     def reset_all(self) -> None:
         """Forget every segment."""
         c = self.item_capacity
         self._slots: dict[Hashable, int] = {}
+        self._keys: list[Hashable] = []  # slot -> key, the inverse of _slots
         self._P = np.empty((0, self.d, self.d))
         self._m = np.empty((0, self.d))
         self._n = np.empty(0, dtype=np.int64)

@@ -16,6 +16,16 @@ what to send (decisions, dead letters). In between it:
    once; with ``value_weight > 0`` the update ``click + value_weight * value`` is applied at window close;
 6. counts duplicates, late and unknown feedback instead of applying it twice.
 
+Defences (issue 11): a group whose decision raises (``KernelInputError`` from an absurd posterior, say) is
+decided again request by request, and a request that fails alone becomes a ``serving_failed`` dead letter,
+so nothing is skipped and nothing crashes the agent. An event more than ``store.max_event_time_skew_s``
+ahead of both its partition's watermark and the wall clock is a dead letter (``event_time_skew``) and moves
+no watermark (the retention engine's rule). At most ``ads.max_cached_segments`` segments stay in memory:
+beyond it the least recently used clean ones (head already in the store) leave the cache and the
+``Adapter`` and are reloaded from their head when next used. A segment head holds at most
+``ads.max_head_feedback`` feedback marks: beyond it the segment's oldest windows close early
+(``windows_forced_by_head``), so no head nears the producer's 1 MB limit.
+
 State is written only by ``flush``, which the Faust glue calls at every commit, before the input offsets
 are committed: new pending blocks first, then the head record of every changed segment (posterior and
 the feedback marks together, ``streams.ads_state.SegmentHead``), then the deletes of finished blocks.
@@ -27,10 +37,10 @@ of its segment, and unit tests can use plain dicts.
 from __future__ import annotations
 
 import math
-
+import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Protocol
@@ -107,7 +117,8 @@ class AdsEngine:
     """Decides ads and learns from delayed feedback; see the module docstring for the flow."""
 
     def __init__(self, adapter: Adapter, store: StateStore, topics: Topics, ads: AdsSettings,
-                 storage: StoreSettings, pseudonyms: Pseudonyms | None = None) -> None:
+                 storage: StoreSettings, pseudonyms: Pseudonyms | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.adapter = adapter
         self.pseudonyms = pseudonyms
         self.store = store
@@ -115,11 +126,13 @@ class AdsEngine:
         self.settings = ads
         self._requests = Decoder(topics.ad_requests.payload, ads.max_message_bytes)
         self._feedback = Decoder(topics.ad_feedback.payload, ads.max_message_bytes)
-        self._heads: dict[str, SegmentHead] = {}
+        self._heads: OrderedDict[str, SegmentHead] = OrderedDict()  # least recently used first
         self._dirty: set[str] = set()
         self.book = PendingBook(ads.attribution_window_s, ads.max_open_decisions)
         self._tag = uuid.uuid4().hex[:8]  # makes block keys unique across worker restarts
         self._watermark: dict[int, float] = {}
+        self._skew = storage.max_event_time_skew_s
+        self._clock = clock
         self._rebuild_needed = True
         self._epoch = adapter.version.encode()  # version of the artifact whose prior posteriors grew from
         # Input positions: next offset to process per (topic, partition); the ledger: offsets below which
@@ -152,6 +165,8 @@ class AdsEngine:
                 if isinstance(event, DeadLetter):
                     self._dead(out, event)
                     continue
+                if self._beyond_skew(msg.partition, event, msg, out):
+                    continue
                 if self.pseudonyms is not None:
                     event = self.pseudonyms.event_one(event)
                 self._advance(msg.partition, _epoch(event.event_time))
@@ -168,17 +183,20 @@ class AdsEngine:
                 if isinstance(event, DeadLetter):
                     self._dead(out, event)
                     continue
+                if self._beyond_skew(msg.partition, event, msg, out):
+                    continue
                 self._advance(msg.partition, _epoch(event.event_time))
                 self._feedback_one(event)
         if requests:
             self._decide(requests, out)
         self._close_windows()
+        self._evict_clean()
         return out
 
     def _skip(self, partition: int, event: object) -> None:
         """A message below the ledger: its outputs are visible and its effects stored; time still moves."""
         self.counters["replayed_skipped"] += 1
-        if not isinstance(event, DeadLetter):
+        if not isinstance(event, DeadLetter) and not self._skewed(partition, _epoch(event.event_time)):
             self._advance(partition, _epoch(event.event_time))
 
     # --- decisions -------------------------------------------------------------------------------
@@ -210,7 +228,28 @@ class AdsEngine:
             by_k.setdefault(len(features), []).append((req, msg, features))
         now = datetime.now(timezone.utc)
         for group in by_k.values():
-            self._decide_group(group, out, now)
+            self._decide_guarded(group, out, now)
+
+    def _decide_guarded(self, group: list[tuple[AdRequest, RawMessage, list[list[float]]]], out: Outputs,
+                        now: datetime) -> None:
+        """Decide ``group``; if that raises, decide its requests one by one, and a request that fails alone
+        becomes a dead letter (``serving_failed``, the error as reason). Never raises for a serving failure:
+        an exception here would make Faust restart the agent and commit past the batch undecided."""
+        try:
+            self._decide_group(group, out, now)  # emits and opens nothing unless the whole group decided
+            return
+        except (ValueError, ArithmeticError) as exc:  # KernelInputError and StateError are ValueErrors
+            error = exc
+        self.counters["serving_failed_groups"] += 1
+        if len(group) > 1:
+            for one in group:
+                self._decide_guarded([one], out, now)
+            return
+        _, msg, _ = group[0]
+        self.counters["serving_failed"] += 1
+        reason = f"deciding failed under policy {self.adapter.version}: {type(error).__name__}: {error}"
+        self._dead(out, dead_letter(msg.value or b"", Source(msg.topic, msg.partition, msg.offset, msg.key),
+                                    "serving_failed", reason))
 
     def _decide_group(self, group: list[tuple[AdRequest, RawMessage, list[list[float]]]], out: Outputs,
                       now: datetime) -> None:
@@ -223,7 +262,7 @@ class AdsEngine:
         decided = self.adapter.decide_many(segments, context, candidates, items=items)
         version = self.adapter.version
         bernoulli = self.adapter.likelihood == "bernoulli"
-        opened = []
+        opened, emitted = [], []
         for i, (req, msg, _) in enumerate(group):
             choice = int(decided.choices[i])
             score = float(decided.mean_scores[i, choice])
@@ -235,7 +274,8 @@ class AdsEngine:
                 expected=1.0 / (1.0 + math.exp(-score)) if bernoulli else score,
                 decided_at=now.timestamp(), policy_version=version)
             opened.append((req.request_id, pending))
-            out.decisions.append((req.segment.encode(), self._decision_bytes(req, pending)))
+            emitted.append((req.segment.encode(), self._decision_bytes(req, pending)))
+        out.decisions.extend(emitted)  # only once the whole group decided
         self.book.add_many(opened, self._tag)
         for rid, pending in opened:  # a request older than its segment's closed windows closes at once
             if pending.decided_t + self.settings.attribution_window_s <= self._heads[pending.segment].closed_through:
@@ -288,6 +328,27 @@ class AdsEngine:
         head.feedback[event.request_id] = (pending.clicked, pending.value)
         self._dirty.add(pending.segment)
         self.book.update(event.request_id, pending)
+        if len(head.feedback) > self.settings.max_head_feedback:
+            self._shrink_head(pending.segment, pending.partition)
+
+    def _shrink_head(self, segment: str, partition: int) -> None:
+        """Close the segment's oldest windows early until its head holds half its feedback cap.
+
+        The head's size is ``header + posterior + feedback entries``; only the entries grow with traffic.
+        Every open decision of the segment up to the chosen deadline closes (with or without feedback), so
+        ``closed_through`` keeps its meaning.
+        """
+        head = self._heads[segment]
+        window = self.settings.attribution_window_s
+        for rid in [rid for rid in head.feedback if self.book.get(rid) is None]:
+            del head.feedback[rid]  # not open any more: nothing reads its mark
+        deadlines = sorted(self.book.get(rid).decided_t + window for rid in head.feedback)
+        excess = len(deadlines) - self.settings.max_head_feedback // 2
+        if excess <= 0:
+            return
+        for rid, pending in list(self.book.close_segment_through(partition, segment, deadlines[excess - 1])):
+            self._close_one(rid, pending)
+            self.counters["windows_forced_by_head"] += 1
 
     def _learn(self, pending: Pending, reward: float) -> None:
         self._load_segment(pending.segment, pending.partition)
@@ -300,6 +361,26 @@ class AdsEngine:
         self.counters["updates"] += 1
 
     # --- event time ------------------------------------------------------------------------------
+
+    def _skewed(self, partition: int, t: float) -> bool:
+        """Whether event time ``t`` lies more than ``store.max_event_time_skew_s`` ahead of both the
+        partition's watermark and the wall clock (the retention engine's rule, for the same reasons: the
+        clock keeps a partition quiet for days live, the watermark admits simulations ahead of the clock)."""
+        return t > max(self._watermark.get(partition, -math.inf), self._clock()) + self._skew
+
+    def _beyond_skew(self, partition: int, event: AdRequest | Impression | Click | Purchase, msg: RawMessage,
+                     out: Outputs) -> bool:
+        """Dead-letter (``event_time_skew``, counted) an event too far ahead; it moves no watermark."""
+        if not self._skewed(partition, _epoch(event.event_time)):
+            return False
+        self.counters["event_time_skew"] += 1
+        mark = self._watermark.get(partition)
+        seen = "none yet" if mark is None else datetime.fromtimestamp(mark, timezone.utc).isoformat()
+        self._dead(out, dead_letter(msg.value or b"", Source(msg.topic, msg.partition, msg.offset, msg.key),
+                                    "event_time_skew",
+                                    f"event_time {event.event_time.isoformat()} is more than {self._skew:.0f} s "
+                                    f"ahead of partition {partition}'s watermark ({seen}) and of the wall clock"))
+        return True
 
     def _advance(self, partition: int, t: float) -> None:
         if t > self._watermark.get(partition, float("-inf")):
@@ -332,6 +413,7 @@ class AdsEngine:
 
     def _load_segment(self, segment: str, partition: int) -> None:
         if segment in self._heads:
+            self._heads.move_to_end(segment)
             return
         raw = self.store.get_head(segment, partition)
         if raw is None:
@@ -339,14 +421,15 @@ class AdsEngine:
             self.counters["segments_new"] += 1
             return
         head = SegmentHead.decode(raw)
-        self._heads[segment] = head
         if head.epoch != self._epoch:
             head.epoch, head.state = self._epoch, None
+            self._heads[segment] = head
             self._dirty.add(segment)
             self.counters["segments_reset_by_swap"] += 1
             return
         if head.state is not None:
-            self.adapter.load_state(segment, head.state)
+            self.adapter.load_state(segment, head.state)  # a bad state raises before the head is cached
+        self._heads[segment] = head
         self.counters["segments_restored"] += 1
 
     def _rebuild(self) -> None:
@@ -375,9 +458,32 @@ class AdsEngine:
             self.store.put_head(segment, head.partition, head.encode())
         self.counters["heads_written"] += len(self._dirty)
         self._dirty.clear()
+        self._evict_clean()
         requests = self.topics.ad_requests.name
         self.counters["blocks_deleted"] += self.book.delete_done(
             self.store, lambda p: self.committed.get((requests, p), -1))
+
+    def _evict_clean(self) -> None:
+        """Drop least recently used segments beyond ``ads.max_cached_segments`` whose head in the store is
+        current (not dirty): their posterior leaves the adapter and comes back from the head when next used.
+        Dirty segments wait for the next ``flush``, which writes them and evicts again."""
+        excess = len(self._heads) - self.settings.max_cached_segments
+        if excess <= 0:
+            return
+        victims = []
+        for segment in self._heads:  # oldest first
+            if len(victims) == excess:
+                break
+            if segment not in self._dirty:
+                victims.append(segment)
+        for segment in victims:
+            del self._heads[segment]
+            self.adapter.evict(segment)
+        self.counters["segments_evicted"] += len(victims)
+
+    def cached_segments(self) -> int:
+        """Segments whose head and posterior are in memory."""
+        return len(self._heads)
 
     def on_committed(self, positions: dict[tuple[str, int], int]) -> None:
         """The outputs and state of everything below ``positions`` are durable and visible."""

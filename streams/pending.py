@@ -128,6 +128,19 @@ class PendingBook:
             deadline, partition = min((h[0][0], p) for p, h in self._deadlines.items() if h)
             yield from self.due(partition, deadline)
 
+    def close_segment_through(self, partition: int, segment: str, deadline: float) -> Iterator[tuple[str, Pending]]:
+        """Close early every open decision of ``segment`` whose window ends at or before ``deadline``.
+
+        Scans the partition's deadlines (rare: a segment head over its feedback cap), earliest first, so
+        that "every window ending at or before t is closed" stays true for the segment.
+        """
+        hits = sorted((d, rid) for d, rid in self._deadlines.get(partition, ()) if d <= deadline
+                      and (e := self._entries.get(rid)) is not None and e.open and e.pending.segment == segment)
+        for _, request_id in hits:
+            entry = self._entries[request_id]
+            if entry.open:
+                yield request_id, self._close(entry)
+
     def _close(self, entry: _Entry) -> Pending:
         entry.open = False
         self._n_open -= 1

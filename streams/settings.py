@@ -155,6 +155,12 @@ class AdsSettings(BaseModel):
         10.0, ge=1, description="a dead worker's open transaction is aborted by the broker after this long")
     instance_id: str = Field(
         "", description="stable name of this worker process in its app (transactional.id); empty: host-pid")
+    max_cached_segments: int = Field(
+        4096, ge=1, description="segments whose posterior stays in memory; beyond it the least recently used "
+        "are evicted (their head is in the table) and reloaded from it when next seen")
+    max_head_feedback: int = Field(
+        2048, ge=2, description="open decisions with feedback one segment head may hold; beyond it the segment's "
+        "oldest windows close early (counted as windows_forced_by_head), so the head stays far below 1 MB")
 
 
 class RetentionSettings(BaseModel):

@@ -10,7 +10,7 @@ from pathlib import Path
 import faust
 
 from kernels.warmup import warm_up
-from policy.adapter import Adapter
+from policy.adapter import Adapter, check_serves
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_engine import AdsEngine
 from streams.agents import ads as ads_agents
@@ -33,7 +33,9 @@ def load_policy(path: Path) -> PolicyArtifact:
         raise ArtifactError(
             f"no policy artifact at {path}: train one with `metacart train --simulate --out {path}` "
             "or point METACART_POLICY__ARTIFACT at one")
-    return PolicyArtifact.load(path)
+    artifact = PolicyArtifact.load(path)
+    check_serves(artifact)  # a finite but absurd artifact fails here, not in every batch
+    return artifact
 
 
 ROLES = ("ads", "retention")

@@ -22,7 +22,7 @@ import faust
 from faust.streams import _current_event
 from faust.types import EventT
 
-from policy.adapter import Adapter
+from policy.adapter import Adapter, check_serves
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_engine import AdsEngine, RawMessage
 from streams.agents.delivery import Delivery
@@ -150,8 +150,11 @@ async def _watch_policy_updates(settings: Settings, topics: Topics, engine: AdsE
                                 dead_letters: faust.TopicT) -> None:
     """Every worker reads every policy update (its own consumer group) and applies the last one.
 
-    A refused artifact is logged and dead-lettered; the current policy keeps serving.
+    An update is served only once its artifact loads and scores a probe batch
+    (:func:`policy.adapter.check_serves`); a refused one is logged, counted (``policy_refused``) and
+    dead-lettered (``error_type`` "policy_refused"), and the current policy keeps serving.
     """
+    loop = asyncio.get_running_loop()
     decoder = Decoder(topics.policy_updates.payload)
     consumer = make_consumer(settings.kafka, f"{settings.worker_id}-policy-{uuid.uuid4().hex[:8]}",
                              **{"enable.auto.commit": False})
@@ -172,7 +175,7 @@ async def _watch_policy_updates(settings: Settings, topics: Topics, engine: AdsE
             if update.kind != "ads" or update.version == engine.adapter.version:
                 continue
             try:
-                artifact = PolicyArtifact.load(update.artifact_uri)
+                artifact = await loop.run_in_executor(None, _load_checked, update.artifact_uri)
                 engine.swap(artifact, update.on_swap)
             except (ArtifactError, OSError, ValueError) as exc:
                 reason = f"policy {update.version} at {update.artifact_uri} refused: {exc}"
@@ -185,3 +188,10 @@ async def _watch_policy_updates(settings: Settings, topics: Topics, engine: AdsE
                         update.version, update.artifact_uri, update.on_swap)
     finally:
         consumer.close()
+
+
+def _load_checked(uri: str) -> PolicyArtifact:
+    """Load the artifact at ``uri`` and score a probe batch on it (``ArtifactError`` if refused)."""
+    artifact = PolicyArtifact.load(uri)
+    check_serves(artifact)
+    return artifact

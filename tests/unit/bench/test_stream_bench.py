@@ -56,7 +56,7 @@ def test_backlog_size_is_seconds_of_the_rate_within_bounds():
 def test_payloads_are_valid_unique_requests_in_event_time_order():
     payloads = stream._payloads(30, seed=0, t0=1_767_225_600.0, prefix="bt", pool=7)
     decoder = Decoder(AdRequest)
-    events = [decoder.decode_one(v, Source("t", 0, i)) for i, (_, v) in enumerate(payloads)]
+    events = [decoder.decode_one(v, Source("t", 0, i, k)) for i, (k, v) in enumerate(payloads)]
     assert not any(isinstance(e, DeadLetter) for e in events)
     assert [e.request_id for e in events] == [f"bt-{i}" for i in range(30)]
     times = [e.event_time.timestamp() for e in events]
