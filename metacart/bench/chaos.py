@@ -39,7 +39,7 @@ from metacart.processes import REPO, WorkerProcess
 from streams.ads_state import SegmentHead
 from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_consumer, make_producer
-from streams.live import feedback_payload, request_payloads
+from metacart.live.ads import feedback_payload, request_payloads
 from streams.settings import KafkaSettings, Settings
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
