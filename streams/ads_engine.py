@@ -485,6 +485,16 @@ class AdsEngine:
         """Segments whose head and posterior are in memory."""
         return len(self._heads)
 
+    def commit_positions(self) -> dict[tuple[str, int], int]:
+        """The input positions a commit may record: each at least the partition's ledger.
+
+        A worker that replays from below the ledger skips messages there and its positions pass through
+        offsets below the ledger; committing those would move the ledger back, and the next worker would
+        then re-emit decisions that are already visible.
+        """
+        ledger = self.ledger
+        return {tp: max(offset, ledger.get(tp, offset)) for tp, offset in self.positions.items()}
+
     def on_committed(self, positions: dict[tuple[str, int], int]) -> None:
         """The outputs and state of everything below ``positions`` are durable and visible."""
         self.committed.update(positions)

@@ -17,12 +17,14 @@ per segment closes every attribution window, and the segments' head records are 
 table changelog. Per request id: decisions seen (0 = ``no_decision``, > 1 = ``multi_decision``, with a
 different ad = ``different_ad``). Per segment: clicks the head says were applied against clicks sent
 (``clicks_lost`` / ``clicks_double``), and posterior updates against requests sent (each request ends
-with exactly one update: its click, or the zero reward of its closed window).
+with exactly one update: its click, or the zero reward of its closed window). With exactly-once delivery,
+``ledger_moved_back`` counts committed ledger offsets below the one committed before them (must be 0).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import threading
 import time
@@ -185,6 +187,54 @@ def _heads(kafka: KafkaSettings, topic: str) -> dict[str, SegmentHead]:
     return {k[2:].decode(): SegmentHead.decode(v) for k, v in latest.items() if v is not None}
 
 
+def _ledger_moves_back(kafka: KafkaSettings, group: str, timeout_s: float = 60.0) -> int:
+    """How often a committed offset of ``group`` went below the one committed before it (read_committed).
+
+    Reads ``__consumer_offsets`` (offset-commit records: key version 0/1 = group, topic, partition; value =
+    version, offset). The ledger must only move forward: a move back makes the next worker re-emit
+    decisions that are already visible.
+    """
+    c = make_consumer(kafka, f"chaos-ledger-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
+    topic = "__consumer_offsets"
+    tps = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=30).topics[topic].partitions]
+    ends = [c.get_watermark_offsets(tp, timeout=30)[1] for tp in tps]
+    c.assign([TopicPartition(topic, tp.partition, 0) for tp in tps])
+    last: dict[tuple[str, int], int] = {}
+    back = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            batch = c.consume(num_messages=5000, timeout=0.5)
+            for msg in batch:
+                key, value = msg.key(), msg.value()
+                if msg.error() or key is None or value is None or struct.unpack_from(">h", key)[0] > 1:
+                    continue
+                name, i = _short_string(key, 2)
+                if name != group:
+                    continue
+                tp_topic, i = _short_string(key, i)
+                tp = (tp_topic, struct.unpack_from(">i", key, i)[0])
+                offset = struct.unpack_from(">q", value, 2)[0]
+                if tp in last and offset < last[tp]:
+                    back += 1
+                last[tp] = offset
+            # Transaction markers are never delivered, so the position (past them) tells the end.
+            if not batch and all(tp.offset >= end for tp, end in zip(c.position(tps), ends) if end > 0):
+                break
+        else:
+            raise TimeoutError(f"{topic} not read to its end within {timeout_s:g}s")
+    finally:
+        c.close()
+    if not last:
+        raise RuntimeError(f"no committed offsets of group {group} found in {topic}")
+    return back
+
+
+def _short_string(buf: bytes, i: int) -> tuple[str, int]:
+    n = struct.unpack_from(">h", buf, i)[0]
+    return buf[i + 2:i + 2 + n].decode(), i + 2 + n
+
+
 def _wait(predicate, timeout_s: float, what: str, workers: list[WorkerProcess], missed: list | None = None) -> None:
     """Wait for ``predicate``; past ``timeout_s`` raise, or with ``missed`` note ``what`` there and go on."""
     deadline = time.monotonic() + timeout_s
@@ -296,6 +346,8 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
               cfg.timeout_s, "the closing requests consumed", workers, missed)
         time.sleep(1.0)
         heads = _heads(s.kafka, f"{s.worker_id}-ads-segments-changelog")
+        moved_back = (_ledger_moves_back(s.kafka, f"{s.worker_id}-ledger")
+                      if s.ads.delivery == "exactly_once" else 0)
     finally:
         traffic.stop.set()
         done.set()
@@ -303,6 +355,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
             w.stop()
     result = _account(fault, n, meta[:n], traffic, heads, elapsed, restarts)
     result["timed_out"] = missed
+    result["ledger_moved_back"] = moved_back
     return result
 
 
@@ -352,7 +405,7 @@ def run(settings: Settings, faults: list[str], workdir: Path, out: Path | None =
         console.print(f"[bold]bench chaos[/]: {fault} at {cfg.rate:.0f} requests/s ...")
         runs.append(run_fault(settings, fault, Path(workdir), cfg, seed=i))
     keys = ["fault", "requests", "offered_per_s", "no_decision", "multi_decision", "different_ad", "clicks_sent",
-            "clicks_lost", "clicks_double", "updates_lost", "updates_double"]
+            "clicks_lost", "clicks_double", "updates_lost", "updates_double", "ledger_moved_back"]
     table = Table(title=f"metacart bench chaos (delivery={settings.ads.delivery})")
     for k in keys:
         table.add_column(k)

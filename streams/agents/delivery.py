@@ -93,6 +93,7 @@ class Delivery:
             return
         if self.exactly_once:
             offsets = await asyncio.get_running_loop().run_in_executor(None, self._read_ledger, new)
+            log.info("ledger of partitions %s: %s", sorted(new), sorted(offsets.items()))
             self.engine.ledger.update(offsets)
             self.engine.counters["ledger_reads"] += 1
         self.ready |= new
@@ -155,7 +156,7 @@ class Delivery:
         self._committing = True
         try:
             self.engine.flush()
-            positions = dict(self.engine.positions)  # exactly what the state just written covers
+            positions = self.engine.commit_positions()  # what the state just written covers, never below the ledger
             await self._faust_flush()
             if positions != self._committed_positions or self._produced:
                 await self._commit_outputs(positions)
@@ -244,7 +245,7 @@ class Delivery:
 
         @app.timer(interval=max(self.interval_s, 0.01))
         async def commit_outputs() -> None:
-            if self._produced or self.engine.positions != self._committed_positions:
+            if self._produced or self.engine.commit_positions() != self._committed_positions:
                 await self.commit()
 
         @app.on_partitions_assigned.connect

@@ -3,7 +3,8 @@
 Each fault runs at 1,000 requests/s with clicks fed back (``metacart.bench.chaos``, the same code as
 ``metacart bench chaos``). Every run must end with every request decided exactly once as downstream
 readers see it (``read_committed``), every click applied exactly once, and every request's window
-closed with exactly one posterior update.
+closed with exactly one posterior update, and the ledger's committed offsets (read back from
+``__consumer_offsets``) never moved back.
 """
 
 from __future__ import annotations
@@ -21,5 +22,5 @@ def test_fault_loses_and_duplicates_nothing(settings, tmp_path, fault):
     assert result["offered_per_s"] >= 900, "the generator fell behind the offered load"
     assert result["clicks_sent"] > 0
     exact = {k: result[k] for k in ("no_decision", "multi_decision", "different_ad", "clicks_lost",
-                                    "clicks_double", "updates_lost", "updates_double")}
+                                    "clicks_double", "updates_lost", "updates_double", "ledger_moved_back")}
     assert exact == dict.fromkeys(exact, 0), result

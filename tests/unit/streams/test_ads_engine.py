@@ -197,6 +197,31 @@ def test_messages_below_the_ledger_are_skipped_but_move_event_time():
     assert eng.counters["zero_updates"] == 1  # its event time still closed A's window
 
 
+def test_a_replay_below_the_ledger_never_moves_it_back():
+    """Kill -9 twice: the second replacement must not re-emit what the first worker made visible.
+
+    The ledger (what each commit records, read by the next worker) is modelled by a dict; the
+    positions a worker commits while it skips the replayed messages must not lower it.
+    """
+    store, ledger = DictStore(), {}
+    requests = [request(f"k{i}", i, seed=i, offset=i) for i in range(10)]
+    first = engine(store, window=1e6)
+    assert len(first.process_many(requests).decisions) == 10
+    first.flush()
+    ledger.update(first.commit_positions())  # committed with its decisions: all ten visible
+    second = engine(store, window=1e6)
+    second.ledger.update(ledger)
+    assert not second.process_many(requests[:5]).decisions  # Faust replays from below the ledger
+    second.flush()
+    ledger.update(second.commit_positions())  # committed, then this worker is killed too
+    assert ledger[(TOPICS.ad_requests.name, 0)] == 10
+    third = engine(store, window=1e6)
+    third.ledger.update(ledger)
+    out = third.process_many(requests[5:])
+    assert not out.decisions and third.counters["decisions_reemitted"] == 0
+    assert third.counters["replayed_skipped"] == 5
+
+
 def test_open_decisions_are_bounded():
     eng = engine(window=1e9, max_open=50)
     for i in range(10):
