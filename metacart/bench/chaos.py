@@ -235,6 +235,14 @@ def _short_string(buf: bytes, i: int) -> tuple[str, int]:
     return buf[i + 2:i + 2 + n].decode(), i + 2 + n
 
 
+def _has_assignment(worker: WorkerProcess) -> bool:
+    """The worker's consumer took partitions (aiokafka logs every assignment it sets)."""
+    try:
+        return "Setting newly assigned partitions" in worker.log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
 def _wait(predicate, timeout_s: float, what: str, workers: list[WorkerProcess], missed: list | None = None) -> None:
     """Wait for ``predicate``; past ``timeout_s`` raise, or with ``missed`` note ``what`` there and go on."""
     deadline = time.monotonic() + timeout_s
@@ -296,9 +304,13 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
                 target = grown(step)
                 _wait(lambda: traffic.seen >= target, cfg.timeout_s, "decisions after the restart", workers)
         elif fault.startswith("rebalance"):
-            start("w1")
+            second = start("w1")
             target = grown(step)
             _wait(lambda: traffic.seen >= target, cfg.timeout_s, "decisions with two workers", workers)
+            # The fault is "a rebalance, then a worker leaves": wait until the second member holds partitions
+            # (on a loaded box the join can take longer than the decisions above). A SIGTERM that lands in
+            # the middle of the rebalance is a different fault; it lost a request once (issue 11, open).
+            _wait(lambda: _has_assignment(second), cfg.timeout_s, "the second worker's assignment", workers)
             time.sleep(2.0)  # both members hold partitions before the first leaves
             if fault == "rebalance_sigterm":
                 first.stop()
