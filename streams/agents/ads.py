@@ -10,10 +10,8 @@ before each write; a segment's state therefore always follows its partition.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,13 +21,12 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from policy.adapter import Adapter, check_serves
-from policy.artifact import ArtifactError, PolicyArtifact
+from policy.artifact import PolicyArtifact
 from streams.ads_engine import AdsEngine, RawMessage
 from streams.agents.delivery import Delivery
+from streams.agents import policy_watch
 from streams.app import TABLE_OPTIONS
-from streams.edge import Decoder, Source, dead_letter
 from streams.events import DeadLetter
-from streams.kafka_io import make_consumer
 from streams.pseudonyms import Pseudonyms
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
@@ -141,53 +138,15 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
 
     @app.task
     async def watch_policy_updates() -> None:
-        await _watch_policy_updates(settings, topics, engine, dead_letters)
+        async def send_dead(letter: DeadLetter) -> None:
+            await dead_letters.send(key=letter.source_topic.encode(), value=letter.model_dump_json().encode())
+
+        await policy_watch.watch_policy_updates(
+            settings, topics, "ads", version=lambda: engine.adapter.version,
+            load=_load_checked, swap=engine.swap, send_dead=send_dead,
+            refused=lambda: engine.counters.update(["policy_refused"]), log=log)
 
     return engine
-
-
-async def _watch_policy_updates(settings: Settings, topics: Topics, engine: AdsEngine,
-                                dead_letters: faust.TopicT) -> None:
-    """Every worker reads every policy update (its own consumer group) and applies the last one.
-
-    An update is served only once its artifact loads and scores a probe batch
-    (:func:`policy.adapter.check_serves`); a refused one is logged, counted (``policy_refused``) and
-    dead-lettered (``error_type`` "policy_refused"), and the current policy keeps serving.
-    """
-    loop = asyncio.get_running_loop()
-    decoder = Decoder(topics.policy_updates.payload)
-    consumer = make_consumer(settings.kafka, f"{settings.worker_id}-policy-{uuid.uuid4().hex[:8]}",
-                             **{"enable.auto.commit": False})
-    consumer.subscribe([topics.policy_updates.name])
-    try:
-        while True:
-            msg = consumer.poll(0)
-            if msg is None:
-                await asyncio.sleep(0.2)
-                continue
-            if msg.error():
-                continue
-            src = Source(msg.topic(), msg.partition(), msg.offset(), msg.key())
-            update = decoder.decode_one(msg.value(), src)
-            if isinstance(update, DeadLetter):
-                await dead_letters.send(key=src.topic.encode(), value=update.model_dump_json().encode())
-                continue
-            if update.kind != "ads" or update.version == engine.adapter.version:
-                continue
-            try:
-                artifact = await loop.run_in_executor(None, _load_checked, update.artifact_uri)
-                engine.swap(artifact, update.on_swap)
-            except (ArtifactError, OSError, ValueError) as exc:
-                reason = f"policy {update.version} at {update.artifact_uri} refused: {exc}"
-                log.error(reason)
-                engine.counters["policy_refused"] += 1
-                letter = dead_letter(msg.value(), src, "policy_refused", reason)
-                await dead_letters.send(key=src.topic.encode(), value=letter.model_dump_json().encode())
-                continue
-            log.warning("policy %s loaded from %s (posteriors: %s)",
-                        update.version, update.artifact_uri, update.on_swap)
-    finally:
-        consumer.close()
 
 
 def _load_checked(uri: str) -> PolicyArtifact:

@@ -18,7 +18,7 @@ contact the budget did not account for.
 
 Artifact directory (``settings.retention.artifact``): see :mod:`policy.retention.artifacts`
 (``retention.json`` + ``uplift/`` + ``risk/``); a missing or bad one, or one that fails a probe batch,
-raises ``ArtifactError``. Policy updates of kind "retention" hot-swap it (``_watch_policy_updates``).
+raises ``ArtifactError``. Policy updates of kind "retention" hot-swap it (``streams.agents.policy_watch``).
 """
 
 from __future__ import annotations
@@ -26,24 +26,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import faust
-from confluent_kafka import Producer
 from faust.streams import _current_event
 from faust.types import EventT
 
-from policy.artifact import ArtifactError
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
 from streams.ads_engine import RawMessage
+from streams.agents import policy_watch
 from streams.agents.lifecycle import install_state_hooks
 from streams.app import TABLE_OPTIONS
-from streams.edge import Decoder, Source, dead_letter
 from streams.events import DeadLetter
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import make_producer
 from streams.metrics import WorkerMetrics
 from streams.retention_engine import RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
@@ -141,60 +138,19 @@ def install(app: faust.App, settings: Settings, topics: Topics,
 
     @app.task
     async def watch_policy_updates() -> None:
-        await _watch_policy_updates(settings, topics, engine, output)
+        loop = asyncio.get_running_loop()
+
+        async def send_dead(letter: DeadLetter) -> None:
+            output.produce(topics.dead_letters.name, key=letter.source_topic.encode(),
+                           value=letter.model_dump_json().encode())
+            await loop.run_in_executor(None, output.flush, 30.0)
+
+        await policy_watch.watch_policy_updates(
+            settings, topics, "retention", version=lambda: engine.version,
+            load=_load_checked, swap=engine.swap, send_dead=send_dead,
+            refused=lambda: engine.counters.update(["retention_policy_refused"]), log=log)
 
     return engine
-
-
-async def _watch_policy_updates(settings: Settings, topics: Topics, engine: RetentionEngine,
-                                output: Producer) -> None:
-    """Every retention worker reads every policy update (its own consumer group) and applies, in order,
-    those of kind "retention" for another version than the one served (as ads workers do for "ads").
-
-    An update is served only once its artifact loads and scores a probe batch
-    (:func:`policy.retention.artifacts.check_serves`); a refused one is logged, counted
-    (``retention_policy_refused``) and dead-lettered (``error_type`` "policy_refused"), and the current
-    policy keeps serving. A malformed update is dead-lettered as well.
-    """
-    loop = asyncio.get_running_loop()
-    consumer = make_consumer(settings.kafka, f"{settings.worker_id}-policy-{uuid.uuid4().hex[:8]}",
-                             **{"enable.auto.commit": False})
-    consumer.subscribe([topics.policy_updates.name])
-    decoder = Decoder(topics.policy_updates.payload)
-
-    async def send_dead(letter: DeadLetter) -> None:
-        output.produce(topics.dead_letters.name, key=letter.source_topic.encode(),
-                       value=letter.model_dump_json().encode())
-        await loop.run_in_executor(None, output.flush, 30.0)
-
-    try:
-        while True:
-            msg = consumer.poll(0)
-            if msg is None:
-                await asyncio.sleep(0.2)
-                continue
-            if msg.error():
-                continue
-            src = Source(msg.topic(), msg.partition(), msg.offset(), msg.key())
-            update = decoder.decode_one(msg.value(), src)
-            if isinstance(update, DeadLetter):
-                await send_dead(update)
-                continue
-            if update.kind != "retention" or update.version == engine.version:
-                continue
-            try:
-                artifacts = await loop.run_in_executor(None, _load_checked, update.artifact_uri)
-                engine.swap(artifacts, update.on_swap)
-            except (ArtifactError, OSError, ValueError) as exc:
-                reason = f"retention policy {update.version} at {update.artifact_uri} refused: {exc}"
-                log.error(reason)
-                engine.counters["retention_policy_refused"] += 1
-                await send_dead(dead_letter(msg.value(), src, "policy_refused", reason))
-                continue
-            log.warning("retention policy %s hot-swapped in from %s (segment state: %s)",
-                        engine.version, update.artifact_uri, update.on_swap)
-    finally:
-        consumer.close()
 
 
 def _load_checked(uri: str) -> RetentionArtifacts:
