@@ -36,7 +36,9 @@ of its segment, and unit tests can use plain dicts.
 
 from __future__ import annotations
 
+import logging
 import math
+import struct
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -58,6 +60,8 @@ from streams.events import (AdDecision, AdRequest, Click, DeadLetter, Explanatio
                             Purchase)
 from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
+
+log = logging.getLogger("metacart.ads.engine")
 
 
 class StateStore(BookStore, Protocol):
@@ -152,7 +156,10 @@ class AdsEngine:
         for msg in messages:
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
             tp = (msg.topic, msg.partition)
-            if msg.offset < self.positions.get(tp, -1):  # delivered again to this process: already done
+            at = self.positions.get(tp)
+            if at is None:
+                self._first_message(tp, msg.offset)
+            elif msg.offset < at:  # delivered again to this process: already done
                 self.counters["redelivered_skipped"] += 1
                 continue
             self.positions[tp] = msg.offset + 1
@@ -192,6 +199,15 @@ class AdsEngine:
         self._close_windows()
         self._evict_clean()
         return out
+
+    def _first_message(self, tp: tuple[str, int], offset: int) -> None:
+        """The first message of a partition since the assignment: it must not start above the ledger."""
+        ledger = self.ledger.get(tp)
+        log.info("%s[%d]: first offset %d, ledger %s", tp[0], tp[1], offset, ledger)
+        if offset > (ledger or 0):
+            self.counters["ledger_gaps"] += 1
+            log.error("%s[%d] starts at offset %d, above the ledger %s: offsets %d..%d may never be processed",
+                      tp[0], tp[1], offset, ledger, ledger or 0, offset - 1)
 
     def _skip(self, partition: int, event: object) -> None:
         """A message below the ledger: its outputs are visible and its effects stored; time still moves."""
@@ -420,7 +436,18 @@ class AdsEngine:
             self._heads[segment] = SegmentHead(self._epoch, partition)
             self.counters["segments_new"] += 1
             return
-        head = SegmentHead.decode(raw)
+        try:
+            head = SegmentHead.decode(raw)
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            # A record this code cannot read (corrupt, or written by an incompatible version): the segment
+            # restarts from the prior instead of failing every batch that touches it; the bad record is
+            # overwritten at the next flush.
+            log.error("segment %s: stored head unreadable (%s: %s); restarting it from the prior",
+                      segment, type(exc).__name__, exc)
+            self.counters["segments_unreadable"] += 1
+            self._heads[segment] = SegmentHead(self._epoch, partition)
+            self._dirty.add(segment)
+            return
         if head.epoch != self._epoch:
             head.epoch, head.state = self._epoch, None
             self._heads[segment] = head

@@ -74,6 +74,7 @@ class _Traffic:
     payloads: list[tuple[bytes, bytes]]
     meta: list[tuple[str, str, float]]  # (request id, segment, event time) per payload
     sent: int = 0
+    where: dict[int, tuple[int, int]] = field(default_factory=dict)  # payload index -> (partition, offset)
     decisions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     clicks: dict[str, int] = field(default_factory=Counter)  # clicks sent per segment
     clicked: set[str] = field(default_factory=set)
@@ -93,13 +94,20 @@ def _clicks(rid: str, share: float) -> bool:
 def _generate(kafka: KafkaSettings, topic: str, traffic: _Traffic, rate: float) -> None:
     producer = make_producer(kafka)
     t0 = time.perf_counter()
+
+    def delivered(i: int):
+        def report(err: object, msg: object) -> None:
+            if err is None:
+                traffic.where[i] = (msg.partition(), msg.offset())
+        return report
+
     for i, (key, value) in enumerate(traffic.payloads):
         if traffic.stop.is_set():
             break
         ahead = t0 + i / rate - time.perf_counter()
         if ahead > 0:
             time.sleep(ahead)
-        producer.produce(topic, key=key, value=value)
+        producer.produce(topic, key=key, value=value, on_delivery=delivered(i))
         producer.poll(0)
         traffic.sent = i + 1
     producer.flush(60)
@@ -385,7 +393,8 @@ def _account(fault: str, n: int, meta: list, traffic: _Traffic, heads: dict[str,
              elapsed: float, restarts: int) -> dict:
     decided = traffic.decisions
     ids = [rid for rid, _, _ in meta]
-    no_decision = sum(1 for rid in ids if not decided.get(rid))
+    undecided = [i for i, rid in enumerate(ids) if not decided.get(rid)]
+    no_decision = len(undecided)
     multi = sum(1 for rid in ids if len(decided.get(rid, ())) > 1)
     different = sum(1 for rid in ids if len(set(decided.get(rid, ()))) > 1)
     requests_per_segment = Counter(seg for _, seg, _ in meta)
@@ -402,7 +411,9 @@ def _account(fault: str, n: int, meta: list, traffic: _Traffic, heads: dict[str,
     return {"fault": fault, "requests": n, "offered_per_s": round(n / elapsed, 1), "no_decision": no_decision,
             "multi_decision": multi, "different_ad": different, "clicks_sent": sum(traffic.clicks.values()),
             "clicks_lost": lost, "clicks_double": double, "updates_lost": updates_lost,
-            "updates_double": updates_double, "worker_restarts": restarts}
+            "updates_double": updates_double, "worker_restarts": restarts,
+            # where the first undecided requests sit, to read the workers' logs around them
+            "undecided_at": [[ids[i], *traffic.where.get(i, (-1, -1))] for i in undecided[:20]]}
 
 
 def run(settings: Settings, faults: list[str], workdir: Path, out: Path | None = None,

@@ -111,6 +111,13 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
 
     @app.agent(source, name="ads")
     async def decide(stream: faust.StreamT) -> None:
+        try:
+            await _decide(stream)
+        except Exception as exc:
+            log.exception("ad agent failed")
+            await delivery.fail(f"ad agent failed: {type(exc).__name__}: {exc}")
+
+    async def _decide(stream: faust.StreamT) -> None:
         async for events in stream.take_events(ads.batch_max, within=ads.batch_within_s):
             batch = []
             for event in events:

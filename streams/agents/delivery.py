@@ -215,6 +215,14 @@ class Delivery:
                     log.warning("transaction step failed, retrying: %s", exc)
                     time.sleep(0.5)
 
+    async def fail(self, reason: str) -> None:
+        """Stop the worker without committing again: what was not committed is processed again after a
+        restart. The agent calls this when a batch raised (Faust would restart the agent and ack the batch;
+        a later commit would then record positions past messages whose outputs were never produced)."""
+        if self._broken is not None:
+            raise ProducerSendError(self._broken)
+        await self._fail(reason)
+
     async def _fail(self, reason: str) -> None:
         """Stop the worker: what was not committed is processed again after a restart."""
         log.error(reason)

@@ -213,3 +213,19 @@ def test_worker_start_up_scores_the_artifact_before_serving_it(tmp_path):
                                  b2=ART.b2 * 1e300, prior_mean=ART.prior_mean * 1e300)
     with pytest.raises(ArtifactError, match="probe"):
         load_policy(absurd.save(tmp_path / "absurd"))
+
+
+# --- an unreadable stored head restarts its segment, never fails the batch -------------------------
+
+@pytest.mark.parametrize("raw", [b"garbage", SegmentHead(ART.version.encode(), 0).encode()[:7]],
+                         ids=["not-a-record", "truncated"])
+def test_an_unreadable_segment_head_restarts_that_segment_from_the_prior_and_the_batch_is_decided(raw):
+    store = DictStore()
+    store.heads["m09-c09"] = raw
+    eng = engine(store)
+    out = eng.process_many([request("r1", 0, segment="m09-c09", seed=1), request("r2", 1, seed=2)])
+    assert sorted(d["request_id"] for d in decisions(out)) == ["r1", "r2"]
+    assert not out.dead_letters
+    assert eng.counters["segments_unreadable"] == 1
+    eng.flush()
+    assert SegmentHead.decode(store.heads["m09-c09"]).epoch == ART.version.encode()  # overwritten, readable
