@@ -9,6 +9,8 @@ is visible. Mid-stream the fault is injected:
   an empty data directory (its state comes back from the changelog);
 - ``rebalance_sigterm`` / ``rebalance_sigkill``: a second worker joins (1 -> 2), then the first is stopped
   with SIGTERM / SIGKILL;
+- ``rebalance_chain``: 1 -> 2 -> 3 workers, each joining under load, then the two oldest stopped with
+  SIGTERM one after the other (3 -> 2 -> 1): five rebalances in one run;
 - ``broker_restart``: the broker is stopped and started again (a worker that died meanwhile is
   restarted, as a supervisor would).
 
@@ -45,7 +47,7 @@ from metacart.live.ads import feedback_payload, request_payloads
 from streams.settings import KafkaSettings, Settings
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-FAULTS = ("kill9x3", "rebalance_sigterm", "rebalance_sigkill", "broker_restart")
+FAULTS = ("kill9x3", "rebalance_sigterm", "rebalance_sigkill", "rebalance_chain", "broker_restart")
 BROKER = REPO / "deploy" / "kafka" / "broker.sh"
 
 
@@ -311,6 +313,16 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
                 start(f"w{i + 1}")
                 target = grown(step)
                 _wait(lambda: traffic.seen >= target, cfg.timeout_s, "decisions after the restart", workers)
+        elif fault == "rebalance_chain":
+            for name in ("w1", "w2"):
+                joined = start(name)
+                target = grown(step)
+                _wait(lambda: traffic.seen >= target, cfg.timeout_s, f"decisions after {name} joined", workers)
+                _wait(lambda: _has_assignment(joined), cfg.timeout_s, f"{name}'s assignment", workers)
+            for leaving in workers[:2]:
+                leaving.stop()
+                target = grown(step)
+                _wait(lambda: traffic.seen >= target, cfg.timeout_s, "decisions after a worker left", workers)
         elif fault.startswith("rebalance"):
             second = start("w1")
             target = grown(step)

@@ -30,6 +30,7 @@ from streams.events import DeadLetter
 from streams.pseudonyms import Pseudonyms
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
+from streams.tables import tracked_table
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.ads")
@@ -101,12 +102,13 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
     source = app.topic(topics.ad_requests.name, topics.ad_feedback.name,
                        key_type=bytes, value_type=bytes, partitions=parts)
     dead_letters = app.topic(topics.dead_letters.name, key_type=bytes, value_type=bytes, partitions=1)
-    table = app.Table("ads-segments", partitions=parts, key_type=bytes, value_type=bytes, options=TABLE_OPTIONS)
+    table = tracked_table(app, "ads-segments", partitions=parts, key_type=bytes, value_type=bytes,
+                          options=TABLE_OPTIONS)
     store = FaustStore(table)
     engine = AdsEngine(adapter, store, topics, ads, settings.store, pseudonyms)
     # Decisions and dead letters go out through librdkafka (aiokafka's pure-Python producer was the
     # largest cost per request in profiles), committed together with the state and the input offsets.
-    delivery = Delivery(app, settings, topics, engine)
+    delivery = Delivery(app, settings, topics, engine, changelog_acked=table.changelog_acked)
     delivery.install(on_revoked=store.events.clear)
 
     @app.agent(source, name="ads")

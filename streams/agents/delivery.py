@@ -3,7 +3,8 @@
 A commit (commits never overlap: one asyncio lock; the agent never waits for it, see ``_commit_locked``):
 
 1. ``engine.flush()`` writes new pending blocks, then every changed segment head, into the Faust table;
-2. Faust's producer is flushed: the table changelog holds that state;
+2. Faust's producer is flushed and every changelog message of the table is acknowledged by the broker
+   (``streams.tables.TrackedTable``: Faust's flush alone is no barrier): the changelog holds that state;
 3. ``exactly_once``: one Kafka transaction holds every decision and dead letter produced since the last
    commit *and* the input positions, sent with ``send_offsets_to_transaction`` for the separate *ledger*
    consumer group ``<app id>-ledger``; it commits atomically. ``at_least_once``: the idempotent producer
@@ -24,7 +25,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import faust
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -46,8 +47,10 @@ def instance_id(settings: Settings) -> str:
 class Delivery:
     """The output producer, the ledger and the commit order of one ad worker process."""
 
-    def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine) -> None:
+    def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine,
+                 changelog_acked: Callable[[], Awaitable[None]]) -> None:
         self.app = app
+        self._changelog_acked = changelog_acked
         self.engine = engine
         self.topics = topics
         self.exactly_once = settings.ads.delivery == "exactly_once"
@@ -158,6 +161,10 @@ class Delivery:
             self.engine.flush()
             positions = self.engine.commit_positions()  # what the state just written covers, never below the ledger
             await self._faust_flush()
+            try:
+                await self._changelog_acked()  # Faust's flush alone may return with table writes unsent
+            except Exception as exc:
+                await self._fail(f"table changelog not written: {type(exc).__name__}: {exc}")
             if positions != self._committed_positions or self._produced:
                 await self._commit_outputs(positions)
         finally:
