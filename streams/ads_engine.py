@@ -162,6 +162,9 @@ class AdsEngine:
             elif msg.offset < at:  # delivered again to this process: already done
                 self.counters["redelivered_skipped"] += 1
                 continue
+            elif msg.offset > at:  # offsets skipped: transaction markers, or messages never delivered
+                self.counters["offset_gaps"] += 1
+                log.warning("%s[%d]: offsets %d..%d skipped", tp[0], tp[1], at, msg.offset - 1)
             self.positions[tp] = msg.offset + 1
             replayed = msg.offset < self.ledger.get(tp, -1)
             if msg.topic == self.topics.ad_requests.name:
