@@ -439,6 +439,11 @@ def run(settings: Settings, faults: list[str], workdir: Path, out: Path | None =
     for i, fault in enumerate(faults):
         console.print(f"[bold]bench chaos[/]: {fault} at {cfg.rate:.0f} requests/s ...")
         runs.append(run_fault(settings, fault, Path(workdir), cfg, seed=i))
+        console.print(runs[-1])
+        if out is not None:  # a later fault that fails keeps the runs before it
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps({"runs": runs, "delivery": settings.ads.delivery, "rate": cfg.rate},
+                                            indent=2))
     keys = ["fault", "requests", "offered_per_s", "no_decision", "multi_decision", "different_ad", "clicks_sent",
             "clicks_lost", "clicks_double", "updates_lost", "updates_double", "ledger_moved_back"]
     table = Table(title=f"metacart bench chaos (delivery={settings.ads.delivery})")
