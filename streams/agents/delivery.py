@@ -11,6 +11,10 @@ A commit (commits never overlap: one asyncio lock; the agent never waits for it,
 4. only then may Faust commit its own consumer offsets (this runs inside Faust's pre-commit
    ``producer.flush``, so Faust never commits past the ledger).
 
+With ``ads.data_path="direct"`` (``streams.agents.datapath``) the data consumer *is* the ledger consumer:
+``at_least_once`` then commits the positions to the ledger group with it after the producer flush, and
+every assigned partition starts at its ledger offset; Faust's consumer offsets play no part.
+
 On assignment, before the first message of a partition is processed, the ledger's committed offsets are
 read with ``isolation.level=read_committed`` (that waits while a dead worker's open transaction is
 still pending, until the broker aborts it after ``transaction_timeout_s``). The engine skips messages
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable
 
 import faust
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from faust.exceptions import ProducerSendError
 
 from streams.ads_engine import AdsEngine, Outputs
@@ -46,7 +50,11 @@ def instance_id(settings: Settings) -> str:
 class Delivery:
     """The output producer, the ledger and the commit order of one ad worker process."""
 
-    def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine) -> None:
+    def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine,
+                 consumer: Consumer | None = None) -> None:
+        """``consumer``: the data path's consumer of the ledger group (``ads.data_path="direct"``): it reads
+        the ledger, gives the group metadata of the transactions and (``at_least_once``) commits positions.
+        None: a consumer of its own reads the ledger (the Faust data path)."""
         self.app = app
         self.engine = engine
         self.topics = topics
@@ -65,12 +73,14 @@ class Delivery:
         self._committed_positions: dict[tuple[str, int], int] = {}
         kafka = settings.kafka
         options: dict[str, object] = {"linger.ms": 1, "on_delivery": self._on_delivery}
+        self.group = ledger_group(settings)
+        self._owns_ledger = consumer is None and self.exactly_once
+        self._offsets_consumer = consumer  # commits positions itself when there is no transaction
         if self.exactly_once:
-            self.group = f"{settings.worker_id}-ledger"
             options |= {"transactional.id": f"{settings.worker_id}-ads-{instance_id(settings)}",
                         "transaction.timeout.ms": int(settings.ads.transaction_timeout_s * 1000)}
-            self._ledger = make_consumer(kafka, self.group, **{"enable.auto.commit": False,
-                                                               "isolation.level": "read_committed"})
+            self._ledger = consumer if consumer is not None else make_consumer(
+                kafka, self.group, **{"enable.auto.commit": False, "isolation.level": "read_committed"})
             self.output = make_producer(kafka, **options)
             self.output.init_transactions(30)
             self._metadata = self._ledger.consumer_group_metadata()
@@ -87,11 +97,11 @@ class Delivery:
     # --- the agent side --------------------------------------------------------------------------
 
     async def prepare(self, partitions: set[int]) -> None:
-        """Read the ledger of partitions not seen since the last assignment (exactly-once only)."""
+        """Read the ledger of partitions not seen since the last assignment (exactly-once, or the direct path)."""
         new = partitions - self.ready
         if not new:
             return
-        if self.exactly_once:
+        if self.exactly_once or self._offsets_consumer is not None:
             offsets = await asyncio.get_running_loop().run_in_executor(None, self._read_ledger, new)
             log.info("ledger of partitions %s: %s", sorted(new), sorted(offsets.items()))
             self.engine.ledger.update(offsets)
@@ -101,10 +111,11 @@ class Delivery:
     def _read_ledger(self, partitions: set[int], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
         names = (self.topics.ad_requests.name, self.topics.ad_feedback.name)
         tps = [TopicPartition(t, p) for t in names for p in sorted(partitions)]
+        ledger = self._ledger if self.exactly_once else self._offsets_consumer
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                got = self._ledger.committed(tps, timeout=10)
+                got = ledger.committed(tps, timeout=10)
                 if not any(tp.error for tp in got):
                     return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
                 error = next(tp.error for tp in got if tp.error)
@@ -193,6 +204,13 @@ class Delivery:
             left = await loop.run_in_executor(None, self.output.flush, 30.0)
             if left:
                 await self._fail(f"{left} outputs undelivered: not committing")
+            if self._offsets_consumer is not None and positions and self.failed == before:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+                try:
+                    await loop.run_in_executor(None, lambda: self._offsets_consumer.commit(
+                        offsets=offsets, asynchronous=False))
+                except KafkaException as exc:
+                    await self._fail(f"positions not committed to the ledger: {exc}")
         if self.failed != before:
             await self._fail(f"{self.failed - before} outputs failed: not committing")
         self._produced = 0
@@ -231,10 +249,11 @@ class Delivery:
 
     # --- hooks -----------------------------------------------------------------------------------
 
-    def install(self, on_revoked: Callable[[], None]) -> None:
+    def install(self, on_revoked: Callable[[], None], rebalance_hooks: bool = True) -> None:
         """Commit inside Faust's pre-commit producer flush, on a timer, and before partitions go.
 
-        ``on_revoked`` runs after the revoke commit (the store forgets its events there).
+        ``on_revoked`` runs after the revoke commit (the store forgets its events there). Without
+        ``rebalance_hooks`` the caller (the direct data path) calls ``prepare`` and ``revoke`` itself.
         """
         app = self.app
 
@@ -248,6 +267,9 @@ class Delivery:
             if self._produced or self.engine.commit_positions() != self._committed_positions:
                 await self.commit()
 
+        if not rebalance_hooks:
+            return
+
         @app.on_partitions_assigned.connect
         async def _assigned(app_: faust.App, assigned: set, **kwargs: object) -> None:
             # Read the ledger before any message of the new assignment reaches the agent.
@@ -255,14 +277,23 @@ class Delivery:
 
         @app.on_partitions_revoked.connect
         async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
-            async with self.lock:
-                await self._commit_locked()
-                self.engine.on_rebalance()
-                on_revoked()
-                self.ready.clear()
-                self._committed_positions = {}
+            await self.revoke(on_revoked)
+
+    async def revoke(self, then: Callable[[], None]) -> None:
+        """Commit what was processed, forget the partitions (engine and ledger), then run ``then``."""
+        async with self.lock:
+            await self._commit_locked()
+            self.engine.on_rebalance()
+            then()
+            self.ready.clear()
+            self._committed_positions = {}
 
     def close(self) -> None:
         self.output.flush(10)
-        if self.exactly_once:
+        if self._owns_ledger:
             self._ledger.close()
+
+
+def ledger_group(settings: Settings) -> str:
+    """The consumer group whose committed offsets are the ledger: ``<app id>-ledger``."""
+    return f"{settings.worker_id}-ledger"
