@@ -124,6 +124,7 @@ class DataPath:
         self._stopped = False
         self._step = asyncio.Lock()  # one fetch-and-process step, or one rebalance action, at a time
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ads-fetch")
+        self._commit: asyncio.Future | None = None  # the commit in flight, started by the loop
 
     # --- wiring ----------------------------------------------------------------------------------
 
@@ -195,8 +196,10 @@ class DataPath:
             async with self._step:
                 if self._held and not self._stopped:
                     await self._step_once()
-            if self.delivery.due() and not self._stopped:
-                await self.delivery.commit()
+            if self.delivery.due() and not self._stopped and not self.delivery.lock.locked():
+                # The commit's broker round trips overlap the next batches: their outputs wait for the
+                # next transaction and their positions stay out of this one (``Delivery._commit_locked``).
+                self._commit = asyncio.ensure_future(self.delivery.commit())
 
     async def _take(self) -> None:
         """Read the ledger of the assigned partitions and start each one exactly there."""
