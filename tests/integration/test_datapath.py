@@ -80,6 +80,7 @@ def test_two_workers_own_matching_membership_and_changelog_partitions(settings, 
 
 def test_heads_land_in_the_partition_of_their_segment_and_restarts_start_at_the_ledger(settings, workers, tmp_path):
     topics = topics_for(settings)
+    settings.ads.attribution_window_s = 10.0  # windows close (one request per event-time second): heads change
     requests = mixed_requests(600, "route", seed=5)
     decisions = Reader(settings.kafka, topics.ad_decisions.name)
     worker = start_worker(workers, settings, "a")
@@ -94,12 +95,15 @@ def test_heads_land_in_the_partition_of_their_segment_and_restarts_start_at_the_
     reader.wait_for(lambda ms: len(ms) >= len(requests), 60, "the requests back")
     for m in reader.seen:
         where[json.loads(m.value())["segment"]] = m.partition()
-    heads = Reader(settings.kafka, f"{settings.worker_id}-ads-segments-changelog")
-    heads.wait_for(lambda ms: {m.key()[2:].decode() for m in ms if m.key().startswith(b"h:")} >= set(where),
-                   60, "a head for every segment")
-    for m in heads.seen:
-        if m.key().startswith(b"h:"):
-            assert m.partition() == where[m.key()[2:].decode()], "a head in another changelog partition"
+    changelog = Reader(settings.kafka, f"{settings.worker_id}-ads-segments-changelog")
+    changelog.wait_for(lambda ms: {m.key()[2:].decode() for m in ms if m.key().startswith(b"h:")} >= set(where),
+                       60, "a head for every segment")
+    for m in changelog.seen:
+        key = m.key().decode()
+        if key.startswith("h:"):
+            assert m.partition() == where[key[2:]], f"head {key} in changelog partition {m.partition()}"
+        else:  # a pending block b:<partition>:<tag>:<seq> (or its deletion)
+            assert m.partition() == int(key.split(":")[1]), f"block {key} in changelog partition {m.partition()}"
     tables = settings.store.data_dir / "v1" / "tables"
     for segment, p in where.items():
         for q in range(settings.kafka.segment_partitions):
