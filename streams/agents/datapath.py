@@ -114,7 +114,12 @@ class DataPath:
         self.partitions = settings.kafka.segment_partitions
         self.consumer = make_consumer(settings.kafka, ledger_group(settings), **{
             "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "isolation.level": "read_committed", "fetch.wait.max.ms": 5})
+            "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+            # A small prefetch: the consumer queue is first in, first out across partitions, so megabytes of
+            # prefetched requests (a backlog after a restart) would hold the feedback fetched behind them
+            # until event time had closed its windows (clicks rejected as late).
+            "queued.min.messages": settings.ads.batch_max, "queued.max.messages.kbytes": 4096,
+            "max.partition.fetch.bytes": 256 * 1024})
         self.delivery = Delivery(app, settings, topics, engine, consumer=self.consumer)
         self._kafka = settings.kafka
         self._wanted: set[int] | None = None  # assigned by Faust, not yet read
