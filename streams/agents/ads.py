@@ -50,7 +50,8 @@ class FaustStore:
     Faust's RocksDB store reads, tests membership and writes through the partition of the *current event*
     (``faust.streams.current_event``). A batch spans partitions, so each call first makes an event of the
     key's own partition current. With no event of that partition seen yet, reads run with no current
-    event, and Faust then searches every assigned partition.
+    event, and Faust then searches every assigned partition. On the direct data path ``events`` holds a
+    ``datapath.PartitionEvent`` per assigned partition (set on assignment, cleared on revoke).
     """
 
     table: faust.Table
