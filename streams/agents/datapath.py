@@ -142,6 +142,10 @@ class DataPath:
                                               "never written: its partitions are the ad agent's assignment")])
         membership = app.topic(self.membership, key_type=bytes, value_type=bytes, partitions=self.partitions)
         self.delivery.install(on_revoked=self._forget, rebalance_hooks=False)
+        state = getattr(self.metrics, "consumer_state", None)
+        if state is not None and hasattr(state, "hidden"):
+            state.data_path = self
+            state.hidden.add(self.membership)
 
         @app.agent(membership, name="ads")
         async def members(stream: faust.StreamT) -> None:
@@ -180,6 +184,28 @@ class DataPath:
                 log.exception("ad data path failed")
                 await app.crash(exc)
                 raise
+
+    # --- what /metrics and /readyz show (streams.web.FaustConsumerState asks) ----------------------
+
+    def assigned(self) -> int:
+        """Partitions the data consumer reads (ad requests and ad feedback)."""
+        return 2 * len(self._held)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """End offset (librdkafka's cached high watermark) minus the next offset to process."""
+        out: dict[tuple[str, int], int] = {}
+        names = (self.topics.ad_requests.name, self.topics.ad_feedback.name)
+        for p in sorted(self._held):
+            for t in names:
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)
+                except KafkaException:
+                    continue
+                if high < 0:
+                    continue
+                position = self.engine.positions.get((t, p), self.engine.ledger.get((t, p), 0))
+                out[(t, p)] = max(high - position, 0)
+        return out
 
     def _forget(self) -> None:
         """After the revoke commit: no partition is read, no table write is routed."""
