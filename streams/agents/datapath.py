@@ -139,7 +139,8 @@ class DataPath:
         """The membership agent, the rebalance and shutdown hooks, the fetch loop and the commit timer."""
         app = self.app
         ensure_topics(self._kafka, [TopicSpec(self.membership, "none", self.partitions, bytes,
-                                              "never written: its partitions are the ad agent's assignment")])
+                                              "never written: its partitions are the ad agent's assignment")],
+                      create=True)  # an internal topic of the app, like its changelogs
         membership = app.topic(self.membership, key_type=bytes, value_type=bytes, partitions=self.partitions)
         self.delivery.install(on_revoked=self._forget, rebalance_hooks=False)
         state = getattr(self.metrics, "consumer_state", None)
