@@ -593,7 +593,7 @@ def bench_stream(
     n: Optional[int] = typer.Option(None, min=1000, help="backlog requests (default: ~25 s of the worker's calibrated speed)"),
     load_rate: float = typer.Option(1000.0, min=1.0, help="offered load for the latency run (requests/s)"),
     load_s: float = typer.Option(15.0, min=1.0, help="length of the latency run"),
-    baseline: bool = typer.Option(True, help="also run a worker with the settings before tuning"),
+    baseline: bool = typer.Option(True, help="also run a worker on the Faust data path (ads.data_path=faust)"),
     click_share: float = typer.Option(0.05, min=0.0, max=1.0, help="share of decisions clicked"),
     profile: Optional[Path] = typer.Option(None, help="py-spy the worker on the backlog (collapsed stacks here)"),
 ) -> None:

@@ -172,9 +172,23 @@ def _group(settings: Settings, group: str, timeout_s: float) -> GroupView:
                                                     request_timeout=timeout_s)[group].result(timeout_s)
     except KafkaException as exc:
         return GroupView(group=group, state=f"unknown ({exc.args[0].str() if exc.args else exc})")
+    # The direct ad data path: Faust assigns partition p of the membership topic; the worker reads the
+    # ad topics' partition p with its own consumer, whose positions are the ledger group's offsets.
+    membership = f"{group}-ads-membership"
+    topics = topics_for(settings)
+    try:
+        ledger = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(f"{group}-ledger")],
+                                                   request_timeout=timeout_s)[f"{group}-ledger"].result(timeout_s)
+        ledger_offsets = [tp for tp in ledger.topic_partitions
+                          if tp.topic in (topics.ad_requests.name, topics.ad_feedback.name)]
+    except KafkaException:
+        ledger_offsets = []
     members = []
     for m in desc.members:
         tps = m.assignment.topic_partitions if m.assignment else []
+        tps = [x for tp in tps for x in ([TopicPartition(topics.ad_requests.name, tp.partition),
+                                          TopicPartition(topics.ad_feedback.name, tp.partition)]
+                                         if tp.topic == membership else [tp])]
         parts = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if not tp.topic.endswith("-changelog")
                        and "__assignor" not in tp.topic)
         members.append({"member": m.member_id[-12:], "client": m.client_id, "host": m.host.lstrip("/"),
@@ -182,7 +196,7 @@ def _group(settings: Settings, group: str, timeout_s: float) -> GroupView:
     consumer = make_consumer(settings.kafka, f"status-{uuid.uuid4().hex[:8]}")
     lag = {}
     try:
-        for tp in offsets.topic_partitions:
+        for tp in list(offsets.topic_partitions) + ledger_offsets:
             if tp.offset < 0 or tp.topic.endswith("-changelog") or "__assignor" in tp.topic:
                 continue
             _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout_s)

@@ -158,6 +158,10 @@ class AdsSettings(BaseModel):
     max_cached_segments: int = Field(
         4096, ge=1, description="segments whose posterior stays in memory; beyond it the least recently used "
         "are evicted (their head is in the table) and reloaded from it when next seen")
+    data_path: Literal["direct", "faust"] = Field(
+        "direct", description="direct: a librdkafka consumer reads requests and feedback from the ledger "
+        "offsets while Faust keeps membership, tables and recovery (streams.agents.datapath); faust: a Faust "
+        "agent reads them (take_events)")
     max_head_feedback: int = Field(
         2048, ge=2, description="open decisions with feedback one segment head may hold; beyond it the segment's "
         "oldest windows close early (counted as windows_forced_by_head), so the head stays far below 1 MB")

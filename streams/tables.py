@@ -2,7 +2,7 @@
 
 A table write in Faust puts its changelog message into the app producer's buffer (``send_soon``), and
 ``app.producer.flush()`` is not a barrier for that buffer: ``ProducerBuffer.flush_atmost`` returns as soon
-as handing one message to the Kafka client takes longer than 0.1 s (faust-streaming 0.11), leaving the rest
+as handing one message to the Kafka client takes longer than 0.1 s (faust-streaming 0.15.3), leaving the rest
 unsent. A commit that trusted it could record input offsets whose state changes never reached the changelog,
 and a crash then loses them (seen as clicks lost under kill -9 on a loaded machine).
 

@@ -22,6 +22,10 @@ class FaustConsumerState(ConsumerState):
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self.started = time.monotonic()
+        # The direct ad data path reads its topics with a consumer of its own: it answers for them, and
+        # Faust's never-written membership topic is left out.
+        self.data_path: ConsumerState | None = None
+        self.hidden: set[str] = set()
 
     def _changelogs(self) -> set[str]:
         """Topics Faust reads for itself: table changelogs and its leader-election topic."""
@@ -35,8 +39,9 @@ class FaustConsumerState(ConsumerState):
             return set()
 
     def assigned(self) -> int:
-        changelogs = self._changelogs()
-        return sum(1 for tp in self._assignment() if tp.topic not in changelogs)
+        skip = self._changelogs() | self.hidden
+        faust_owned = sum(1 for tp in self._assignment() if tp.topic not in skip)
+        return faust_owned + (self.data_path.assigned() if self.data_path is not None else 0)
 
     def ready(self) -> bool:
         recovery = self.app.tables.recovery
@@ -48,8 +53,8 @@ class FaustConsumerState(ConsumerState):
         The position is the last offset read plus one, or the committed offset before any read.
         """
         monitor = self.app.monitor
-        changelogs = self._changelogs()
-        out: dict[tuple[str, int], int] = {}
+        changelogs = self._changelogs() | self.hidden
+        out: dict[tuple[str, int], int] = {} if self.data_path is None else dict(self.data_path.lag())
         for tp in self._assignment():
             if tp.topic in changelogs:
                 continue

@@ -364,7 +364,9 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
         time.sleep(1.0)
         done.set()
         feeder.join(60)
-        _wait(lambda: _offsets_done(s.kafka, s.worker_id, topics.ad_feedback.name, s.kafka.segment_partitions),
+        # What was processed and committed: the ledger on the direct data path (Faust's group reads no data).
+        progress = f"{s.worker_id}-ledger" if s.ads.data_path == "direct" else s.worker_id
+        _wait(lambda: _offsets_done(s.kafka, progress, topics.ad_feedback.name, s.kafka.segment_partitions),
               cfg.timeout_s, "every click consumed", workers, missed)
         # One late request per segment closes every open window of its partition.
         segments = sorted({seg for _, seg, _ in meta[:n]})
@@ -374,7 +376,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
         for key, value in closing:
             producer.produce(topics.ad_requests.name, key=key, value=value)
         producer.flush(30)
-        _wait(lambda: _offsets_done(s.kafka, s.worker_id, topics.ad_requests.name, s.kafka.segment_partitions),
+        _wait(lambda: _offsets_done(s.kafka, progress, topics.ad_requests.name, s.kafka.segment_partitions),
               cfg.timeout_s, "the closing requests consumed", workers, missed)
         time.sleep(1.0)
         heads = _heads(s.kafka, f"{s.worker_id}-ads-segments-changelog")

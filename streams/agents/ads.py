@@ -1,7 +1,11 @@
 """Faust glue for ad placement: topics, RocksDB tables, the agent loop, hot-swap and stats.
 
-One agent reads ad requests and ad feedback (both keyed by segment, co-partitioned) as a single stream,
-in batches (``take_events``) bounded in size and wait, and hands each batch to ``AdsEngine``.
+Two data paths (``ads.data_path``), both handing batches bounded in size and wait to ``AdsEngine``:
+
+- ``direct`` (default): Faust owns membership, tables, changelogs and recovery; a librdkafka consumer
+  reads ad requests and feedback from the ledger offsets (``streams.agents.datapath``);
+- ``faust``: one Faust agent reads ad requests and ad feedback (both keyed by segment, co-partitioned) as
+  a single stream, in batches (``take_events``).
 
 Faust routes a table write to the RocksDB partition and changelog partition of the *current event*.
 A batch spans partitions, so ``FaustStore`` sets the current event to one from the right partition
@@ -11,7 +15,6 @@ before each write; a segment's state therefore always follows its partition.
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from policy.artifact import PolicyArtifact
 from streams.ads_engine import AdsEngine, RawMessage
 from streams.agents.delivery import Delivery
 from streams.agents import policy_watch
+from streams.agents.datapath import DataPath, process_batch
 from streams.app import TABLE_OPTIONS
 from streams.events import DeadLetter
 from streams.pseudonyms import Pseudonyms
@@ -47,7 +51,8 @@ class FaustStore:
     Faust's RocksDB store reads, tests membership and writes through the partition of the *current event*
     (``faust.streams.current_event``). A batch spans partitions, so each call first makes an event of the
     key's own partition current. With no event of that partition seen yet, reads run with no current
-    event, and Faust then searches every assigned partition.
+    event, and Faust then searches every assigned partition. On the direct data path ``events`` holds a
+    ``datapath.PartitionEvent`` per assigned partition (set on assignment, cleared on revoke).
     """
 
     table: faust.Table
@@ -99,16 +104,39 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
     """
     ads = settings.ads
     parts = settings.kafka.segment_partitions
-    source = app.topic(topics.ad_requests.name, topics.ad_feedback.name,
-                       key_type=bytes, value_type=bytes, partitions=parts)
     dead_letters = app.topic(topics.dead_letters.name, key_type=bytes, value_type=bytes, partitions=1)
     table = tracked_table(app, "ads-segments", partitions=parts, key_type=bytes, value_type=bytes,
                           options=TABLE_OPTIONS)
     store = FaustStore(table)
     engine = AdsEngine(adapter, store, topics, ads, settings.store, pseudonyms)
+    if ads.data_path == "direct":
+        DataPath(app, settings, topics, engine, store.events, metrics,
+                 changelog_acked=table.changelog_acked).install()
+    else:
+        _install_faust_path(app, settings, topics, engine, store, metrics)
+
+    @app.task
+    async def watch_policy_updates() -> None:
+        async def send_dead(letter: DeadLetter) -> None:
+            await dead_letters.send(key=letter.source_topic.encode(), value=letter.model_dump_json().encode())
+
+        await policy_watch.watch_policy_updates(
+            settings, topics, "ads", version=lambda: engine.adapter.version,
+            load=_load_checked, swap=engine.swap, send_dead=send_dead,
+            refused=lambda: engine.counters.update(["policy_refused"]), log=log)
+
+    return engine
+
+
+def _install_faust_path(app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine, store: FaustStore,
+                        metrics: WorkerMetrics | None) -> None:
+    """The ``faust`` data path: a Faust agent over ad requests and feedback, ``take_events`` batches."""
+    ads = settings.ads
+    source = app.topic(topics.ad_requests.name, topics.ad_feedback.name,
+                       key_type=bytes, value_type=bytes, partitions=settings.kafka.segment_partitions)
     # Decisions and dead letters go out through librdkafka (aiokafka's pure-Python producer was the
     # largest cost per request in profiles), committed together with the state and the input offsets.
-    delivery = Delivery(app, settings, topics, engine, changelog_acked=table.changelog_acked)
+    delivery = Delivery(app, settings, topics, engine, changelog_acked=store.table.changelog_acked)
     delivery.install(on_revoked=store.events.clear)
 
     @app.agent(source, name="ads")
@@ -129,33 +157,10 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
             partitions = {m.partition for m in batch}
             if not partitions <= delivery.ready:  # normally read on assignment, before any event
                 await delivery.prepare(partitions)
-            t0 = time.perf_counter()
-            out = engine.process_many(batch)
-            delivery.produce(out)
-            elapsed = time.perf_counter() - t0
-            counters = engine.counters
-            counters["batches"] += 1
-            counters["batch_events"] += len(batch)
-            counters["engine_s"] += elapsed
-            if metrics is not None:
-                metrics.observe_batch("ads", elapsed)
-                metrics.observe_requests(e.message.timestamp for e in events
-                                         if e.message.topic == topics.ad_requests.name)
-            counters["deletes_skipped"] = store.skipped_deletes
+            process_batch(engine, delivery, batch, metrics, (e.message.timestamp for e in events
+                                                             if e.message.topic == topics.ad_requests.name))
             if delivery.due():
                 await delivery.commit()
-
-    @app.task
-    async def watch_policy_updates() -> None:
-        async def send_dead(letter: DeadLetter) -> None:
-            await dead_letters.send(key=letter.source_topic.encode(), value=letter.model_dump_json().encode())
-
-        await policy_watch.watch_policy_updates(
-            settings, topics, "ads", version=lambda: engine.adapter.version,
-            load=_load_checked, swap=engine.swap, send_dead=send_dead,
-            refused=lambda: engine.counters.update(["policy_refused"]), log=log)
-
-    return engine
 
 
 def _load_checked(uri: str) -> PolicyArtifact:

@@ -4,13 +4,19 @@ A commit (commits never overlap: one asyncio lock; the agent never waits for it,
 
 1. ``engine.flush()`` writes new pending blocks, then every changed segment head, into the Faust table;
 2. Faust's producer is flushed and every changelog message of the table is acknowledged by the broker
-   (``streams.tables.TrackedTable``: Faust's flush alone is no barrier): the changelog holds that state;
+   (``streams.tables.TrackedTable``; Faust's flush alone is no barrier: faust 0.15.3's
+   ``ProducerBuffer.flush`` returns once 0.1 s pass without a hand-over, with table writes still queued):
+   the changelog holds that state;
 3. ``exactly_once``: one Kafka transaction holds every decision and dead letter produced since the last
    commit *and* the input positions, sent with ``send_offsets_to_transaction`` for the separate *ledger*
    consumer group ``<app id>-ledger``; it commits atomically. ``at_least_once``: the idempotent producer
    is flushed instead;
 4. only then may Faust commit its own consumer offsets (this runs inside Faust's pre-commit
    ``producer.flush``, so Faust never commits past the ledger).
+
+With ``ads.data_path="direct"`` (``streams.agents.datapath``) the data consumer *is* the ledger consumer:
+``at_least_once`` then commits the positions to the ledger group with it after the producer flush, and
+every assigned partition starts at its ledger offset; Faust's consumer offsets play no part.
 
 On assignment, before the first message of a partition is processed, the ledger's committed offsets are
 read with ``isolation.level=read_committed`` (that waits while a dead worker's open transaction is
@@ -28,10 +34,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 import faust
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from faust.exceptions import ProducerSendError
 
 from streams.ads_engine import AdsEngine, Outputs
+from streams.agents.precommit import before_offsets_commit, precommit
 from streams.kafka_io import make_consumer, make_producer
 from streams.settings import Settings
 from streams.topics import Topics
@@ -48,7 +55,11 @@ class Delivery:
     """The output producer, the ledger and the commit order of one ad worker process."""
 
     def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine,
-                 changelog_acked: Callable[[], Awaitable[None]]) -> None:
+                 changelog_acked: Callable[[], Awaitable[None]], consumer: Consumer | None = None) -> None:
+        """``changelog_acked``: waits until every changelog write of the table so far is acknowledged.
+        ``consumer``: the data path's consumer of the ledger group (``ads.data_path="direct"``): it reads
+        the ledger, gives the group metadata of the transactions and (``at_least_once``) commits positions.
+        None: a consumer of its own reads the ledger (the Faust data path)."""
         self.app = app
         self._changelog_acked = changelog_acked
         self.engine = engine
@@ -68,18 +79,20 @@ class Delivery:
         self._committed_positions: dict[tuple[str, int], int] = {}
         kafka = settings.kafka
         options: dict[str, object] = {"linger.ms": 1, "on_delivery": self._on_delivery}
+        self.group = ledger_group(settings)
+        self._owns_ledger = consumer is None and self.exactly_once
+        self._offsets_consumer = consumer  # commits positions itself when there is no transaction
         if self.exactly_once:
-            self.group = f"{settings.worker_id}-ledger"
             options |= {"transactional.id": f"{settings.worker_id}-ads-{instance_id(settings)}",
                         "transaction.timeout.ms": int(settings.ads.transaction_timeout_s * 1000)}
-            self._ledger = make_consumer(kafka, self.group, **{"enable.auto.commit": False,
-                                                               "isolation.level": "read_committed"})
+            self._ledger = consumer if consumer is not None else make_consumer(
+                kafka, self.group, **{"enable.auto.commit": False, "isolation.level": "read_committed"})
             self.output = make_producer(kafka, **options)
             self.output.init_transactions(30)
             self._metadata = self._ledger.consumer_group_metadata()
         else:
             self.output = make_producer(kafka, **options | {"delivery.report.only.error": True})
-        self._faust_flush = app.producer.flush
+        self._faust_flush = precommit(app).faust_flush  # Faust's own flush, not the hook chain around it
 
     def _on_delivery(self, err: object, msg: object) -> None:
         if err is not None:
@@ -90,11 +103,11 @@ class Delivery:
     # --- the agent side --------------------------------------------------------------------------
 
     async def prepare(self, partitions: set[int]) -> None:
-        """Read the ledger of partitions not seen since the last assignment (exactly-once only)."""
+        """Read the ledger of partitions not seen since the last assignment (exactly-once, or the direct path)."""
         new = partitions - self.ready
         if not new:
             return
-        if self.exactly_once:
+        if self.exactly_once or self._offsets_consumer is not None:
             offsets = await asyncio.get_running_loop().run_in_executor(None, self._read_ledger, new)
             log.info("ledger of partitions %s: %s", sorted(new), sorted(offsets.items()))
             self.engine.ledger.update(offsets)
@@ -104,10 +117,11 @@ class Delivery:
     def _read_ledger(self, partitions: set[int], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
         names = (self.topics.ad_requests.name, self.topics.ad_feedback.name)
         tps = [TopicPartition(t, p) for t in names for p in sorted(partitions)]
+        ledger = self._ledger if self.exactly_once else self._offsets_consumer
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                got = self._ledger.committed(tps, timeout=10)
+                got = ledger.committed(tps, timeout=10)
                 if not any(tp.error for tp in got):
                     return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
                 error = next(tp.error for tp in got if tp.error)
@@ -160,11 +174,7 @@ class Delivery:
         try:
             self.engine.flush()
             positions = self.engine.commit_positions()  # what the state just written covers, never below the ledger
-            await self._faust_flush()
-            try:
-                await self._changelog_acked()  # Faust's flush alone may return with table writes unsent
-            except Exception as exc:
-                await self._fail(f"table changelog not written: {type(exc).__name__}: {exc}")
+            await self._flush_changelog()
             if positions != self._committed_positions or self._produced:
                 await self._commit_outputs(positions)
         finally:
@@ -175,6 +185,23 @@ class Delivery:
         counters = self.engine.counters
         counters["commits"] += 1
         counters["commit_s"] += time.perf_counter() - t0
+
+    async def _flush_changelog(self) -> None:
+        """Hand the table writes to the Kafka client and wait until the broker acknowledged each of them.
+
+        faust 0.15.3's ``ProducerBuffer.flush`` returns as soon as 0.1 s pass without a message handed to
+        aiokafka, with table writes still in the buffer: the commit would then record positions past state
+        that is not in the changelog, and a kill -9 right after loses it (the chaos suite lost 528 of 13,973
+        clicks under SIGKILL x3 that way). Waiting for the futures of this table's own writes is exact and
+        does not wait for other tables' writes queued after them (retention reviews write in bursts).
+        """
+        await self._faust_flush()
+        try:
+            await asyncio.wait_for(self._changelog_acked(), self.stuck_s)
+        except asyncio.TimeoutError:
+            await self._fail(f"table changelog not acknowledged within {self.stuck_s:.0f}s: not committing")
+        except Exception as exc:
+            await self._fail(f"table changelog not written: {type(exc).__name__}: {exc}")
 
     async def _commit_outputs(self, positions: dict[tuple[str, int], int]) -> None:
         loop = asyncio.get_running_loop()
@@ -200,6 +227,13 @@ class Delivery:
             left = await loop.run_in_executor(None, self.output.flush, 30.0)
             if left:
                 await self._fail(f"{left} outputs undelivered: not committing")
+            if self._offsets_consumer is not None and positions and self.failed == before:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+                try:
+                    await loop.run_in_executor(None, lambda: self._offsets_consumer.commit(
+                        offsets=offsets, asynchronous=False))
+                except KafkaException as exc:
+                    await self._fail(f"positions not committed to the ledger: {exc}")
         if self.failed != before:
             await self._fail(f"{self.failed - before} outputs failed: not committing")
         self._produced = 0
@@ -246,22 +280,23 @@ class Delivery:
 
     # --- hooks -----------------------------------------------------------------------------------
 
-    def install(self, on_revoked: Callable[[], None]) -> None:
+    def install(self, on_revoked: Callable[[], None], rebalance_hooks: bool = True) -> None:
         """Commit inside Faust's pre-commit producer flush, on a timer, and before partitions go.
 
-        ``on_revoked`` runs after the revoke commit (the store forgets its events there).
+        ``on_revoked`` runs after the revoke commit (the store forgets its events there). Without
+        ``rebalance_hooks`` the caller (the direct data path) calls ``prepare`` and ``revoke`` itself.
         """
         app = self.app
 
-        async def flush_then_commit() -> None:
-            await self.commit()
-
-        app.producer.flush = flush_then_commit  # type: ignore[method-assign]
+        before_offsets_commit(app, self.commit)
 
         @app.timer(interval=max(self.interval_s, 0.01))
         async def commit_outputs() -> None:
             if self._produced or self.engine.commit_positions() != self._committed_positions:
                 await self.commit()
+
+        if not rebalance_hooks:
+            return
 
         @app.on_partitions_assigned.connect
         async def _assigned(app_: faust.App, assigned: set, **kwargs: object) -> None:
@@ -270,14 +305,23 @@ class Delivery:
 
         @app.on_partitions_revoked.connect
         async def _revoked(app_: faust.App, revoked: set, **kwargs: object) -> None:
-            async with self.lock:
-                await self._commit_locked()
-                self.engine.on_rebalance()
-                on_revoked()
-                self.ready.clear()
-                self._committed_positions = {}
+            await self.revoke(on_revoked)
+
+    async def revoke(self, then: Callable[[], None]) -> None:
+        """Commit what was processed, forget the partitions (engine and ledger), then run ``then``."""
+        async with self.lock:
+            await self._commit_locked()
+            self.engine.on_rebalance()
+            then()
+            self.ready.clear()
+            self._committed_positions = {}
 
     def close(self) -> None:
         self.output.flush(10)
-        if self.exactly_once:
+        if self._owns_ledger:
             self._ledger.close()
+
+
+def ledger_group(settings: Settings) -> str:
+    """The consumer group whose committed offsets are the ledger: ``<app id>-ledger``."""
+    return f"{settings.worker_id}-ledger"

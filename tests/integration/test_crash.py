@@ -16,7 +16,7 @@ from .helpers import mixed_requests
 
 def test_kill_mid_stream_loses_no_decision_and_shows_none_twice(settings, workers, tmp_path):
     topics = topics_for(settings)
-    requests = mixed_requests(4000, "crash", seed=11)
+    requests = mixed_requests(12_000, "crash", seed=11)  # the direct data path decides 4,000 in well under a second
     wanted = {json.loads(v)["request_id"] for _, v in requests}
     decisions = Reader(settings.kafka, topics.ad_decisions.name)
     first = start_worker(workers, settings, "first")
