@@ -75,6 +75,7 @@ every ``state_flush_interval_s`` (and before every review, rebalance and swap of
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import Counter
@@ -187,6 +188,10 @@ class RetentionEngine:
         self._open: dict[str, OpenAction] = {}
         self._new_open: dict[str, OpenAction] = {}
         self._closed: dict[str, tuple[int, float, bool]] = {}  # id -> (partition, forget after, expired)
+        self._expiry: dict[int, list[tuple[float, int, str]]] = {}  # partition -> heap (deadline, seq, id)
+        self._forgets: dict[int, list[tuple[float, str]]] = {}  # partition -> heap (forget after, id)
+        self._seq = 0  # opening order of actions: expired windows close in it, as a scan of _open would
+        self._members: dict[int, set[str]] = {}  # partition -> its users (ids only; rows live in the store)
         self._deletes: list[tuple[str, int]] = []
         self._learn: list[_Close] = []
         self._rebuild_needed = True
@@ -254,6 +259,8 @@ class RetentionEngine:
         self._apply_learning()
         self._forget_closed()
         self.counters["retention_open_actions"] = len(self._open)
+        self.counters["retention_closed_ids"] = len(self._closed)
+        self.counters["retention_budget_records"] = sum(p.budget.n_decisions for p in self._parts.values())
         self.counters["retention_users"] = sum(p.users for p in self._parts.values())
         # State before output: when a batch emits actions, everything (budgets above all) is written
         # before the caller sends them, so a crash can lose an action but never repeat a contact.
@@ -271,6 +278,7 @@ class RetentionEngine:
         if row is None:
             row = UserRow(new_states(1)[0], event.segment, partition)
             self._users[event.user_id] = row
+            self._members.setdefault(partition, set()).add(event.user_id)
             self._part(partition).users += 1
             self.counters["retention_users_new"] += 1
         row.segment = event.segment
@@ -317,6 +325,7 @@ class RetentionEngine:
         self._users.pop(user, None)
         if row is not None:
             self.store.delete("users", user, partition)
+            self._members.get(row.partition, set()).discard(user)
             part = self._part(partition)
             part.users = max(0, part.users - 1)
         for did, act in [(d, a) for d, a in self._open.items() if a.user == user]:
@@ -365,12 +374,7 @@ class RetentionEngine:
         self.flush(force=True)
         part = self._part(partition)
         self._users.clear()
-        users, rows = [], []
-        for user, raw in self.store.items("users"):
-            row = UserRow.decode(raw)
-            if row.partition == partition:
-                users.append(user)
-                rows.append(row)
+        users, rows = self._rows_of(partition)
         part.last_tick = tick
         part.dirty = True
         self.counters["retention_reviews"] += 1
@@ -379,8 +383,10 @@ class RetentionEngine:
             return
         states = np.stack([r.state for r in rows])
         gone = expired_many(states, tick, self._horizon)
+        members = self._members.get(partition, set())
         for i in np.flatnonzero(gone):
             self.store.delete("users", users[i], partition)
+            members.discard(users[i])
         self.counters["retention_users_evicted"] += int(gone.sum())
         keep = np.flatnonzero(~gone)
         part.users = int(keep.size)
@@ -409,6 +415,20 @@ class RetentionEngine:
         for start in range(0, len(chosen), REVIEW_BATCH):
             self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
 
+    def _rows_of(self, partition: int) -> tuple[list[str], list[UserRow]]:
+        """The users of ``partition`` (sorted by id, the order of a RocksDB partition) and their rows, read
+        from the store: the partition's member index names them, so a review reads only its own users."""
+        users, rows = [], []
+        members = self._members.get(partition, set())
+        for user in sorted(members):
+            raw = self.store.get("users", user, partition)
+            if raw is None:
+                members.discard(user)
+                continue
+            users.append(user)
+            rows.append(UserRow.decode(raw))
+        return users, rows
+
     def _decide(self, partition: int, tick: float, chosen: list[tuple[int, int, str]], users: list[str],
                 rows: list[UserRow], x: np.ndarray, out: Outputs) -> None:
         part = self._part(partition)
@@ -420,17 +440,17 @@ class RetentionEngine:
         dec = decider.decide_many(ids, us, segs, xs, np.full(len(chosen), tick))
         decided_at = _iso(tick)
         version = dec.version[:64] or "unknown"
+        treated: list[tuple[int, int]] = []  # (row, treatment): folded as INTERVENTION events at the tick
         for k, (_, i, did) in enumerate(chosen):
             a = int(dec.action[k])
             cost = float(dec.cost[k])
             prop = float(dec.propensity[k])
-            self._new_open[did] = self._open[did] = OpenAction(
-                us[k], segs[k], partition, tick, a, cost, prop, xs[k].copy(), dec.phis[k].copy())
+            self._open_one(did, OpenAction(us[k], segs[k], partition, tick, a, cost, prop, xs[k].copy(),
+                                           dec.phis[k].copy()))
+            self._new_open[did] = self._open[did]
             rows[i].last_decision_t = tick
             if a != NONE:
-                rows[i].state = update_many(rows[i].state[None, :],
-                                            EventBatch(np.zeros(1), np.array([tick]), np.array([INTERVENTION]),
-                                                       np.array([float(a)])))[0]
+                treated.append((i, a))
                 self.counters["retention_treated"] += 1
                 self.counters["retention_reserved"] += cost
             self._users[us[k]] = rows[i]
@@ -448,6 +468,13 @@ class RetentionEngine:
             out.action_partitions.append(partition)
             self.counters["retention_actions"] += 1
             self.counters[f"retention_actions_{TREATMENTS[a]}"] += 1
+        if treated:  # one vectorised fold (each user has one event: the same states as one call per user)
+            n = len(treated)
+            states = update_many(np.stack([rows[i].state for i, _ in treated]),
+                                 EventBatch(np.arange(n), np.full(n, tick), np.full(n, INTERVENTION),
+                                            np.array([float(a) for _, a in treated])))
+            for k, (i, _) in enumerate(treated):
+                rows[i].state = states[k]
         part.dirty = True
 
     # --- outcomes --------------------------------------------------------------------------------
@@ -481,23 +508,49 @@ class RetentionEngine:
         del self._open[did]
         if self._new_open.pop(did, None) is None:
             self._deletes.append((did, act.partition))
-        deadline = act.decided_t + self._window + self._grace
-        self._closed[did] = (act.partition, deadline + self._window, expired)
+        until = act.decided_t + self._window + self._grace + self._window
+        self._closed[did] = (act.partition, until, expired)
+        heapq.heappush(self._forgets.setdefault(act.partition, []), (until, did))
         self._learn.append(_Close(did, act, retained, value))
 
+    def _open_one(self, did: str, act: OpenAction) -> None:
+        """Hold ``act`` open and schedule its window's end (plus grace) in its partition's deadline heap."""
+        self._open[did] = act
+        self._seq += 1
+        heapq.heappush(self._expiry.setdefault(act.partition, []),
+                       (act.decided_t + self._window + self._grace, self._seq, did))
+
     def _close_expired(self, upto: dict[int, float] | None = None) -> None:
-        """Close the open actions whose window (plus grace) ended before their partition's watermark."""
+        """Close the open actions whose window (plus grace) ended before their partition's watermark.
+
+        Pops each partition's deadline heap (entries of actions closed by their outcome meanwhile are
+        skipped), so the cost is that of the windows that end, not of every open action; they close in
+        the order they were opened.
+        """
         marks = self._watermark if upto is None else upto
-        due = [(did, act) for did, act in self._open.items()
-               if act.partition in marks and act.decided_t + self._window + self._grace < marks[act.partition]]
-        for did, act in due:
-            self._close(did, act, False, 0.0, expired=True)
-            self.counters["retention_windows_expired"] += 1
+        due: list[tuple[int, str, OpenAction]] = []
+        for partition, mark in marks.items():
+            heap = self._expiry.get(partition)
+            while heap and heap[0][0] < mark:
+                _, seq, did = heapq.heappop(heap)
+                act = self._open.get(did)
+                if act is not None and act.partition == partition:
+                    due.append((seq, did, act))
+        due.sort(key=lambda d: d[0])
+        for _, did, act in due:
+            if did in self._open:
+                self._close(did, act, False, 0.0, expired=True)
+                self.counters["retention_windows_expired"] += 1
 
     def _forget_closed(self) -> None:
-        old = [did for did, (p, until, _) in self._closed.items() if self._watermark.get(p, -math.inf) > until]
-        for did in old:
-            del self._closed[did]
+        """Forget closed ids one window after their deadline (a duplicate outcome is recognised until then)."""
+        for partition, heap in self._forgets.items():
+            mark = self._watermark.get(partition, -math.inf)
+            while heap and heap[0][0] < mark:
+                until, did = heapq.heappop(heap)
+                closed = self._closed.get(did)
+                if closed is not None and closed[1] == until:
+                    del self._closed[did]
 
     def _apply_learning(self) -> None:
         """Closed actions into the posteriors, risk offsets and budgets of their partitions."""
@@ -580,9 +633,13 @@ class RetentionEngine:
         """Reload open actions and per-partition user counts from the store (start, rebalance)."""
         self._rebuild_needed = False
         self._open.clear()
+        self._expiry.clear()
         for did, raw in self.store.items("actions"):
-            self._open[did] = OpenAction.decode(raw)
-        self._user_counts = Counter(UserRow.partition_of(raw) for _, raw in self.store.items("users"))
+            self._open_one(did, OpenAction.decode(raw))
+        self._members = {}
+        for user, raw in self.store.items("users"):
+            self._members.setdefault(UserRow.partition_of(raw), set()).add(user)
+        self._user_counts = Counter({p: len(m) for p, m in self._members.items()})
         for partition, part in self._parts.items():
             part.users = self._user_counts.get(partition, 0)
 
@@ -663,7 +720,10 @@ class RetentionEngine:
         self._watermark.clear()
         self._skew_ref.clear()
         self._open.clear()
+        self._expiry.clear()
         self._closed.clear()
+        self._forgets.clear()
+        self._members.clear()
         self._rebuild_needed = True
 
     def pending_count(self) -> int:

@@ -41,6 +41,10 @@ from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 
 DAY_S = 86400.0
+ENGINE_GAUGES = {
+    "retention_open_actions", "retention_closed_ids", "retention_budget_records",
+    *(f"retention_rocksdb_{g}{w}_bytes" for g in ("", "other_") for w in ("memtables", "block_cache", "readers")),
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,12 @@ class Sample:
     dead_letters: int | None
     retention_actions: int
     load_average_1m: float
+    open_retention: int | None = None
+    """Retention actions waiting for their outcome (in ``open_decisions`` with the ads' open windows)."""
+    budget_records: int | None = None
+    """Decision records the retention budgets hold."""
+    rocksdb_mb: dict[str, float] | None = None
+    """RocksDB memory by table group (``retention``, ``ads``) and kind (memtables, block cache, readers)."""
 
 
 # --- pure parts ------------------------------------------------------------------------------------
@@ -119,6 +129,8 @@ def metrics_values(text: str) -> dict[str, float]:
                 out["open_decisions"] = out.get("open_decisions", 0.0) + s.value
             elif s.name == "metacart_dead_letters_total":
                 out["dead_letters"] += s.value
+            elif s.name == "metacart_engine_counter" and s.labels.get("name") in ENGINE_GAUGES:
+                out[s.labels["name"]] = s.value
     return out
 
 
@@ -281,7 +293,19 @@ def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[floa
                   sessions_per_s=round(counts["sessions"] / interval, 1),
                   p50_ms=None if p50 is None else round(p50, 2), p99_ms=None if p99 is None else round(p99, 2),
                   answered=len(lat), dead_letters=get("dead_letters"), retention_actions=counts["actions"],
-                  load_average_1m=round(os.getloadavg()[0], 2))
+                  load_average_1m=round(os.getloadavg()[0], 2), open_retention=get("retention_open_actions"),
+                  budget_records=get("retention_budget_records"), rocksdb_mb=rocksdb_mb(m))
+
+
+def rocksdb_mb(m: dict[str, float]) -> dict[str, float] | None:
+    """``{"retention": {...}, "ads": {...}}`` flattened to ``group.kind`` -> MB, from the scraped counters."""
+    out = {}
+    for group, infix in (("retention", ""), ("ads", "other_")):
+        for what in ("memtables", "block_cache", "readers"):
+            key = f"retention_rocksdb_{infix}{what}_bytes"
+            if key in m:
+                out[f"{group}.{what}"] = round(m[key] / 1e6, 1)
+    return out or None
 
 
 def sample_line(s: Sample) -> str:
@@ -293,7 +317,8 @@ def sample_line(s: Sample) -> str:
             f"segments {f(s.segments_ads)} ads / {f(s.segments_retention)} retention  users {f(s.users_retention)}  "
             f"open {f(s.open_decisions)}  {s.decisions_per_s:,.0f} decisions/s  p50/p99 {f(s.p50_ms, '{:.1f}')}/"
             f"{f(s.p99_ms, '{:.1f}')} ms  dead letters {f(s.dead_letters)}  actions {s.retention_actions:,}  "
-            f"load {s.load_average_1m}")
+            f"load {s.load_average_1m}  open retention {f(s.open_retention)}  budget records {f(s.budget_records)}  "
+            f"rocksdb MB {s.rocksdb_mb or '—'}")
 
 
 def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root: Path = Path("var")) -> dict:
