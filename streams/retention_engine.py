@@ -78,7 +78,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -185,8 +185,10 @@ class RetentionEngine:
         self._users: dict[str, UserRow] = {}
         self._dirty_users: set[str] = set()
         self._folds: list[tuple[str, float, int, float]] = []  # (user, t, kind, value) not yet folded
-        self._open: dict[str, OpenAction] = {}
-        self._new_open: dict[str, OpenAction] = {}
+        self._open: dict[str, int] = {}  # decision id -> partition, of every action whose window is open
+        self._cached: OrderedDict[str, OpenAction] = OrderedDict()  # open actions in memory (LRU)
+        self._max_cached = settings.max_cached_actions
+        self._new_open: dict[str, OpenAction] = {}  # opened since the last flush (not yet in the store)
         self._closed: dict[str, tuple[int, float, bool]] = {}  # id -> (partition, forget after, expired)
         self._expiry: dict[int, list[tuple[float, int, str]]] = {}  # partition -> heap (deadline, seq, id)
         self._forgets: dict[int, list[tuple[float, str]]] = {}  # partition -> heap (forget after, id)
@@ -259,6 +261,7 @@ class RetentionEngine:
         self._apply_learning()
         self._forget_closed()
         self.counters["retention_open_actions"] = len(self._open)
+        self.counters["retention_actions_cached"] = len(self._cached)
         self.counters["retention_closed_ids"] = len(self._closed)
         self.counters["retention_budget_records"] = sum(p.budget.n_decisions for p in self._parts.values())
         self.counters["retention_users"] = sum(p.users for p in self._parts.values())
@@ -328,8 +331,11 @@ class RetentionEngine:
             self._members.get(row.partition, set()).discard(user)
             part = self._part(partition)
             part.users = max(0, part.users - 1)
-        for did, act in [(d, a) for d, a in self._open.items() if a.user == user]:
-            del self._open[did]
+        stored = ((did, OpenAction.decode(raw)) for did, raw in self.store.items("actions") if did in self._open)
+        for did, act in [(d, a) for d, a in [*stored, *self._new_open.items()] if a.user == user]:
+            if self._open.pop(did, None) is None:
+                continue
+            self._cached.pop(did, None)
             if self._new_open.pop(did, None) is None:
                 self._deletes.append((did, act.partition))
         part = self._part(partition)
@@ -445,9 +451,8 @@ class RetentionEngine:
             a = int(dec.action[k])
             cost = float(dec.cost[k])
             prop = float(dec.propensity[k])
-            self._open_one(did, OpenAction(us[k], segs[k], partition, tick, a, cost, prop, xs[k].copy(),
-                                           dec.phis[k].copy()))
-            self._new_open[did] = self._open[did]
+            self._new_open[did] = self._open_one(did, OpenAction(us[k], segs[k], partition, tick, a, cost, prop,
+                                                                 xs[k].copy(), dec.phis[k].copy()))
             rows[i].last_decision_t = tick
             if a != NONE:
                 treated.append((i, a))
@@ -482,7 +487,7 @@ class RetentionEngine:
     def _outcome(self, event: RetentionOutcome, partition: int, t: float, source: Source,
                  raw: bytes) -> DeadLetter | None:
         did = event.decision_id
-        act = self._open.get(did)
+        act = self._action(did)
         if act is None:
             closed = self._closed.get(did)
             if closed is not None and not closed[2]:
@@ -506,6 +511,7 @@ class RetentionEngine:
 
     def _close(self, did: str, act: OpenAction, retained: bool, value: float, expired: bool = False) -> None:
         del self._open[did]
+        self._cached.pop(did, None)
         if self._new_open.pop(did, None) is None:
             self._deletes.append((did, act.partition))
         until = act.decided_t + self._window + self._grace + self._window
@@ -513,12 +519,51 @@ class RetentionEngine:
         heapq.heappush(self._forgets.setdefault(act.partition, []), (until, did))
         self._learn.append(_Close(did, act, retained, value))
 
-    def _open_one(self, did: str, act: OpenAction) -> None:
+    def _open_one(self, did: str, act: OpenAction, cache: bool = True) -> OpenAction:
         """Hold ``act`` open and schedule its window's end (plus grace) in its partition's deadline heap."""
-        self._open[did] = act
+        self._open[did] = act.partition
+        if cache:
+            self._cached[did] = act
         self._seq += 1
         heapq.heappush(self._expiry.setdefault(act.partition, []),
                        (act.decided_t + self._window + self._grace, self._seq, did))
+        return act
+
+    def _action(self, did: str, cache: bool = True) -> OpenAction | None:
+        """The open action ``did``: from memory (the last ``max_cached_actions`` used, and those not yet
+        flushed), else read back from the store (and cached when ``cache``); None when it is not open."""
+        partition = self._open.get(did)
+        if partition is None:
+            return None
+        act = self._cached.get(did)
+        if act is not None:
+            self._cached.move_to_end(did)
+            return act
+        act = self._new_open.get(did)
+        if act is not None:
+            return act
+        raw = self.store.get("actions", did, partition)
+        if raw is None:
+            raise RuntimeError(f"open retention action {did} of partition {partition} is not in the store")
+        act = OpenAction.decode(raw)
+        self.counters["retention_actions_read_back"] += 1
+        if cache:
+            self._cached[did] = act
+            self._trim_cache()
+        return act
+
+    def _trim_cache(self) -> None:
+        """Drop the least recently used open actions beyond ``max_cached_actions``. Only actions already in
+        the store are dropped: those opened since the last flush stay until it writes them."""
+        unwritten = []
+        while len(self._cached) > self._max_cached:
+            did, act = self._cached.popitem(last=False)
+            if did in self._new_open:
+                unwritten.append((did, act))
+            else:
+                self.counters["retention_actions_evicted"] += 1
+        for did, act in unwritten:
+            self._cached[did] = act
 
     def _close_expired(self, upto: dict[int, float] | None = None) -> None:
         """Close the open actions whose window (plus grace) ended before their partition's watermark.
@@ -528,17 +573,17 @@ class RetentionEngine:
         the order they were opened.
         """
         marks = self._watermark if upto is None else upto
-        due: list[tuple[int, str, OpenAction]] = []
+        due: list[tuple[int, str]] = []
         for partition, mark in marks.items():
             heap = self._expiry.get(partition)
             while heap and heap[0][0] < mark:
                 _, seq, did = heapq.heappop(heap)
-                act = self._open.get(did)
-                if act is not None and act.partition == partition:
-                    due.append((seq, did, act))
-        due.sort(key=lambda d: d[0])
-        for _, did, act in due:
-            if did in self._open:
+                if self._open.get(did) == partition:
+                    due.append((seq, did))
+        due.sort()
+        for _, did in due:
+            act = self._action(did, cache=False)
+            if act is not None:
                 self._close(did, act, False, 0.0, expired=True)
                 self.counters["retention_windows_expired"] += 1
 
@@ -633,9 +678,10 @@ class RetentionEngine:
         """Reload open actions and per-partition user counts from the store (start, rebalance)."""
         self._rebuild_needed = False
         self._open.clear()
+        self._cached.clear()
         self._expiry.clear()
         for did, raw in self.store.items("actions"):
-            self._open_one(did, OpenAction.decode(raw))
+            self._open_one(did, OpenAction.decode(raw), cache=len(self._cached) < self._max_cached)
         self._members = {}
         for user, raw in self.store.items("users"):
             self._members.setdefault(UserRow.partition_of(raw), set()).add(user)
@@ -682,6 +728,7 @@ class RetentionEngine:
         for did, act in self._new_open.items():
             self.store.put("actions", did, act.partition, act.encode())
         self._new_open.clear()
+        self._trim_cache()
         for did, partition in self._deletes:
             self.store.delete("actions", did, partition)
         self._deletes.clear()
@@ -720,6 +767,7 @@ class RetentionEngine:
         self._watermark.clear()
         self._skew_ref.clear()
         self._open.clear()
+        self._cached.clear()
         self._expiry.clear()
         self._closed.clear()
         self._forgets.clear()

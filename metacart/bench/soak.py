@@ -41,10 +41,8 @@ from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 
 DAY_S = 86400.0
-ENGINE_GAUGES = {
-    "retention_open_actions", "retention_closed_ids", "retention_budget_records",
-    *(f"retention_rocksdb_{g}{w}_bytes" for g in ("", "other_") for w in ("memtables", "block_cache", "readers")),
-}
+ENGINE_GAUGES = {"retention_open_actions", "retention_closed_ids", "retention_budget_records",
+                 "retention_actions_cached"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,8 @@ def metrics_values(text: str) -> dict[str, float]:
                 out["open_decisions"] = out.get("open_decisions", 0.0) + s.value
             elif s.name == "metacart_dead_letters_total":
                 out["dead_letters"] += s.value
-            elif s.name == "metacart_engine_counter" and s.labels.get("name") in ENGINE_GAUGES:
+            elif s.name == "metacart_engine_counter" and (s.labels.get("name") in ENGINE_GAUGES
+                                                          or s.labels.get("name", "").startswith("retention_rocksdb_")):
                 out[s.labels["name"]] = s.value
     return out
 
@@ -298,13 +297,13 @@ def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[floa
 
 
 def rocksdb_mb(m: dict[str, float]) -> dict[str, float] | None:
-    """``{"retention": {...}, "ads": {...}}`` flattened to ``group.kind`` -> MB, from the scraped counters."""
+    """RocksDB memory in MB by ``<table>.<kind>`` (memtables, block_cache, readers), from the scraped counters."""
+    prefix = "retention_rocksdb_"
     out = {}
-    for group, infix in (("retention", ""), ("ads", "other_")):
-        for what in ("memtables", "block_cache", "readers"):
-            key = f"retention_rocksdb_{infix}{what}_bytes"
-            if key in m:
-                out[f"{group}.{what}"] = round(m[key] / 1e6, 1)
+    for key, value in sorted(m.items()):
+        if key.startswith(prefix) and "_bytes:" in key:
+            what, table = key[len(prefix):].split("_bytes:", 1)
+            out[f"{table}.{what}"] = round(value / 1e6, 1)
     return out or None
 
 

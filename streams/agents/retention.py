@@ -139,7 +139,8 @@ def install(app: faust.App, settings: Settings, topics: Topics,
 
     @app.timer(interval=10.0)
     async def report_rocksdb_memory() -> None:
-        engine.counters.update(rocksdb_memory(app))
+        for name, value in rocksdb_memory(app).items():  # gauges: set, not added
+            engine.counters[name] = value
 
     @app.task
     async def watch_policy_updates() -> None:
@@ -163,20 +164,23 @@ ROCKSDB_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables", "block_cac
 
 
 def rocksdb_memory(app: faust.App) -> dict[str, int]:
-    """Bytes RocksDB holds in memory for the worker's open table partitions (memtables, block caches, index
-    and filter blocks of table readers), as ``retention_rocksdb_<what>_bytes`` for the retention tables and
-    ``retention_rocksdb_other_<what>_bytes`` for the others (the ads agent's).
+    """Bytes RocksDB holds in memory for each table of the worker (memtables, block caches, index and filter
+    blocks of table readers), summed over its open partition databases, as
+    ``retention_rocksdb_<what>_bytes:<table>`` (the ads agent's table included), plus the number of databases.
 
     Reads each partition database of Faust's RocksDB store (``Store._dbs``, not a public attribute: a store
     without it counts as 0), so ``metacart bench soak`` can tell RocksDB's memory from Python's.
     """
-    out = {f"retention_rocksdb_{g}{what}_bytes": 0 for g in ("", "other_") for what in ROCKSDB_PROPERTIES}
+    out: dict[str, int] = {}
     for name, table in app.tables.items():
-        group = "" if name.startswith("retention-") else "other_"
-        for db in list(getattr(table.data, "_dbs", {}).values()):
+        dbs = list(getattr(table.data, "_dbs", {}).values())
+        out[f"retention_rocksdb_databases:{name}"] = len(dbs)
+        for what in ROCKSDB_PROPERTIES:
+            out[f"retention_rocksdb_{what}_bytes:{name}"] = 0
+        for db in dbs:
             for what, prop in ROCKSDB_PROPERTIES.items():
                 try:
-                    out[f"retention_rocksdb_{group}{what}_bytes"] += int(db.property_int_value(prop) or 0)
+                    out[f"retention_rocksdb_{what}_bytes:{name}"] += int(db.property_int_value(prop) or 0)
                 except DbClosedError:  # closed by a rebalance meanwhile
                     break
     return out
