@@ -79,7 +79,7 @@ import heapq
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -200,6 +200,8 @@ class RetentionEngine:
         self._legacy_budgets: set[int] = set()
         self._user_counts: Counter[int] = Counter()
         self._last_flush = 0.0
+        self._steps: Iterator[None] | None = None  # a paused process_steps
+        self._review_step = settings.review_step
         self.counters: Counter[str] = Counter()
         self.counters["retention_budget"] = settings.budget_per_period
         self.counters["retention_budget_per_partition"] = self.budget_config.total_cap
@@ -211,7 +213,32 @@ class RetentionEngine:
     # --- the batch entry point -------------------------------------------------------------------
 
     def process_many(self, messages: Sequence[RawMessage]) -> Outputs:
+        """Handle one batch (see the module docstring) and return what to send."""
         out = Outputs()
+        for _ in self.process_steps(messages, out):
+            pass
+        return out
+
+    def process_steps(self, messages: Sequence[RawMessage], out: Outputs) -> Iterator[None]:
+        """``process_many`` in steps: a generator that pauses after each slice of at most ``review_step``
+        decisions of a review, so that an asyncio caller can let other agents run between slices (a review
+        decides a whole partition at once). Filling ``out``; the work and its order are exactly those of
+        ``process_many``. While it is paused, timed flushes wait, and a swap or a rebalance first runs the
+        rest of it (:meth:`finish_steps`)."""
+        self._steps = steps = self._steps_of(messages, out)
+        try:
+            yield from steps
+        finally:
+            self._steps = None
+
+    def finish_steps(self) -> None:
+        """Run the rest of a paused :meth:`process_steps` now (its caller then finds it done)."""
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            for _ in steps:
+                pass
+
+    def _steps_of(self, messages: Sequence[RawMessage], out: Outputs) -> Iterator[None]:
         if self._rebuild_needed:
             self._rebuild()
         for msg in messages:
@@ -249,7 +276,7 @@ class RetentionEngine:
                                             f"{self._skew * DAY_S:.0f} s ahead of partition {msg.partition}'s "
                                             f"watermark ({mark}) and of the wall clock"))
                 continue
-            self._advance(msg.partition, t, out)
+            yield from self._advance(msg.partition, t, out)
             if isinstance(event, SessionEvent):
                 self._session(event, msg.partition, t)
             else:
@@ -267,8 +294,7 @@ class RetentionEngine:
         self.counters["retention_users"] = sum(p.users for p in self._parts.values())
         # State before output: when a batch emits actions, everything (budgets above all) is written
         # before the caller sends them, so a crash can lose an action but never repeat a contact.
-        self.flush(force=bool(out.actions))
-        return out
+        self.flush(force=bool(out.actions), within_steps=True)
 
     # --- sessions and features -------------------------------------------------------------------
 
@@ -342,18 +368,18 @@ class RetentionEngine:
         part.budget.forget_user(user)
         part.dirty = True
         self.counters["retention_erasures"] += 1
-        self.flush(force=True)
+        self.flush(force=True, within_steps=True)
 
     # --- event time and reviews ------------------------------------------------------------------
 
-    def _advance(self, partition: int, t: float, out: Outputs) -> None:
+    def _advance(self, partition: int, t: float, out: Outputs) -> Iterator[None]:
         part = self._part(partition)
         if part.last_tick is None:
             part.last_tick = math.floor(t / self._interval) * self._interval
             part.dirty = True
         tick = math.floor(t / self._interval) * self._interval
         if tick > part.last_tick:
-            self._review(partition, tick, out)
+            yield from self._review(partition, tick, out)
         if t > self._watermark.get(partition, -math.inf):
             self._watermark[partition] = t
 
@@ -372,12 +398,12 @@ class RetentionEngine:
         part.watermark_dirty = True
         return False
 
-    def _review(self, partition: int, tick: float, out: Outputs) -> None:
+    def _review(self, partition: int, tick: float, out: Outputs) -> Iterator[None]:
         """Evict idle users of ``partition`` and decide for the risky ones at event time ``tick``."""
         self._fold()
         self._close_expired(upto={partition: tick})
         self._apply_learning()
-        self.flush(force=True)
+        self.flush(force=True, within_steps=True)
         part = self._part(partition)
         self._users.clear()
         users, rows = self._rows_of(partition)
@@ -419,7 +445,7 @@ class RetentionEngine:
             chosen.append((j, i, did))
         self.counters["retention_decision_points"] += len(chosen)
         for start in range(0, len(chosen), REVIEW_BATCH):
-            self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
+            yield from self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
 
     def _rows_of(self, partition: int) -> tuple[list[str], list[UserRow]]:
         """The users of ``partition`` (sorted by id, the order of a RocksDB partition) and their rows, read
@@ -436,7 +462,9 @@ class RetentionEngine:
         return users, rows
 
     def _decide(self, partition: int, tick: float, chosen: list[tuple[int, int, str]], users: list[str],
-                rows: list[UserRow], x: np.ndarray, out: Outputs) -> None:
+                rows: list[UserRow], x: np.ndarray, out: Outputs) -> Iterator[None]:
+        """Decide ``chosen`` in one policy call (the budget serves them in priority order), then open and
+        encode the actions, pausing after every ``review_step`` of them."""
         part = self._part(partition)
         ids = [did for _, _, did in chosen]
         us = [users[i] for _, i, _ in chosen]
@@ -448,6 +476,8 @@ class RetentionEngine:
         version = dec.version[:64] or "unknown"
         treated: list[tuple[int, int]] = []  # (row, treatment): folded as INTERVENTION events at the tick
         for k, (_, i, did) in enumerate(chosen):
+            if k and not k % self._review_step:
+                yield
             a = int(dec.action[k])
             cost = float(dec.cost[k])
             prop = float(dec.propensity[k])
@@ -689,9 +719,14 @@ class RetentionEngine:
         for partition, part in self._parts.items():
             part.users = self._user_counts.get(partition, 0)
 
-    def flush(self, force: bool = True) -> None:
+    def flush(self, force: bool = True, within_steps: bool = False) -> None:
         """Write what changed: segment states, budgets and review marks, users, open actions; then
-        delete closed actions."""
+        delete closed actions. A timed flush (``force=False``) from outside waits while a batch is paused
+        between steps (its review is half done)."""
+        if self._steps is not None and not within_steps:
+            if not force:
+                return
+            self.finish_steps()
         now = time.monotonic()
         if not force and now - self._last_flush < self.flush_interval_s:
             return
@@ -743,6 +778,7 @@ class RetentionEngine:
         version are ignored from then on. Open actions keep the features they were decided with.
         """
         mode = "keep" if on_swap == "keep" else "reset"
+        self.finish_steps()
         probe = Adapter(self.artifacts.uplift)
         probe.swap_artifact(artifacts.uplift, mode)  # raises ArtifactError for an impossible "keep"
         self._apply_learning()
@@ -761,6 +797,7 @@ class RetentionEngine:
 
     def on_rebalance(self) -> None:
         """Partitions move: save what changed, forget everything in memory, reload lazily."""
+        self.finish_steps()
         self._apply_learning()
         self.flush(force=True)
         self._parts.clear()

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from streams.retention_engine import Outputs
 from streams.retention_state import DictStore, OpenAction
 from streams.settings import RetentionSettings
 from tests.unit.streams.test_retention_engine import TOPICS, _raw, actions, engine, iso, outcome, session, warm
@@ -142,3 +143,37 @@ def test_max_cached_actions_is_a_setting_with_a_sane_default():
     assert RetentionSettings().max_cached_actions == 4096
     with pytest.raises(ValueError):
         RetentionSettings(max_cached_actions=0)
+
+
+def test_a_review_pauses_every_review_step_actions_with_the_same_outputs():
+    users = [f"u{i}" for i in range(40)]
+    whole, stepped = engine(eps=0.5), engine(eps=0.5, review_step=7)
+    for eng in (whole, stepped):
+        warm(eng, users)
+    expected = whole.process_many([session("u0", 1.2)])
+    out = Outputs()
+    pauses = sum(1 for _ in stepped.process_steps([session("u0", 1.2)], out))
+    assert pauses == (40 - 1) // 7  # after actions 7, 14, ..., 35
+    assert out.actions == expected.actions and len(out.actions) == 40
+    assert stepped._parts[0].adapter.state_bytes("m00-c00") == whole._parts[0].adapter.state_bytes("m00-c00")
+
+
+def test_a_timed_flush_waits_for_a_paused_review_and_a_rebalance_finishes_it_first():
+    store = DictStore()
+    eng = engine(store, review_step=5)
+    warm(eng, [f"u{i}" for i in range(20)])
+    out = Outputs()
+    steps = eng.process_steps([session("u0", 1.2)], out)
+    next(steps)  # paused inside the review: 5 actions so far
+    assert len(out.actions) == 5
+    eng.flush(force=False)  # the state timer: nothing of the half-done review is written
+    assert not store.tables["actions"]
+    eng.on_rebalance()  # runs the rest of the review, then saves and forgets
+    assert len(out.actions) == 20 and len(store.tables["actions"]) == 20
+    assert list(steps) == []  # the caller finds the batch done
+
+
+def test_review_step_is_a_setting_with_a_sane_default():
+    assert RetentionSettings().review_step == 256
+    with pytest.raises(ValueError):
+        RetentionSettings(review_step=0)
