@@ -221,10 +221,11 @@ class RetentionEngine:
 
     def process_steps(self, messages: Sequence[RawMessage], out: Outputs) -> Iterator[None]:
         """``process_many`` in steps: a generator that pauses after each slice of at most ``review_step``
-        decisions of a review, so that an asyncio caller can let other agents run between slices (a review
-        decides a whole partition at once). Filling ``out``; the work and its order are exactly those of
-        ``process_many``. While it is paused, timed flushes wait, and a swap or a rebalance first runs the
-        rest of it (:meth:`finish_steps`)."""
+        actions of a review and after each review, with the state so far written, so that an asyncio caller
+        can let the changelog drain and other agents run between slices (a review decides a whole partition
+        at once and writes a few records per action). It fills ``out``; the decisions and their order are
+        exactly those of ``process_many``. While it is paused, timed flushes wait, and a swap or a rebalance
+        first runs the rest of it (:meth:`finish_steps`)."""
         self._steps = steps = self._steps_of(messages, out)
         try:
             yield from steps
@@ -446,6 +447,13 @@ class RetentionEngine:
         self.counters["retention_decision_points"] += len(chosen)
         for start in range(0, len(chosen), REVIEW_BATCH):
             yield from self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
+        if chosen:
+            yield from self._pause()
+
+    def _pause(self) -> Iterator[None]:
+        """Write what changed so far (its changelog can drain while the batch is paused), then pause."""
+        self.flush(force=True, within_steps=True)
+        yield
 
     def _rows_of(self, partition: int) -> tuple[list[str], list[UserRow]]:
         """The users of ``partition`` (sorted by id, the order of a RocksDB partition) and their rows, read
@@ -477,7 +485,7 @@ class RetentionEngine:
         treated: list[tuple[int, int]] = []  # (row, treatment): folded as INTERVENTION events at the tick
         for k, (_, i, did) in enumerate(chosen):
             if k and not k % self._review_step:
-                yield
+                yield from self._pause()
             a = int(dec.action[k])
             cost = float(dec.cost[k])
             prop = float(dec.propensity[k])

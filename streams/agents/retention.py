@@ -122,9 +122,9 @@ def install(app: faust.App, settings: Settings, topics: Topics,
             out = Outputs()
             busy = 0.0
             t0 = time.perf_counter()
-            for _ in engine.process_steps(batch, out):  # a review pauses between slices: the ads agent runs
+            for _ in engine.process_steps(batch, out):  # a review pauses after each slice, its state written:
                 busy += time.perf_counter() - t0
-                await asyncio.sleep(0)
+                await app.producer.buffer.flush()  # that changelog drains first (the ads commit waits for it)
                 t0 = time.perf_counter()
             busy += time.perf_counter() - t0
             if metrics is not None:

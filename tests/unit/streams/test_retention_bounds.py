@@ -153,21 +153,21 @@ def test_a_review_pauses_every_review_step_actions_with_the_same_outputs():
     expected = whole.process_many([session("u0", 1.2)])
     out = Outputs()
     pauses = sum(1 for _ in stepped.process_steps([session("u0", 1.2)], out))
-    assert pauses == (40 - 1) // 7  # after actions 7, 14, ..., 35
+    assert pauses == (40 - 1) // 7 + 1  # after actions 7, 14, ..., 35, and after the review
     assert out.actions == expected.actions and len(out.actions) == 40
     assert stepped._parts[0].adapter.state_bytes("m00-c00") == whole._parts[0].adapter.state_bytes("m00-c00")
 
 
-def test_a_timed_flush_waits_for_a_paused_review_and_a_rebalance_finishes_it_first():
+def test_a_paused_review_has_written_its_slice_and_a_rebalance_finishes_it_first():
     store = DictStore()
     eng = engine(store, review_step=5)
     warm(eng, [f"u{i}" for i in range(20)])
     out = Outputs()
     steps = eng.process_steps([session("u0", 1.2)], out)
-    next(steps)  # paused inside the review: 5 actions so far
-    assert len(out.actions) == 5
-    eng.flush(force=False)  # the state timer: nothing of the half-done review is written
-    assert not store.tables["actions"]
+    next(steps)  # paused inside the review: 5 actions so far, their state written before the pause
+    assert len(out.actions) == 5 and len(store.tables["actions"]) == 5
+    eng.flush(force=False)  # the state timer writes nothing of the half-done review meanwhile
+    assert len(store.tables["actions"]) == 5
     eng.on_rebalance()  # runs the rest of the review, then saves and forgets
     assert len(out.actions) == 20 and len(store.tables["actions"]) == 20
     assert list(steps) == []  # the caller finds the batch done
