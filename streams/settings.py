@@ -187,7 +187,7 @@ class RetentionSettings(BaseModel):
         4096, ge=1, description="open retention actions kept decoded in memory (least recently used); the others "
         "are read back from the actions table when their outcome arrives or their window ends")
     review_step: int = Field(
-        256, ge=1, description="a review pauses after this many actions so the worker's other agents run "
+        64, ge=1, description="a review pauses after this many actions so the worker's other agents run "
         "(the same decisions; bounds how long a review holds the event loop)")
 
 

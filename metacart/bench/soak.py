@@ -41,8 +41,9 @@ from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 
 DAY_S = 86400.0
-ENGINE_GAUGES = {"retention_open_actions", "retention_closed_ids", "retention_budget_records",
-                 "retention_actions_cached"}
+ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retention_actions_read_back",
+                 "retention_closed_ids", "retention_budget_records", "retention_pauses", "retention_pause_wait_s",
+                 "retention_pause_changelog_pending")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class Sample:
     """Retention actions waiting for their outcome (in ``open_decisions`` with the ads' open windows)."""
     budget_records: int | None = None
     """Decision records the retention budgets hold."""
+    retention_engine: dict[str, float] | None = None
+    """The retention engine's sizes and pause counters (``ENGINE_GAUGES``; pause figures are totals so far)."""
     rocksdb_mb: dict[str, float] | None = None
     """RocksDB memory by table group (``retention``, ``ads``) and kind (memtables, block cache, readers)."""
 
@@ -293,7 +296,8 @@ def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[floa
                   p50_ms=None if p50 is None else round(p50, 2), p99_ms=None if p99 is None else round(p99, 2),
                   answered=len(lat), dead_letters=get("dead_letters"), retention_actions=counts["actions"],
                   load_average_1m=round(os.getloadavg()[0], 2), open_retention=get("retention_open_actions"),
-                  budget_records=get("retention_budget_records"), rocksdb_mb=rocksdb_mb(m))
+                  budget_records=get("retention_budget_records"), rocksdb_mb=rocksdb_mb(m),
+                  retention_engine={k: round(m[k], 3) for k in ENGINE_GAUGES if k in m} or None)
 
 
 def rocksdb_mb(m: dict[str, float]) -> dict[str, float] | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import tracemalloc
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,8 +125,13 @@ def install(app: faust.App, settings: Settings, topics: Topics,
             t0 = time.perf_counter()
             for _ in engine.process_steps(batch, out):  # a review pauses after each slice, its state written:
                 busy += time.perf_counter() - t0
+                counters = engine.counters
+                counters["retention_pauses"] += 1
+                counters["retention_pause_changelog_pending"] += app.producer.buffer.size
+                waited = time.perf_counter()
                 await app.producer.buffer.flush()  # that changelog drains first (the ads commit waits for it)
                 t0 = time.perf_counter()
+                counters["retention_pause_wait_s"] += t0 - waited
             busy += time.perf_counter() - t0
             if metrics is not None:
                 metrics.observe_batch("retention", busy)
@@ -142,6 +148,12 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                                        "not acknowledging the batch")
 
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)
+    heap: list[tracemalloc.Snapshot] = []
+
+    @app.timer(interval=60.0)
+    async def report_heap_growth() -> None:
+        if tracemalloc.is_tracing():  # only when started with PYTHONTRACEMALLOC=1 (a diagnosis, it is slow)
+            heap_growth(heap)
 
     @app.timer(interval=10.0)
     async def report_rocksdb_memory() -> None:
@@ -190,6 +202,17 @@ def rocksdb_memory(app: faust.App) -> dict[str, int]:
                 except DbClosedError:  # closed by a rebalance meanwhile
                     break
     return out
+
+
+def heap_growth(previous: list[tracemalloc.Snapshot], top: int = 15) -> None:
+    """Log the Python allocation sites that grew most since the last call (``previous`` keeps one snapshot)."""
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    total = sum(stat.size for stat in snap.statistics("filename"))
+    log.warning("heap: %.1f MB traced", total / 1e6)
+    if previous:
+        for stat in snap.compare_to(previous[0], "lineno")[:top]:
+            log.warning("heap growth: %s", stat)
+    previous[:] = [snap]
 
 
 def _load_checked(uri: str) -> RetentionArtifacts:

@@ -174,6 +174,6 @@ def test_a_paused_review_has_written_its_slice_and_a_rebalance_finishes_it_first
 
 
 def test_review_step_is_a_setting_with_a_sane_default():
-    assert RetentionSettings().review_step == 256
+    assert RetentionSettings().review_step == 64
     with pytest.raises(ValueError):
         RetentionSettings(review_step=0)
