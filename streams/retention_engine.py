@@ -285,7 +285,7 @@ class RetentionEngine:
                 if letter is not None:
                     self._dead(out, letter)
         self._fold()
-        self._close_expired()
+        yield from self._expire_steps()
         self._apply_learning()
         self._forget_closed()
         self.counters["retention_open_actions"] = len(self._open)
@@ -485,6 +485,8 @@ class RetentionEngine:
         treated: list[tuple[int, int]] = []  # (row, treatment): folded as INTERVENTION events at the tick
         for k, (_, i, did) in enumerate(chosen):
             if k and not k % self._review_step:
+                _fold_interventions(rows, treated, tick)  # the slice's rows complete before they are written
+                treated = []
                 yield from self._pause()
             a = int(dec.action[k])
             cost = float(dec.cost[k])
@@ -511,13 +513,7 @@ class RetentionEngine:
             out.action_partitions.append(partition)
             self.counters["retention_actions"] += 1
             self.counters[f"retention_actions_{TREATMENTS[a]}"] += 1
-        if treated:  # one vectorised fold (each user has one event: the same states as one call per user)
-            n = len(treated)
-            states = update_many(np.stack([rows[i].state for i, _ in treated]),
-                                 EventBatch(np.arange(n), np.full(n, tick), np.full(n, INTERVENTION),
-                                            np.array([float(a) for _, a in treated])))
-            for k, (i, _) in enumerate(treated):
-                rows[i].state = states[k]
+        _fold_interventions(rows, treated, tick)
         part.dirty = True
 
     # --- outcomes --------------------------------------------------------------------------------
@@ -604,13 +600,25 @@ class RetentionEngine:
             self._cached[did] = act
 
     def _close_expired(self, upto: dict[int, float] | None = None) -> None:
-        """Close the open actions whose window (plus grace) ended before their partition's watermark.
+        """Close the open actions whose window (plus grace) ended before their partition's watermark."""
+        self._close_due(self._due(self._watermark if upto is None else upto))
+
+    def _expire_steps(self) -> Iterator[None]:
+        """``_close_expired`` and their learning in slices of ``review_step``, pausing between slices (the
+        windows of one review all end together); learning row by row in order, as in one call."""
+        due = self._due(self._watermark)
+        for start in range(0, len(due), self._review_step):
+            if start:
+                yield from self._pause()
+            self._close_due(due[start:start + self._review_step])
+            self._apply_learning()
+
+    def _due(self, marks: dict[int, float]) -> list[str]:
+        """Ids of the open actions whose window (plus grace) ended before ``marks[partition]``, in opening order.
 
         Pops each partition's deadline heap (entries of actions closed by their outcome meanwhile are
-        skipped), so the cost is that of the windows that end, not of every open action; they close in
-        the order they were opened.
+        skipped), so the cost is that of the windows that end, not of every open action.
         """
-        marks = self._watermark if upto is None else upto
         due: list[tuple[int, str]] = []
         for partition, mark in marks.items():
             heap = self._expiry.get(partition)
@@ -619,7 +627,10 @@ class RetentionEngine:
                 if self._open.get(did) == partition:
                     due.append((seq, did))
         due.sort()
-        for _, did in due:
+        return [did for _, did in due]
+
+    def _close_due(self, due: list[str]) -> None:
+        for did in due:
             act = self._action(did, cache=False)
             if act is not None:
                 self._close(did, act, False, 0.0, expired=True)
@@ -829,6 +840,19 @@ class RetentionEngine:
         self.counters[f"retention_dead_letters_{letter.error_type}"] += 1
         self.counters["retention_dead_letters"] += 1
         out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))
+
+
+def _fold_interventions(rows: list[UserRow], treated: list[tuple[int, int]], tick: float) -> None:
+    """Fold each treated row's treatment as an INTERVENTION event at ``tick``, in one vectorised call (one event
+    per user: the same states as one call per user)."""
+    if not treated:
+        return
+    n = len(treated)
+    states = update_many(np.stack([rows[i].state for i, _ in treated]),
+                         EventBatch(np.arange(n), np.full(n, tick), np.full(n, INTERVENTION),
+                                    np.array([float(a) for _, a in treated])))
+    for k, (i, _) in enumerate(treated):
+        rows[i].state = states[k]
 
 
 def _risk_model(artifacts: RetentionArtifacts) -> RiskModel:

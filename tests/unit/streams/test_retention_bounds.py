@@ -177,3 +177,20 @@ def test_review_step_is_a_setting_with_a_sane_default():
     assert RetentionSettings().review_step == 64
     with pytest.raises(ValueError):
         RetentionSettings(review_step=0)
+
+
+def test_windows_that_end_together_close_in_slices_with_the_same_learning():
+    users = [f"u{i}" for i in range(20)]
+    whole, stepped = engine(eps=0.5, review_step=1000), engine(eps=0.5, review_step=3)
+    for eng in (whole, stepped):
+        warm(eng, users)
+        eng.process_many([session("u0", 1.2)])  # 20 actions at day 1; their windows end at day 8
+    expected = whole.process_many([session("u1", 8.05)])  # the review at day 8, then the day-1 windows end
+    out = Outputs()
+    pauses = sum(1 for _ in stepped.process_steps([session("u1", 8.05)], out))
+    assert pauses == ((20 - 1) // 3 + 1) + (20 - 1) // 3  # the review's slices, then the closes' slices
+    assert out.actions == expected.actions and len(out.actions) == 20
+    for eng in (whole, stepped):
+        assert eng.counters["retention_windows_expired"] == 20 and eng.pending_count() == 20
+    assert stepped._parts[0].adapter.state_bytes("m00-c00") == whole._parts[0].adapter.state_bytes("m00-c00")
+    assert stepped._parts[0].risk.state_bytes("m00-c00") == whole._parts[0].risk.state_bytes("m00-c00")
