@@ -32,8 +32,9 @@ Flow, in arrival order within a batch:
    (at most one decision per user per period) are decided in one batch by
    :class:`policy.retention.policy.RetentionPolicy` (Thompson sampling over the shared ``Adapter``, then
    the budget). A gap that skips several ticks reviews at the latest one only. A partition's first tick
-   after a fresh start is the one after its first event. A review is a scan of the partition's users, so
-   its cost grows with the (bounded) table.
+   after a fresh start is the one after its first event. A review reads the rows of its partition's users
+   (an in-memory index of their ids per partition, rebuilt from the table on start and rebalance; sorted,
+   the order of a RocksDB partition), so its cost grows with that partition's (bounded) users only.
 4. **Actions.** Every decision, ``none`` included, is emitted as a ``RetentionAction`` (propensity of
    the action under the bandit, floored at 1e-6 where the budget overrode the bandit — ``reason.rule`` then
    says why; ``decided_at`` is the review tick ``T`` in event time, where the outcome window starts).
@@ -51,6 +52,19 @@ Flow, in arrival order within a batch:
    adapts on untreated users (churned = not retained), and ``Budget.settle_one`` lowers a treatment's
    reservation to its realised cost. Duplicate outcomes (of a recently closed decision) are counted as
    ``retention_outcomes_duplicate``; unknown ones as ``retention_outcomes_late_or_unknown``.
+
+Bounded work and memory. Open actions wait in a deadline heap per partition (deadline, opening order,
+id): a batch pops the windows that end instead of scanning every open action, and they close in opening
+order; closed ids are forgotten through a second heap. In memory an open action is its id and partition
+plus a heap entry; the decoded actions (features, ``phi``) are an LRU of ``max_cached_actions``, the others
+are read back from the ``actions`` table when their outcome arrives or their window ends.
+
+Pauses. :meth:`RetentionEngine.process_steps` is ``process_many`` as a generator that pauses, with the
+state so far written, after every ``review_step`` actions of a review, after each review and between
+slices of windows that end together, so the agent can let Faust's changelog buffer drain and the ads
+agent run in between (a review decides a whole partition at once and writes a few records per action;
+the ads commit waits for that buffer). The decisions, their order and the learning are those of
+``process_many``; a timed flush waits while a batch is paused, a swap or a rebalance first finishes it.
 
 Budget under several partitions and workers. One process cannot see the spend of users on partitions
 it does not own, so each user partition gets a fixed share of every cap: ``cap / user_partitions`` for
