@@ -61,10 +61,11 @@ are read back from the ``actions`` table when their outcome arrives or their win
 
 Pauses. :meth:`RetentionEngine.process_steps` is ``process_many`` as a generator that pauses, with the
 state so far written, after every ``review_step`` actions of a review, after each review and between
-slices of windows that end together, so the agent can let Faust's changelog buffer drain and the ads
-agent run in between (a review decides a whole partition at once and writes a few records per action;
-the ads commit waits for that buffer). The decisions, their order and the learning are those of
-``process_many``; a timed flush waits while a batch is paused, a swap or a rebalance first finishes it.
+slices of windows that end together, so the agent can deliver the slice's changelog (and let the ads
+agent commit and run) in between: a review decides a whole partition at once and writes a few records per
+action, and the ads commit waits for Faust's changelog buffer. The decisions, their order and the
+learning are those of ``process_many``; a timed flush waits while a batch is paused, a swap or a rebalance
+first finishes it.
 
 Budget under several partitions and workers. One process cannot see the spend of users on partitions
 it does not own, so each user partition gets a fixed share of every cap: ``cap / user_partitions`` for

@@ -129,7 +129,11 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 counters["retention_pauses"] += 1
                 counters["retention_pause_changelog_pending"] += app.producer.buffer.size
                 waited = time.perf_counter()
-                await app.producer.buffer.flush()  # that changelog drains first (the ads commit waits for it)
+                # That changelog is delivered first: through app.producer.flush, which with the ads agent is its
+                # commit (state, changelog, one transaction; streams.agents.delivery). Draining Faust's buffer
+                # alone starved that commit (it waits for an empty buffer, each slice refilled it) until the
+                # broker aborted the open transaction and fenced the worker (bench soak, load 9).
+                await app.producer.flush()
                 t0 = time.perf_counter()
                 counters["retention_pause_wait_s"] += t0 - waited
             busy += time.perf_counter() - t0
