@@ -14,7 +14,10 @@ Ordering. When a batch emits actions the engine has already written its state (b
 agent waits for Faust's producer to deliver those changelog writes, then sends actions and dead letters
 through a confluent-kafka producer and waits for them, and only then lets the batch be acknowledged. A
 crash can therefore lose an action (its window then expires as "not retained") but never repeat a
-contact the budget did not account for.
+contact the budget did not account for. A batch that reviews runs as
+:meth:`RetentionEngine.process_steps`: at each pause (every ``retention.review_step`` actions, state written)
+the agent delivers that changelog through ``app.producer.flush`` (with the ads agent, its commit) before
+going on, so one review never queues tens of thousands of changelog records in front of the ads commit.
 
 Artifact directory (``settings.retention.artifact``): see :mod:`policy.retention.artifacts`
 (``retention.json`` + ``uplift/`` + ``risk/``); a missing or bad one, or one that fails a probe batch,

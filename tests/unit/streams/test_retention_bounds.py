@@ -194,3 +194,48 @@ def test_windows_that_end_together_close_in_slices_with_the_same_learning():
         assert eng.counters["retention_windows_expired"] == 20 and eng.pending_count() == 20
     assert stepped._parts[0].adapter.state_bytes("m00-c00") == whole._parts[0].adapter.state_bytes("m00-c00")
     assert stepped._parts[0].risk.state_bytes("m00-c00") == whole._parts[0].risk.state_bytes("m00-c00")
+
+
+def test_rocksdb_memory_is_read_per_table_from_each_partition_database(tmp_path):
+    from types import SimpleNamespace
+
+    import rocksdict
+
+    from streams.agents.retention import rocksdb_memory
+
+    dbs = {p: rocksdict.Rdict(str(tmp_path / f"p{p}"), options=rocksdict.Options(raw_mode=True)) for p in (0, 1)}
+    try:
+        for p, db in dbs.items():
+            for i in range(2000):
+                db[f"k{i}".encode()] = b"x" * 100
+        tables = {"retention-users": SimpleNamespace(data=SimpleNamespace(_dbs=dbs)),
+                  "ads-segments": SimpleNamespace(data=SimpleNamespace(_dbs={}))}
+        got = rocksdb_memory(SimpleNamespace(tables=tables))
+        one = dbs[0].property_int_value("rocksdb.cur-size-all-mem-tables")
+        assert got["retention_rocksdb_databases:retention-users"] == 2
+        assert got["retention_rocksdb_memtables_bytes:retention-users"] == one + dbs[1].property_int_value(
+            "rocksdb.cur-size-all-mem-tables") > 2 * 2000 * 100
+        assert got["retention_rocksdb_databases:ads-segments"] == 0
+        assert got["retention_rocksdb_memtables_bytes:ads-segments"] == 0
+    finally:
+        for db in dbs.values():
+            db.close()
+
+
+def test_heap_growth_logs_the_sites_that_grew(caplog):
+    import tracemalloc
+
+    from streams.agents.retention import heap_growth
+
+    tracemalloc.start()
+    try:
+        previous: list = []
+        heap_growth(previous)
+        grown = [bytes(1000) + bytes([i % 256]) for i in range(2000)]  # ~2 MB from one line
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="metacart.retention"):
+            heap_growth(previous)
+    finally:
+        tracemalloc.stop()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("heap: ") and "test_retention_bounds.py" in lines[1] and len(grown) == 2000
