@@ -32,8 +32,9 @@ Flow, in arrival order within a batch:
    (at most one decision per user per period) are decided in one batch by
    :class:`policy.retention.policy.RetentionPolicy` (Thompson sampling over the shared ``Adapter``, then
    the budget). A gap that skips several ticks reviews at the latest one only. A partition's first tick
-   after a fresh start is the one after its first event. A review is a scan of the partition's users, so
-   its cost grows with the (bounded) table.
+   after a fresh start is the one after its first event. A review reads the rows of its partition's users
+   (an in-memory index of their ids per partition, rebuilt from the table on start and rebalance; sorted,
+   the order of a RocksDB partition), so its cost grows with that partition's (bounded) users only.
 4. **Actions.** Every decision, ``none`` included, is emitted as a ``RetentionAction`` (propensity of
    the action under the bandit, floored at 1e-6 where the budget overrode the bandit — ``reason.rule`` then
    says why; ``decided_at`` is the review tick ``T`` in event time, where the outcome window starts).
@@ -51,6 +52,20 @@ Flow, in arrival order within a batch:
    adapts on untreated users (churned = not retained), and ``Budget.settle_one`` lowers a treatment's
    reservation to its realised cost. Duplicate outcomes (of a recently closed decision) are counted as
    ``retention_outcomes_duplicate``; unknown ones as ``retention_outcomes_late_or_unknown``.
+
+Bounded work and memory. Open actions wait in a deadline heap per partition (deadline, opening order,
+id): a batch pops the windows that end instead of scanning every open action, and they close in opening
+order; closed ids are forgotten through a second heap. In memory an open action is its id and partition
+plus a heap entry; the decoded actions (features, ``phi``) are an LRU of ``max_cached_actions``, the others
+are read back from the ``actions`` table when their outcome arrives or their window ends.
+
+Pauses. :meth:`RetentionEngine.process_steps` is ``process_many`` as a generator that pauses, with the
+state so far written, after every ``review_step`` actions of a review, after each review and between
+slices of windows that end together, so the agent can deliver the slice's changelog (and let the ads
+agent commit and run) in between: a review decides a whole partition at once and writes a few records per
+action, and the ads commit waits for Faust's changelog buffer. The decisions, their order and the
+learning are those of ``process_many``; a timed flush waits while a batch is paused, a swap or a rebalance
+first finishes it.
 
 Budget under several partitions and workers. One process cannot see the spend of users on partitions
 it does not own, so each user partition gets a fixed share of every cap: ``cap / user_partitions`` for
@@ -75,10 +90,11 @@ every ``state_flush_interval_s`` (and before every review, rebalance and swap of
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,15 +200,23 @@ class RetentionEngine:
         self._users: dict[str, UserRow] = {}
         self._dirty_users: set[str] = set()
         self._folds: list[tuple[str, float, int, float]] = []  # (user, t, kind, value) not yet folded
-        self._open: dict[str, OpenAction] = {}
-        self._new_open: dict[str, OpenAction] = {}
+        self._open: dict[str, int] = {}  # decision id -> partition, of every action whose window is open
+        self._cached: OrderedDict[str, OpenAction] = OrderedDict()  # open actions in memory (LRU)
+        self._max_cached = settings.max_cached_actions
+        self._new_open: dict[str, OpenAction] = {}  # opened since the last flush (not yet in the store)
         self._closed: dict[str, tuple[int, float, bool]] = {}  # id -> (partition, forget after, expired)
+        self._expiry: dict[int, list[tuple[float, int, str]]] = {}  # partition -> heap (deadline, seq, id)
+        self._forgets: dict[int, list[tuple[float, str]]] = {}  # partition -> heap (forget after, id)
+        self._seq = 0  # opening order of actions: expired windows close in it, as a scan of _open would
+        self._members: dict[int, set[str]] = {}  # partition -> its users (ids only; rows live in the store)
         self._deletes: list[tuple[str, int]] = []
         self._learn: list[_Close] = []
         self._rebuild_needed = True
         self._legacy_budgets: set[int] = set()
         self._user_counts: Counter[int] = Counter()
         self._last_flush = 0.0
+        self._steps: Iterator[None] | None = None  # a paused process_steps
+        self._review_step = settings.review_step
         self.counters: Counter[str] = Counter()
         self.counters["retention_budget"] = settings.budget_per_period
         self.counters["retention_budget_per_partition"] = self.budget_config.total_cap
@@ -204,7 +228,33 @@ class RetentionEngine:
     # --- the batch entry point -------------------------------------------------------------------
 
     def process_many(self, messages: Sequence[RawMessage]) -> Outputs:
+        """Handle one batch (see the module docstring) and return what to send."""
         out = Outputs()
+        for _ in self.process_steps(messages, out):
+            pass
+        return out
+
+    def process_steps(self, messages: Sequence[RawMessage], out: Outputs) -> Iterator[None]:
+        """``process_many`` in steps: a generator that pauses after each slice of at most ``review_step``
+        actions of a review and after each review, with the state so far written, so that an asyncio caller
+        can let the changelog drain and other agents run between slices (a review decides a whole partition
+        at once and writes a few records per action). It fills ``out``; the decisions and their order are
+        exactly those of ``process_many``. While it is paused, timed flushes wait, and a swap or a rebalance
+        first runs the rest of it (:meth:`finish_steps`)."""
+        self._steps = steps = self._steps_of(messages, out)
+        try:
+            yield from steps
+        finally:
+            self._steps = None
+
+    def finish_steps(self) -> None:
+        """Run the rest of a paused :meth:`process_steps` now (its caller then finds it done)."""
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            for _ in steps:
+                pass
+
+    def _steps_of(self, messages: Sequence[RawMessage], out: Outputs) -> Iterator[None]:
         if self._rebuild_needed:
             self._rebuild()
         for msg in messages:
@@ -242,7 +292,7 @@ class RetentionEngine:
                                             f"{self._skew * DAY_S:.0f} s ahead of partition {msg.partition}'s "
                                             f"watermark ({mark}) and of the wall clock"))
                 continue
-            self._advance(msg.partition, t, out)
+            yield from self._advance(msg.partition, t, out)
             if isinstance(event, SessionEvent):
                 self._session(event, msg.partition, t)
             else:
@@ -250,15 +300,17 @@ class RetentionEngine:
                 if letter is not None:
                     self._dead(out, letter)
         self._fold()
-        self._close_expired()
+        yield from self._expire_steps()
         self._apply_learning()
         self._forget_closed()
         self.counters["retention_open_actions"] = len(self._open)
+        self.counters["retention_actions_cached"] = len(self._cached)
+        self.counters["retention_closed_ids"] = len(self._closed)
+        self.counters["retention_budget_records"] = sum(p.budget.n_decisions for p in self._parts.values())
         self.counters["retention_users"] = sum(p.users for p in self._parts.values())
         # State before output: when a batch emits actions, everything (budgets above all) is written
         # before the caller sends them, so a crash can lose an action but never repeat a contact.
-        self.flush(force=bool(out.actions))
-        return out
+        self.flush(force=bool(out.actions), within_steps=True)
 
     # --- sessions and features -------------------------------------------------------------------
 
@@ -271,6 +323,7 @@ class RetentionEngine:
         if row is None:
             row = UserRow(new_states(1)[0], event.segment, partition)
             self._users[event.user_id] = row
+            self._members.setdefault(partition, set()).add(event.user_id)
             self._part(partition).users += 1
             self.counters["retention_users_new"] += 1
         row.segment = event.segment
@@ -317,28 +370,32 @@ class RetentionEngine:
         self._users.pop(user, None)
         if row is not None:
             self.store.delete("users", user, partition)
+            self._members.get(row.partition, set()).discard(user)
             part = self._part(partition)
             part.users = max(0, part.users - 1)
-        for did, act in [(d, a) for d, a in self._open.items() if a.user == user]:
-            del self._open[did]
+        stored = ((did, OpenAction.decode(raw)) for did, raw in self.store.items("actions") if did in self._open)
+        for did, act in [(d, a) for d, a in [*stored, *self._new_open.items()] if a.user == user]:
+            if self._open.pop(did, None) is None:
+                continue
+            self._cached.pop(did, None)
             if self._new_open.pop(did, None) is None:
                 self._deletes.append((did, act.partition))
         part = self._part(partition)
         part.budget.forget_user(user)
         part.dirty = True
         self.counters["retention_erasures"] += 1
-        self.flush(force=True)
+        self.flush(force=True, within_steps=True)
 
     # --- event time and reviews ------------------------------------------------------------------
 
-    def _advance(self, partition: int, t: float, out: Outputs) -> None:
+    def _advance(self, partition: int, t: float, out: Outputs) -> Iterator[None]:
         part = self._part(partition)
         if part.last_tick is None:
             part.last_tick = math.floor(t / self._interval) * self._interval
             part.dirty = True
         tick = math.floor(t / self._interval) * self._interval
         if tick > part.last_tick:
-            self._review(partition, tick, out)
+            yield from self._review(partition, tick, out)
         if t > self._watermark.get(partition, -math.inf):
             self._watermark[partition] = t
 
@@ -357,20 +414,15 @@ class RetentionEngine:
         part.watermark_dirty = True
         return False
 
-    def _review(self, partition: int, tick: float, out: Outputs) -> None:
+    def _review(self, partition: int, tick: float, out: Outputs) -> Iterator[None]:
         """Evict idle users of ``partition`` and decide for the risky ones at event time ``tick``."""
         self._fold()
         self._close_expired(upto={partition: tick})
         self._apply_learning()
-        self.flush(force=True)
+        self.flush(force=True, within_steps=True)
         part = self._part(partition)
         self._users.clear()
-        users, rows = [], []
-        for user, raw in self.store.items("users"):
-            row = UserRow.decode(raw)
-            if row.partition == partition:
-                users.append(user)
-                rows.append(row)
+        users, rows = self._rows_of(partition)
         part.last_tick = tick
         part.dirty = True
         self.counters["retention_reviews"] += 1
@@ -379,8 +431,10 @@ class RetentionEngine:
             return
         states = np.stack([r.state for r in rows])
         gone = expired_many(states, tick, self._horizon)
+        members = self._members.get(partition, set())
         for i in np.flatnonzero(gone):
             self.store.delete("users", users[i], partition)
+            members.discard(users[i])
         self.counters["retention_users_evicted"] += int(gone.sum())
         keep = np.flatnonzero(~gone)
         part.users = int(keep.size)
@@ -407,10 +461,33 @@ class RetentionEngine:
             chosen.append((j, i, did))
         self.counters["retention_decision_points"] += len(chosen)
         for start in range(0, len(chosen), REVIEW_BATCH):
-            self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
+            yield from self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
+        if chosen:
+            yield from self._pause()
+
+    def _pause(self) -> Iterator[None]:
+        """Write what changed so far (its changelog can drain while the batch is paused), then pause."""
+        self.flush(force=True, within_steps=True)
+        yield
+
+    def _rows_of(self, partition: int) -> tuple[list[str], list[UserRow]]:
+        """The users of ``partition`` (sorted by id, the order of a RocksDB partition) and their rows, read
+        from the store: the partition's member index names them, so a review reads only its own users."""
+        users, rows = [], []
+        members = self._members.get(partition, set())
+        for user in sorted(members):
+            raw = self.store.get("users", user, partition)
+            if raw is None:
+                members.discard(user)
+                continue
+            users.append(user)
+            rows.append(UserRow.decode(raw))
+        return users, rows
 
     def _decide(self, partition: int, tick: float, chosen: list[tuple[int, int, str]], users: list[str],
-                rows: list[UserRow], x: np.ndarray, out: Outputs) -> None:
+                rows: list[UserRow], x: np.ndarray, out: Outputs) -> Iterator[None]:
+        """Decide ``chosen`` in one policy call (the budget serves them in priority order), then open and
+        encode the actions, pausing after every ``review_step`` of them."""
         part = self._part(partition)
         ids = [did for _, _, did in chosen]
         us = [users[i] for _, i, _ in chosen]
@@ -420,17 +497,20 @@ class RetentionEngine:
         dec = decider.decide_many(ids, us, segs, xs, np.full(len(chosen), tick))
         decided_at = _iso(tick)
         version = dec.version[:64] or "unknown"
+        treated: list[tuple[int, int]] = []  # (row, treatment): folded as INTERVENTION events at the tick
         for k, (_, i, did) in enumerate(chosen):
+            if k and not k % self._review_step:
+                _fold_interventions(rows, treated, tick)  # the slice's rows complete before they are written
+                treated = []
+                yield from self._pause()
             a = int(dec.action[k])
             cost = float(dec.cost[k])
             prop = float(dec.propensity[k])
-            self._new_open[did] = self._open[did] = OpenAction(
-                us[k], segs[k], partition, tick, a, cost, prop, xs[k].copy(), dec.phis[k].copy())
+            self._new_open[did] = self._open_one(did, OpenAction(us[k], segs[k], partition, tick, a, cost, prop,
+                                                                 xs[k].copy(), dec.phis[k].copy()))
             rows[i].last_decision_t = tick
             if a != NONE:
-                rows[i].state = update_many(rows[i].state[None, :],
-                                            EventBatch(np.zeros(1), np.array([tick]), np.array([INTERVENTION]),
-                                                       np.array([float(a)])))[0]
+                treated.append((i, a))
                 self.counters["retention_treated"] += 1
                 self.counters["retention_reserved"] += cost
             self._users[us[k]] = rows[i]
@@ -448,6 +528,7 @@ class RetentionEngine:
             out.action_partitions.append(partition)
             self.counters["retention_actions"] += 1
             self.counters[f"retention_actions_{TREATMENTS[a]}"] += 1
+        _fold_interventions(rows, treated, tick)
         part.dirty = True
 
     # --- outcomes --------------------------------------------------------------------------------
@@ -455,7 +536,7 @@ class RetentionEngine:
     def _outcome(self, event: RetentionOutcome, partition: int, t: float, source: Source,
                  raw: bytes) -> DeadLetter | None:
         did = event.decision_id
-        act = self._open.get(did)
+        act = self._action(did)
         if act is None:
             closed = self._closed.get(did)
             if closed is not None and not closed[2]:
@@ -479,25 +560,106 @@ class RetentionEngine:
 
     def _close(self, did: str, act: OpenAction, retained: bool, value: float, expired: bool = False) -> None:
         del self._open[did]
+        self._cached.pop(did, None)
         if self._new_open.pop(did, None) is None:
             self._deletes.append((did, act.partition))
-        deadline = act.decided_t + self._window + self._grace
-        self._closed[did] = (act.partition, deadline + self._window, expired)
+        until = act.decided_t + self._window + self._grace + self._window
+        self._closed[did] = (act.partition, until, expired)
+        heapq.heappush(self._forgets.setdefault(act.partition, []), (until, did))
         self._learn.append(_Close(did, act, retained, value))
+
+    def _open_one(self, did: str, act: OpenAction, cache: bool = True) -> OpenAction:
+        """Hold ``act`` open and schedule its window's end (plus grace) in its partition's deadline heap."""
+        self._open[did] = act.partition
+        if cache:
+            self._cached[did] = act
+        self._seq += 1
+        heapq.heappush(self._expiry.setdefault(act.partition, []),
+                       (act.decided_t + self._window + self._grace, self._seq, did))
+        return act
+
+    def _action(self, did: str, cache: bool = True) -> OpenAction | None:
+        """The open action ``did``: from memory (the last ``max_cached_actions`` used, and those not yet
+        flushed), else read back from the store (and cached when ``cache``); None when it is not open."""
+        partition = self._open.get(did)
+        if partition is None:
+            return None
+        act = self._cached.get(did)
+        if act is not None:
+            self._cached.move_to_end(did)
+            return act
+        act = self._new_open.get(did)
+        if act is not None:
+            return act
+        raw = self.store.get("actions", did, partition)
+        if raw is None:
+            raise RuntimeError(f"open retention action {did} of partition {partition} is not in the store")
+        act = OpenAction.decode(raw)
+        self.counters["retention_actions_read_back"] += 1
+        if cache:
+            self._cached[did] = act
+            self._trim_cache()
+        return act
+
+    def _trim_cache(self) -> None:
+        """Drop the least recently used open actions beyond ``max_cached_actions``. Only actions already in
+        the store are dropped: those opened since the last flush stay until it writes them."""
+        unwritten = []
+        while len(self._cached) > self._max_cached:
+            did, act = self._cached.popitem(last=False)
+            if did in self._new_open:
+                unwritten.append((did, act))
+            else:
+                self.counters["retention_actions_evicted"] += 1
+        for did, act in unwritten:
+            self._cached[did] = act
 
     def _close_expired(self, upto: dict[int, float] | None = None) -> None:
         """Close the open actions whose window (plus grace) ended before their partition's watermark."""
-        marks = self._watermark if upto is None else upto
-        due = [(did, act) for did, act in self._open.items()
-               if act.partition in marks and act.decided_t + self._window + self._grace < marks[act.partition]]
-        for did, act in due:
-            self._close(did, act, False, 0.0, expired=True)
-            self.counters["retention_windows_expired"] += 1
+        self._close_due(self._due(self._watermark if upto is None else upto))
+
+    def _expire_steps(self) -> Iterator[None]:
+        """``_close_expired`` and their learning in slices of ``review_step``, pausing between slices (the
+        windows of one review all end together); learning row by row in order, as in one call."""
+        due = self._due(self._watermark)
+        for start in range(0, len(due), self._review_step):
+            if start:
+                yield from self._pause()
+            self._close_due(due[start:start + self._review_step])
+            self._apply_learning()
+
+    def _due(self, marks: dict[int, float]) -> list[str]:
+        """Ids of the open actions whose window (plus grace) ended before ``marks[partition]``, in opening order.
+
+        Pops each partition's deadline heap (entries of actions closed by their outcome meanwhile are
+        skipped), so the cost is that of the windows that end, not of every open action.
+        """
+        due: list[tuple[int, str]] = []
+        for partition, mark in marks.items():
+            heap = self._expiry.get(partition)
+            while heap and heap[0][0] < mark:
+                _, seq, did = heapq.heappop(heap)
+                if self._open.get(did) == partition:
+                    due.append((seq, did))
+        due.sort()
+        return [did for _, did in due]
+
+    def _close_due(self, due: list[str]) -> None:
+        for did in due:
+            act = self._action(did, cache=False)
+            if act is not None:
+                self._close(did, act, False, 0.0, expired=True)
+                self.counters["retention_windows_expired"] += 1
 
     def _forget_closed(self) -> None:
-        old = [did for did, (p, until, _) in self._closed.items() if self._watermark.get(p, -math.inf) > until]
-        for did in old:
-            del self._closed[did]
+        """Forget closed ids one window after their deadline (a duplicate outcome is recognised until then)."""
+        for partition, heap in self._forgets.items():
+            mark = self._watermark.get(partition, -math.inf)
+            while heap and heap[0][0] < mark:
+                until, did = heapq.heappop(heap)
+                closed = self._closed.get(did)
+                if closed is not None and closed[1] == until:
+                    del self._closed[did]
 
     def _apply_learning(self) -> None:
         """Closed actions into the posteriors, risk offsets and budgets of their partitions."""
@@ -580,15 +742,29 @@ class RetentionEngine:
         """Reload open actions and per-partition user counts from the store (start, rebalance)."""
         self._rebuild_needed = False
         self._open.clear()
+        self._cached.clear()
+        self._expiry.clear()
         for did, raw in self.store.items("actions"):
-            self._open[did] = OpenAction.decode(raw)
-        self._user_counts = Counter(UserRow.partition_of(raw) for _, raw in self.store.items("users"))
+            self._open_one(did, OpenAction.decode(raw), cache=len(self._cached) < self._max_cached)
+        self._members = {}
+        for user, raw in self.store.items("users"):
+            self._members.setdefault(UserRow.partition_of(raw), set()).add(user)
+        self._user_counts = Counter({p: len(m) for p, m in self._members.items()})
         for partition, part in self._parts.items():
             part.users = self._user_counts.get(partition, 0)
 
-    def flush(self, force: bool = True) -> None:
+    def paused(self) -> bool:
+        """Whether a batch of :meth:`process_steps` is paused between two steps."""
+        return self._steps is not None
+
+    def flush(self, force: bool = True, within_steps: bool = False) -> None:
         """Write what changed: segment states, budgets and review marks, users, open actions; then
-        delete closed actions."""
+        delete closed actions. A timed flush (``force=False``) from outside waits while a batch is paused
+        between steps (its review is half done)."""
+        if self._steps is not None and not within_steps:
+            if not force:
+                return
+            self.finish_steps()
         now = time.monotonic()
         if not force and now - self._last_flush < self.flush_interval_s:
             return
@@ -625,6 +801,7 @@ class RetentionEngine:
         for did, act in self._new_open.items():
             self.store.put("actions", did, act.partition, act.encode())
         self._new_open.clear()
+        self._trim_cache()
         for did, partition in self._deletes:
             self.store.delete("actions", did, partition)
         self._deletes.clear()
@@ -639,6 +816,7 @@ class RetentionEngine:
         version are ignored from then on. Open actions keep the features they were decided with.
         """
         mode = "keep" if on_swap == "keep" else "reset"
+        self.finish_steps()
         probe = Adapter(self.artifacts.uplift)
         probe.swap_artifact(artifacts.uplift, mode)  # raises ArtifactError for an impossible "keep"
         self._apply_learning()
@@ -657,13 +835,18 @@ class RetentionEngine:
 
     def on_rebalance(self) -> None:
         """Partitions move: save what changed, forget everything in memory, reload lazily."""
+        self.finish_steps()
         self._apply_learning()
         self.flush(force=True)
         self._parts.clear()
         self._watermark.clear()
         self._skew_ref.clear()
         self._open.clear()
+        self._cached.clear()
+        self._expiry.clear()
         self._closed.clear()
+        self._forgets.clear()
+        self._members.clear()
         self._rebuild_needed = True
 
     def pending_count(self) -> int:
@@ -676,6 +859,19 @@ class RetentionEngine:
         self.counters[f"retention_dead_letters_{letter.error_type}"] += 1
         self.counters["retention_dead_letters"] += 1
         out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))
+
+
+def _fold_interventions(rows: list[UserRow], treated: list[tuple[int, int]], tick: float) -> None:
+    """Fold each treated row's treatment as an INTERVENTION event at ``tick``, in one vectorised call (one event
+    per user: the same states as one call per user)."""
+    if not treated:
+        return
+    n = len(treated)
+    states = update_many(np.stack([rows[i].state for i, _ in treated]),
+                         EventBatch(np.arange(n), np.full(n, tick), np.full(n, INTERVENTION),
+                                    np.array([float(a) for _, a in treated])))
+    for k, (i, _) in enumerate(treated):
+        rows[i].state = states[k]
 
 
 def _risk_model(artifacts: RetentionArtifacts) -> RiskModel:

@@ -187,6 +187,12 @@ class RetentionSettings(BaseModel):
     batch_max: int = Field(1024, ge=1, description="most messages handled in one engine call")
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
+    max_cached_actions: int = Field(
+        4096, ge=1, description="open retention actions kept decoded in memory (least recently used); the others "
+        "are read back from the actions table when their outcome arrives or their window ends")
+    review_step: int = Field(
+        64, ge=1, description="a review pauses after this many actions so the worker's other agents run "
+        "(the same decisions; bounds how long a review holds the event loop)")
 
 
 class PrivacySettings(BaseModel):

@@ -41,6 +41,9 @@ from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 
 DAY_S = 86400.0
+ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retention_actions_read_back",
+                 "retention_closed_ids", "retention_budget_records", "retention_pauses", "retention_pause_wait_s",
+                 "retention_pause_changelog_pending")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ class Sample:
     dead_letters: int | None
     retention_actions: int
     load_average_1m: float
+    open_retention: int | None = None
+    """Retention actions waiting for their outcome (in ``open_decisions`` with the ads' open windows)."""
+    budget_records: int | None = None
+    """Decision records the retention budgets hold."""
+    retention_engine: dict[str, float] | None = None
+    """The retention engine's sizes and pause counters (``ENGINE_GAUGES``; pause figures are totals so far)."""
+    rocksdb_mb: dict[str, float] | None = None
+    """RocksDB memory by table group (``retention``, ``ads``) and kind (memtables, block cache, readers)."""
 
 
 # --- pure parts ------------------------------------------------------------------------------------
@@ -119,6 +130,9 @@ def metrics_values(text: str) -> dict[str, float]:
                 out["open_decisions"] = out.get("open_decisions", 0.0) + s.value
             elif s.name == "metacart_dead_letters_total":
                 out["dead_letters"] += s.value
+            elif s.name == "metacart_engine_counter" and (s.labels.get("name") in ENGINE_GAUGES
+                                                          or s.labels.get("name", "").startswith("retention_rocksdb_")):
+                out[s.labels["name"]] = s.value
     return out
 
 
@@ -281,7 +295,20 @@ def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[floa
                   sessions_per_s=round(counts["sessions"] / interval, 1),
                   p50_ms=None if p50 is None else round(p50, 2), p99_ms=None if p99 is None else round(p99, 2),
                   answered=len(lat), dead_letters=get("dead_letters"), retention_actions=counts["actions"],
-                  load_average_1m=round(os.getloadavg()[0], 2))
+                  load_average_1m=round(os.getloadavg()[0], 2), open_retention=get("retention_open_actions"),
+                  budget_records=get("retention_budget_records"), rocksdb_mb=rocksdb_mb(m),
+                  retention_engine={k: round(m[k], 3) for k in ENGINE_GAUGES if k in m} or None)
+
+
+def rocksdb_mb(m: dict[str, float]) -> dict[str, float] | None:
+    """RocksDB memory in MB by ``<table>.<kind>`` (memtables, block_cache, readers), from the scraped counters."""
+    prefix = "retention_rocksdb_"
+    out = {}
+    for key, value in sorted(m.items()):
+        if key.startswith(prefix) and "_bytes:" in key:
+            what, table = key[len(prefix):].split("_bytes:", 1)
+            out[f"{table}.{what}"] = round(value / 1e6, 1)
+    return out or None
 
 
 def sample_line(s: Sample) -> str:
@@ -293,7 +320,8 @@ def sample_line(s: Sample) -> str:
             f"segments {f(s.segments_ads)} ads / {f(s.segments_retention)} retention  users {f(s.users_retention)}  "
             f"open {f(s.open_decisions)}  {s.decisions_per_s:,.0f} decisions/s  p50/p99 {f(s.p50_ms, '{:.1f}')}/"
             f"{f(s.p99_ms, '{:.1f}')} ms  dead letters {f(s.dead_letters)}  actions {s.retention_actions:,}  "
-            f"load {s.load_average_1m}")
+            f"load {s.load_average_1m}  open retention {f(s.open_retention)}  budget records {f(s.budget_records)}  "
+            f"rocksdb MB {s.rocksdb_mb or '—'}")
 
 
 def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root: Path = Path("var")) -> dict:

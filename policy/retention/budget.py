@@ -240,6 +240,11 @@ class Budget:
         """Event times of the user's granted contacts still in the state, sorted."""
         return list(self._contacts.get(user, ()))
 
+    @property
+    def n_decisions(self) -> int:
+        """Decision records held (every contact asked for within the horizon, granted or not)."""
+        return len(self._decisions)
+
     def decision(self, decision_id: str) -> dict | None:
         rec = self._decisions.get(decision_id)
         return None if rec is None else dict(rec)

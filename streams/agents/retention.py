@@ -14,7 +14,10 @@ Ordering. When a batch emits actions the engine has already written its state (b
 agent waits for Faust's producer to deliver those changelog writes, then sends actions and dead letters
 through a confluent-kafka producer and waits for them, and only then lets the batch be acknowledged. A
 crash can therefore lose an action (its window then expires as "not retained") but never repeat a
-contact the budget did not account for.
+contact the budget did not account for. A batch that reviews runs as
+:meth:`RetentionEngine.process_steps`: at each pause (every ``retention.review_step`` actions, state written)
+the agent delivers that changelog through ``app.producer.flush`` (with the ads agent, its commit) before
+going on, so one review never queues tens of thousands of changelog records in front of the ads commit.
 
 Artifact directory (``settings.retention.artifact``): see :mod:`policy.retention.artifacts`
 (``retention.json`` + ``uplift/`` + ``risk/``); a missing or bad one, or one that fails a probe batch,
@@ -26,26 +29,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import tracemalloc
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import faust
 from faust.streams import _current_event
+from rocksdict import DbClosedError
 from faust.types import EventT
 
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
 from streams.ads_engine import RawMessage
 from streams.agents import policy_watch
 from streams.agents.lifecycle import install_state_hooks
+from streams.agents.precommit import before_offsets_commit
 from streams.app import TABLE_OPTIONS
 from streams.events import DeadLetter
 from streams.kafka_io import make_producer
 from streams.metrics import WorkerMetrics
-from streams.retention_engine import RetentionEngine, load_engine_artifacts
+from streams.retention_engine import Outputs, RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
 from streams.pseudonyms import Pseudonyms
 from streams.settings import Settings
+from streams.tables import tracked_table
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.retention")
@@ -94,8 +101,8 @@ def install(app: faust.App, settings: Settings, topics: Topics,
     parts = settings.kafka.user_partitions
     source = app.topic(topics.sessions.name, topics.retention_outcomes.name, topics.erasure_requests.name,
                        key_type=bytes, value_type=bytes, partitions=parts)
-    tables = {name: app.Table(f"retention-{name}", partitions=parts, key_type=bytes, value_type=bytes,
-                              options=TABLE_OPTIONS)
+    tables = {name: tracked_table(app, f"retention-{name}", partitions=parts, key_type=bytes, value_type=bytes,
+                                  options=TABLE_OPTIONS)
               for name in TABLES}
     store = FaustStore(tables)
     engine = RetentionEngine(artifacts, store, topics, r, settings.store, settings.policy,
@@ -118,10 +125,25 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 msg = event.message
                 store.events[msg.partition] = event
                 batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            out = Outputs()
+            busy = 0.0
             t0 = time.perf_counter()
-            out = engine.process_many(batch)
+            for _ in engine.process_steps(batch, out):  # a review pauses after each slice, its state written:
+                busy += time.perf_counter() - t0
+                counters = engine.counters
+                counters["retention_pauses"] += 1
+                counters["retention_pause_changelog_pending"] += app.producer.buffer.size
+                waited = time.perf_counter()
+                # That changelog is delivered first: through app.producer.flush, which with the ads agent is its
+                # commit (state, changelog, one transaction; streams.agents.delivery). Draining Faust's buffer
+                # alone starved that commit (it waits for an empty buffer, each slice refilled it) until the
+                # broker aborted the open transaction and fenced the worker (bench soak, load 9).
+                await app.producer.flush()
+                t0 = time.perf_counter()
+                counters["retention_pause_wait_s"] += t0 - waited
+            busy += time.perf_counter() - t0
             if metrics is not None:
-                metrics.observe_batch("retention", time.perf_counter() - t0)
+                metrics.observe_batch("retention", busy)
             if out.actions:
                 await app.producer.flush()  # the state behind these actions is in the changelogs first
             for (key, value), partition in zip(out.actions, out.action_partitions):
@@ -135,6 +157,27 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                                        "not acknowledging the batch")
 
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)
+
+    async def state_in_changelog() -> None:
+        """Before Faust commits retention offsets (and before the agent sends actions, through the same
+        flush): what the processed batches changed is written and acknowledged in the tables' changelogs.
+        A paused batch wrote its state at the pause, and its events are not acknowledged yet."""
+        if not engine.paused():
+            engine.flush(force=True)
+        await asyncio.gather(*(table.changelog_acked() for table in tables.values()))
+
+    before_offsets_commit(app, state_in_changelog)
+    heap: list[tracemalloc.Snapshot] = []
+
+    @app.timer(interval=60.0)
+    async def report_heap_growth() -> None:
+        if tracemalloc.is_tracing():  # only when started with PYTHONTRACEMALLOC=1 (a diagnosis, it is slow)
+            heap_growth(heap)
+
+    @app.timer(interval=10.0)
+    async def report_rocksdb_memory() -> None:
+        for name, value in rocksdb_memory(app).items():  # gauges: set, not added
+            engine.counters[name] = value
 
     @app.task
     async def watch_policy_updates() -> None:
@@ -151,6 +194,44 @@ def install(app: faust.App, settings: Settings, topics: Topics,
             refused=lambda: engine.counters.update(["retention_policy_refused"]), log=log)
 
     return engine
+
+
+ROCKSDB_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables", "block_cache": "rocksdb.block-cache-usage",
+                      "readers": "rocksdb.estimate-table-readers-mem"}
+
+
+def rocksdb_memory(app: faust.App) -> dict[str, int]:
+    """Bytes RocksDB holds in memory for each table of the worker (memtables, block caches, index and filter
+    blocks of table readers), summed over its open partition databases, as
+    ``retention_rocksdb_<what>_bytes:<table>`` (the ads agent's table included), plus the number of databases.
+
+    Reads each partition database of Faust's RocksDB store (``Store._dbs``, not a public attribute: a store
+    without it counts as 0), so ``metacart bench soak`` can tell RocksDB's memory from Python's.
+    """
+    out: dict[str, int] = {}
+    for name, table in app.tables.items():
+        dbs = list(getattr(table.data, "_dbs", {}).values())
+        out[f"retention_rocksdb_databases:{name}"] = len(dbs)
+        for what in ROCKSDB_PROPERTIES:
+            out[f"retention_rocksdb_{what}_bytes:{name}"] = 0
+        for db in dbs:
+            for what, prop in ROCKSDB_PROPERTIES.items():
+                try:
+                    out[f"retention_rocksdb_{what}_bytes:{name}"] += int(db.property_int_value(prop) or 0)
+                except DbClosedError:  # closed by a rebalance meanwhile
+                    break
+    return out
+
+
+def heap_growth(previous: list[tracemalloc.Snapshot], top: int = 15) -> None:
+    """Log the Python allocation sites that grew most since the last call (``previous`` keeps one snapshot)."""
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    total = sum(stat.size for stat in snap.statistics("filename"))
+    log.warning("heap: %.1f MB traced", total / 1e6)
+    if previous:
+        for stat in snap.compare_to(previous[0], "lineno")[:top]:
+            log.warning("heap growth: %s", stat)
+    previous[:] = [snap]
 
 
 def _load_checked(uri: str) -> RetentionArtifacts:

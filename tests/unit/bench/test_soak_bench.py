@@ -73,3 +73,21 @@ def test_sample_line_shows_missing_values_as_dashes():
                     retention_actions=0, load_average_1m=1.0)
     line = soak.sample_line(s)
     assert "DEAD" in line and "RSS — MB" in line
+
+
+ENGINE = """\
+# TYPE metacart_engine_counter gauge
+metacart_engine_counter{agent="retention",name="retention_open_actions"} 900.0
+metacart_engine_counter{agent="retention",name="retention_actions_cached"} 64.0
+metacart_engine_counter{agent="retention",name="retention_rocksdb_memtables_bytes:retention-users"} 4.2e+06
+metacart_engine_counter{agent="retention",name="retention_rocksdb_block_cache_bytes:ads-segments"} 8.0e+06
+metacart_engine_counter{agent="retention",name="retention_sessions"} 77.0
+"""
+
+
+def test_engine_sizes_and_rocksdb_memory_per_table_are_sampled():
+    m = soak.metrics_values(ENGINE)
+    assert m["retention_open_actions"] == 900.0 and m["retention_actions_cached"] == 64.0
+    assert "retention_sessions" not in m  # a counter, not one of the sizes a sample keeps
+    assert soak.rocksdb_mb(m) == {"ads-segments.block_cache": 8.0, "retention-users.memtables": 4.2}
+    assert soak.rocksdb_mb({}) is None
