@@ -207,10 +207,12 @@ class AdsEngine:
         """The first message of a partition since the assignment: it must not start above the ledger."""
         ledger = self.ledger.get(tp)
         log.info("%s[%d]: first offset %d, ledger %s", tp[0], tp[1], offset, ledger)
-        if offset > (ledger or 0):
+        if ledger is not None and offset > ledger:
             self.counters["ledger_gaps"] += 1
-            log.error("%s[%d] starts at offset %d, above the ledger %s: offsets %d..%d may never be processed",
-                      tp[0], tp[1], offset, ledger, ledger or 0, offset - 1)
+            log.error("%s[%d] starts at offset %d, above the ledger %d: offsets %d..%d may never be processed",
+                      tp[0], tp[1], offset, ledger, ledger, offset - 1)
+        elif ledger is None and offset > 0:  # nothing committed yet: the log may start above 0 (retention)
+            log.warning("%s[%d] has no ledger and starts at offset %d", tp[0], tp[1], offset)
 
     def _skip(self, partition: int, event: object) -> None:
         """A message below the ledger: its outputs are visible and its effects stored; time still moves."""
