@@ -132,6 +132,8 @@ class AdsEngine:
         self._feedback = Decoder(topics.ad_feedback.payload, ads.max_message_bytes)
         self._heads: OrderedDict[str, SegmentHead] = OrderedDict()  # least recently used first
         self._dirty: set[str] = set()
+        # Rewards waiting for one ``learn_many`` call: (segment, phi, reward, item key), in arrival order.
+        self._to_learn: list[tuple[str, np.ndarray, float, int]] = []
         self.book = PendingBook(ads.attribution_window_s, ads.max_open_decisions)
         self._tag = uuid.uuid4().hex[:8]  # makes block keys unique across worker restarts
         self._watermark: dict[int, float] = {}
@@ -200,6 +202,7 @@ class AdsEngine:
         if requests:
             self._decide(requests, out)
         self._close_windows()
+        self._learn_now()
         self._evict_clean()
         return out
 
@@ -223,6 +226,7 @@ class AdsEngine:
     # --- decisions -------------------------------------------------------------------------------
 
     def _decide(self, requests: list[tuple[AdRequest, RawMessage]], out: Outputs) -> None:
+        self._learn_now()  # every reward that arrived before these requests is in the posteriors they read
         artifact = self.adapter.artifact
         dx, da = artifact.meta.dx, artifact.meta.da
         by_k: dict[int, list[tuple[AdRequest, RawMessage, list[list[float]]]]] = {}
@@ -301,7 +305,7 @@ class AdsEngine:
         for rid, pending in opened:  # a request older than its segment's closed windows closes at once
             if pending.decided_t + self.settings.attribution_window_s <= self._heads[pending.segment].closed_through:
                 self.counters["windows_forced"] += 1
-                self._close_one(rid, pending)
+                self._close_one(rid, self.book.close(rid))  # closed in the book too: its deadline is passed
         self.counters["decisions"] += len(group)
 
     @staticmethod
@@ -375,11 +379,11 @@ class AdsEngine:
             self.counters["windows_forced_by_head"] += 1
 
     def _learn(self, pending: Pending, reward: float) -> None:
+        """Queue one reward for the segment's posterior; ``_learn_now`` applies the queue in order."""
         self._load_segment(pending.segment, pending.partition)
         if self.adapter.likelihood == "bernoulli":  # a logistic head learns the click; value rides along
             reward = float(pending.clicked)
-        self.adapter.learn_many([pending.segment], pending.phi[None, :], np.array([reward]),
-                                np.array([item_key(pending.ad_id)], dtype=np.int64))
+        self._to_learn.append((pending.segment, pending.phi, reward, item_key(pending.ad_id)))
         self._heads[pending.segment].n_updates += 1
         self._dirty.add(pending.segment)
         self.counters["updates"] += 1
@@ -409,6 +413,17 @@ class AdsEngine:
     def _advance(self, partition: int, t: float) -> None:
         if t > self._watermark.get(partition, float("-inf")):
             self._watermark[partition] = t
+
+    def _learn_now(self) -> None:
+        """Apply the queued rewards in one ``learn_many`` call (the same rank-one updates in the same order
+        as one call per reward: one call per closed window cost ~14 µs of Python, one per batch ~1 µs a row).
+        Runs before any decision reads a posterior, at the end of each batch and before state is written."""
+        rows, self._to_learn = self._to_learn, []
+        if not rows:
+            return
+        segments, phis, rewards, items = zip(*rows)
+        self.adapter.learn_many(list(segments), np.stack(phis), np.array(rewards, dtype=np.float64),
+                                np.array(items, dtype=np.int64))
 
     def _close_windows(self) -> None:
         """Close every open decision whose window ended before its partition's watermark."""
@@ -486,6 +501,7 @@ class AdsEngine:
 
         The glue calls this at every commit, before Faust's producer flush and the offset commit.
         """
+        self._learn_now()
         self.counters["blocks_written"] += self.book.write_new(self.store)
         for segment in self._dirty:
             head = self._heads[segment]
@@ -544,6 +560,7 @@ class AdsEngine:
         flight were built for the current one. Pending decisions keep the phi they were decided
         with; with "keep" their updates land on the carried-over posteriors.
         """
+        self._learn_now()  # queued rewards belong to the posteriors decided under the current artifact
         current = self.adapter.artifact.meta
         if (artifact.meta.dx, artifact.meta.da) != (current.dx, current.da):
             raise ArtifactError(
@@ -565,6 +582,7 @@ class AdsEngine:
         The glue commits (``flush`` included) before the partitions go.
         """
         self.adapter.reset_all()
+        self._to_learn.clear()  # empty: the revoke commit's flush applied it
         self._heads.clear()
         self.book.clear()
         self._dirty.clear()

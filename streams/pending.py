@@ -109,6 +109,11 @@ class PendingBook:
         """Feedback changed an open decision (persisted in its segment's head, not here)."""
         self._entries[request_id].pending = pending
 
+    def close(self, request_id: str) -> Pending | None:
+        """Close one open decision now (its deadline entry is skipped when it comes due); None if not open."""
+        entry = self._entries.get(request_id)
+        return self._close(entry) if entry is not None and entry.open else None
+
     def due(self, partition: int, watermark: float) -> Iterator[tuple[str, Pending]]:
         """Close the decisions of ``partition`` whose window ended at or before ``watermark``."""
         heap = self._deadlines.get(partition)

@@ -230,6 +230,20 @@ def test_open_decisions_are_bounded():
     assert eng.counters["windows_forced"] == 150
 
 
+def test_a_request_older_than_its_segments_closed_windows_is_learned_from_once():
+    # Found by an engine benchmark: such a request closed at once (a zero reward) but stayed open in the
+    # book, so the watermark closed it a second time (a second zero update) and a click could still land.
+    eng = engine(window=10.0)
+    eng.process_many([request("new", 100.0, seed=1), request("newer", 200.0, seed=2)])  # closes "new"
+    assert eng.counters["windows_closed"] == 1
+    eng.process_many([request("old", 50.0, seed=3)])  # its window ended before the segment's closed ones
+    assert eng.counters["windows_forced"] == 1
+    eng.process_many([feedback("click", "old", 55.0), request("latest", 300.0, seed=4)])
+    assert eng.counters["clicks_late_or_unknown"] == 1 and eng.counters["clicks_applied"] == 0
+    assert eng.counters["zero_updates"] == 3  # "new", "old" and "newer", each once
+    assert eng.adapter.posterior("m00-c00")[2] == 3
+
+
 def test_forced_closes_survive_a_restart_without_a_second_update():
     store = DictStore()
     eng = engine(store, window=1e9, max_open=5)
