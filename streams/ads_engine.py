@@ -45,6 +45,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from itertools import chain
 from typing import Protocol
 
 import numpy as np
@@ -282,8 +283,12 @@ class AdsEngine:
         for req, msg, _ in group:
             self._load_segment(req.segment, msg.partition)
         context = np.array([req.context for req, _, _ in group], dtype=np.float64)
-        candidates = np.array([features for _, _, features in group], dtype=np.float64)
-        items = item_keys(c.ad_id for req, _, _ in group for c in req.candidates).reshape(candidates.shape[:2])
+        k, da = len(group[0][2]), len(group[0][2][0])  # one group: one candidate count; shapes were checked
+        candidates = np.fromiter(chain.from_iterable(chain.from_iterable(f for _, _, f in group)), np.float64,
+                                 count=len(group) * k * da).reshape(len(group), k, da)
+        items = None  # per-item terms off (the artifact's item_capacity 0): no keys to hash
+        if self.adapter.item_capacity > 0:
+            items = item_keys(c.ad_id for req, _, _ in group for c in req.candidates).reshape(len(group), k)
         decided = self.adapter.decide_many(segments, context, candidates, items=items)
         version = self.adapter.version
         bernoulli = self.adapter.likelihood == "bernoulli"
