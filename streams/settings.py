@@ -150,7 +150,9 @@ class AdsSettings(BaseModel):
         "exactly_once", description="exactly_once: decisions, dead letters and input offsets commit in one "
         "Kafka transaction (readers use isolation.level=read_committed); at_least_once: an idempotent producer")
     commit_interval_s: float = Field(
-        0.1, gt=0, description="longest time between commits (state, outputs, offsets): bounds decision latency")
+        0.01, gt=0, description="longest time between commits (state, outputs, offsets): bounds decision latency "
+        "(exactly-once: a decision is visible when its transaction commits; bench stream at 1,000/s, p50 "
+        "80-94 ms at 0.1 s, 25-38 ms at 0.01 s, under load 2-4.7)")
     transaction_timeout_s: float = Field(
         10.0, ge=1, description="a dead worker's open transaction is aborted by the broker after this long")
     instance_id: str = Field(

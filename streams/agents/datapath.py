@@ -231,10 +231,25 @@ class DataPath:
             async with self._step:
                 if self._held and not self._stopped:
                     await self._step_once()
-            if self.delivery.due() and not self._stopped and not self.delivery.lock.locked():
-                # The commit's broker round trips overlap the next batches: their outputs wait for the
-                # next transaction and their positions stay out of this one (``Delivery._commit_locked``).
-                self._commit = asyncio.ensure_future(self.delivery.commit())
+            if self.delivery.due():
+                self._start_commit()
+
+    def _start_commit(self) -> None:
+        """Start a commit unless one is in flight. Its broker round trips overlap the next batches: their
+        outputs wait for the next transaction and their positions stay out of this one
+        (``Delivery._commit_locked``)."""
+        if self._stopped or self.delivery.lock.locked():
+            return
+        self._commit = asyncio.ensure_future(self.delivery.commit())
+        self._commit.add_done_callback(self._after_commit)
+
+    def _after_commit(self, commit: asyncio.Future) -> None:
+        """Outputs held while that commit was in flight have waited one commit already: the next starts now,
+        not at the next due check (up to one batch later). A failed commit stopped the worker."""
+        if commit.cancelled() or commit.exception() is not None:
+            return
+        if self.delivery.held_outputs:
+            self._start_commit()
 
     async def _take(self) -> None:
         """Read the ledger of the assigned partitions and start each one exactly there."""

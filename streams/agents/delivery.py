@@ -74,6 +74,7 @@ class Delivery:
         self._committing = False
         self._broken: str | None = None
         self._held: list[Outputs] = []
+        self.held_outputs = False  # the last commit held outputs back (they wait for the next one)
         self._produced = 0
         self._last = time.monotonic()
         self._committed_positions: dict[tuple[str, int], int] = {}
@@ -180,6 +181,7 @@ class Delivery:
         finally:
             self._committing = False
         held, self._held = self._held, []
+        self.held_outputs = bool(held)
         for out in held:
             self.produce(out)
         counters = self.engine.counters
