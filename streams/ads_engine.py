@@ -30,8 +30,8 @@ State is written only by ``flush``, which the Faust glue calls at every commit, 
 are committed: new pending blocks first, then the head record of every changed segment (posterior and
 the feedback marks together, ``streams.ads_state.SegmentHead``), then the deletes of finished blocks.
 
-State goes through a ``StateStore`` so the Faust glue can route each write to the changelog partition
-of its segment, and unit tests can use plain dicts.
+State goes through the ``streams.store.PartitionStore`` both engines use (its ``FaustStore`` routes each
+write to the changelog partition of its segment; its ``DictStore`` serves tests and offline replays).
 """
 
 from __future__ import annotations
@@ -42,11 +42,10 @@ import struct
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import chain
-from typing import Protocol
 
 import numpy as np
 
@@ -54,7 +53,8 @@ from policy.adapter import Adapter
 from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_state import Pending, SegmentHead
-from streams.pending import BookStore, PendingBook
+from streams.pending import PendingBook
+from streams.store import PartitionStore
 from streams.edge import Decoder, Source, dead_letter, encode_one
 from streams.pseudonyms import Pseudonyms
 from streams.events import (AdDecisionRecord, AdRequest, Click, DeadLetter, ExplanationRecord, Impression,
@@ -65,34 +65,11 @@ from streams.topics import Topics
 log = logging.getLogger("metacart.ads.engine")
 
 
-class StateStore(BookStore, Protocol):
-    """Where segment heads and pending blocks live (one Faust table in production)."""
-
-    def get_head(self, segment: str, partition: int) -> bytes | None: ...
-    def put_head(self, segment: str, partition: int, value: bytes) -> None: ...
-
-
-@dataclass
-class DictStore:
-    """A ``StateStore`` over dicts (for tests and offline replays)."""
-
-    heads: dict[str, bytes] = field(default_factory=dict)
-    blocks: dict[str, bytes] = field(default_factory=dict)
-
-    def get_head(self, segment: str, partition: int) -> bytes | None:
-        return self.heads.get(segment)
-
-    def put_head(self, segment: str, partition: int, value: bytes) -> None:
-        self.heads[segment] = value
-
-    def put_block(self, key: str, partition: int, value: bytes) -> None:
-        self.blocks[key] = value
-
-    def del_block(self, key: str, partition: int) -> None:
-        self.blocks.pop(key, None)
-
-    def iter_blocks(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.blocks.items()))
+SEGMENTS = "ads-segments"
+"""The engine's table: segment heads under ``h:<segment>``, pending blocks under ``b:<block key>`` (one
+table, so both go to the changelog partition of their segment, in the order they were written: a head
+that reached the changelog implies the blocks written before it did)."""
+HEAD = "h:"
 
 
 @dataclass(frozen=True)
@@ -121,7 +98,7 @@ def _epoch(t: datetime) -> float:
 class AdsEngine:
     """Decides ads and learns from delayed feedback; see the module docstring for the flow."""
 
-    def __init__(self, adapter: Adapter, store: StateStore, topics: Topics, ads: AdsSettings,
+    def __init__(self, adapter: Adapter, store: PartitionStore, topics: Topics, ads: AdsSettings,
                  storage: StoreSettings, pseudonyms: Pseudonyms | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.adapter = adapter
@@ -459,7 +436,7 @@ class AdsEngine:
         if segment in self._heads:
             self._heads.move_to_end(segment)
             return
-        raw = self.store.get_head(segment, partition)
+        raw = self.store.get(SEGMENTS, HEAD + segment, partition)
         if raw is None:
             self._heads[segment] = SegmentHead(self._epoch, partition)
             self.counters["segments_new"] += 1
@@ -499,7 +476,7 @@ class AdsEngine:
             clicked, value = head.feedback.get(request_id, (False, 0.0))
             return pending if not (clicked or value) else replace(pending, clicked=clicked, value=value)
 
-        self.book.rebuild(self.store.iter_blocks(), current)
+        self.book.rebuild(self.store, current)
 
     def flush(self, force: bool = True) -> None:
         """Write new pending blocks, then changed segment heads, then delete finished blocks (in that order).
@@ -511,7 +488,7 @@ class AdsEngine:
         for segment in self._dirty:
             head = self._heads[segment]
             head.state = self.adapter.state_bytes(segment)
-            self.store.put_head(segment, head.partition, head.encode())
+            self.store.put(SEGMENTS, HEAD + segment, head.partition, head.encode())
         self.counters["heads_written"] += len(self._dirty)
         self._dirty.clear()
         self._evict_clean()

@@ -18,21 +18,14 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from streams.ads_state import Pending
+from streams.store import PartitionStore
 
+BLOCK = "b:"  # key prefix of the book's blocks in its table
 _LEN = struct.Struct("<HI")  # request-id length, record length
-
-
-class BookStore(Protocol):
-    """Persistence of blocks (a Faust table in production, a dict in tests)."""
-
-    def put_block(self, key: str, partition: int, value: bytes) -> None: ...
-    def del_block(self, key: str, partition: int) -> None: ...
-    def iter_blocks(self) -> Iterator[tuple[str, bytes]]: ...
 
 
 def encode_block(records: list[tuple[str, Pending]]) -> bytes:
@@ -70,6 +63,7 @@ class PendingBook:
 
     window_s: float
     max_open: int = 1_000_000
+    table: str = "ads-segments"  # where the blocks live, keys ``b:<block key>`` (beside the segment heads)
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _n_open: int = 0
     _deadlines: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
@@ -155,21 +149,21 @@ class PendingBook:
             self._emptied.add(entry.block)
         return entry.pending
 
-    def write_new(self, store: BookStore) -> int:
+    def write_new(self, store: PartitionStore) -> int:
         """Write the blocks opened since the last call; returns how many."""
         for key in self._unwritten:
             recs = [(rid, self._entries[rid].pending) for rid in self._block_rids[key]]
-            store.put_block(key, self._block_partition[key], encode_block(recs))
+            store.put(self.table, BLOCK + key, self._block_partition[key], encode_block(recs))
         n = len(self._unwritten)
         self._unwritten.clear()
         return n
 
-    def delete_done(self, store: BookStore, committed: Callable[[int], int]) -> int:
+    def delete_done(self, store: PartitionStore, committed: Callable[[int], int]) -> int:
         """Delete written blocks with nothing open whose requests are all below ``committed(partition)``."""
         done = [k for k in self._emptied
                 if self._block_offset[k] < committed(self._block_partition[k])]
         for key in done:
-            store.del_block(key, self._block_partition.pop(key))
+            store.delete(self.table, BLOCK + key, self._block_partition.pop(key))
             for rid in self._block_rids.pop(key):
                 self._entries.pop(rid, None)
             del self._block_open[key], self._block_offset[key]
@@ -187,15 +181,15 @@ class PendingBook:
         self._unwritten.clear()
         self._emptied.clear()
 
-    def rebuild(self, blocks: Iterable[tuple[str, bytes]],
-                current: Callable[[str, Pending], Pending | None]) -> None:
+    def rebuild(self, store: PartitionStore, current: Callable[[str, Pending], Pending | None]) -> None:
         """Reload every retained decision from the store (after a restart or a rebalance).
 
         ``current(request_id, pending)`` returns the decision with its feedback applied while its
         window is open, None once it is closed (both known from the segment's head).
         """
         self.clear()
-        for key, raw in blocks:
+        for name, raw in store.items(self.table, BLOCK):
+            key = name[len(BLOCK):]
             recs = decode_block(raw)
             if not recs:
                 continue

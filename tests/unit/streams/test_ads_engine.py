@@ -10,7 +10,8 @@ import numpy as np
 from hypothesis import given, settings as hsettings, strategies as st
 
 from policy.adapter import Adapter
-from streams.ads_engine import AdsEngine, DictStore, RawMessage
+from streams.ads_engine import SEGMENTS, AdsEngine, RawMessage
+from streams.store import DictStore
 from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
@@ -51,6 +52,16 @@ def engine(store: DictStore | None = None, window: float = 600.0, value_weight: 
     ads = AdsSettings(attribution_window_s=window, value_weight=value_weight, max_open_decisions=max_open)
     return AdsEngine(Adapter(art, seed=1), store if store is not None else DictStore(), TOPICS, ads,
                      StoreSettings(state_flush_interval_s=0.0))
+
+
+def heads(store: DictStore) -> dict[str, bytes]:
+    """The segment heads an engine wrote into ``store``, by segment."""
+    return {k[2:]: v for k, v in store.items(SEGMENTS, "h:")}
+
+
+def blocks(store: DictStore) -> dict[str, bytes]:
+    """The pending blocks an engine wrote into ``store``, by block key."""
+    return {k[2:]: v for k, v in store.items(SEGMENTS, "b:")}
 
 
 def decisions(out) -> list[dict]:
@@ -140,8 +151,8 @@ def test_restart_restores_posteriors_and_open_decisions_from_the_store():
     first.process_many([request("A", 0), request("B", 1), request("C", 2)])
     first.process_many([feedback("click", "A", 3)])
     first.flush()
-    assert store.blocks and store.heads
-    head = SegmentHead.decode(store.heads["m00-c00"])
+    assert blocks(store) and heads(store)
+    head = SegmentHead.decode(heads(store)["m00-c00"])
     assert (head.n_updates, head.clicks, head.feedback) == (1, 1, {"A": (True, 0.0)})
 
     second = engine(store, window=100)  # a new process: empty memory, same table
@@ -152,10 +163,10 @@ def test_restart_restores_posteriors_and_open_decisions_from_the_store():
     assert second.counters["zero_updates"] == 1  # C
     second.on_committed(dict(second.positions))
     second.flush()
-    head = SegmentHead.decode(store.heads["m00-c00"])
+    head = SegmentHead.decode(heads(store)["m00-c00"])
     assert second.adapter.posterior("m00-c00")[2] == head.n_updates == 3
     assert (head.clicks, head.zero_updates, head.feedback) == (2, 1, {})  # every clicked decision is closed
-    assert len(store.blocks) == 1 and len(second.book) == 1  # only D's block is still open
+    assert len(blocks(store)) == 1 and len(second.book) == 1  # only D's block is still open
 
 
 def test_closed_blocks_are_deleted_once_the_commit_passed_their_requests():
@@ -165,13 +176,13 @@ def test_closed_blocks_are_deleted_once_the_commit_passed_their_requests():
     eng.process_many([feedback("click", "r0", 1)])
     eng.process_many([request("later", 100, offset=5)])
     eng.flush()
-    assert len(store.blocks) == 2  # every window of the first block is closed, but not yet committed
+    assert len(blocks(store)) == 2  # every window of the first block is closed, but not yet committed
     eng.on_committed({(TOPICS.ad_requests.name, 0): 4})
     eng.flush()
-    assert len(store.blocks) == 2  # r4 (offset 4) is not below the committed position yet
+    assert len(blocks(store)) == 2  # r4 (offset 4) is not below the committed position yet
     eng.on_committed({(TOPICS.ad_requests.name, 0): 5})
     eng.flush()
-    assert len(store.blocks) == 1  # only the block holding "later"
+    assert len(blocks(store)) == 1  # only the block holding "later"
 
 
 def test_replayed_request_gets_its_stored_decision_and_duplicate_id_is_dead_lettered():
@@ -252,7 +263,7 @@ def test_forced_closes_survive_a_restart_without_a_second_update():
     again = engine(store, window=1e9, max_open=5)
     again.process_many([request("later", 100, offset=8)])
     again.flush()
-    head = SegmentHead.decode(store.heads["m00-c00"])
+    head = SegmentHead.decode(heads(store)["m00-c00"])
     assert again.counters["zero_updates"] == 1  # r3, forced by "later"; r0-r2 stay closed
     assert head.zero_updates == head.n_updates == 4
     assert again.pending_count() == 5

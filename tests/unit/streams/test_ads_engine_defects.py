@@ -11,12 +11,13 @@ import pytest
 
 from policy.adapter import Adapter, decode_state
 from policy.artifact import ArtifactError
-from streams.ads_engine import AdsEngine, DictStore, RawMessage
+from streams.ads_engine import SEGMENTS, AdsEngine, RawMessage
+from streams.store import DictStore
 from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings
 from streams.worker import load_policy
 from tests.unit.policy.test_artifact import make_artifact
-from tests.unit.streams.test_ads_engine import DA, DX, TOPICS, decisions, feedback, request
+from tests.unit.streams.test_ads_engine import DA, DX, TOPICS, decisions, feedback, heads, request
 
 ART = make_artifact(dx=DX, da=DA, d=5)
 
@@ -43,7 +44,7 @@ def absurd_state() -> bytes:
 
 def test_a_group_that_fails_in_the_kernel_is_dead_lettered_and_the_rest_of_the_batch_is_decided():
     store = DictStore()
-    store.heads["m09-c09"] = SegmentHead(ART.version.encode(), 0, state=absurd_state()).encode()
+    store.put(SEGMENTS, "h:m09-c09", 0, SegmentHead(ART.version.encode(), 0, state=absurd_state()).encode())
     eng = engine(store)
     batch = [request("ok1", 0, seed=1), request("bad1", 1, segment="m09-c09", seed=2), request("ok2", 2, seed=3),
              request("bad2", 3, segment="m09-c09", seed=4)]
@@ -63,7 +64,7 @@ def test_a_group_that_fails_in_the_kernel_is_dead_lettered_and_the_rest_of_the_b
 
 def test_a_policy_whose_every_decision_fails_dead_letters_every_request():
     store = DictStore()
-    store.heads["m09-c09"] = SegmentHead(ART.version.encode(), 0, state=absurd_state()).encode()
+    store.put(SEGMENTS, "h:m09-c09", 0, SegmentHead(ART.version.encode(), 0, state=absurd_state()).encode())
     eng = engine(store)
     batch = [request(f"r{i}", i, segment="m09-c09", seed=i) for i in range(5)]
     out = eng.process_many(batch)
@@ -159,7 +160,7 @@ def test_the_segment_cache_stays_bounded_and_evicted_segments_decide_and_learn_a
         assert small.counters[key] == big.counters[key] > 0
     for s in range(40):
         seg = f"m{s // 10:02d}-c{s % 10:02d}"
-        assert small.store.heads[seg] == big.store.heads[seg]  # every posterior and feedback mark
+        assert heads(small.store)[seg] == heads(big.store)[seg]  # every posterior and feedback mark
     evicted = next(seg for seg in big.adapter.segments if seg not in small.adapter.segments)
     small._load_segment(evicted, 0)  # back from the table with the same posterior
     for x, y in zip(small.adapter.posterior(evicted), big.adapter.posterior(evicted)):
@@ -190,14 +191,14 @@ def test_a_hot_segment_head_stays_under_its_bound_and_closes_its_oldest_windows_
         eng.process_many([request(f"r{i}", float(i), seed=i) for i in range(start, start + 100)])
         eng.process_many([feedback("click", f"r{i}", float(i) + 0.5) for i in range(start, start + 100)])
         eng.flush()
-        head = SegmentHead.decode(eng.store.heads["m00-c00"])
+        head = SegmentHead.decode(heads(eng.store)["m00-c00"])
         assert len(head.feedback) <= cap
     # The bound: header and posterior, plus at most `cap` entries of (3 + 8 + 64) bytes.
-    assert len(eng.store.heads["m00-c00"]) <= 1024 + len(eng.adapter.state_bytes("m00-c00")) + cap * 75
+    assert len(heads(eng.store)["m00-c00"]) <= 1024 + len(eng.adapter.state_bytes("m00-c00")) + cap * 75
     assert eng.counters["windows_forced_by_head"] > n - cap - 1
     assert eng.counters["clicks_applied"] == n and eng.counters["updates"] == n  # no click lost, none twice
     # The open windows are the newest; everything older is closed, as closed_through says.
-    head = SegmentHead.decode(eng.store.heads["m00-c00"])
+    head = SegmentHead.decode(heads(eng.store)["m00-c00"])
     assert all(eng.book.get(f"r{i}") is None for i in range(n - cap))
     assert set(head.feedback) == {f"r{i}" for i in range(n) if eng.book.get(f"r{i}") is not None}
     assert head.closed_through < min(float(i) for i in range(n) if eng.book.get(f"r{i}") is not None) + 10_000.0 + \
@@ -221,11 +222,11 @@ def test_worker_start_up_scores_the_artifact_before_serving_it(tmp_path):
                          ids=["not-a-record", "truncated"])
 def test_an_unreadable_segment_head_restarts_that_segment_from_the_prior_and_the_batch_is_decided(raw):
     store = DictStore()
-    store.heads["m09-c09"] = raw
+    store.put(SEGMENTS, "h:m09-c09", 0, raw)
     eng = engine(store)
     out = eng.process_many([request("r1", 0, segment="m09-c09", seed=1), request("r2", 1, seed=2)])
     assert sorted(d["request_id"] for d in decisions(out)) == ["r1", "r2"]
     assert not out.dead_letters
     assert eng.counters["segments_unreadable"] == 1
     eng.flush()
-    assert SegmentHead.decode(store.heads["m09-c09"]).epoch == ART.version.encode()  # overwritten, readable
+    assert SegmentHead.decode(heads(store)["m09-c09"]).epoch == ART.version.encode()  # overwritten, readable
