@@ -53,6 +53,7 @@ from policy.adapter import Adapter
 from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_state import Pending, SegmentHead
+from streams.event_time import EventClock
 from streams.pending import PendingBook
 from streams.store import PartitionStore
 from streams.edge import Decoder, Source, dead_letter, encode_one
@@ -114,9 +115,7 @@ class AdsEngine:
         self._to_learn: list[tuple[str, np.ndarray, float, int]] = []
         self.book = PendingBook(ads.attribution_window_s, ads.max_open_decisions)
         self._tag = uuid.uuid4().hex[:8]  # makes block keys unique across worker restarts
-        self._watermark: dict[int, float] = {}
-        self._skew = storage.max_event_time_skew_s
-        self._clock = clock
+        self.event_time = EventClock(storage.max_event_time_skew_s, clock)  # watermarks and the skew rule
         self._rebuild_needed = True
         self._epoch = adapter.version.encode()  # version of the artifact whose prior posteriors grew from
         # Input positions: next offset to process per (topic, partition); the ledger: offsets below which
@@ -159,7 +158,7 @@ class AdsEngine:
                     continue
                 if self.pseudonyms is not None:
                     event = self.pseudonyms.event_one(event)
-                self._advance(msg.partition, _epoch(event.event_time))
+                self.event_time.advance(msg.partition, _epoch(event.event_time))
                 requests.append((event, msg))
             else:
                 # Feedback may refer to a request of this same batch: decide what came before it first.
@@ -175,7 +174,7 @@ class AdsEngine:
                     continue
                 if self._beyond_skew(msg.partition, event, msg, out):
                     continue
-                self._advance(msg.partition, _epoch(event.event_time))
+                self.event_time.advance(msg.partition, _epoch(event.event_time))
                 self._feedback_one(event)
         if requests:
             self._decide(requests, out)
@@ -198,8 +197,8 @@ class AdsEngine:
     def _skip(self, partition: int, event: object) -> None:
         """A message below the ledger: its outputs are visible and its effects stored; time still moves."""
         self.counters["replayed_skipped"] += 1
-        if not isinstance(event, DeadLetter) and not self._skewed(partition, _epoch(event.event_time)):
-            self._advance(partition, _epoch(event.event_time))
+        if not isinstance(event, DeadLetter) and not self.event_time.too_far(partition, _epoch(event.event_time)):
+            self.event_time.advance(partition, _epoch(event.event_time))
 
     # --- decisions -------------------------------------------------------------------------------
 
@@ -372,29 +371,19 @@ class AdsEngine:
 
     # --- event time ------------------------------------------------------------------------------
 
-    def _skewed(self, partition: int, t: float) -> bool:
-        """Whether event time ``t`` lies more than ``store.max_event_time_skew_s`` ahead of both the
-        partition's watermark and the wall clock (the retention engine's rule, for the same reasons: the
-        clock keeps a partition quiet for days live, the watermark admits simulations ahead of the clock)."""
-        return t > max(self._watermark.get(partition, -math.inf), self._clock()) + self._skew
-
     def _beyond_skew(self, partition: int, event: AdRequest | Impression | Click | Purchase, msg: RawMessage,
                      out: Outputs) -> bool:
         """Dead-letter (``event_time_skew``, counted) an event too far ahead; it moves no watermark."""
-        if not self._skewed(partition, _epoch(event.event_time)):
+        if not self.event_time.too_far(partition, _epoch(event.event_time)):
             return False
         self.counters["event_time_skew"] += 1
-        mark = self._watermark.get(partition)
+        mark = self.event_time.mark(partition)
         seen = "none yet" if mark is None else datetime.fromtimestamp(mark, timezone.utc).isoformat()
         self._dead(out, dead_letter(msg.value or b"", Source(msg.topic, msg.partition, msg.offset, msg.key),
                                     "event_time_skew",
-                                    f"event_time {event.event_time.isoformat()} is more than {self._skew:.0f} s "
+                                    f"event_time {event.event_time.isoformat()} is more than {self.event_time.max_skew:.0f} s "
                                     f"ahead of partition {partition}'s watermark ({seen}) and of the wall clock"))
         return True
-
-    def _advance(self, partition: int, t: float) -> None:
-        if t > self._watermark.get(partition, float("-inf")):
-            self._watermark[partition] = t
 
     def _learn_now(self) -> None:
         """Apply the queued rewards in one ``learn_many`` call (the same rank-one updates in the same order
@@ -409,7 +398,7 @@ class AdsEngine:
 
     def _close_windows(self) -> None:
         """Close every open decision whose window ended before its partition's watermark."""
-        for partition, watermark in self._watermark.items():
+        for partition, watermark in self.event_time.items():
             for rid, pending in self.book.due(partition, watermark):
                 self._close_one(rid, pending)
                 self.counters["windows_closed"] += 1
@@ -568,7 +557,7 @@ class AdsEngine:
         self._heads.clear()
         self.book.clear()
         self._dirty.clear()
-        self._watermark.clear()
+        self.event_time.clear()
         self.positions.clear()
         self.ledger.clear()
         self.committed.clear()
