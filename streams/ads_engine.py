@@ -18,30 +18,24 @@ what to send (decisions, dead letters). In between it:
 
 Defences (issue 11): a group whose decision raises (``KernelInputError`` from an absurd posterior, say) is
 decided again request by request, and a request that fails alone becomes a ``serving_failed`` dead letter,
-so nothing is skipped and nothing crashes the agent. An event more than ``store.max_event_time_skew_s``
-ahead of both its partition's watermark and the wall clock is a dead letter (``event_time_skew``) and moves
-no watermark (the retention engine's rule). At most ``ads.max_cached_segments`` segments stay in memory:
-beyond it the least recently used clean ones (head already in the store) leave the cache and the
-``Adapter`` and are reloaded from their head when next used. A segment head holds at most
-``ads.max_head_feedback`` feedback marks: beyond it the segment's oldest windows close early
+so nothing is skipped and nothing crashes the agent. An event too far ahead in event time is a dead letter
+(``event_time_skew``, the rule of ``streams.event_time`` both engines use). At most
+``ads.max_cached_segments`` segments stay in memory (``streams.ads_segments``). A segment head holds at
+most ``ads.max_head_feedback`` feedback marks: beyond it the segment's oldest windows close early
 (``windows_forced_by_head``), so no head nears the producer's 1 MB limit.
 
-State is written only by ``flush``, which the Faust glue calls at every commit, before the input offsets
-are committed: new pending blocks first, then the head record of every changed segment (posterior and
-the feedback marks together, ``streams.ads_state.SegmentHead``), then the deletes of finished blocks.
-
-State goes through the ``streams.store.PartitionStore`` both engines use (its ``FaustStore`` routes each
-write to the changelog partition of its segment; its ``DictStore`` serves tests and offline replays).
+State is written only by ``flush``, which the glue calls at every commit, before the input offsets are
+committed: new pending blocks, then the head of every changed segment, then the deletes of finished
+blocks, all through the ``streams.store.PartitionStore`` both engines use.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import struct
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -52,7 +46,8 @@ import numpy as np
 from policy.adapter import Adapter
 from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
-from streams.ads_state import Pending, SegmentHead
+from streams.ads_state import Pending
+from streams.ads_segments import SegmentCache
 from streams.event_time import EventClock
 from streams.pending import PendingBook
 from streams.store import PartitionStore
@@ -64,13 +59,6 @@ from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.ads.engine")
-
-
-SEGMENTS = "ads-segments"
-"""The engine's table: segment heads under ``h:<segment>``, pending blocks under ``b:<block key>`` (one
-table, so both go to the changelog partition of their segment, in the order they were written: a head
-that reached the changelog implies the blocks written before it did)."""
-HEAD = "h:"
 
 
 @dataclass(frozen=True)
@@ -109,21 +97,20 @@ class AdsEngine:
         self.settings = ads
         self._requests = Decoder(topics.ad_requests.payload, ads.max_message_bytes)
         self._feedback = Decoder(topics.ad_feedback.payload, ads.max_message_bytes)
-        self._heads: OrderedDict[str, SegmentHead] = OrderedDict()  # least recently used first
-        self._dirty: set[str] = set()
         # Rewards waiting for one ``learn_many`` call: (segment, phi, reward, item key), in arrival order.
         self._to_learn: list[tuple[str, np.ndarray, float, int]] = []
         self.book = PendingBook(ads.attribution_window_s, ads.max_open_decisions)
         self._tag = uuid.uuid4().hex[:8]  # makes block keys unique across worker restarts
         self.event_time = EventClock(storage.max_event_time_skew_s, clock)  # watermarks and the skew rule
         self._rebuild_needed = True
-        self._epoch = adapter.version.encode()  # version of the artifact whose prior posteriors grew from
         # Input positions: next offset to process per (topic, partition); the ledger: offsets below which
         # every message's outputs are visible and its effects stored; committed: positions at the last commit.
         self.positions: dict[tuple[str, int], int] = {}
         self.ledger: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.counters: Counter[str] = Counter()
+        # Heads and posteriors in memory; the epoch is the version of the artifact whose prior they grew from.
+        self.segments = SegmentCache(adapter, store, ads.max_cached_segments, self.counters, adapter.version.encode())
 
     # --- the batch entry point -------------------------------------------------------------------
 
@@ -180,7 +167,7 @@ class AdsEngine:
             self._decide(requests, out)
         self._close_windows()
         self._learn_now()
-        self._evict_clean()
+        self.segments.evict_clean()
         return out
 
     def _first_message(self, tp: tuple[str, int], offset: int) -> None:
@@ -213,7 +200,7 @@ class AdsEngine:
             known = self.book.known(req.request_id)
             if known is not None and known.offset == msg.offset and known.partition == msg.partition:
                 # Replayed after a crash between the state flush and the commit: the same decision again.
-                self._load_segment(req.segment, msg.partition)
+                self.segments.load(req.segment, msg.partition)
                 out.decisions.append((req.segment.encode(), self._decision_bytes(req, known)))
                 self.counters["decisions_reemitted"] += 1
                 continue
@@ -256,8 +243,7 @@ class AdsEngine:
     def _decide_group(self, group: list[tuple[AdRequest, RawMessage, list[list[float]]]], out: Outputs,
                       now: datetime) -> None:
         segments = [req.segment for req, _, _ in group]
-        for req, msg, _ in group:
-            self._load_segment(req.segment, msg.partition)
+        heads = [self.segments.load(req.segment, msg.partition) for req, msg, _ in group]
         context = np.array([req.context for req, _, _ in group], dtype=np.float64)
         k, da = len(group[0][2]), len(group[0][2][0])  # one group: one candidate count; shapes were checked
         candidates = np.fromiter(chain.from_iterable(chain.from_iterable(f for _, _, f in group)), np.float64,
@@ -283,8 +269,8 @@ class AdsEngine:
             emitted.append((req.segment.encode(), self._decision_bytes(req, pending)))
         out.decisions.extend(emitted)  # only once the whole group decided
         self.book.add_many(opened, self._tag)
-        for rid, pending in opened:  # a request older than its segment's closed windows closes at once
-            if pending.decided_t + self.settings.attribution_window_s <= self._heads[pending.segment].closed_through:
+        for (rid, pending), head in zip(opened, heads):  # older than its segment's closed windows: closes at once
+            if pending.decided_t + self.settings.attribution_window_s <= head.closed_through:
                 self.counters["windows_forced"] += 1
                 self._close_one(rid, self.book.close(rid))  # closed in the book too: its deadline is passed
         self.counters["decisions"] += len(group)
@@ -316,8 +302,7 @@ class AdsEngine:
         if _epoch(event.event_time) > pending.decided_t + self.settings.attribution_window_s:
             self.counters[f"{event.type}s_late_or_unknown"] += 1
             return
-        self._load_segment(pending.segment, pending.partition)
-        head = self._heads[pending.segment]
+        head = self.segments.load(pending.segment, pending.partition)
         if isinstance(event, Click):
             if pending.clicked:
                 self.counters["clicks_duplicate"] += 1
@@ -335,7 +320,7 @@ class AdsEngine:
             self.counters["purchases_attributed"] += 1
             self.counters["purchase_value"] += event.value
         head.feedback[event.request_id] = (pending.clicked, pending.value)
-        self._dirty.add(pending.segment)
+        self.segments.mark(pending.segment)
         self.book.update(event.request_id, pending)
         if len(head.feedback) > self.settings.max_head_feedback:
             self._shrink_head(pending.segment, pending.partition)
@@ -347,7 +332,7 @@ class AdsEngine:
         Every open decision of the segment up to the chosen deadline closes (with or without feedback), so
         ``closed_through`` keeps its meaning.
         """
-        head = self._heads[segment]
+        head = self.segments.load(segment, partition)
         window = self.settings.attribution_window_s
         for rid in [rid for rid in head.feedback if self.book.get(rid) is None]:
             del head.feedback[rid]  # not open any more: nothing reads its mark
@@ -361,12 +346,12 @@ class AdsEngine:
 
     def _learn(self, pending: Pending, reward: float) -> None:
         """Queue one reward for the segment's posterior; ``_learn_now`` applies the queue in order."""
-        self._load_segment(pending.segment, pending.partition)
+        head = self.segments.load(pending.segment, pending.partition)
         if self.adapter.likelihood == "bernoulli":  # a logistic head learns the click; value rides along
             reward = float(pending.clicked)
         self._to_learn.append((pending.segment, pending.phi, reward, item_key(pending.ad_id)))
-        self._heads[pending.segment].n_updates += 1
-        self._dirty.add(pending.segment)
+        head.n_updates += 1
+        self.segments.mark(pending.segment)
         self.counters["updates"] += 1
 
     # --- event time ------------------------------------------------------------------------------
@@ -407,11 +392,10 @@ class AdsEngine:
             self.counters["windows_forced"] += 1
 
     def _close_one(self, request_id: str, pending: Pending) -> None:
-        self._load_segment(pending.segment, pending.partition)
-        head = self._heads[pending.segment]
+        head = self.segments.load(pending.segment, pending.partition)
         head.closed_through = max(head.closed_through, pending.decided_t + self.settings.attribution_window_s)
         head.feedback.pop(request_id, None)
-        self._dirty.add(pending.segment)
+        self.segments.mark(pending.segment)
         if self.settings.value_weight > 0.0:
             self._learn(pending, float(pending.clicked) + self.settings.value_weight * pending.value)
         elif not pending.clicked:
@@ -421,45 +405,12 @@ class AdsEngine:
 
     # --- state -----------------------------------------------------------------------------------
 
-    def _load_segment(self, segment: str, partition: int) -> None:
-        if segment in self._heads:
-            self._heads.move_to_end(segment)
-            return
-        raw = self.store.get(SEGMENTS, HEAD + segment, partition)
-        if raw is None:
-            self._heads[segment] = SegmentHead(self._epoch, partition)
-            self.counters["segments_new"] += 1
-            return
-        try:
-            head = SegmentHead.decode(raw)
-        except (ValueError, struct.error, UnicodeDecodeError) as exc:
-            # A record this code cannot read (corrupt, or written by an incompatible version): the segment
-            # restarts from the prior instead of failing every batch that touches it; the bad record is
-            # overwritten at the next flush.
-            log.error("segment %s: stored head unreadable (%s: %s); restarting it from the prior",
-                      segment, type(exc).__name__, exc)
-            self.counters["segments_unreadable"] += 1
-            self._heads[segment] = SegmentHead(self._epoch, partition)
-            self._dirty.add(segment)
-            return
-        if head.epoch != self._epoch:
-            head.epoch, head.state = self._epoch, None
-            self._heads[segment] = head
-            self._dirty.add(segment)
-            self.counters["segments_reset_by_swap"] += 1
-            return
-        if head.state is not None:
-            self.adapter.load_state(segment, head.state)  # a bad state raises before the head is cached
-        self._heads[segment] = head
-        self.counters["segments_restored"] += 1
-
     def _rebuild(self) -> None:
         """Reload the open decisions of the assigned partitions, with their heads (after a rebalance)."""
         self._rebuild_needed = False
 
         def current(request_id: str, pending: Pending) -> Pending | None:
-            self._load_segment(pending.segment, pending.partition)
-            head = self._heads[pending.segment]
+            head = self.segments.load(pending.segment, pending.partition)
             if pending.decided_t + self.settings.attribution_window_s <= head.closed_through:
                 return None
             clicked, value = head.feedback.get(request_id, (False, 0.0))
@@ -474,38 +425,15 @@ class AdsEngine:
         """
         self._learn_now()
         self.counters["blocks_written"] += self.book.write_new(self.store)
-        for segment in self._dirty:
-            head = self._heads[segment]
-            head.state = self.adapter.state_bytes(segment)
-            self.store.put(SEGMENTS, HEAD + segment, head.partition, head.encode())
-        self.counters["heads_written"] += len(self._dirty)
-        self._dirty.clear()
-        self._evict_clean()
+        self.counters["heads_written"] += self.segments.write()
+        self.segments.evict_clean()
         requests = self.topics.ad_requests.name
         self.counters["blocks_deleted"] += self.book.delete_done(
             self.store, lambda p: self.committed.get((requests, p), -1))
 
-    def _evict_clean(self) -> None:
-        """Drop least recently used segments beyond ``ads.max_cached_segments`` whose head in the store is
-        current (not dirty): their posterior leaves the adapter and comes back from the head when next used.
-        Dirty segments wait for the next ``flush``, which writes them and evicts again."""
-        excess = len(self._heads) - self.settings.max_cached_segments
-        if excess <= 0:
-            return
-        victims = []
-        for segment in self._heads:  # oldest first
-            if len(victims) == excess:
-                break
-            if segment not in self._dirty:
-                victims.append(segment)
-        for segment in victims:
-            del self._heads[segment]
-            self.adapter.evict(segment)
-        self.counters["segments_evicted"] += len(victims)
-
     def cached_segments(self) -> int:
         """Segments whose head and posterior are in memory."""
-        return len(self._heads)
+        return len(self.segments)
 
     def commit_positions(self) -> dict[tuple[str, int], int]:
         """The input positions a commit may record: each at least the partition's ledger.
@@ -541,10 +469,7 @@ class AdsEngine:
         if not kept:
             # Every segment restarts from the new prior; heads stored under the old epoch are reset
             # when loaded, and the ones in memory now.
-            self._epoch = artifact.version.encode()
-            for segment, head in self._heads.items():
-                head.epoch, head.state = self._epoch, None
-                self._dirty.add(segment)
+            self.segments.restart_all(artifact.version.encode())
         self.counters["policy_swaps"] += 1
 
     def on_rebalance(self) -> None:
@@ -554,9 +479,8 @@ class AdsEngine:
         """
         self.adapter.reset_all()
         self._to_learn.clear()  # empty: the revoke commit's flush applied it
-        self._heads.clear()
+        self.segments.clear()
         self.book.clear()
-        self._dirty.clear()
         self.event_time.clear()
         self.positions.clear()
         self.ledger.clear()

@@ -20,7 +20,8 @@ import faust
 
 from policy.adapter import Adapter, check_serves
 from policy.artifact import PolicyArtifact
-from streams.ads_engine import SEGMENTS, AdsEngine, RawMessage
+from streams.ads_engine import AdsEngine, RawMessage
+from streams.ads_segments import SEGMENTS
 from streams.agents.delivery import Delivery
 from streams.agents import policy_watch
 from streams.agents.datapath import DataPath, process_batch

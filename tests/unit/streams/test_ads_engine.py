@@ -10,7 +10,8 @@ import numpy as np
 from hypothesis import given, settings as hsettings, strategies as st
 
 from policy.adapter import Adapter
-from streams.ads_engine import SEGMENTS, AdsEngine, RawMessage
+from streams.ads_engine import AdsEngine, RawMessage
+from streams.ads_segments import SEGMENTS
 from streams.store import DictStore
 from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings

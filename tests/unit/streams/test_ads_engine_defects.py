@@ -11,7 +11,8 @@ import pytest
 
 from policy.adapter import Adapter, decode_state
 from policy.artifact import ArtifactError
-from streams.ads_engine import SEGMENTS, AdsEngine, RawMessage
+from streams.ads_engine import AdsEngine, RawMessage
+from streams.ads_segments import SEGMENTS
 from streams.store import DictStore
 from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings
@@ -162,7 +163,7 @@ def test_the_segment_cache_stays_bounded_and_evicted_segments_decide_and_learn_a
         seg = f"m{s // 10:02d}-c{s % 10:02d}"
         assert heads(small.store)[seg] == heads(big.store)[seg]  # every posterior and feedback mark
     evicted = next(seg for seg in big.adapter.segments if seg not in small.adapter.segments)
-    small._load_segment(evicted, 0)  # back from the table with the same posterior
+    small.segments.load(evicted, 0)  # back from the table with the same posterior
     for x, y in zip(small.adapter.posterior(evicted), big.adapter.posterior(evicted)):
         np.testing.assert_array_equal(x, y)
 

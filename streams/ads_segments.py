@@ -1,0 +1,126 @@
+"""The ad segments a worker holds in memory: each one's head and its posterior, least recently used first.
+
+A segment's *head* (``streams.ads_state.SegmentHead``: posterior bytes, feedback marks, closed-through
+time, counts) lives in the engine's table under ``h:<segment>``. ``load`` brings a segment in (from its
+head, or new from the prior), ``mark`` records that it changed, ``write`` puts every changed head back
+(the engine's ``flush``, at every commit), and ``evict_clean`` keeps at most ``max_cached`` segments in
+memory by dropping the least recently used ones whose stored head is current. An evicted segment comes back
+from its head when next seen.
+
+Heads carry the *epoch* (the version of the artifact whose prior the posterior grew from): a head of
+another epoch is reset to the current prior when loaded (``segments_reset_by_swap``), and one that cannot
+be decoded restarts from the prior (``segments_unreadable``) instead of failing every batch that touches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter, OrderedDict
+
+from policy.adapter import Adapter
+from streams.ads_state import SegmentHead
+from streams.store import PartitionStore
+
+log = logging.getLogger("metacart.ads.engine")
+
+SEGMENTS = "ads-segments"
+"""The ad engine's table: segment heads under ``h:<segment>``, pending blocks under ``b:<block key>`` (one
+table, so both go to the changelog partition of their segment, in the order they were written: a head
+that reached the changelog implies the blocks written before it did)."""
+HEAD = "h:"
+
+
+class SegmentCache:
+    """Heads and posteriors of the segments in memory (see the module docstring)."""
+
+    def __init__(self, adapter: Adapter, store: PartitionStore, max_cached: int, counters: Counter[str],
+                 epoch: bytes) -> None:
+        self.adapter = adapter
+        self.store = store
+        self.max_cached = max_cached
+        self.counters = counters
+        self.epoch = epoch
+        self._heads: OrderedDict[str, SegmentHead] = OrderedDict()  # least recently used first
+        self._dirty: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def load(self, segment: str, partition: int) -> SegmentHead:
+        """The segment's head, its posterior in the adapter; loaded from the table when not in memory."""
+        head = self._heads.get(segment)
+        if head is not None:
+            self._heads.move_to_end(segment)
+            return head
+        raw = self.store.get(SEGMENTS, HEAD + segment, partition)
+        if raw is None:
+            self.counters["segments_new"] += 1
+            return self._cache(segment, SegmentHead(self.epoch, partition), changed=False)
+        try:
+            head = SegmentHead.decode(raw)
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            # A record this code cannot read (corrupt, or written by an incompatible version); the bad record
+            # is overwritten at the next write.
+            log.error("segment %s: stored head unreadable (%s: %s); restarting it from the prior",
+                      segment, type(exc).__name__, exc)
+            self.counters["segments_unreadable"] += 1
+            return self._cache(segment, SegmentHead(self.epoch, partition), changed=True)
+        if head.epoch != self.epoch:
+            head.epoch, head.state = self.epoch, None
+            self.counters["segments_reset_by_swap"] += 1
+            return self._cache(segment, head, changed=True)
+        if head.state is not None:
+            self.adapter.load_state(segment, head.state)  # a bad state raises before the head is cached
+        self.counters["segments_restored"] += 1
+        return self._cache(segment, head, changed=False)
+
+    def _cache(self, segment: str, head: SegmentHead, changed: bool) -> SegmentHead:
+        self._heads[segment] = head
+        if changed:
+            self._dirty.add(segment)
+        return head
+
+    def mark(self, segment: str) -> None:
+        """The segment (loaded) changed: its head is written at the next ``write``."""
+        self._dirty.add(segment)
+
+    def write(self) -> int:
+        """Put the head (with the posterior's current bytes) of every changed segment; returns how many."""
+        for segment in self._dirty:
+            head = self._heads[segment]
+            head.state = self.adapter.state_bytes(segment)
+            self.store.put(SEGMENTS, HEAD + segment, head.partition, head.encode())
+        n = len(self._dirty)
+        self._dirty.clear()
+        return n
+
+    def evict_clean(self) -> None:
+        """Drop least recently used segments beyond ``max_cached`` whose stored head is current (not
+        changed since the last ``write``); changed ones wait for the next ``write``."""
+        excess = len(self._heads) - self.max_cached
+        if excess <= 0:
+            return
+        victims = []
+        for segment in self._heads:  # oldest first
+            if len(victims) == excess:
+                break
+            if segment not in self._dirty:
+                victims.append(segment)
+        for segment in victims:
+            del self._heads[segment]
+            self.adapter.evict(segment)
+        self.counters["segments_evicted"] += len(victims)
+
+    def restart_all(self, epoch: bytes) -> None:
+        """A new artifact whose prior every segment restarts from: heads in memory now, stored ones when
+        loaded (their epoch differs)."""
+        self.epoch = epoch
+        for segment, head in self._heads.items():
+            head.epoch, head.state = epoch, None
+            self._dirty.add(segment)
+
+    def clear(self) -> None:
+        """Forget every segment (the adapter's posteriors are reset by the caller)."""
+        self._heads.clear()
+        self._dirty.clear()
