@@ -110,6 +110,7 @@ from policy.retention.features import expired_many, features_many, new_states, u
 from policy.retention.risk import RiskModel
 from policy.retention.schema import INTERVENTION, NONE, PURCHASE, SESSION, TREATMENTS, EventBatch
 from streams.ads_engine import RawMessage
+from streams.retention_blocks import BlockStore
 from streams.retention_state import (DAY_S, TICK, OpenAction, RetentionStore, UserRow, budget_key, decision_id,
                                      partition_budget_config, read_never_contact)
 from streams.edge import Decoder, Source, dead_letter
@@ -173,7 +174,7 @@ class RetentionEngine:
                  pseudonyms: Pseudonyms | None = None, clock: Callable[[], float] = time.time) -> None:
         self.artifacts = artifacts
         self.pseudonyms = pseudonyms
-        self.store = store
+        self.store = store if isinstance(store, BlockStore) else BlockStore(store, settings.max_block_bytes)
         self.topics = topics
         self.settings = settings
         self.policy = policy or PolicySettings()
@@ -385,6 +386,7 @@ class RetentionEngine:
         part.dirty = True
         self.counters["retention_erasures"] += 1
         self.flush(force=True, within_steps=True)
+        self.store.purge(partition, user.encode())  # no older block keeps a copy of their records
 
     # --- event time and reviews ------------------------------------------------------------------
 
@@ -717,7 +719,7 @@ class RetentionEngine:
             return budget
         prefix = budget_key(partition, "")
         return Budget.from_records(self.budget_config, ((k[len(prefix):], v) for k, v in
-                                                        self.store.items("partitions") if k.startswith(prefix)))
+                                                        self.store.items("partitions", prefix)))
 
     def _load_segment(self, partition: int, segment: str) -> None:
         part = self._part(partition)
@@ -741,6 +743,7 @@ class RetentionEngine:
     def _rebuild(self) -> None:
         """Reload open actions and per-partition user counts from the store (start, rebalance)."""
         self._rebuild_needed = False
+        self.store.load()
         self._open.clear()
         self._cached.clear()
         self._expiry.clear()
@@ -805,6 +808,8 @@ class RetentionEngine:
         for did, partition in self._deletes:
             self.store.delete("actions", did, partition)
         self._deletes.clear()
+        self.store.commit()  # every key changed since the last flush, once, in one block per partition
+        self.counters.update(self.store.drain_counters())
 
     def swap(self, artifacts: RetentionArtifacts, on_swap: str) -> None:
         """Serve ``artifacts`` from the next decision on; ``on_swap`` is "keep" or "reset".
@@ -847,6 +852,7 @@ class RetentionEngine:
         self._closed.clear()
         self._forgets.clear()
         self._members.clear()
+        self.store.invalidate()
         self._rebuild_needed = True
 
     def pending_count(self) -> int:

@@ -30,7 +30,7 @@ class RetentionStore(Protocol):
     def get(self, table: str, key: str, partition: int) -> bytes | None: ...
     def put(self, table: str, key: str, partition: int, value: bytes) -> None: ...
     def delete(self, table: str, key: str, partition: int) -> None: ...
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]: ...
+    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]: ...
 
 
 @dataclass
@@ -48,8 +48,8 @@ class DictStore:
     def delete(self, table: str, key: str, partition: int) -> None:
         self.tables[table].pop(key, None)
 
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.tables[table].items()))
+    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        return iter([(k, v) for k, v in self.tables[table].items() if k.startswith(prefix)])
 
 
 # --- records ---------------------------------------------------------------------------------------

@@ -86,8 +86,8 @@ class FaustStore:
         if self._within(partition) and key.encode() in self.tables[table]:
             del self.tables[table][key.encode()]
 
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]:
-        return iter([(k.decode(), v) for k, v in list(self.tables[table].items())])
+    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        return iter([(k.decode(), v) for k, v in list(self.tables[table].items()) if k.decode().startswith(prefix)])
 
 
 def install(app: faust.App, settings: Settings, topics: Topics,
