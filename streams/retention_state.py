@@ -11,6 +11,7 @@ import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -128,6 +129,15 @@ class OpenAction:
         x = np.frombuffer(raw, dtype="<f8", count=DX, offset=at).copy()
         phi = np.frombuffer(raw, dtype="<f8", count=d, offset=at + 8 * DX).copy()
         return cls(user, segment, partition, t, action, cost, prop, x, phi)
+
+
+def to_days(t: datetime) -> float:
+    """A timestamp as days since the Unix epoch (the time scale of :mod:`policy.retention`)."""
+    return t.timestamp() / DAY_S
+
+
+def from_days(days: float) -> datetime:
+    return datetime.fromtimestamp(days * DAY_S, timezone.utc)
 
 
 def budget_key(partition: int, record: str | None = None) -> str:
