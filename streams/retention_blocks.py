@@ -152,6 +152,8 @@ class BlockStore:
 
     def commit(self) -> int:
         """Write each partition's changes as blocks, compact its sparse blocks; returns the blocks written."""
+        if not self.loaded:
+            self.load()  # the next block numbers and the entries this commit replaces
         written = 0
         for partition in sorted(self._pending):
             written += self._commit_one(partition, self._pending.pop(partition))
@@ -279,12 +281,11 @@ class BlockStore:
 
     def load(self, keep: Callable[[int], bool] = lambda p: True) -> None:
         """Rebuild the index from ``base`` (start, rebalance): blocks in ``seq`` order per partition, and
-        records of the format before blocks (an entry of a block wins over them). Uncommitted writes are
-        dropped: the caller commits first."""
+        records of the format before blocks (an entry of a block wins over them). Uncommitted writes stay
+        uncommitted (they are newer than anything stored)."""
         self._index = {t: {} for t in TABLES}
         self._blocks.clear()
         self._next.clear()
-        self._pending.clear()
         self._legacy.clear()
         self._sparse.clear()
         self._cache.clear()

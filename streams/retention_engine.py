@@ -387,7 +387,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
                 self.store.put("partitions", f"watermark:{partition}", partition,
                                TICK.pack(self._skew_ref[partition]))
                 part.watermark_dirty = False
-            if part.dirty:
+            if part.dirty and not part.reviewing:  # a restart in the middle of a review reviews again
                 if part.last_tick is not None:
                     self.store.put("partitions", f"tick:{partition}", partition, TICK.pack(part.last_tick))
                 part.dirty = False

@@ -41,6 +41,8 @@ class Partition:
     dirty: bool = False
     watermark_dirty: bool = False
     users: int = 0
+    reviewing: bool = False
+    """A review of this partition is under way (paused between slices): its tick is not stored yet."""
 
 
 class Partitions:

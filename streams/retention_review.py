@@ -69,9 +69,21 @@ class Reviews:
         part.last_tick = tick
         part.dirty = True
         self.counters["retention_reviews"] += 1
+        part.reviewing = True  # the tick is stored once the review is done: a restart before reviews again
+        try:
+            chosen = yield from self._review_rows(partition, tick, users, rows, out)
+        finally:
+            part.reviewing = False
+        if chosen:
+            yield from self._pause()
+
+    def _review_rows(self, partition: int, tick: float, users: list[str], rows: list[UserRow],
+                     out: Outputs) -> Iterator[None]:
+        """The review of ``rows`` at ``tick``: eviction, risk, decisions; returns the decision points taken."""
+        part = self._part(partition)
         if not rows:
             part.users = 0
-            return
+            return []
         states = np.stack([r.state for r in rows])
         gone = expired_many(states, tick, self._horizon)
         members = self._members.get(partition, set())
@@ -82,7 +94,7 @@ class Reviews:
         keep = np.flatnonzero(~gone)
         part.users = int(keep.size)
         if not keep.size:
-            return
+            return []
         x = features_many(states[keep], tick)
         segs = [rows[i].segment for i in keep]
         for s in set(segs):
@@ -105,8 +117,7 @@ class Reviews:
         self.counters["retention_decision_points"] += len(chosen)
         for start in range(0, len(chosen), REVIEW_BATCH):
             yield from self._decide(partition, tick, chosen[start:start + REVIEW_BATCH], users, rows, x, out)
-        if chosen:
-            yield from self._pause()
+        return chosen
 
     def _pause(self) -> Iterator[None]:
         """Write what changed so far (its changelog can drain while the batch is paused), then pause."""
