@@ -405,6 +405,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._deletes.clear()
         self.store.commit()  # every key changed since the last flush, once, in one block per partition
         self.counters.update(self.store.drain_counters())
+        self.counters["retention_blocks"] = self.store.blocks()
 
     def swap(self, artifacts: RetentionArtifacts, on_swap: str) -> None:
         """Serve ``artifacts`` from the next decision on; ``on_swap`` is "keep" or "reset".
