@@ -10,6 +10,9 @@ head that reached the changelog implies its blocks did), and deleted only once a
 closed *and* the committed input offsets passed its requests: a replayed request always finds its
 decision (open or closed) while it may still be replayed.
 
+The block codec (``encode_pairs`` / ``iter_pairs`` / ``split_pairs``: named byte values, tombstones, chunks
+below a size bound) is shared with the retention engine's blocks (``streams.retention_blocks``).
+
 Memory is bounded: beyond ``max_open`` open decisions the earliest windows are closed early (their
 zero-reward update applied, counted as ``windows_forced``).
 """

@@ -35,9 +35,11 @@ Flow, in arrival order within a batch:
 
 Budgets and learning per partition: :mod:`streams.retention_partitions`.
 
-State goes through a :class:`RetentionStore` (four tables: ``users``, ``segments``, ``partitions`` for
-budgets and review marks, ``actions`` for open actions), so the Faust glue can route each write to the
-changelog partition of its key and unit tests can use dicts. A budget is kept as many small records
+State is kept under four names (``users``, ``segments``, ``partitions`` for budgets and review marks,
+``actions`` for open actions) in a :class:`streams.retention_blocks.BlockStore` over the
+:class:`RetentionStore` it is given (the Faust tables, or dicts in tests): each flush writes every key that
+changed since the last one once, in one block per partition (split below ``retention.max_block_bytes``), so a
+changelog record carries many keys instead of one. A budget is kept as many small records
 (``budget:<partition>/<record>``, see :meth:`Budget.drain_changes`), never as one value: no state value grows
 with the number of users toward the producer's message limit. Writes are buffered and flushed at most
 every ``state_flush_interval_s`` (and before every review, rebalance and swap of state).

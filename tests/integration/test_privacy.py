@@ -26,6 +26,8 @@ from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.kafka_io import client_config, make_consumer
 from streams.pseudonyms import pseudonyms_for
+from streams.retention_blocks import BlockStore
+from streams.retention_state import TABLES, DictStore
 from streams.settings import KafkaSettings, Settings, settings_env
 
 from .conftest import REPO, Reader, json_values, produce, start_worker
@@ -260,12 +262,23 @@ def test_forget_erases_a_user_and_a_restored_worker_does_not_bring_them_back(set
     second.stop()
 
     tables = _tables(s.store.data_dir)
-    users_rows = {k.decode() for name, rows in tables.items() if name.startswith("retention-users") for k, _ in rows}
-    assert users_rows == set(kept)
-    for prefix in ("retention-actions", "retention-partitions"):
-        values = [v for name, rows in tables.items() if name.startswith(prefix) for _, v in rows]
-        assert values and not hits(values, [gone]), prefix
-        assert hits(values, kept), prefix  # the others' open actions and contact histories are still there
-    # In the changelog, the target's row ends with a tombstone.
-    log = [m for m in drain(s.kafka, f"{s.worker_id}-retention-users-changelog") if m.key() == gone.encode()]
-    assert log and log[-1].value() is None
+    raw = [v for name, rows in tables.items() if name.startswith("retention-") for _, v in rows]
+    assert raw and not hits(raw, [gone])  # no block (nor any other value) of the restored worker holds them
+    stored = DictStore()  # the restored worker's tables, read as a worker reads them (blocks)
+    for name, rows in tables.items():
+        for table in TABLES:
+            if name.startswith(f"retention-{table}"):
+                stored.tables[table].update((k.decode(), v) for k, v in rows)
+    state = BlockStore(stored)
+    assert {k for k, _ in state.items("users")} == set(kept)
+    for table in ("actions", "partitions"):
+        values = [v for _, v in state.items(table)]
+        assert values and hits(values, kept), table  # the others' open actions and budget records are still there
+    # In the changelog, every block that ever held the target ends with a tombstone.
+    last: dict[bytes, bytes | None] = {}
+    held = set()
+    for m in drain(s.kafka, f"{s.worker_id}-retention-partitions-changelog"):
+        last[m.key()] = m.value()
+        if m.value() is not None and gone.encode() in m.value():
+            held.add(m.key())
+    assert held and all(last[k] is None for k in held)
