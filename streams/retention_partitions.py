@@ -18,7 +18,6 @@ but is left out.)
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 from policy.adapter import Adapter

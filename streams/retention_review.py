@@ -12,12 +12,14 @@ the budget). A gap that skips several ticks reviews at the latest one only. A pa
 after a fresh start is the one after its first event. A review reads the rows of its partition's users
 (an in-memory index of their ids per partition, rebuilt from the table on start and rebalance; sorted,
 the order of a RocksDB partition), so its cost grows with that partition's (bounded) users only.
+The tick of a review is stored once the review is done: a worker that restarts in the middle of one reviews
+again, skips the users decided before (decided in this period) and decides the others once.
 
 Pauses. :meth:`RetentionEngine.process_steps` is ``process_many`` as a generator that pauses, with the
 state so far written, after every ``review_step`` actions of a review, after each review and between
 slices of windows that end together, so the agent can deliver the slice's changelog (and let the ads
-agent commit and run) in between: a review decides a whole partition at once and writes a few records per
-action, and the ads commit waits for Faust's changelog buffer. The decisions, their order and the
+agent commit and run) in between: a review decides a whole partition at once, each slice's state is a
+block of changelog (``streams.retention_blocks``), and the ads commit waits for Faust's changelog buffer. The decisions, their order and the
 learning are those of ``process_many``; a timed flush waits while a batch is paused, a swap or a rebalance
 first finishes it.
 """

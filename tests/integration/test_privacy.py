@@ -105,6 +105,16 @@ def _tables(data_dir: Path) -> dict[str, list[tuple[bytes, bytes]]]:
     return out
 
 
+def _retention_state(tables: dict[str, list[tuple[bytes, bytes]]]) -> BlockStore:
+    """The retention state held in the RocksDB ``tables`` of a worker, read through its blocks."""
+    stored = DictStore()
+    for name, rows in tables.items():
+        for table in TABLES:
+            if name.startswith(f"retention-{table}"):
+                stored.tables[table].update((k.decode(), v) for k, v in rows)
+    return BlockStore(stored)
+
+
 def hits(blobs, needles: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for blob in blobs:
@@ -176,9 +186,8 @@ def test_no_raw_user_id_in_state_changelogs_outputs_or_logs(settings, workers, r
           f"{sum(len(b) for b in written.values())} blobs in {len(written)} topics, {len(log)} log bytes")
     assert all(not found for found in report.values()), report
 
-    # ...while their pseudonyms are there: the user table, decisions, actions, dead letters.
-    users_table = [k for name, rows in tables.items() if name.startswith("retention-users") for k, _ in rows]
-    assert {k.decode() for k in users_table} == set(back)
+    # ...while their pseudonyms are there: the users' rows (in the state's blocks), decisions, actions, dead letters.
+    assert {k for k, _ in _retention_state(tables).items("users")} == set(back)
     for t in outputs[:3]:
         assert hits(written[t], list(back)), t
 
@@ -264,12 +273,7 @@ def test_forget_erases_a_user_and_a_restored_worker_does_not_bring_them_back(set
     tables = _tables(s.store.data_dir)
     raw = [v for name, rows in tables.items() if name.startswith("retention-") for _, v in rows]
     assert raw and not hits(raw, [gone])  # no block (nor any other value) of the restored worker holds them
-    stored = DictStore()  # the restored worker's tables, read as a worker reads them (blocks)
-    for name, rows in tables.items():
-        for table in TABLES:
-            if name.startswith(f"retention-{table}"):
-                stored.tables[table].update((k.decode(), v) for k, v in rows)
-    state = BlockStore(stored)
+    state = _retention_state(tables)  # the restored worker's state, read as a worker reads it (blocks)
     assert {k for k, _ in state.items("users")} == set(kept)
     for table in ("actions", "partitions"):
         values = [v for _, v in state.items(table)]
