@@ -621,6 +621,17 @@ def bench_soak(
     run(settings, SoakConfig(minutes=minutes, sample_s=sample_s, ad_rate=ad_rate, session_rate=session_rate), out=out)
 
 
+@bench.command("retention-records")
+def bench_retention_records(
+    days: float = typer.Option(11.0, min=0.1, help="simulated days of the soak's retention traffic"),
+    out: Optional[Path] = typer.Option(None, help="JSON output"),
+) -> None:
+    """Changelog records the retention engine writes per action, offline (the engine fed from memory)."""
+    from metacart.bench.retention_records import RecordsConfig, run
+
+    run(RecordsConfig(days=days), out=out)
+
+
 @bench.command("edge")
 def bench_edge(
     out: Optional[Path] = typer.Option(None, help="JSON output"),

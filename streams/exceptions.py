@@ -16,3 +16,7 @@ class BrokerRefused(BrokerUnavailable):
 
 class PolicyRefused(StreamsError):
     """A policy-update pointed at an artifact that failed validation; the old policy keeps serving."""
+
+
+class StateFormatError(StreamsError):
+    """Stored state in a format this worker does not read (e.g. a block of a newer format version)."""

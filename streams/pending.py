@@ -10,6 +10,9 @@ head that reached the changelog implies its blocks did), and deleted only once a
 closed *and* the committed input offsets passed its requests: a replayed request always finds its
 decision (open or closed) while it may still be replayed.
 
+The block codec (``encode_pairs`` / ``iter_pairs`` / ``split_pairs``: named byte values, tombstones, chunks
+below a size bound) is shared with the retention engine's blocks (``streams.retention_blocks``).
+
 Memory is bounded: beyond ``max_open`` open decisions the earliest windows are closed early (their
 zero-reward update applied, counted as ``windows_forced``).
 """
@@ -18,36 +21,73 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from streams.ads_state import Pending
 from streams.store import PartitionStore
 
 BLOCK = "b:"  # key prefix of the book's blocks in its table
-_LEN = struct.Struct("<HI")  # request-id length, record length
+_LEN = struct.Struct("<HI")  # name length, value length
+_NO_VALUE = 0xFFFFFFFF  # value length of a pair without a value (a tombstone)
 
 
-def encode_block(records: list[tuple[str, Pending]]) -> bytes:
+def pair_size(name: str, value: bytes | None) -> int:
+    """Bytes one ``(name, value)`` pair takes in a block."""
+    return _LEN.size + len(name.encode()) + (0 if value is None else len(value))
+
+
+def encode_pairs(pairs: Iterable[tuple[str, bytes | None]]) -> bytes:
+    """``(name, value)`` pairs as one block: per pair a header (name length, value length), the UTF-8 name,
+    the value. A value of ``None`` (a tombstone) is written as length ``0xFFFFFFFF`` and no bytes."""
     parts = []
-    for request_id, pending in records:
-        rid = request_id.encode()
-        rec = pending.encode()
-        parts.append(_LEN.pack(len(rid), len(rec)) + rid + rec)
+    for name, value in pairs:
+        raw = name.encode()
+        if value is None:
+            parts.append(_LEN.pack(len(raw), _NO_VALUE) + raw)
+        else:
+            parts.append(_LEN.pack(len(raw), len(value)) + raw + value)
     return b"".join(parts)
 
 
-def decode_block(raw: bytes) -> list[tuple[str, Pending]]:
-    out = []
-    at = 0
+def iter_pairs(raw: bytes, start: int = 0) -> Iterator[tuple[str, int, int]]:
+    """The pairs of a block that begins at ``raw[start]`` as ``(name, value offset in raw, value length)``,
+    without copying values; the length is -1 for a tombstone."""
+    at = start
     while at < len(raw):
-        n_rid, n_rec = _LEN.unpack_from(raw, at)
+        n_name, n_value = _LEN.unpack_from(raw, at)
         at += _LEN.size
-        rid = raw[at:at + n_rid].decode()
-        at += n_rid
-        out.append((rid, Pending.decode(raw[at:at + n_rec])))
-        at += n_rec
-    return out
+        name = raw[at:at + n_name].decode()
+        at += n_name
+        if n_value == _NO_VALUE:
+            yield name, at, -1
+            continue
+        yield name, at, n_value
+        at += n_value
+
+
+def split_pairs(pairs: list[tuple[str, bytes | None]], max_bytes: int) -> Iterator[list[tuple[str, bytes | None]]]:
+    """``pairs`` in consecutive chunks whose block stays within ``max_bytes`` (a pair larger than that
+    alone is a chunk of its own), so no block nears the producer's message limit."""
+    chunk: list[tuple[str, bytes | None]] = []
+    size = 0
+    for name, value in pairs:
+        n = pair_size(name, value)
+        if chunk and size + n > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, value))
+        size += n
+    if chunk:
+        yield chunk
+
+
+def encode_block(records: list[tuple[str, Pending]]) -> bytes:
+    return encode_pairs((request_id, pending.encode()) for request_id, pending in records)
+
+
+def decode_block(raw: bytes) -> list[tuple[str, Pending]]:
+    return [(rid, Pending.decode(raw[at:at + n])) for rid, at, n in iter_pairs(raw)]
 
 
 @dataclass(slots=True)

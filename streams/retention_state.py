@@ -11,6 +11,7 @@ import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -30,7 +31,7 @@ class RetentionStore(Protocol):
     def get(self, table: str, key: str, partition: int) -> bytes | None: ...
     def put(self, table: str, key: str, partition: int, value: bytes) -> None: ...
     def delete(self, table: str, key: str, partition: int) -> None: ...
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]: ...
+    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]: ...
 
 
 @dataclass
@@ -48,8 +49,8 @@ class DictStore:
     def delete(self, table: str, key: str, partition: int) -> None:
         self.tables[table].pop(key, None)
 
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.tables[table].items()))
+    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        return iter([(k, v) for k, v in self.tables[table].items() if k.startswith(prefix)])
 
 
 # --- records ---------------------------------------------------------------------------------------
@@ -128,6 +129,15 @@ class OpenAction:
         x = np.frombuffer(raw, dtype="<f8", count=DX, offset=at).copy()
         phi = np.frombuffer(raw, dtype="<f8", count=d, offset=at + 8 * DX).copy()
         return cls(user, segment, partition, t, action, cost, prop, x, phi)
+
+
+def to_days(t: datetime) -> float:
+    """A timestamp as days since the Unix epoch (the time scale of :mod:`policy.retention`)."""
+    return t.timestamp() / DAY_S
+
+
+def from_days(days: float) -> datetime:
+    return datetime.fromtimestamp(days * DAY_S, timezone.utc)
 
 
 def budget_key(partition: int, record: str | None = None) -> str:

@@ -195,6 +195,9 @@ class RetentionSettings(BaseModel):
     review_step: int = Field(
         64, ge=1, description="a review pauses after this many actions so the worker's other agents run "
         "(the same decisions; bounds how long a review holds the event loop)")
+    max_block_bytes: int = Field(
+        256 * 1024, ge=4096, le=768 * 1024, description="retention state is written in blocks of at most this "
+        "many bytes (one changelog record each), below the producer's 1 MB request limit")
 
 
 class PrivacySettings(BaseModel):

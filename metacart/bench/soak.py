@@ -43,7 +43,8 @@ from streams.settings import Settings
 DAY_S = 86400.0
 ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retention_actions_read_back",
                  "retention_closed_ids", "retention_budget_records", "retention_pauses", "retention_pause_wait_s",
-                 "retention_pause_changelog_pending")
+                 "retention_pause_changelog_pending", "retention_blocks", "retention_blocks_written",
+                 "retention_blocks_deleted", "retention_block_bytes_written")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 One agent reads session events and retention outcomes (both keyed by ``user_id``, co-partitioned over
 ``user_partitions``) as a single stream, in batches (``take_events``), and hands each batch to
-:class:`streams.retention_engine.RetentionEngine`. Four tables (rocksdict driver) hold its state:
-``retention-users``, ``retention-segments``, ``retention-partitions`` (budgets and review marks) and
-``retention-actions`` (open actions).
+:class:`streams.retention_engine.RetentionEngine`. Its state (users, segments, budgets and review marks,
+open actions) is written in blocks (:mod:`streams.retention_blocks`) to ``retention-partitions`` (rocksdict
+driver); ``retention-users``, ``retention-segments`` and ``retention-actions`` are still registered so that
+records of the format before blocks are read (and moved into blocks) after an upgrade.
 
 As in :mod:`streams.agents.ads`, Faust routes a table read or write to the RocksDB partition and the
 changelog partition of the *current event*; a batch spans partitions, so :class:`FaustStore` sets the
@@ -86,8 +87,8 @@ class FaustStore:
         if self._within(partition) and key.encode() in self.tables[table]:
             del self.tables[table][key.encode()]
 
-    def items(self, table: str) -> Iterator[tuple[str, bytes]]:
-        return iter([(k.decode(), v) for k, v in list(self.tables[table].items())])
+    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        return iter([(k.decode(), v) for k, v in list(self.tables[table].items()) if k.decode().startswith(prefix)])
 
 
 def install(app: faust.App, settings: Settings, topics: Topics,

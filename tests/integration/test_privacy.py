@@ -26,6 +26,8 @@ from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.kafka_io import client_config, make_consumer
 from streams.pseudonyms import pseudonyms_for
+from streams.retention_blocks import BlockStore
+from streams.retention_state import TABLES, DictStore
 from streams.settings import KafkaSettings, Settings, settings_env
 
 from .conftest import REPO, Reader, json_values, produce, start_worker
@@ -103,6 +105,16 @@ def _tables(data_dir: Path) -> dict[str, list[tuple[bytes, bytes]]]:
     return out
 
 
+def _retention_state(tables: dict[str, list[tuple[bytes, bytes]]]) -> BlockStore:
+    """The retention state held in the RocksDB ``tables`` of a worker, read through its blocks."""
+    stored = DictStore()
+    for name, rows in tables.items():
+        for table in TABLES:
+            if name.startswith(f"retention-{table}"):
+                stored.tables[table].update((k.decode(), v) for k, v in rows)
+    return BlockStore(stored)
+
+
 def hits(blobs, needles: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for blob in blobs:
@@ -174,9 +186,8 @@ def test_no_raw_user_id_in_state_changelogs_outputs_or_logs(settings, workers, r
           f"{sum(len(b) for b in written.values())} blobs in {len(written)} topics, {len(log)} log bytes")
     assert all(not found for found in report.values()), report
 
-    # ...while their pseudonyms are there: the user table, decisions, actions, dead letters.
-    users_table = [k for name, rows in tables.items() if name.startswith("retention-users") for k, _ in rows]
-    assert {k.decode() for k in users_table} == set(back)
+    # ...while their pseudonyms are there: the users' rows (in the state's blocks), decisions, actions, dead letters.
+    assert {k for k, _ in _retention_state(tables).items("users")} == set(back)
     for t in outputs[:3]:
         assert hits(written[t], list(back)), t
 
@@ -260,12 +271,18 @@ def test_forget_erases_a_user_and_a_restored_worker_does_not_bring_them_back(set
     second.stop()
 
     tables = _tables(s.store.data_dir)
-    users_rows = {k.decode() for name, rows in tables.items() if name.startswith("retention-users") for k, _ in rows}
-    assert users_rows == set(kept)
-    for prefix in ("retention-actions", "retention-partitions"):
-        values = [v for name, rows in tables.items() if name.startswith(prefix) for _, v in rows]
-        assert values and not hits(values, [gone]), prefix
-        assert hits(values, kept), prefix  # the others' open actions and contact histories are still there
-    # In the changelog, the target's row ends with a tombstone.
-    log = [m for m in drain(s.kafka, f"{s.worker_id}-retention-users-changelog") if m.key() == gone.encode()]
-    assert log and log[-1].value() is None
+    raw = [v for name, rows in tables.items() if name.startswith("retention-") for _, v in rows]
+    assert raw and not hits(raw, [gone])  # no block (nor any other value) of the restored worker holds them
+    state = _retention_state(tables)  # the restored worker's state, read as a worker reads it (blocks)
+    assert {k for k, _ in state.items("users")} == set(kept)
+    for table in ("actions", "partitions"):
+        values = [v for _, v in state.items(table)]
+        assert values and hits(values, kept), table  # the others' open actions and budget records are still there
+    # In the changelog, every block that ever held the target ends with a tombstone.
+    last: dict[bytes, bytes | None] = {}
+    held = set()
+    for m in drain(s.kafka, f"{s.worker_id}-retention-partitions-changelog"):
+        last[m.key()] = m.value()
+        if m.value() is not None and gone.encode() in m.value():
+            held.add(m.key())
+    assert held and all(last[k] is None for k in held)

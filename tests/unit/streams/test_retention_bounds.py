@@ -8,10 +8,12 @@ import json
 
 import pytest
 
+from streams.retention_blocks import BlockStore
 from streams.retention_engine import Outputs
 from streams.retention_state import DictStore, OpenAction
 from streams.settings import RetentionSettings
-from tests.unit.streams.test_retention_engine import TOPICS, _raw, actions, engine, iso, outcome, session, warm
+from tests.unit.streams.test_retention_engine import (TOPICS, _raw, actions, engine, iso, outcome, session, stored,
+                                                      warm)
 
 
 class _CountingDict(dict):
@@ -36,11 +38,12 @@ class _CountingDict(dict):
         return super().__iter__()
 
 
-class _CountingStore(DictStore):
-    """A ``DictStore`` that records which users' rows are read and how often a whole table is listed."""
+class _CountingStore(BlockStore):
+    """The engine's block store over a ``DictStore``, recording which users' rows the engine reads and how
+    often it lists a whole table."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(DictStore())
         self.listed: dict[str, int] = {}
         self.user_reads: list[tuple[str, int]] = []
 
@@ -49,9 +52,9 @@ class _CountingStore(DictStore):
             self.user_reads.append((key, partition))
         return super().get(table, key, partition)
 
-    def items(self, table: str):
+    def items(self, table: str, prefix: str = ""):
         self.listed[table] = self.listed.get(table, 0) + 1
-        return super().items(table)
+        return super().items(table, prefix)
 
 
 def _traffic(users: list[str], days: int) -> list[list]:
@@ -136,7 +139,7 @@ def test_an_erased_user_loses_open_actions_that_were_evicted_from_memory():
                  {"request_id": "e1", "user_id": "b", "requested_at": iso(1.3)})
     eng.process_many([erase])
     assert eng.pending_count() == 2 and eng.counters["retention_erasures"] == 1
-    assert {OpenAction.decode(v).user for v in store.tables["actions"].values()} == {"a", "c"}
+    assert {OpenAction.decode(v).user for v in stored(store, "actions").values()} == {"a", "c"}
 
 
 def test_max_cached_actions_is_a_setting_with_a_sane_default():
@@ -165,11 +168,11 @@ def test_a_paused_review_has_written_its_slice_and_a_rebalance_finishes_it_first
     out = Outputs()
     steps = eng.process_steps([session("u0", 1.2)], out)
     next(steps)  # paused inside the review: 5 actions so far, their state written before the pause
-    assert len(out.actions) == 5 and len(store.tables["actions"]) == 5
+    assert len(out.actions) == 5 and len(stored(store, "actions")) == 5
     eng.flush(force=False)  # the state timer writes nothing of the half-done review meanwhile
-    assert len(store.tables["actions"]) == 5
+    assert len(stored(store, "actions")) == 5
     eng.on_rebalance()  # runs the rest of the review, then saves and forgets
-    assert len(out.actions) == 20 and len(store.tables["actions"]) == 20
+    assert len(out.actions) == 20 and len(stored(store, "actions")) == 20
     assert list(steps) == []  # the caller finds the batch done
 
 

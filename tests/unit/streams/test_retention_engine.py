@@ -15,6 +15,7 @@ from policy.retention.budget import MICRO, to_micro_down, to_micro_up
 from policy.retention.schema import RESERVE_COST, TREATMENTS
 from streams.ads_engine import RawMessage
 from streams.events import RetentionAction
+from streams.retention_blocks import BlockStore
 from streams.retention_engine import RetentionEngine
 from streams.retention_state import DictStore, decision_id, partition_budget_config
 from streams.settings import PolicySettings, RetentionSettings, StoreSettings
@@ -63,6 +64,11 @@ def engine(store: DictStore | None = None, eps: float = 0.3, never=frozenset(), 
     return RetentionEngine(arts, store if store is not None else DictStore(), TOPICS, retention(**changes),
                            StoreSettings(state_flush_interval_s=0.0), PolicySettings(eps=eps, seed=seed),
                            never_contact=frozenset(never))
+
+
+def stored(store: DictStore, table: str) -> dict[str, bytes]:
+    """What ``store`` holds for ``table``, read from its blocks as a restarted worker would."""
+    return dict(BlockStore(store).items(table))
 
 
 def actions(out) -> list[dict]:
@@ -175,11 +181,11 @@ def test_idle_users_are_evicted_and_the_table_stays_bounded():
     store = DictStore()
     eng = engine(store, idle_horizon_s=3 * DAY)
     warm(eng, [f"old{i}" for i in range(20)])
-    assert len(store.tables["users"]) == 20 and eng.counters["retention_users"] == 20
+    assert len(stored(store, "users")) == 20 and eng.counters["retention_users"] == 20
     eng.process_many([session("new", 5.2)])  # review at day 5: the old users were last seen at day 0
     eng.process_many([session("new", 6.2)])
     assert eng.counters["retention_users_evicted"] == 20
-    assert set(store.tables["users"]) == {"new"} and eng.counters["retention_users"] == 1
+    assert set(stored(store, "users")) == {"new"} and eng.counters["retention_users"] == 1
 
 
 def test_restart_restores_open_actions_budget_and_posteriors_from_the_store():
@@ -189,7 +195,7 @@ def test_restart_restores_open_actions_budget_and_posteriors_from_the_store():
     acts = actions(first.process_many([session("u0", 1.2)]))
     first.process_many([outcome(acts[0], 1.5, True, 12.0)])
     spent = first._parts[0].budget.spent(None, first._parts[0].budget.period_of(T0 + 1.0))
-    assert store.tables["actions"] and store.tables["segments"] and store.tables["partitions"]
+    assert stored(store, "actions") and stored(store, "segments") and stored(store, "partitions")
 
     second = engine(store, eps=1.0)  # a new process: empty memory, same tables
     second.process_many([outcome(acts[1], 1.6, False, 0.0)])
@@ -289,7 +295,8 @@ def test_no_state_value_grows_with_new_users_and_caps_hold_exactly():
     1 MB limit in production). Many new users across several periods, a restart in the middle: every
     stored value stays small, and the spend of every period stays within its caps exactly."""
     store = DictStore()
-    caps = dict(budget_per_period=60.0, segment_budget_per_period=40.0, max_contacts_per_user=1)
+    caps = dict(budget_per_period=60.0, segment_budget_per_period=40.0, max_contacts_per_user=1,
+                max_block_bytes=STATE_VALUE_BOUND)  # blocks split at the bound
     eng = engine(store, eps=1.0, **caps)
     sent: list[dict] = []
     biggest = 0

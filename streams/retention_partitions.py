@@ -1,0 +1,106 @@
+"""What the engine holds per user partition: posteriors, risk offsets, budget, review mark (a mixin of
+:class:`streams.retention_engine.RetentionEngine`, whose state it uses).
+
+Budget under several partitions and workers. One process cannot see the spend of users on partitions
+it does not own, so each user partition gets a fixed share of every cap: ``cap / user_partitions`` for
+the total cap and for each segment cap (in micro-units, rounded down), in a :class:`Budget` of its own.
+Whatever the assignment of partitions to workers, the global spend of a period is the sum of partition
+spends, each within its share, so no cap is exceeded globally. The price: a partition cannot borrow
+another's unused share. A user always lives on one partition, so the frequency cap (at most
+``max_contacts_per_user`` contacts in any window of ``period_s``) and the never-contact list are exact.
+
+Learning per partition. Segment posteriors and risk offsets are kept per (partition, segment): a
+partition learns from its own users only, so state never needs merging and moves with its partition on
+a rebalance. (Combining partitions exactly is possible — Gaussian evidence adds in natural parameters —
+but is left out.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from policy.adapter import Adapter
+from policy.retention.artifacts import RetentionArtifacts
+from policy.retention.budget import Budget
+from policy.retention.risk import RiskModel
+from streams.retention_state import TICK, budget_key
+
+
+@dataclass
+class Partition:
+    """What the engine holds in memory for one user partition."""
+
+    adapter: Adapter
+    risk: RiskModel
+    budget: Budget
+    last_tick: float | None
+    loaded: set[str] = field(default_factory=set)
+    dirty_segments: set[str] = field(default_factory=set)
+    dirty: bool = False
+    watermark_dirty: bool = False
+    users: int = 0
+    reviewing: bool = False
+    """A review of this partition is under way (paused between slices): its tick is not stored yet."""
+
+
+class Partitions:
+    """Loads a partition's state from the store on first use (see the module docstring)."""
+
+    def _part(self, partition: int) -> Partition:
+        part = self._parts.get(partition)
+        if part is not None:
+            return part
+        art = self.artifacts.uplift
+        p = self.policy
+        adapter = Adapter(art, eps=p.eps, n_draws=p.n_draws, forget=p.forget, scale=p.scale,
+                          seed=p.seed * 1009 + partition)
+        risk = risk_model(self.artifacts)
+        budget = self._load_budget(partition)
+        tick = self.store.get("partitions", f"tick:{partition}", partition)
+        mark = self.store.get("partitions", f"watermark:{partition}", partition)
+        if mark is not None:
+            self._skew_ref[partition] = max(self._skew_ref.get(partition, -math.inf), TICK.unpack(mark)[0])
+        part = Partition(adapter, risk, budget, None if tick is None else TICK.unpack(tick)[0],
+                          users=self._user_counts.get(partition, 0))
+        self._parts[partition] = part
+        return part
+
+    def _load_budget(self, partition: int) -> Budget:
+        """The partition's budget from its records (caps follow the current settings). A budget stored
+        as one value (before records) is read once and moved to records at the next flush."""
+        legacy = self.store.get("partitions", budget_key(partition), partition)
+        if legacy is not None:
+            budget = Budget.from_bytes(legacy)
+            budget.config = self.budget_config
+            budget.mark_all_changed()
+            self._legacy_budgets.add(partition)
+            return budget
+        prefix = budget_key(partition, "")
+        return Budget.from_records(self.budget_config, ((k[len(prefix):], v) for k, v in
+                                                        self.store.items("partitions", prefix)))
+
+    def _load_segment(self, partition: int, segment: str) -> None:
+        part = self._part(partition)
+        if segment in part.loaded:
+            return
+        part.loaded.add(segment)
+        raw = self.store.get("segments", f"{partition}/{segment}", partition)
+        if raw is None:
+            self.counters["retention_segments_new"] += 1
+            return
+        n = raw[0]
+        if raw[1:1 + n] != self._epoch:
+            self.counters["retention_segments_reset_by_swap"] += 1
+            return
+        at = 1 + n
+        size = int.from_bytes(raw[at:at + 4], "little")
+        part.adapter.load_state(segment, raw[at + 4:at + 4 + size])
+        part.risk.load_state(segment, raw[at + 4 + size:])
+        self.counters["retention_segments_restored"] += 1
+
+
+def risk_model(artifacts: RetentionArtifacts) -> RiskModel:
+    """A fresh risk model (no segment offsets) of ``artifacts``: one per partition."""
+    r = artifacts.risk
+    return RiskModel(r.mean, r.sd, r.w1, r.b1, r.w2, r.b2, r.tau2, dict(r.meta))
