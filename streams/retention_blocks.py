@@ -1,6 +1,6 @@
 """Retention state in blocks: few, bounded changelog records instead of one per key and per change.
 
-:class:`BlockStore` is a :class:`streams.retention_state.RetentionStore` over another one (the Faust tables,
+:class:`BlockStore` is a :class:`streams.store.PartitionStore` over another one (the Faust tables,
 or dicts). The engine still reads and writes one key at a time (``users``, ``segments``, ``partitions``,
 ``actions``); here those writes are held until :meth:`BlockStore.commit`, which writes what each partition
 changed since the last commit as one *block* (split before ``max_block_bytes``): every changed key once, its
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 from streams.exceptions import StateFormatError
 from streams.pending import encode_pairs, iter_pairs, split_pairs
-from streams.retention_state import TABLES, RetentionStore
+from streams.retention_state import TABLES
+from streams.store import PartitionStore
 
 BLOCK_TABLE = "partitions"
 BLOCK_PREFIX = "blk/"
@@ -81,9 +82,9 @@ class _Block:
 
 
 class BlockStore:
-    """A ``RetentionStore`` that keeps every key in per-partition blocks of ``base`` (see the module docstring)."""
+    """A ``PartitionStore`` that keeps every key in per-partition blocks of ``base`` (see the module docstring)."""
 
-    def __init__(self, base: RetentionStore, max_block_bytes: int = 256 * 1024, cache_blocks: int = 64) -> None:
+    def __init__(self, base: PartitionStore, max_block_bytes: int = 256 * 1024, cache_blocks: int = 64) -> None:
         self.base = base
         self.max_block_bytes = max_block_bytes
         self.cache_blocks = cache_blocks
@@ -97,7 +98,7 @@ class BlockStore:
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self.loaded = False
 
-    # --- the RetentionStore protocol ---------------------------------------------------------------
+    # --- the PartitionStore protocol ---------------------------------------------------------------
 
     def get(self, table: str, key: str, partition: int) -> bytes | None:
         pending = self._pending.get(partition)

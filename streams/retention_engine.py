@@ -37,7 +37,7 @@ Budgets and learning per partition: :mod:`streams.retention_partitions`.
 
 State is kept under four names (``users``, ``segments``, ``partitions`` for budgets and review marks,
 ``actions`` for open actions) in a :class:`streams.retention_blocks.BlockStore` over the
-:class:`RetentionStore` it is given (the Faust tables, or dicts in tests): each flush writes every key that
+:class:`streams.store.PartitionStore` it is given (the Faust tables, or dicts in tests): each flush writes every key that
 changed since the last one once, in one block per partition (split below ``retention.max_block_bytes``), so a
 changelog record carries many keys instead of one. A budget is kept as many small records
 (``budget:<partition>/<record>``, see :meth:`Budget.drain_changes`), never as one value: no state value grows
@@ -47,7 +47,6 @@ every ``state_flush_interval_s`` (and before every review, rebalance and swap of
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -66,11 +65,13 @@ from streams.retention_blocks import BlockStore
 from streams.retention_book import ActionBook, Close
 from streams.retention_partitions import Partition, Partitions, risk_model
 from streams.retention_review import Reviews
-from streams.retention_state import (DAY_S, TICK, OpenAction, RetentionStore, UserRow, budget_key, from_days,
+from streams.retention_state import (DAY_S, TICK, OpenAction, UserRow, budget_key, from_days,
                                      partition_budget_config, read_never_contact, to_days)
 from streams.edge import Decoder, Source, dead_letter
 from streams.pseudonyms import Pseudonyms
 from streams.events import DeadLetter, ErasureRequest, SessionEvent
+from streams.event_time import EventClock
+from streams.store import PartitionStore
 from streams.settings import PolicySettings, RetentionSettings, StoreSettings
 from streams.topics import Topics
 
@@ -92,7 +93,7 @@ class Outputs:
 class RetentionEngine(Reviews, ActionBook, Partitions):
     """Engagement features, churn risk, budgeted uplift decisions and delayed outcomes, per partition."""
 
-    def __init__(self, artifacts: RetentionArtifacts, store: RetentionStore, topics: Topics,
+    def __init__(self, artifacts: RetentionArtifacts, store: PartitionStore, topics: Topics,
                  settings: RetentionSettings, storage: StoreSettings,
                  policy: PolicySettings | None = None, never_contact: frozenset[str] | None = None,
                  pseudonyms: Pseudonyms | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -119,9 +120,8 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._epoch = artifacts.uplift.version.encode()
         self._parts: dict[int, Partition] = {}
         self._watermark: dict[int, float] = {}
-        self._skew_ref: dict[int, float] = {}  # latest accepted event time per partition, persisted
-        self._skew = storage.max_event_time_skew_s / DAY_S
-        self._clock = clock
+        # The skew rule's watermark per partition (days): the latest accepted event time, persisted.
+        self.event_time = EventClock(storage.max_event_time_skew_s, clock, unit_s=DAY_S)
         self._users: dict[str, UserRow] = {}
         self._dirty_users: set[str] = set()
         self._folds: list[tuple[str, float, int, float]] = []  # (user, t, kind, value) not yet folded
@@ -210,11 +210,11 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
                 continue
             t = to_days(event.event_time)
             if self._beyond_skew(msg.partition, t):
-                ref = self._skew_ref.get(msg.partition)
+                ref = self.event_time.mark(msg.partition)
                 mark = "none yet" if ref is None else from_days(ref).isoformat()
                 self._dead(out, dead_letter(msg.value or b"", source, "event_time_skew",
                                             f"event_time {event.event_time.isoformat()} is more than "
-                                            f"{self._skew * DAY_S:.0f} s ahead of partition {msg.partition}'s "
+                                            f"{self.event_time.max_skew * DAY_S:.0f} s ahead of partition {msg.partition}'s "
                                             f"watermark ({mark}) and of the wall clock"))
                 continue
             yield from self._advance(msg.partition, t, out)
@@ -316,18 +316,14 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
 
 
     def _beyond_skew(self, partition: int, t: float) -> bool:
-        """Whether event time ``t`` lies more than ``max_event_time_skew_s`` ahead of both the partition's
-        watermark (persisted, so a restart keeps it) and the wall clock; if not, ``t`` becomes the
-        partition's reference when it is newer."""
-        part = self._part(partition)
-        ref = self._skew_ref.get(partition, -math.inf)
-        if t <= ref:
-            return False
-        if t > max(ref, self._clock() / DAY_S) + self._skew:
+        """Whether event time ``t`` is too far ahead (``streams.event_time``: of both the partition's watermark,
+        persisted so a restart keeps it, and the wall clock); if not, ``t`` moves the watermark when newer."""
+        part = self._part(partition)  # loads the partition's persisted watermark first
+        if self.event_time.too_far(partition, t):
             self.counters["retention_event_time_skew"] += 1
             return True
-        self._skew_ref[partition] = t
-        part.watermark_dirty = True
+        if self.event_time.advance(partition, t):
+            part.watermark_dirty = True
         return False
 
 
@@ -385,9 +381,9 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
             if partition in self._legacy_budgets:
                 self.store.delete("partitions", budget_key(partition), partition)
                 self._legacy_budgets.discard(partition)
-            if part.watermark_dirty and partition in self._skew_ref:
-                self.store.put("partitions", f"watermark:{partition}", partition,
-                               TICK.pack(self._skew_ref[partition]))
+            mark = self.event_time.mark(partition)
+            if part.watermark_dirty and mark is not None:
+                self.store.put("partitions", f"watermark:{partition}", partition, TICK.pack(mark))
                 part.watermark_dirty = False
             if part.dirty and not part.reviewing:  # a restart in the middle of a review reviews again
                 if part.last_tick is not None:
@@ -443,7 +439,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self.flush(force=True)
         self._parts.clear()
         self._watermark.clear()
-        self._skew_ref.clear()
+        self.event_time.clear()
         self._open.clear()
         self._cached.clear()
         self._expiry.clear()

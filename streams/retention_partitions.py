@@ -17,7 +17,6 @@ but is left out.)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from policy.adapter import Adapter
@@ -60,7 +59,7 @@ class Partitions:
         tick = self.store.get("partitions", f"tick:{partition}", partition)
         mark = self.store.get("partitions", f"watermark:{partition}", partition)
         if mark is not None:
-            self._skew_ref[partition] = max(self._skew_ref.get(partition, -math.inf), TICK.unpack(mark)[0])
+            self.event_time.advance(partition, TICK.unpack(mark)[0])
         part = Partition(adapter, risk, budget, None if tick is None else TICK.unpack(tick)[0],
                           users=self._user_counts.get(partition, 0))
         self._parts[partition] = part

@@ -9,11 +9,9 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -23,34 +21,6 @@ from streams.settings import RetentionSettings
 
 DAY_S = 86400.0
 TABLES = ("users", "segments", "partitions", "actions")
-
-
-class RetentionStore(Protocol):
-    """Where retention state lives (Faust tables in production). Writes name the key's partition."""
-
-    def get(self, table: str, key: str, partition: int) -> bytes | None: ...
-    def put(self, table: str, key: str, partition: int, value: bytes) -> None: ...
-    def delete(self, table: str, key: str, partition: int) -> None: ...
-    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]: ...
-
-
-@dataclass
-class DictStore:
-    """A ``RetentionStore`` over dicts (tests, offline replays)."""
-
-    tables: dict[str, dict[str, bytes]] = field(default_factory=lambda: {t: {} for t in TABLES})
-
-    def get(self, table: str, key: str, partition: int) -> bytes | None:
-        return self.tables[table].get(key)
-
-    def put(self, table: str, key: str, partition: int, value: bytes) -> None:
-        self.tables[table][key] = value
-
-    def delete(self, table: str, key: str, partition: int) -> None:
-        self.tables[table].pop(key, None)
-
-    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        return iter([(k, v) for k, v in self.tables[table].items() if k.startswith(prefix)])
 
 
 # --- records ---------------------------------------------------------------------------------------

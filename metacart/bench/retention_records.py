@@ -43,7 +43,7 @@ def run(cfg: RecordsConfig = RecordsConfig(), out: Path | None = None) -> dict:
     from streams.ads_engine import RawMessage
     from streams.app import topics_for
     from streams.retention_engine import RetentionEngine, load_engine_artifacts
-    from streams.retention_state import DictStore
+    from streams.store import DictStore
     from streams.settings import Settings
 
     class CountingStore(DictStore):

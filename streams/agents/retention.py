@@ -8,8 +8,9 @@ driver); ``retention-users``, ``retention-segments`` and ``retention-actions`` a
 records of the format before blocks are read (and moved into blocks) after an upgrade.
 
 As in :mod:`streams.agents.ads`, Faust routes a table read or write to the RocksDB partition and the
-changelog partition of the *current event*; a batch spans partitions, so :class:`FaustStore` sets the
-current event to one from the key's own partition before each access.
+changelog partition of the *current event*; a batch spans partitions, so the shared
+:class:`streams.store.FaustStore` sets the current event to one from the key's own partition before each
+access.
 
 Ordering. When a batch emits actions the engine has already written its state (budgets included); the
 agent waits for Faust's producer to deliver those changelog writes, then sends actions and dead letters
@@ -31,14 +32,9 @@ import asyncio
 import logging
 import time
 import tracemalloc
-import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import faust
-from faust.streams import _current_event
 from rocksdict import DbClosedError
-from faust.types import EventT
 
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
 from streams.ads_engine import RawMessage
@@ -53,42 +49,11 @@ from streams.retention_engine import Outputs, RetentionEngine, load_engine_artif
 from streams.retention_state import TABLES
 from streams.pseudonyms import Pseudonyms
 from streams.settings import Settings
+from streams.store import FaustStore
 from streams.tables import tracked_table
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.retention")
-
-
-@dataclass
-class FaustStore:
-    """``RetentionStore`` over Faust tables, reading and writing each key under an event of its partition."""
-
-    tables: dict[str, faust.Table]
-    events: dict[int, EventT] = field(default_factory=dict)
-
-    def _within(self, partition: int) -> bool:
-        event = self.events.get(partition)
-        if event is None:
-            return False
-        _current_event.set(weakref.ref(event))
-        return True
-
-    def get(self, table: str, key: str, partition: int) -> bytes | None:
-        if not self._within(partition):
-            _current_event.set(None)  # no event of that partition yet: Faust then searches every partition
-        return self.tables[table].get(key.encode())
-
-    def put(self, table: str, key: str, partition: int, value: bytes) -> None:
-        if not self._within(partition):
-            raise RuntimeError(f"no event of partition {partition} to write {table}/{key} under")
-        self.tables[table][key.encode()] = value
-
-    def delete(self, table: str, key: str, partition: int) -> None:
-        if self._within(partition) and key.encode() in self.tables[table]:
-            del self.tables[table][key.encode()]
-
-    def items(self, table: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        return iter([(k.decode(), v) for k, v in list(self.tables[table].items()) if k.decode().startswith(prefix)])
 
 
 def install(app: faust.App, settings: Settings, topics: Topics,

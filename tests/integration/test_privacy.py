@@ -27,7 +27,8 @@ from streams.app import topics_for
 from streams.kafka_io import client_config, make_consumer
 from streams.pseudonyms import pseudonyms_for
 from streams.retention_blocks import BlockStore
-from streams.retention_state import TABLES, DictStore
+from streams.retention_state import TABLES
+from streams.store import DictStore
 from streams.settings import KafkaSettings, Settings, settings_env
 
 from .conftest import REPO, Reader, json_values, produce, start_worker

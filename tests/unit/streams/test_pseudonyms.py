@@ -14,7 +14,7 @@ from streams.edge import Source, dead_letter
 from streams.events import ID_PATTERN
 from streams.pseudonyms import PrivacyConfigError, Pseudonyms, pseudonyms_for, with_run_key
 from streams.retention_engine import RetentionEngine
-from streams.retention_state import DictStore
+from streams.store import DictStore
 from streams.settings import PolicySettings, Settings, StoreSettings
 from tests.unit.retention.test_decide import artifact, risk_model
 from tests.unit.streams.test_retention_engine import (TOPICS, _raw, actions, outcome, retention, session,

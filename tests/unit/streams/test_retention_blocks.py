@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from streams.exceptions import StateFormatError
 from streams.retention_blocks import BLOCK_PREFIX, BlockStore
 from streams.retention_engine import Outputs
-from streams.retention_state import TABLES, DictStore
+from streams.retention_state import TABLES
+from streams.store import DictStore
 from tests.unit.streams.test_retention_engine import actions, engine, outcome, session, stored, warm
 
 

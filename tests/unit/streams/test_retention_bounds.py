@@ -10,7 +10,8 @@ import pytest
 
 from streams.retention_blocks import BlockStore
 from streams.retention_engine import Outputs
-from streams.retention_state import DictStore, OpenAction
+from streams.retention_state import OpenAction
+from streams.store import DictStore
 from streams.settings import RetentionSettings
 from tests.unit.streams.test_retention_engine import (TOPICS, _raw, actions, engine, iso, outcome, session, stored,
                                                       warm)

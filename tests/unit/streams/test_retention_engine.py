@@ -17,7 +17,8 @@ from streams.ads_engine import RawMessage
 from streams.events import RetentionAction
 from streams.retention_blocks import BlockStore
 from streams.retention_engine import RetentionEngine
-from streams.retention_state import DictStore, decision_id, partition_budget_config
+from streams.retention_state import decision_id, partition_budget_config
+from streams.store import DictStore
 from streams.settings import PolicySettings, RetentionSettings, StoreSettings
 from streams.topics import Topics
 from tests.unit.retention.test_decide import artifact, risk_model
