@@ -51,7 +51,7 @@ from streams.ads_segments import SegmentCache
 from streams.event_time import EventClock
 from streams.pending import PendingBook
 from streams.store import PartitionStore
-from streams.edge import Decoder, Source, dead_letter, encode_one
+from streams.edge import Decoder, RawMessage, Source, dead_letter, encode_one
 from streams.pseudonyms import Pseudonyms
 from streams.events import (AdDecisionRecord, AdRequest, Click, DeadLetter, ExplanationRecord, Impression,
                             Purchase)
@@ -59,17 +59,6 @@ from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.ads.engine")
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    """One consumed message, as the engine needs it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass

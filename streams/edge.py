@@ -42,6 +42,17 @@ _ENCODER = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
+class RawMessage:
+    """One consumed message, as the engines need it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
 class Source:
     """Where a message came from: topic, partition, offset and the Kafka key (None: the message has none)."""
 

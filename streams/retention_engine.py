@@ -60,14 +60,13 @@ from policy.artifact import ArtifactError
 from policy.retention.artifacts import RetentionArtifacts
 from policy.retention.features import new_states, update_many
 from policy.retention.schema import PURCHASE, SESSION, EventBatch
-from streams.ads_engine import RawMessage
 from streams.retention_blocks import BlockStore
 from streams.retention_book import ActionBook, Close
 from streams.retention_partitions import Partition, Partitions, risk_model
 from streams.retention_review import Reviews
 from streams.retention_state import (DAY_S, TICK, OpenAction, UserRow, budget_key, from_days,
                                      partition_budget_config, read_never_contact, to_days)
-from streams.edge import Decoder, Source, dead_letter
+from streams.edge import Decoder, RawMessage, Source, dead_letter
 from streams.pseudonyms import Pseudonyms
 from streams.events import DeadLetter, ErasureRequest, SessionEvent
 from streams.event_time import EventClock

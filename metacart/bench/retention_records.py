@@ -40,7 +40,7 @@ class RecordsConfig:
 
 def run(cfg: RecordsConfig = RecordsConfig(), out: Path | None = None) -> dict:
     from metacart.bench.soak import SoakConfig, _Traffic, ensure_artifacts
-    from streams.ads_engine import RawMessage
+    from streams.edge import RawMessage
     from streams.app import topics_for
     from streams.retention_engine import RetentionEngine, load_engine_artifacts
     from streams.store import DictStore

@@ -20,12 +20,13 @@ import faust
 
 from policy.adapter import Adapter, check_serves
 from policy.artifact import PolicyArtifact
-from streams.ads_engine import AdsEngine, RawMessage
+from streams.ads_engine import AdsEngine
 from streams.ads_segments import SEGMENTS
 from streams.agents.delivery import Delivery
 from streams.agents import policy_watch
 from streams.agents.datapath import DataPath, process_batch
 from streams.app import TABLE_OPTIONS
+from streams.edge import RawMessage
 from streams.events import DeadLetter
 from streams.pseudonyms import Pseudonyms
 from streams.metrics import WorkerMetrics

@@ -45,8 +45,9 @@ from dataclasses import dataclass
 import faust
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
-from streams.ads_engine import AdsEngine, RawMessage
+from streams.ads_engine import AdsEngine
 from streams.agents.delivery import Delivery, ledger_group
+from streams.edge import RawMessage
 from streams.kafka_io import ensure_topics, make_consumer
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings

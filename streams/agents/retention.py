@@ -37,11 +37,11 @@ import faust
 from rocksdict import DbClosedError
 
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
-from streams.ads_engine import RawMessage
 from streams.agents import policy_watch
 from streams.agents.lifecycle import install_state_hooks
 from streams.agents.precommit import before_offsets_commit
 from streams.app import TABLE_OPTIONS
+from streams.edge import RawMessage
 from streams.events import DeadLetter
 from streams.kafka_io import make_producer
 from streams.metrics import WorkerMetrics

@@ -10,8 +10,9 @@ import numpy as np
 from hypothesis import given, settings as hsettings, strategies as st
 
 from policy.adapter import Adapter
-from streams.ads_engine import AdsEngine, RawMessage
+from streams.ads_engine import AdsEngine
 from streams.ads_segments import SEGMENTS
+from streams.edge import RawMessage
 from streams.store import DictStore
 from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings

@@ -11,8 +11,9 @@ import pytest
 
 from policy.adapter import Adapter, decode_state
 from policy.artifact import ArtifactError
-from streams.ads_engine import AdsEngine, RawMessage
+from streams.ads_engine import AdsEngine
 from streams.ads_segments import SEGMENTS
+from streams.edge import RawMessage
 from streams.store import DictStore
 from streams.ads_state import SegmentHead
 from streams.settings import AdsSettings, StoreSettings

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from policy.retention.artifacts import RetentionArtifacts
 from policy.retention.budget import MICRO, to_micro_down, to_micro_up
 from policy.retention.schema import RESERVE_COST, TREATMENTS
-from streams.ads_engine import RawMessage
+from streams.edge import RawMessage
 from streams.events import RetentionAction
 from streams.retention_blocks import BlockStore
 from streams.retention_engine import RetentionEngine
