@@ -24,6 +24,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from streams.ads_segments import SEGMENTS
 from streams.ads_state import Pending
 from streams.store import PartitionStore
 
@@ -103,7 +104,7 @@ class PendingBook:
 
     window_s: float
     max_open: int = 1_000_000
-    table: str = "ads-segments"  # where the blocks live, keys ``b:<block key>`` (beside the segment heads)
+    table: str = SEGMENTS  # where the blocks live, keys ``b:<block key>`` (beside the segment heads)
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _n_open: int = 0
     _deadlines: dict[int, list[tuple[float, str]]] = field(default_factory=dict)

@@ -8,8 +8,10 @@ traffic time (the worker's ``store.state_flush_interval_s``), so the count does 
 machine replays; a batch that emits actions flushes before returning, as in the worker. No outcomes are sent
 (the soak sends none): every window expires.
 
-It also runs on older trees (it uses only the engine's public constructor and ``process_many``), so the same
-command measures before and after a change: ``PYTHONPATH=OLD_TREE python metacart/bench/retention_records.py``.
+It uses only the engine's public constructor and ``process_many``, so the same command measures before and
+after a change of the engine: ``PYTHONPATH=OTHER_TREE python metacart/bench/retention_records.py`` (its imports
+follow this tree's layout: ``streams.store``, ``streams.edge.RawMessage``; README's "before" figure was taken
+on 293c324 with the layout of that commit).
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-DAY_S = 86400.0
-
 
 @dataclass(frozen=True)
 class RecordsConfig:
@@ -43,6 +42,7 @@ def run(cfg: RecordsConfig = RecordsConfig(), out: Path | None = None) -> dict:
     from streams.edge import RawMessage
     from streams.app import topics_for
     from streams.retention_engine import RetentionEngine, load_engine_artifacts
+    from streams.retention_state import DAY_S
     from streams.store import DictStore
     from streams.settings import Settings
 
