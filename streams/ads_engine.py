@@ -51,7 +51,7 @@ from streams.ads_segments import SegmentCache
 from streams.event_time import EventClock
 from streams.pending import PendingBook
 from streams.store import PartitionStore
-from streams.edge import Decoder, RawMessage, Source, dead_letter, encode_one
+from streams.edge import Decoder, RawMessage, dead_letter, encode_one
 from streams.pseudonyms import Pseudonyms
 from streams.events import (AdDecisionRecord, AdRequest, Click, DeadLetter, ExplanationRecord, Impression,
                             Purchase)
@@ -108,8 +108,8 @@ class AdsEngine:
         if self._rebuild_needed:
             self._rebuild()
         requests: list[tuple[AdRequest, RawMessage]] = []
+        requests_topic = self.topics.ad_requests.name
         for msg in messages:
-            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
             tp = (msg.topic, msg.partition)
             at = self.positions.get(tp)
             if at is None:
@@ -122,35 +122,37 @@ class AdsEngine:
                 log.warning("%s[%d]: offsets %d..%d skipped", tp[0], tp[1], at, msg.offset - 1)
             self.positions[tp] = msg.offset + 1
             replayed = msg.offset < self.ledger.get(tp, -1)
-            if msg.topic == self.topics.ad_requests.name:
-                event = self._requests.decode_one(msg.value, source)
+            if msg.topic == requests_topic:
+                event = self._requests.decode_one(msg.value, msg)  # a RawMessage names its own source
                 if replayed:
                     self._skip(msg.partition, event)
                     continue
                 if isinstance(event, DeadLetter):
                     self._dead(out, event)
                     continue
-                if self._beyond_skew(msg.partition, event, msg, out):
+                t = event.event_time.timestamp()
+                if self._beyond_skew(msg.partition, event, t, msg, out):
                     continue
                 if self.pseudonyms is not None:
                     event = self.pseudonyms.event_one(event)
-                self.event_time.advance(msg.partition, _epoch(event.event_time))
+                self.event_time.advance(msg.partition, t)
                 requests.append((event, msg))
             else:
                 # Feedback may refer to a request of this same batch: decide what came before it first.
                 if requests:
                     self._decide(requests, out)
                     requests = []
-                event = self._feedback.decode_one(msg.value, source)
+                event = self._feedback.decode_one(msg.value, msg)
                 if replayed:
                     self._skip(msg.partition, event)
                     continue
                 if isinstance(event, DeadLetter):
                     self._dead(out, event)
                     continue
-                if self._beyond_skew(msg.partition, event, msg, out):
+                t = event.event_time.timestamp()
+                if self._beyond_skew(msg.partition, event, t, msg, out):
                     continue
-                self.event_time.advance(msg.partition, _epoch(event.event_time))
+                self.event_time.advance(msg.partition, t)
                 self._feedback_one(event)
         if requests:
             self._decide(requests, out)
@@ -185,7 +187,6 @@ class AdsEngine:
         by_k: dict[int, list[tuple[AdRequest, RawMessage, list[list[float]]]]] = {}
         seen: set[str] = set()
         for req, msg in requests:
-            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
             known = self.book.known(req.request_id)
             if known is not None and known.offset == msg.offset and known.partition == msg.partition:
                 # Replayed after a crash between the state flush and the commit: the same decision again.
@@ -195,12 +196,12 @@ class AdsEngine:
                 continue
             if known is not None or req.request_id in seen:
                 self.counters["duplicate_requests"] += 1
-                self._dead(out, dead_letter(msg.value or b"", source, "duplicate_request",
+                self._dead(out, dead_letter(msg.value or b"", msg, "duplicate_request",
                                             f"request id {req.request_id} was already decided"))
                 continue
             features = [c.features for c in req.candidates]
             if len(req.context) != dx or any(len(f) != da for f in features):
-                self._dead(out, dead_letter(msg.value or b"", source, "invalid", _shape_problem(req, dx, da)))
+                self._dead(out, dead_letter(msg.value or b"", msg, "invalid", _shape_problem(req, dx, da)))
                 continue
             seen.add(req.request_id)
             by_k.setdefault(len(features), []).append((req, msg, features))
@@ -226,8 +227,7 @@ class AdsEngine:
         _, msg, _ = group[0]
         self.counters["serving_failed"] += 1
         reason = f"deciding failed under policy {self.adapter.version}: {type(error).__name__}: {error}"
-        self._dead(out, dead_letter(msg.value or b"", Source(msg.topic, msg.partition, msg.offset, msg.key),
-                                    "serving_failed", reason))
+        self._dead(out, dead_letter(msg.value or b"", msg, "serving_failed", reason))
 
     def _decide_group(self, group: list[tuple[AdRequest, RawMessage, list[list[float]]]], out: Outputs,
                       now: datetime) -> None:
@@ -345,16 +345,16 @@ class AdsEngine:
 
     # --- event time ------------------------------------------------------------------------------
 
-    def _beyond_skew(self, partition: int, event: AdRequest | Impression | Click | Purchase, msg: RawMessage,
-                     out: Outputs) -> bool:
-        """Dead-letter (``event_time_skew``, counted) an event too far ahead; it moves no watermark."""
-        if not self.event_time.too_far(partition, _epoch(event.event_time)):
+    def _beyond_skew(self, partition: int, event: AdRequest | Impression | Click | Purchase, t: float,
+                     msg: RawMessage, out: Outputs) -> bool:
+        """Dead-letter (``event_time_skew``, counted) an event too far ahead (at ``t``, epoch seconds); it
+        moves no watermark."""
+        if not self.event_time.too_far(partition, t):
             return False
         self.counters["event_time_skew"] += 1
         mark = self.event_time.mark(partition)
         seen = "none yet" if mark is None else datetime.fromtimestamp(mark, timezone.utc).isoformat()
-        self._dead(out, dead_letter(msg.value or b"", Source(msg.topic, msg.partition, msg.offset, msg.key),
-                                    "event_time_skew",
+        self._dead(out, dead_letter(msg.value or b"", msg, "event_time_skew",
                                     f"event_time {event.event_time.isoformat()} is more than {self.event_time.max_skew:.0f} s "
                                     f"ahead of partition {partition}'s watermark ({seen}) and of the wall clock"))
         return True

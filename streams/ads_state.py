@@ -31,9 +31,10 @@ _HEADER = struct.Struct("<BdidBqHdddIddHHHH")
 _VERSION = 2
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Pending:
-    """A decision waiting for its reward.
+    """A decision waiting for its reward. Never changed in place once made (``with_click`` and ``with_value``
+    return new ones); not frozen only because a frozen dataclass costs 1.5 µs more to build, once per decision.
 
     Attributes
     ----------
