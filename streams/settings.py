@@ -141,8 +141,10 @@ class AdsSettings(BaseModel):
     value_weight: float = Field(0.0, ge=0.0, description="reward = click + value_weight * purchase value")
     batch_max: int = Field(1024, ge=1, description="most requests decided in one kernel call")
     batch_within_s: float = Field(
-        0.01, gt=0, description="longest wait to fill a batch (bench stream: 10 ms vs 5 ms, batches of ~80 "
-        "instead of ~30 at saturation, ~20 % less CPU per decision)")
+        0.01, gt=0, description="longest wait for a message when none is queued; a batch is what the "
+        "consumer holds, up to batch_max, taken without waiting (bench stream at saturation: batches of 786-826 "
+        "requests, 79-83 µs CPU per decision, against 660-892 and 82-91 µs when every fetch waited this long "
+        "to fill a batch; at 1,000/s request to decided_at p50 2.1-4.5 ms against 10.4-13.4 ms)")
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
     max_open_decisions: int = Field(
         1_000_000, ge=1, description="open attribution windows kept; beyond it the oldest close early")

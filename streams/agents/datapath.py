@@ -275,7 +275,7 @@ class DataPath:
 
     async def _step_once(self) -> None:
         loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(self._executor, self.consumer.consume, self.batch_max, self.within_s)
+        messages = await loop.run_in_executor(self._executor, self._fetch)
         batch: list[RawMessage] = []
         requests = self.topics.ad_requests.name
         times: list[float] = []
@@ -289,6 +289,20 @@ class DataPath:
                 times.append(m.timestamp()[1] / 1e3)
         if batch:
             process_batch(self.engine, self.delivery, batch, self.metrics, times)
+
+
+    def _fetch(self) -> list[Message]:
+        """What the consumer holds now, up to ``batch_max``, without waiting; when it holds nothing, the first
+        message to arrive within ``batch_within_s`` and whatever came with it. Under load the consumer's
+        queue (``queued.min.messages`` = ``batch_max``) fills batches; at low load a request is decided as
+        soon as it is fetched instead of waiting out the window."""
+        messages = self.consumer.consume(self.batch_max, 0)
+        if messages:
+            return messages
+        first = self.consumer.poll(self.within_s)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(self.batch_max - 1, 0)]
 
 
 def _check(msg: Message) -> None:
