@@ -6,6 +6,7 @@ Public API (contracts pinned in ``docs/ARCHITECTURE.md``):
 - :func:`update_one`, :func:`update_many` - rank-1 posterior updates of a segment's linear head.
 - :func:`thompson_one`, :func:`ucb_one`, :func:`decide_many` - eps-mixed decisions with propensities.
 - :func:`warm_up` - compile everything before taking traffic.
+- :func:`kernels.rng.standard_normals` - numpy's standard normals, filled in numba (Thompson draws).
 
 Readable numpy versions of each kernel live in :mod:`kernels.reference`.
 """

@@ -9,6 +9,7 @@ import numpy as np
 from kernels.glm import BERNOULLI, GAUSSIAN, glm_decide_many, glm_update_many, item_offsets
 from kernels.mlp import phi_many
 from kernels.posterior import update_many, update_one
+from kernels.rng import standard_normals
 from kernels.scoring import decide_many, thompson_one, ucb_one
 
 
@@ -49,4 +50,5 @@ def warm_up(dtypes: tuple[type, ...] = (np.float32, np.float64)) -> float:
                         np.ones((2, n_draws, kk), dtype=dt), np.full((2, 2), 0.5), 0.1, 1.0)
         for lik in (GAUSSIAN, BERNOULLI):
             glm_update_many(P, m, seg, phis, ids[:, 0].copy(), np.zeros(2), 0.1, tables, np.ones(2, dtype=dt), lik)
+    standard_normals(np.random.default_rng(0), np.empty(2))
     return time.perf_counter() - start

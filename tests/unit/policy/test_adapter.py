@@ -165,3 +165,32 @@ def test_wrong_inputs_are_refused(artifact: PolicyArtifact) -> None:
         adapter.learn_many([0], np.ones((1, D + 1)), np.ones(1))
     with pytest.raises(ArtifactError):
         Adapter("not an artifact")  # type: ignore[arg-type]
+
+
+def test_thompson_draws_are_the_generators_standard_normals_then_its_uniforms(artifact: PolicyArtifact) -> None:
+    """The draws come from the policy's generator in numpy's order (normals of the whole batch, then its
+    uniforms), whether they fill the reused buffer or, past it, an array of their own."""
+    from kernels.glm import glm_decide_many
+    from policy import adapter as adapter_module
+
+    ctx, cand = requests(np.random.default_rng(5), 9)
+    for buffer in (adapter_module.NORMALS_BUFFER, 8):
+        saved = adapter_module.NORMALS_BUFFER
+        adapter_module.NORMALS_BUFFER = buffer
+        try:
+            adapter = Adapter(artifact, eps=0.1, n_draws=16, seed=4)
+            first = adapter.decide_many(np.arange(9) % 2, ctx, cand)
+            second = adapter.decide_many(np.arange(9) % 2, ctx, cand)  # the buffer is reused
+        finally:
+            adapter_module.NORMALS_BUFFER = saved
+        rng = np.random.default_rng(4)
+        phis = adapter.phi_many(ctx, cand)
+        fresh = Adapter(artifact, eps=0.1, n_draws=16, seed=4)
+        slots = fresh._slots_for(np.arange(9) % 2)
+        zeros = np.zeros((9, K))
+        for got in (first, second):
+            normals, uniforms = rng.standard_normal((9, 16, K)), rng.random((9, 2))
+            choices, props, _ = glm_decide_many(phis, fresh._P[:2], fresh._m[:2], slots, np.full(9, K),
+                                                zeros, zeros, normals, uniforms, 0.1, fresh.scale)
+            np.testing.assert_array_equal(got.choices, choices)
+            np.testing.assert_array_equal(got.propensities, props)
