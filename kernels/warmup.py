@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from kernels.glm import BERNOULLI, GAUSSIAN, glm_decide_many, glm_update_many, item_offsets
-from kernels.mlp import phi_many
+from kernels.mlp import features_into, phi_many
 from kernels.posterior import update_many, update_one
 from kernels.rng import standard_normals
 from kernels.scoring import decide_many, thompson_one, ucb_one
@@ -51,4 +51,7 @@ def warm_up(dtypes: tuple[type, ...] = (np.float32, np.float64)) -> float:
         for lik in (GAUSSIAN, BERNOULLI):
             glm_update_many(P, m, seg, phis, ids[:, 0].copy(), np.zeros(2), 0.1, tables, np.ones(2, dtype=dt), lik)
     standard_normals(np.random.default_rng(0), np.empty(2))
+    for raw in (0, 3):  # float64 only: the adapter's deciding path
+        features_into(np.ones((1, 1)), np.ones((1, 2, 2)), np.ones((3, 2)), np.zeros(2), np.ones((2, 2)),
+                      np.zeros(2), np.zeros(raw), np.ones(raw), np.empty((1, 2, 3 + raw)))
     return time.perf_counter() - start

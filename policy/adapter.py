@@ -35,6 +35,7 @@ import numpy as np
 
 import kernels
 from kernels.glm import BERNOULLI, GAUSSIAN, glm_decide_many, glm_update_many, item_offsets
+from kernels.mlp import features_into
 from kernels.rng import standard_normals
 from policy.artifact import ArtifactError, PolicyArtifact
 from policy.exceptions import PolicyError
@@ -44,6 +45,9 @@ STATE_MAGIC = b"MCPS"
 NORMALS_BUFFER = 1 << 20
 """Most Thompson normals (float64) a policy keeps in its reused buffer (8 MB; ~1,600 ad requests of 10
 candidates and 64 draws); a larger batch draws into an array of its own."""
+PHI_BUFFER = 1 << 20
+"""Most feature values (float64) an adapter keeps in its reused buffer for deciding (8 MB; ~2,200 ad
+requests of 10 candidates at d = 46)."""
 STATE_LAYOUT = 2
 _HEADER = struct.Struct("<4sHHq")
 _ITEMS = struct.Struct("<H")
@@ -173,6 +177,11 @@ class SegmentBandit:
     def _features(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """float64[B, K, d] features of every candidate."""
         raise NotImplementedError
+
+    def _features_for_deciding(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """``_features`` for :meth:`decide_many`, which reads them and keeps none: they may live in a buffer
+        that the next call overwrites."""
+        return self._features(context, candidates)
 
     def _item_prior_means(self, items: np.ndarray) -> np.ndarray:
         """Prior mean of the per-item term of each id (override: the artifact's pooled offsets)."""
@@ -305,7 +314,7 @@ class SegmentBandit:
                 f"batch sizes disagree: segments {len(segments)}, context {context.shape}, "
                 f"candidates {candidates.shape}"
             )
-        return self.decide_phis(segments, self._features(context, candidates), k_valid, items)
+        return self.decide_phis(segments, self._features_for_deciding(context, candidates), k_valid, items)
 
     def decide_phis(
         self,
@@ -566,7 +575,7 @@ class Adapter(SegmentBandit):
     ) -> None:
         if not isinstance(artifact, PolicyArtifact):
             raise ArtifactError("Adapter needs a PolicyArtifact (use PolicyArtifact.load(path))")
-        self.artifact = artifact
+        self._take_artifact(artifact)
         self.prior_scale = float(prior_scale)
         serving = artifact.meta.serving
         super().__init__(
@@ -585,6 +594,14 @@ class Adapter(SegmentBandit):
             item_prior_var=artifact.item_prior_var,
         )
 
+    def _take_artifact(self, artifact: PolicyArtifact) -> None:
+        self.artifact = artifact
+        none = np.empty(0)
+        self._weights64 = tuple(np.ascontiguousarray(w, dtype=np.float64) for w in (
+            artifact.w1, artifact.b1, artifact.w2, artifact.b2,
+            none if not artifact.meta.d_raw else artifact.raw_mean, none if not artifact.meta.d_raw else artifact.raw_sd))
+        self._phi_buf = np.empty(0)
+
     def _item_prior_means(self, items: np.ndarray) -> np.ndarray:
         return self.artifact.item_prior_means(items)
 
@@ -601,6 +618,27 @@ class Adapter(SegmentBandit):
             raw = raw_features(u, a.meta.dx, a.raw_mean, a.raw_sd, a.meta.raw_interactions)
             phi = np.concatenate([phi[:, :-1], raw, phi[:, -1:]], axis=1)
         return phi.reshape(candidates.shape[0], candidates.shape[1], self.d)
+
+    def _features_for_deciding(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The same numbers as ``_features`` from one fused kernel (``kernels.mlp.features_into``: no input
+        rows, no concatenation) into a buffer reused by the next call while it is at most ``PHI_BUFFER``
+        long; the general path for raw interactions and inputs that are not float64."""
+        a = self.artifact
+        if (a.meta.raw_interactions or context.dtype != np.float64 or candidates.dtype != np.float64
+                or context.ndim != 2 or candidates.ndim != 3 or context.shape[1] != a.meta.dx
+                or candidates.shape[2] != a.meta.da):
+            return self._features(context, candidates)
+        bsz, kk = candidates.shape[0], candidates.shape[1]
+        n = bsz * kk * self.d
+        if n > PHI_BUFFER:
+            out = np.empty(n)
+        else:
+            if self._phi_buf.shape[0] < n:
+                self._phi_buf = np.empty(min(max(n, 2 * self._phi_buf.shape[0]), PHI_BUFFER))
+            out = self._phi_buf[:n]
+        w1, b1, w2, b2, raw_mean, raw_sd = self._weights64
+        return features_into(np.ascontiguousarray(context), np.ascontiguousarray(candidates),
+                             w1, b1, w2, b2, raw_mean, raw_sd, out.reshape(bsz, kk, self.d))
 
     def phi_many(self, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """float64[B, K, d] artifact features of every candidate."""
@@ -638,7 +676,7 @@ class Adapter(SegmentBandit):
                 and np.array_equal(artifact.raw_sd, self.artifact.raw_sd))
         )
         keep = posteriors == "keep" or (posteriors == "auto" and same_phi and same_head)
-        self.artifact = artifact
+        self._take_artifact(artifact)
         self.version = artifact.version
         self._set_prior(artifact.prior_mean, self.prior_scale * artifact.prior_cov, artifact.noise_var)
         self.likelihood = artifact.meta.likelihood

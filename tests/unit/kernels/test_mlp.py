@@ -49,3 +49,41 @@ def test_tanh_is_accurate_over_its_whole_range():
     np.testing.assert_allclose(got, want, rtol=1e-15, atol=4e-16)
     assert np.all(np.abs(got) <= 1.0)
     np.testing.assert_array_equal(np.sign(got), np.sign(want))
+
+
+@pytest.mark.parametrize("raw", [False, True])
+@pytest.mark.parametrize("bsz, kk", [(0, 3), (1, 1), (23, 7)])
+def test_features_into_is_phi_many_with_the_raw_skip_to_the_last_bit(raw, bsz, kk):
+    from kernels.mlp import features_into
+    from policy.features import build_inputs, raw_features
+
+    rng = np.random.default_rng(bsz + kk)
+    dx, da, hidden, d_out = 4, 3, 16, 5
+    context, candidates = rng.standard_normal((bsz, dx)), rng.standard_normal((bsz, kk, da))
+    w = _weights(rng, dx + da, hidden, d_out, np.float64)
+    mean, sd = (rng.standard_normal(dx + da), rng.uniform(0.5, 2, dx + da)) if raw else (np.empty(0), np.empty(0))
+    u = build_inputs(context, candidates)
+    phi = phi_many(u, *w)
+    parts = [phi[:, :-1]] + ([raw_features(u, dx, mean, sd, False)] if raw else []) + [phi[:, -1:]]
+    want = np.concatenate(parts, axis=1).reshape(bsz, kk, d_out + (dx + da if raw else 0) + 1)
+    out = np.full(want.shape, np.nan)
+    got = features_into(context, candidates, *w, mean, sd, out)
+    assert got is out
+    np.testing.assert_array_equal(got, want)
+
+
+def test_features_into_refuses_what_does_not_fit():
+    from kernels import KernelInputError
+    from kernels.mlp import features_into
+
+    rng = np.random.default_rng(0)
+    w = _weights(rng, 5, 4, 3, np.float64)
+    ctx, cand, none = np.ones((2, 2)), np.ones((2, 3, 3)), np.empty(0)
+    with pytest.raises(KernelInputError, match="out must have shape"):
+        features_into(ctx, cand, *w, none, none, np.empty((2, 3, 5)))
+    with pytest.raises(KernelInputError, match="rows"):
+        features_into(np.ones((3, 2)), cand, *w, none, none, np.empty((2, 3, 4)))
+    with pytest.raises(KernelInputError, match="raw_mean and raw_sd"):
+        features_into(ctx, cand, *w, np.ones(4), np.ones(4), np.empty((2, 3, 8)))
+    with pytest.raises(KernelInputError, match="float64"):
+        features_into(ctx.astype(np.float32), cand, *w, none, none, np.empty((2, 3, 4)))

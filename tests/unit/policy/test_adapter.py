@@ -194,3 +194,20 @@ def test_thompson_draws_are_the_generators_standard_normals_then_its_uniforms(ar
                                                 zeros, zeros, normals, uniforms, 0.1, fresh.scale)
             np.testing.assert_array_equal(got.choices, choices)
             np.testing.assert_array_equal(got.propensities, props)
+
+
+def test_deciding_through_the_fused_features_is_deciding_on_phi_many(artifact: PolicyArtifact) -> None:
+    """``decide_many`` computes features with one fused kernel into a reused buffer; the decisions are those
+    of ``decide_phis`` on the public ``phi_many``, and a later call does not change an earlier result."""
+    ctx, cand = requests(np.random.default_rng(6), 12)
+    fused, general = Adapter(artifact, eps=0.1, n_draws=16, seed=2), Adapter(artifact, eps=0.1, n_draws=16, seed=2)
+    segments = np.arange(12) % 3
+    first = fused.decide_many(segments, ctx, cand)
+    kept = first.phis_chosen.copy()
+    for got in (first, fused.decide_many(segments, ctx * 2, cand)):
+        want = general.decide_phis(segments, general.phi_many(ctx if got is first else ctx * 2, cand))
+        np.testing.assert_array_equal(got.choices, want.choices)
+        np.testing.assert_array_equal(got.propensities, want.propensities)
+        np.testing.assert_array_equal(got.phis_chosen, want.phis_chosen)
+        np.testing.assert_array_equal(got.prior_scores, want.prior_scores)
+    np.testing.assert_array_equal(first.phis_chosen, kept)
