@@ -15,8 +15,9 @@ access.
 Ordering. When a batch emits actions the engine has already written its state (budgets included); the
 agent waits for Faust's producer to deliver those changelog writes, then sends actions and dead letters
 through a confluent-kafka producer and waits for them, and only then lets the batch be acknowledged. A
-crash can therefore lose an action (its window then expires as "not retained") but never repeat a
-contact the budget did not account for. A batch that reviews runs as
+crash in between cannot lose an action: each one waits in the state's outbox until it is delivered, and
+after a restore the actions found there that ``retention-actions`` does not hold are sent again
+(:mod:`streams.agents.retention_outbox`); a contact the budget did not account for is never sent. A batch that reviews runs as
 :meth:`RetentionEngine.process_steps`: at each pause (every ``retention.review_step`` actions, state written)
 the agent delivers that changelog through ``app.producer.flush`` (with the ads agent, its commit) before
 going on, so one review never queues tens of thousands of changelog records in front of the ads commit.
@@ -40,6 +41,7 @@ from policy.retention.artifacts import RetentionArtifacts, check_serves, load_ar
 from streams.agents import policy_watch
 from streams.agents.lifecycle import install_state_hooks
 from streams.agents.precommit import before_offsets_commit
+from streams.agents.retention_outbox import resend_unsent
 from streams.app import TABLE_OPTIONS
 from streams.edge import RawMessage
 from streams.events import DeadLetter
@@ -91,6 +93,15 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 msg = event.message
                 store.events[msg.partition] = event
                 batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            engine.restore()  # after a start or a rebalance: the state as stored, its outbox included
+            unsent = engine.unsent(store.events.keys())  # partitions with an event to write under
+            if unsent:  # decided before a crash, delivery never confirmed: sent again unless already in the topic
+                found, sent = await loop.run_in_executor(None, resend_unsent, settings.kafka, output,
+                                                         topics.retention_actions.name, unsent)
+                engine.sent_all(store.events.keys())
+                engine.counters["retention_outbox_found"] += found
+                engine.counters["retention_outbox_resent"] += sent
+                log.warning("retention outbox after a restore: %d actions already sent, %d sent again", found, sent)
             out = Outputs()
             busy = 0.0
             t0 = time.perf_counter()
@@ -112,6 +123,10 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 metrics.observe_batch("retention", busy)
             if out.actions:
                 await app.producer.flush()  # the state behind these actions is in the changelogs first
+            if engine.partitions_moved():  # a rebalance meanwhile: whoever holds the partitions now sends them
+                engine.counters["retention_actions_left_in_outbox"] += len(out.actions)
+                out.actions.clear()
+                out.action_partitions.clear()
             for (key, value), partition in zip(out.actions, out.action_partitions):
                 output.produce(topics.retention_actions.name, key=key, value=value, partition=partition)
             for key, value in out.dead_letters:
@@ -121,6 +136,8 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 if left:
                     raise RuntimeError(f"{left} retention outputs not delivered in 30 s; "
                                        "not acknowledging the batch")
+            if out.actions:  # delivered: their outbox entries go at the next flush (every other entry of these
+                engine.sent_all(store.events.keys())  # partitions was sent again before the batch)
 
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)
 
