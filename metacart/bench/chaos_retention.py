@@ -235,16 +235,35 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
     traffic = _Traffic(cfg.users)
     workers: list[WorkerProcess] = []
 
+    alive: list[WorkerProcess] = []  # the workers that should be running
+    exits = 0
+
     def start(name: str) -> WorkerProcess:
         ws = s.model_copy(deep=True)
         ws.store.data_dir = workdir / f"{tag}-{fault}-{name}"
         w = WorkerProcess(ws, workdir / f"{tag}-{fault}-{name}.log").start()
         workers.append(w)
+        alive.append(w)
         return w
+
+    def kill(w: WorkerProcess) -> None:
+        alive.remove(w)
+        w.kill()
+
+    def supervised(predicate):
+        """``predicate``, after restarting (as a supervisor would) a worker that exited by itself."""
+        def check() -> bool:
+            nonlocal exits
+            for w in [w for w in alive if not w.alive()]:
+                alive.remove(w)
+                exits += 1
+                start(f"x{exits}")
+            return predicate()
+        return check
 
     def more(n: int, what: str) -> None:
         target = traffic.seen + n
-        _wait(lambda: traffic.seen >= target, cfg.timeout_s, what, workers)
+        _wait(supervised(lambda: traffic.seen >= target), cfg.timeout_s, what, workers)
 
     done = threading.Event()
     feeder = threading.Thread(target=_feed, args=(s.kafka, topics, traffic, cfg, t0, raw_of, done), daemon=True)
@@ -261,7 +280,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
         more(cfg.between_faults, f"{cfg.between_faults} actions")
         if fault == "retention_kill9x3":
             for i in range(3):
-                workers[-1].kill()
+                kill(alive[-1])
                 start(f"w{i + 1}")
                 more(cfg.between_faults, "actions after the restart")
         else:
@@ -269,7 +288,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
             more(cfg.between_faults, "actions with two workers")
             _wait(lambda: _has_assignment(second), cfg.timeout_s, "the second worker's assignment", workers)
             time.sleep(2.0)
-            first.kill()
+            kill(first)
             more(cfg.between_faults, "actions after the rebalance")
         time.sleep(cfg.after_s)
         traffic.stop.set()
@@ -277,12 +296,13 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
         elapsed = time.monotonic() - t_start
         due = _due(traffic)
         # From here on a timeout is a result (counted), not an error.
-        _wait(lambda: due <= traffic.actions.keys(), cfg.timeout_s, "an action for every due review", workers, missed)
+        _wait(supervised(lambda: due <= traffic.actions.keys()), cfg.timeout_s, "an action for every due review",
+              workers, missed)
         time.sleep(1.0)
         done.set()
         feeder.join(60)
         for topic in (topics.sessions.name, topics.retention_outcomes.name):
-            _wait(lambda: _offsets_done(s.kafka, s.worker_id, topic, parts), cfg.timeout_s,
+            _wait(supervised(lambda: _offsets_done(s.kafka, s.worker_id, topic, parts)), cfg.timeout_s,
                   f"every message of {topic} consumed", workers, missed)
         by_outcome = learned(s.kafka, changelog)
         # Closing: one session per user far ahead expires every open window and evicts every user.
@@ -292,7 +312,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
             key, value = _session(u, t0 + close_day * DAY + u, cfg, tag, cfg.max_sessions + u)
             producer.produce(topics.sessions.name, key=key, value=value)
         producer.flush(30)
-        _wait(lambda: _offsets_done(s.kafka, s.worker_id, topics.sessions.name, parts), cfg.timeout_s,
+        _wait(supervised(lambda: _offsets_done(s.kafka, s.worker_id, topics.sessions.name, parts)), cfg.timeout_s,
               "the closing sessions consumed", workers, missed)
         time.sleep(1.0)
         final = learned(s.kafka, changelog)
@@ -303,7 +323,8 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
             w.stop()
     result = _account(fault, due, traffic, by_outcome, final, elapsed)
     result["timed_out"] = missed
-    result["worker_restarts"] = len(workers) - 1 if fault == "retention_kill9x3" else 0
+    result["worker_restarts"] = exits  # workers that exited by themselves (restarted), beyond the fault's own
+    result["workers"] = len(workers)
     return result
 
 
