@@ -14,6 +14,9 @@ is visible. Mid-stream the fault is injected:
 - ``broker_restart``: the broker is stopped and started again (a worker that died meanwhile is
   restarted, as a supervisor would).
 
+- ``retention_kill9x3`` / ``retention_rebalance_sigkill``: the retention agent's faults, with their own
+  traffic and accounting (:mod:`metacart.bench.chaos_retention`; the same JSON keys, mapped there).
+
 Then every request must have a decision; once the workers have consumed every click, one late request
 per segment closes every attribution window, and the segments' head records are read back from the
 table changelog. Per request id: decisions seen (0 = ``no_decision``, > 1 = ``multi_decision``, with a

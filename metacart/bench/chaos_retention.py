@@ -32,7 +32,13 @@ lists the first (user, review day) pairs without an action instead.
 
 Faults: ``retention_kill9x3`` (SIGKILL three times, each replacement with an empty data directory, its
 state restored from the changelogs) and ``retention_rebalance_sigkill`` (a second worker joins, then the
-first is killed with SIGKILL).
+first is killed with SIGKILL). A worker that exits by itself (the retention agent exits when its input
+skipped messages, :mod:`streams.agents.retention`) is restarted, as a supervisor would, and counted in
+``worker_restarts``; ``workers`` counts every worker process of the run.
+
+Traffic: ``users`` users in ``segments`` segments send ``session_start`` events in turn at ``rate`` per
+second, event time advancing one day every ``sessions_per_day`` events; reviews are daily, so each day
+decides every user once (``users`` decisions a day). Event time starts four years before the wall clock.
 """
 
 from __future__ import annotations
@@ -211,6 +217,8 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
     """One retention run with ``fault`` injected; returns its accounting (see the module docstring)."""
     if fault not in RETENTION_FAULTS:
         raise ValueError(f"unknown retention fault {fault!r}; choose from {', '.join(RETENTION_FAULTS)}")
+    if not Path(base.retention.artifact).exists():
+        raise FileNotFoundError(f"no retention artifact at {base.retention.artifact} (METACART_RETENTION__ARTIFACT)")
     if cfg.users > cfg.sessions_per_day:
         raise ValueError("every user must have a session on day 0: users <= sessions_per_day")
     tag = uuid.uuid4().hex[:8]
