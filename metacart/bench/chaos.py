@@ -453,7 +453,12 @@ def run(settings: Settings, faults: list[str], workdir: Path, out: Path | None =
     console = Console()
     runs = []
     for i, fault in enumerate(faults):
-        console.print(f"[bold]bench chaos[/]: {fault} at {cfg.rate:.0f} requests/s ...")
+        load = f"{cfg.rate:.0f} requests/s"
+        if fault in RETENTION_FAULTS:
+            from metacart.bench.chaos_retention import RetentionChaosConfig
+
+            load = f"{RetentionChaosConfig().rate:.0f} sessions/s"
+        console.print(f"[bold]bench chaos[/]: {fault} at {load} ...")
         runs.append(run_fault(settings, fault, Path(workdir), cfg, seed=i))
         console.print(runs[-1])
         if out is not None:  # a later fault that fails keeps the runs before it
