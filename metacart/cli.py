@@ -687,8 +687,11 @@ def bench_logs(
 def bench_chaos(
     out: Optional[Path] = typer.Option(None, help="JSON output"),
     faults: str = typer.Option("kill9x3,rebalance_sigterm,rebalance_sigkill,broker_restart",
-                               help="comma-separated faults (broker_restart stops the local broker launcher's broker)"),
-    rate: float = typer.Option(1000.0, help="offered ad requests per second"),
+                               help="comma-separated faults of kill9x3, rebalance_sigterm, rebalance_sigkill, "
+                               "rebalance_chain, broker_restart (stops the local broker launcher's broker), "
+                               "retention_kill9x3, retention_rebalance_sigkill (the retention agent)"),
+    rate: float = typer.Option(1000.0, help="offered ad requests per second (the retention faults offer "
+                               "their own 400 sessions/s)"),
     workdir: Path = typer.Option(Path("var/bench-chaos"), help="worker data directories and logs"),
 ) -> None:
     """Faults injected into real workers under load: requests without / with several decisions, clicks lost / doubled."""
@@ -703,6 +706,13 @@ def bench_chaos(
                                  param_hint="--faults")
     settings = with_run_key(_connected(Settings()))
     ensure_artifact(settings.policy.artifact)
+    if any(f.startswith("retention_") for f in chosen) and not Path(settings.retention.artifact).exists():
+        built = workdir / "retention-artifact"
+        if not built.exists():
+            from policy.retention.train import build_artifacts
+
+            build_artifacts(built, max_seconds=20.0, seed=0)
+        settings.retention.artifact = built
     run(settings, chosen, workdir, out=out, cfg=ChaosConfig(rate=rate))
 
 

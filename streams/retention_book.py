@@ -13,6 +13,13 @@ adapts on untreated users (churned = not retained), and ``Budget.settle_one`` lo
 reservation to its realised cost. Duplicate outcomes (of a recently closed decision) are counted as
 ``retention_outcomes_duplicate``; unknown ones as ``retention_outcomes_late_or_unknown``.
 
+**Outbox.** An action is sent only after the state that decided it is in the changelogs, so a crash in
+between would lose it (decided, its window then learned as "not retained", never seen by the user). Each
+action's bytes therefore wait in the state as ``outbox:<partition>/<decision id>`` (same block as the open
+action) until the agent has delivered it (:meth:`ActionBook.sent_all`). After a restore the agent asks
+:meth:`ActionBook.unsent` and sends again those that ``retention-actions`` does not hold
+(:mod:`streams.agents.retention_outbox`), so each decision is visible once.
+
 Bounded work and memory. Open actions wait in a deadline heap per partition (deadline, opening order,
 id): a batch pops the windows that end instead of scanning every open action, and they close in opening
 order; closed ids are forgotten through a second heap. In memory an open action is its id and partition
@@ -24,8 +31,10 @@ from __future__ import annotations
 
 import heapq
 import math
+import struct
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +44,21 @@ from policy.retention.schema import NONE
 from streams.edge import Source, dead_letter
 from streams.events import DeadLetter, RetentionOutcome
 from streams.retention_state import OpenAction, UserRow
+
+
+OUTBOX_PREFIX = "outbox:"
+_OUTBOX = struct.Struct("<qH")  # wall-clock ms when decided, key length; then the key and the action's bytes
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """A decided action whose delivery was never confirmed."""
+
+    partition: int
+    decision_id: str
+    decided_ms: int
+    key: bytes
+    value: bytes
 
 
 @dataclass
@@ -199,10 +223,62 @@ class ActionBook:
             part.dirty = True
             self.counters["retention_updates"] += len(closes)
 
+    # --- the outbox (see the module docstring) ----------------------------------------------------
+
+    def _outbox_put(self, did: str, partition: int, key: bytes, value: bytes) -> None:
+        self._outbox[did] = (partition, key)
+        self.store.put("partitions", f"{OUTBOX_PREFIX}{partition}/{did}", partition,
+                       _OUTBOX.pack(int(time.time() * 1000), len(key)) + key + value)
+
+    def unsent(self, partitions: Collection[int] | None = None) -> list[Unsent]:
+        """The actions decided (their state written) whose delivery :meth:`sent_all` has not confirmed (of
+        ``partitions`` only, when given)."""
+        out = []
+        for did, (partition, _) in self._outbox.items():
+            if partitions is not None and partition not in partitions:
+                continue
+            raw = self.store.get("partitions", f"{OUTBOX_PREFIX}{partition}/{did}", partition)
+            if raw is not None:
+                ms, n = _OUTBOX.unpack_from(raw)
+                at = _OUTBOX.size
+                out.append(Unsent(partition, did, ms, raw[at:at + n], raw[at + n:]))
+        return out
+
+    def sent_all(self, partitions: Collection[int] | None = None) -> None:
+        """Every action in the outbox (of ``partitions``, when given) is delivered: their entries go at the
+        next flush."""
+        for did, (partition, _) in list(self._outbox.items()):
+            if partitions is None or partition in partitions:
+                self.store.delete("partitions", f"{OUTBOX_PREFIX}{partition}/{did}", partition)
+                del self._outbox[did]
+
+    def _outbox_forget(self, user: bytes) -> None:
+        """Drop the unsent actions of ``user`` (erasure)."""
+        for did, (partition, key) in list(self._outbox.items()):
+            if key == user:
+                self.store.delete("partitions", f"{OUTBOX_PREFIX}{partition}/{did}", partition)
+                del self._outbox[did]
+
+    def restore(self) -> None:
+        """Reload what the store holds now if partitions moved since (start, rebalance); the first batch
+        after one does it too. The agent calls it before asking for :meth:`unsent`."""
+        if self._rebuild_needed:
+            self._rebuild()
+
+    def partitions_moved(self) -> bool:
+        """Whether a rebalance happened since the last batch began (its outputs are then left in the outbox
+        for whoever holds the partitions now)."""
+        return self._rebuild_needed
+
     def _rebuild(self) -> None:
-        """Reload open actions and per-partition user counts from the store (start, rebalance)."""
+        """Reload open actions, the outbox and per-partition user counts from the store (start, rebalance)."""
         self._rebuild_needed = False
         self.store.load()
+        self._outbox = {}
+        for name, raw in self.store.items("partitions", OUTBOX_PREFIX):
+            partition, did = name[len(OUTBOX_PREFIX):].split("/", 1)
+            _, n = _OUTBOX.unpack_from(raw)
+            self._outbox[did] = (int(partition), raw[_OUTBOX.size:_OUTBOX.size + n])
         self._open.clear()
         self._cached.clear()
         self._expiry.clear()

@@ -128,6 +128,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._cached: OrderedDict[str, OpenAction] = OrderedDict()  # open actions in memory (LRU)
         self._max_cached = settings.max_cached_actions
         self._new_open: dict[str, OpenAction] = {}  # opened since the last flush (not yet in the store)
+        self._outbox: dict[str, tuple[int, bytes]] = {}  # decision id -> (partition, key) not yet delivered
         self._closed: dict[str, tuple[int, float, bool]] = {}  # id -> (partition, forget after, expired)
         self._expiry: dict[int, list[tuple[float, int, str]]] = {}  # partition -> heap (deadline, seq, id)
         self._forgets: dict[int, list[tuple[float, str]]] = {}  # partition -> heap (forget after, id)
@@ -307,6 +308,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         part = self._part(partition)
         part.budget.forget_user(user)
         part.dirty = True
+        self._outbox_forget(user.encode())
         self.counters["retention_erasures"] += 1
         self.flush(force=True, within_steps=True)
         self.store.purge(partition, user.encode())  # no older block keeps a copy of their records

@@ -180,8 +180,10 @@ class Reviews:
                                        expected_uplift=float(dec.uplift[k]), cost=cost,
                                        rule=dec.reason[k][:64]),
                 decided_at=decided_at)
-            out.actions.append((us[k].encode(), action.model_dump_json().encode()))
+            key, value = us[k].encode(), action.model_dump_json().encode()
+            out.actions.append((key, value))
             out.action_partitions.append(partition)
+            self._outbox_put(did, partition, key, value)  # until the agent has delivered it
             self.counters["retention_actions"] += 1
             self.counters[f"retention_actions_{TREATMENTS[a]}"] += 1
         _fold_interventions(rows, treated, tick)

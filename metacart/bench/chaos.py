@@ -14,6 +14,9 @@ is visible. Mid-stream the fault is injected:
 - ``broker_restart``: the broker is stopped and started again (a worker that died meanwhile is
   restarted, as a supervisor would).
 
+- ``retention_kill9x3`` / ``retention_rebalance_sigkill``: the retention agent's faults, with their own
+  traffic and accounting (:mod:`metacart.bench.chaos_retention`; the same JSON keys, mapped there).
+
 Then every request must have a decision; once the workers have consumed every click, one late request
 per segment closes every attribution window, and the segments' head records are read back from the
 table changelog. Per request id: decisions seen (0 = ``no_decision``, > 1 = ``multi_decision``, with a
@@ -47,7 +50,10 @@ from metacart.live.ads import feedback_payload, request_payloads
 from streams.settings import KafkaSettings, Settings
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-FAULTS = ("kill9x3", "rebalance_sigterm", "rebalance_sigkill", "rebalance_chain", "broker_restart")
+ADS_FAULTS = ("kill9x3", "rebalance_sigterm", "rebalance_sigkill", "rebalance_chain", "broker_restart")
+RETENTION_FAULTS = ("retention_kill9x3", "retention_rebalance_sigkill")
+"""The retention agent's faults: :mod:`metacart.bench.chaos_retention`."""
+FAULTS = ADS_FAULTS + RETENTION_FAULTS
 BROKER = REPO / "deploy" / "kafka" / "broker.sh"
 
 
@@ -172,29 +178,33 @@ def _offsets_done(kafka: KafkaSettings, group: str, topic: str, partitions: int)
         c.close()
 
 
-def _heads(kafka: KafkaSettings, topic: str) -> dict[str, SegmentHead]:
-    """The newest head record of every segment in the table changelog."""
-    c = make_consumer(kafka, f"chaos-heads-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
+def latest_values(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> dict[bytes, bytes | None]:
+    """The newest value of every key in ``topic`` (None: deleted), read from the beginning to its end."""
+    c = make_consumer(kafka, f"chaos-state-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
     parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-    ends = {}
-    tps = []
-    for p in parts:
-        _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-        ends[p] = high
-        tps.append(TopicPartition(topic, p, 0))
-    c.assign(tps)
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
     latest: dict[bytes, bytes | None] = {}
     pos = {p: 0 for p in parts}
-    deadline = time.monotonic() + 60
-    while any(pos[p] < ends[p] for p in parts) and time.monotonic() < deadline:
-        for msg in c.consume(num_messages=5000, timeout=0.5):
-            if msg.error():
-                continue
-            pos[msg.partition()] = msg.offset() + 1
-            if msg.key().startswith(b"h:"):
+    deadline = time.monotonic() + timeout_s
+    try:
+        while any(pos[p] < ends[p] for p in parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} not read to its end within {timeout_s:g}s")
+            for msg in c.consume(num_messages=5000, timeout=0.5):
+                if msg.error():
+                    continue
+                pos[msg.partition()] = msg.offset() + 1
                 latest[msg.key()] = msg.value()
-    c.close()
-    return {k[2:].decode(): SegmentHead.decode(v) for k, v in latest.items() if v is not None}
+    finally:
+        c.close()
+    return latest
+
+
+def _heads(kafka: KafkaSettings, topic: str) -> dict[str, SegmentHead]:
+    """The newest head record of every segment in the table changelog."""
+    return {k[2:].decode(): SegmentHead.decode(v) for k, v in latest_values(kafka, topic).items()
+            if k.startswith(b"h:") and v is not None}
 
 
 def _ledger_moves_back(kafka: KafkaSettings, group: str, timeout_s: float = 60.0) -> int:
@@ -268,6 +278,10 @@ def _wait(predicate, timeout_s: float, what: str, workers: list[WorkerProcess], 
 
 def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = ChaosConfig(), seed: int = 0) -> dict:
     """One run with ``fault`` injected; returns its accounting (see the module docstring)."""
+    if fault in RETENTION_FAULTS:
+        from metacart.bench import chaos_retention
+
+        return chaos_retention.run_fault(base, fault, workdir, seed=seed)
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
     tag = uuid.uuid4().hex[:8]
@@ -439,7 +453,12 @@ def run(settings: Settings, faults: list[str], workdir: Path, out: Path | None =
     console = Console()
     runs = []
     for i, fault in enumerate(faults):
-        console.print(f"[bold]bench chaos[/]: {fault} at {cfg.rate:.0f} requests/s ...")
+        load = f"{cfg.rate:.0f} requests/s"
+        if fault in RETENTION_FAULTS:
+            from metacart.bench.chaos_retention import RetentionChaosConfig
+
+            load = f"{RetentionChaosConfig().rate:.0f} sessions/s"
+        console.print(f"[bold]bench chaos[/]: {fault} at {load} ...")
         runs.append(run_fault(settings, fault, Path(workdir), cfg, seed=i))
         console.print(runs[-1])
         if out is not None:  # a later fault that fails keeps the runs before it
@@ -452,7 +471,7 @@ def run(settings: Settings, faults: list[str], workdir: Path, out: Path | None =
     for k in keys:
         table.add_column(k)
     for r in runs:
-        table.add_row(*[str(r[k]) for k in keys])
+        table.add_row(*[str(r.get(k, "-")) for k in keys])
     console.print(table)
     result = {"runs": runs, "delivery": settings.ads.delivery, "rate": cfg.rate}
     if out is not None:

@@ -97,6 +97,8 @@ def run(cfg: RecordsConfig = RecordsConfig(), out: Path | None = None) -> dict:
             batch.append(RawMessage(topics.sessions.name, p, offsets[p], key, value))
         started = time.perf_counter()
         result = engine.process_many(batch)
+        if result.actions and hasattr(engine, "sent_all"):
+            engine.sent_all()  # the agent confirms delivery: the actions leave the state's outbox
         if (b + 1) % flush_every == 0:
             engine.flush(force=True)
         busy += time.perf_counter() - started

@@ -15,8 +15,9 @@ access.
 Ordering. When a batch emits actions the engine has already written its state (budgets included); the
 agent waits for Faust's producer to deliver those changelog writes, then sends actions and dead letters
 through a confluent-kafka producer and waits for them, and only then lets the batch be acknowledged. A
-crash can therefore lose an action (its window then expires as "not retained") but never repeat a
-contact the budget did not account for. A batch that reviews runs as
+crash in between cannot lose an action: each one waits in the state's outbox until it is delivered, and
+after a restore the actions found there that ``retention-actions`` does not hold are sent again
+(:mod:`streams.agents.retention_outbox`); a contact the budget did not account for is never sent. A batch that reviews runs as
 :meth:`RetentionEngine.process_steps`: at each pause (every ``retention.review_step`` actions, state written)
 the agent delivers that changelog through ``app.producer.flush`` (with the ads agent, its commit) before
 going on, so one review never queues tens of thousands of changelog records in front of the ads commit.
@@ -30,30 +31,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import tracemalloc
+import uuid
 
 import faust
+from confluent_kafka import TopicPartition
 from rocksdict import DbClosedError
 
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
 from streams.agents import policy_watch
 from streams.agents.lifecycle import install_state_hooks
 from streams.agents.precommit import before_offsets_commit
+from streams.agents.retention_outbox import resend_unsent
 from streams.app import TABLE_OPTIONS
 from streams.edge import RawMessage
 from streams.events import DeadLetter
-from streams.kafka_io import make_producer
+from streams.kafka_io import make_consumer, make_producer
 from streams.metrics import WorkerMetrics
 from streams.retention_engine import Outputs, RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
 from streams.pseudonyms import Pseudonyms
-from streams.settings import Settings
+from streams.settings import KafkaSettings, Settings
 from streams.store import FaustStore
 from streams.tables import tracked_table
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.retention")
+SKIPPED_INPUT_EXIT = 75
+"""Exit status of a worker whose retention input skipped messages (a supervisor restarts it)."""
 
 
 def install(app: faust.App, settings: Settings, topics: Topics,
@@ -82,15 +89,45 @@ def install(app: faust.App, settings: Settings, topics: Topics,
     output = make_producer(settings.kafka, **{"linger.ms": 5, "delivery.report.only.error": True,
                                               "on_delivery": on_failed_delivery})
 
+    next_offset: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset expected next
+
+    @app.on_partitions_revoked.connect
+    async def _forget_offsets(app_: faust.App, revoked: set, **kwargs: object) -> None:
+        next_offset.clear()
+
     @app.agent(source, name="retention")
     async def retain(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(r.batch_max, within=r.batch_within_s):
             batch = []
+            holes = []
             for event in events:
                 msg = event.message
+                expected = in_order(next_offset, msg.topic, msg.partition, msg.offset, engine.counters)
+                if expected is not None and msg.offset < expected:
+                    continue  # processed before, in this assignment
+                if expected is not None:
+                    holes.append((msg.topic, msg.partition, expected, msg.offset))
                 store.events[msg.partition] = event
                 batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+            if holes:
+                missed = await loop.run_in_executor(None, messages_between, settings.kafka, holes)
+                if missed:  # never delivered: exit before any commit can pass them (Faust commits acked offsets
+                    # up to the first one missing), so the replacement reads them from the last commit. At once, as
+                    # a kill -9 would: a clean stop waits for this agent's stream (awaiting it here hangs).
+                    log.error("retention input skipped %d messages (%s/%d offsets %d..%d, %d holes): exiting for "
+                              "a restart", missed, holes[0][0], holes[0][1], holes[0][2], holes[0][3] - 1, len(holes))
+                    logging.shutdown()
+                    os._exit(SKIPPED_INPUT_EXIT)
+            engine.restore()  # after a start or a rebalance: the state as stored, its outbox included
+            unsent = engine.unsent(store.events.keys())  # partitions with an event to write under
+            if unsent:  # decided before a crash, delivery never confirmed: sent again unless already in the topic
+                found, sent = await loop.run_in_executor(None, resend_unsent, settings.kafka, output,
+                                                         topics.retention_actions.name, unsent)
+                engine.sent_all(store.events.keys())
+                engine.counters["retention_outbox_found"] += found
+                engine.counters["retention_outbox_resent"] += sent
+                log.warning("retention outbox after a restore: %d actions already sent, %d sent again", found, sent)
             out = Outputs()
             busy = 0.0
             t0 = time.perf_counter()
@@ -112,6 +149,10 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 metrics.observe_batch("retention", busy)
             if out.actions:
                 await app.producer.flush()  # the state behind these actions is in the changelogs first
+            if engine.partitions_moved():  # a rebalance meanwhile: whoever holds the partitions now sends them
+                engine.counters["retention_actions_left_in_outbox"] += len(out.actions)
+                out.actions.clear()
+                out.action_partitions.clear()
             for (key, value), partition in zip(out.actions, out.action_partitions):
                 output.produce(topics.retention_actions.name, key=key, value=value, partition=partition)
             for key, value in out.dead_letters:
@@ -121,6 +162,8 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 if left:
                     raise RuntimeError(f"{left} retention outputs not delivered in 30 s; "
                                        "not acknowledging the batch")
+            if out.actions:  # delivered: their outbox entries go at the next flush (every other entry of these
+                engine.sent_all(store.events.keys())  # partitions was sent again before the batch)
 
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)
 
@@ -160,6 +203,54 @@ def install(app: faust.App, settings: Settings, topics: Topics,
             refused=lambda: engine.counters.update(["retention_policy_refused"]), log=log)
 
     return engine
+
+
+def in_order(next_offset: dict[tuple[str, int], int], topic: str, partition: int, offset: int,
+             counters) -> int | None:
+    """None when ``offset`` is the next one of its input partition (or the first after a start or rebalance,
+    logged); else the offset expected, counted as ``retention_offset_repeats`` (``offset`` is below it:
+    processed before) or ``retention_offset_gaps`` (above it: the ones between were not delivered).
+
+    Faust's consumer stands between the broker and this agent: right after a start it was seen to drop
+    messages it had fetched before seeking to the committed offsets (``metacart bench chaos``,
+    ``retention_kill9x3``), and to deliver messages twice."""
+    expected = next_offset.get((topic, partition))
+    if expected is None:
+        log.info("retention input %s/%d starts at offset %d", topic, partition, offset)
+    elif offset < expected:
+        counters["retention_offset_repeats"] += 1
+        return expected
+    elif offset > expected:
+        counters["retention_offset_gaps"] += 1
+        log.warning("retention input %s/%d: offset %d after %d", topic, partition, offset, expected - 1)
+        next_offset[(topic, partition)] = offset + 1
+        return expected
+    next_offset[(topic, partition)] = offset + 1
+    return None
+
+
+def messages_between(kafka: KafkaSettings, holes: list[tuple[str, int, int, int]], timeout_s: float = 30.0) -> int:
+    """Messages a ``read_committed`` reader finds in each ``(topic, partition, start, end)`` range (``end``
+    excluded): 0 when the offsets between are transaction markers only."""
+    consumer = make_consumer(kafka, f"retention-holes-{uuid.uuid4().hex[:8]}",
+                             **{"enable.auto.commit": False, "isolation.level": "read_committed"})
+    found = 0
+    try:
+        for topic, partition, start, end in holes:
+            consumer.assign([TopicPartition(topic, partition, start)])
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                batch = consumer.consume(num_messages=1000, timeout=0.5)
+                found += sum(1 for m in batch if m.error() is None and m.offset() < end)
+                if any(m.error() is None and m.offset() >= end - 1 for m in batch):
+                    break
+                if not batch and consumer.position([TopicPartition(topic, partition)])[0].offset >= end:
+                    break
+            else:
+                raise TimeoutError(f"{topic}/{partition} offsets {start}..{end - 1} not read within {timeout_s:g}s")
+    finally:
+        consumer.close()
+    return found
 
 
 ROCKSDB_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables", "block_cache": "rocksdb.block-cache-usage",
