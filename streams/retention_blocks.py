@@ -162,6 +162,10 @@ class BlockStore:
         """Blocks retained."""
         return sum(len(b) for b in self._blocks.values())
 
+    def indexed(self) -> int:
+        """Keys the index holds (live ones, tombstones that still hide an older copy, records before blocks)."""
+        return sum(len(keys) for keys in self._index.values())
+
     def block_bytes(self) -> tuple[int, int]:
         """Bytes of the entries of the retained blocks, and of their live entries (the rest is garbage
         awaiting compaction)."""

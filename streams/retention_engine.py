@@ -414,6 +414,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         size, live = self.store.block_bytes()
         self.counters["retention_block_bytes"] = size
         self.counters["retention_block_live_bytes"] = live
+        self.counters["retention_block_index_keys"] = self.store.indexed()
 
     def swap(self, artifacts: RetentionArtifacts, on_swap: str) -> None:
         """Serve ``artifacts`` from the next decision on; ``on_swap`` is "keep" or "reset".

@@ -46,6 +46,7 @@ ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retentio
                  "retention_pause_changelog_pending", "retention_blocks", "retention_blocks_written",
                  "retention_blocks_deleted", "retention_block_bytes_written", "retention_segments_cached",
                  "retention_block_bytes", "retention_block_live_bytes",
+                 "retention_block_index_keys",
                  "retention_segments_evicted", "segments_evicted")
 
 
