@@ -235,7 +235,6 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self.counters["retention_closed_ids"] = len(self._closed)
         self.counters["retention_budget_records"] = sum(p.budget.n_decisions for p in self._parts.values())
         self.counters["retention_users"] = sum(p.users for p in self._parts.values())
-        self.counters["retention_segments_cached"] = len(self._segments)
         # State before output: when a batch emits actions, everything (budgets above all) is written
         # before the caller sends them, so a crash can lose an action but never repeat a contact.
         self.flush(force=bool(out.actions), within_steps=True)
@@ -409,6 +408,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._deletes.clear()
         self.store.commit()  # every key changed since the last flush, once, in one block per partition
         self._evict_segments()  # those written are current in the store: the least recently used may leave
+        self.counters["retention_segments_cached"] = len(self._segments)
         self.counters.update(self.store.drain_counters())
         self.counters["retention_blocks"] = self.store.blocks()
         size, live = self.store.block_bytes()
