@@ -4,8 +4,9 @@ A segment's *head* (``streams.ads_state.SegmentHead``: posterior bytes, feedback
 time, counts) lives in the engine's table under ``h:<segment>``. ``load`` brings a segment in (from its
 head, or new from the prior), ``mark`` records that it changed, ``write`` puts every changed head back
 (the engine's ``flush``, at every commit), and ``evict_clean`` keeps at most ``max_cached`` segments in
-memory by dropping the least recently used ones whose stored head is current. An evicted segment comes back
-from its head when next seen.
+memory by dropping the least recently used ones whose stored head is current (the bound of
+:mod:`streams.segment_lru`, which the retention engine keeps too). An evicted segment comes back from its
+head when next seen.
 
 Heads carry the *epoch* (the version of the artifact whose prior the posterior grew from): a head of
 another epoch is reset to the current prior when loaded (``segments_reset_by_swap``), and one that cannot
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import Counter, OrderedDict
+from collections import Counter
 
 from policy.adapter import Adapter
 from streams.ads_state import SegmentHead
+from streams.segment_lru import CleanLRU
 from streams.store import PartitionStore
 
 log = logging.getLogger("metacart.ads.engine")
@@ -38,11 +40,13 @@ class SegmentCache:
                  epoch: bytes) -> None:
         self.adapter = adapter
         self.store = store
-        self.max_cached = max_cached
         self.counters = counters
         self.epoch = epoch
-        self._heads: OrderedDict[str, SegmentHead] = OrderedDict()  # least recently used first
-        self._dirty: set[str] = set()
+        self._heads: CleanLRU[str, SegmentHead] = CleanLRU(max_cached)
+
+    @property
+    def max_cached(self) -> int:
+        return self._heads.max_items
 
     def __len__(self) -> int:
         return len(self._heads)
@@ -51,7 +55,6 @@ class SegmentCache:
         """The segment's head, its posterior in the adapter; loaded from the table when not in memory."""
         head = self._heads.get(segment)
         if head is not None:
-            self._heads.move_to_end(segment)
             return head
         raw = self.store.get(SEGMENTS, HEAD + segment, partition)
         if raw is None:
@@ -76,39 +79,28 @@ class SegmentCache:
         return self._cache(segment, head, changed=False)
 
     def _cache(self, segment: str, head: SegmentHead, changed: bool) -> SegmentHead:
-        self._heads[segment] = head
-        if changed:
-            self._dirty.add(segment)
+        self._heads.put(segment, head, changed)
         return head
 
     def mark(self, segment: str) -> None:
         """The segment (loaded) changed: its head is written at the next ``write``."""
-        self._dirty.add(segment)
+        self._heads.mark(segment)
 
     def write(self) -> int:
         """Put the head (with the posterior's current bytes) of every changed segment; returns how many."""
-        for segment in self._dirty:
-            head = self._heads[segment]
+        changed = self._heads.changed()
+        for segment in changed:
+            head = self._heads.peek(segment)
             head.state = self.adapter.state_bytes(segment)
             self.store.put(SEGMENTS, HEAD + segment, head.partition, head.encode())
-        n = len(self._dirty)
-        self._dirty.clear()
-        return n
+        self._heads.written()
+        return len(changed)
 
     def evict_clean(self) -> None:
         """Drop least recently used segments beyond ``max_cached`` whose stored head is current (not
         changed since the last ``write``); changed ones wait for the next ``write``."""
-        excess = len(self._heads) - self.max_cached
-        if excess <= 0:
-            return
-        victims = []
-        for segment in self._heads:  # oldest first
-            if len(victims) == excess:
-                break
-            if segment not in self._dirty:
-                victims.append(segment)
-        for segment in victims:
-            del self._heads[segment]
+        victims = self._heads.evict()
+        for segment, _ in victims:
             self.adapter.evict(segment)
         self.counters["segments_evicted"] += len(victims)
 
@@ -116,11 +108,11 @@ class SegmentCache:
         """A new artifact whose prior every segment restarts from: heads in memory now, stored ones when
         loaded (their epoch differs)."""
         self.epoch = epoch
-        for segment, head in self._heads.items():
+        for segment in self._heads:
+            head = self._heads.peek(segment)
             head.epoch, head.state = epoch, None
-            self._dirty.add(segment)
+            self._heads.mark(segment)
 
     def clear(self) -> None:
         """Forget every segment (the adapter's posteriors are reset by the caller)."""
         self._heads.clear()
-        self._dirty.clear()

@@ -10,10 +10,13 @@ record, whatever the number of keys.
 
 Blocks are immutable and live in the ``partitions`` table as ``blk/<partition>/<seq>`` (``seq`` grows per
 partition). A key's current entry is the one in its newest block; older copies are dead. A block whose live
-entries fall below half of its entries is *compacted*: its live entries move into the commit's new block and
-the old block is deleted (after the new one, in the same changelog partition, so the changelog never lacks
-a live entry). Write amplification is therefore bounded (a live entry moves when half its block died), and so
-is the number of blocks. A tombstone is kept only while an older block still holds a copy of its key, so a
+entries fall below half of its entries, or whose live bytes fall below half of its bytes, is *compacted*: its
+live entries move into the commit's new block and the old block is deleted (after the new one, in the same
+changelog partition, so the changelog never lacks a live entry). Write amplification is therefore bounded (a
+live entry moves when half its block died, by count or by size), and so are the number of blocks and the bytes
+they retain: at most about twice the live bytes. (Counting entries alone is not enough: a block that keeps a
+few small live records, e.g. budget records, beside many large dead ones, e.g. segment posteriors rewritten
+at every flush, was never compacted, and a soak's retained blocks grew without bound.) A tombstone is kept only while an older block still holds a copy of its key, so a
 restore never brings a deleted key back: :meth:`BlockStore.load` applies the blocks of every partition in
 ``seq`` order, the newest entry of a key winning.
 
@@ -45,6 +48,11 @@ FORMAT_VERSION = 2
 _HEAD = struct.Struct("<BiQ")  # format version, partition, seq
 _TABLE_CODE = {t: str(i) for i, t in enumerate(TABLES)}
 _CODE_TABLE = {c: t for t, c in _TABLE_CODE.items()}
+
+
+def _sparse(block: _Block) -> bool:
+    """Whether fewer than half of the block's entries, or of its bytes, are live (it is then compacted)."""
+    return block.live * 2 < block.entries or block.live_size * 2 < block.size
 
 
 def block_key(partition: int, seq: int) -> str:
@@ -79,6 +87,13 @@ class _Loc:
 class _Block:
     entries: int
     live: int
+    size: int = 0
+    """Bytes of its entries (keys and values)."""
+    live_size: int = 0
+
+
+def _entry_size(name_length: int, value_length: int) -> int:
+    return name_length + max(value_length, 0)
 
 
 class BlockStore:
@@ -147,6 +162,16 @@ class BlockStore:
         """Blocks retained."""
         return sum(len(b) for b in self._blocks.values())
 
+    def indexed(self) -> int:
+        """Keys the index holds (live ones, tombstones that still hide an older copy, records before blocks)."""
+        return sum(len(keys) for keys in self._index.values())
+
+    def block_bytes(self) -> tuple[int, int]:
+        """Bytes of the entries of the retained blocks, and of their live entries (the rest is garbage
+        awaiting compaction)."""
+        blocks = [b for of in self._blocks.values() for b in of.values()]
+        return sum(b.size for b in blocks), sum(b.live_size for b in blocks)
+
     def invalidate(self) -> None:
         """Forget the index (partitions moved): the next access reloads it from ``base``."""
         self.loaded = False
@@ -203,26 +228,31 @@ class BlockStore:
         self._remember(partition, seq, raw)
         block = self._blocks.setdefault(partition, {})[seq] = _Block(0, 0)
         for name, at, n in iter_pairs(raw, _HEAD.size):
-            self._place(name[0], name[1:], partition, seq, at, n, block)
+            self._place(name[0], name[1:], partition, seq, at, n, block, len(name))
         self.counters["retention_blocks_written"] += 1
         self.counters["retention_block_bytes_written"] += len(raw)
         return 1
 
-    def _place(self, code: str, key: str, partition: int, seq: int, offset: int, length: int, block: _Block) -> None:
+    def _place(self, code: str, key: str, partition: int, seq: int, offset: int, length: int, block: _Block,
+               name_length: int) -> None:
         """Make block ``seq``'s entry the key's current one (the previous one, if any, dies)."""
         table = _CODE_TABLE[code]
         loc = self._index[table].get(key)
         if loc is not None and loc.seq >= 0:
-            self._kill(loc.partition, loc.seq)
+            self._kill(loc.partition, loc.seq, _entry_size(name_length, loc.length))
         copies = 0 if loc is None else loc.copies
         self._index[table][key] = _Loc(partition, seq, offset, length, copies + 1)
+        size = _entry_size(name_length, length)
         block.entries += 1
         block.live += 1
+        block.size += size
+        block.live_size += size
 
-    def _kill(self, partition: int, seq: int) -> None:
+    def _kill(self, partition: int, seq: int, size: int) -> None:
         block = self._blocks[partition][seq]
         block.live -= 1
-        if block.live * 2 < block.entries:
+        block.live_size -= size
+        if _sparse(block):
             self._sparse.add((partition, seq))
 
     def _drop_block(self, partition: int, seq: int, keys: list[tuple[str, str]]) -> None:
@@ -314,10 +344,10 @@ class BlockStore:
                 legacy = self._index[table].get(key)
                 if legacy is not None and legacy.seq < 0:
                     del self._index[table][key]  # the block's entry is newer than an old-format record
-                self._place(name[0], key, partition, seq, at, n, block)
+                self._place(name[0], key, partition, seq, at, n, block, len(name))
         for partition, blocks_of in self._blocks.items():
             for seq, block in blocks_of.items():
-                if block.live * 2 < block.entries:
+                if _sparse(block):
                     self._sparse.add((partition, seq))
         self.loaded = True
 

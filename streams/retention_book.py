@@ -219,7 +219,8 @@ class ActionBook:
                 np.stack([c.act.phi for c in closes]), np.array([c.retained for c in closes], dtype=bool),
                 np.array([c.value for c in closes], dtype=np.float64))
             self.counters["retention_spend"] += float(realised[actions != NONE].sum())
-            part.dirty_segments.update(segs)
+            for segment in segs:
+                self._segments.mark((partition, segment))  # written at the next flush, kept until then
             part.dirty = True
             self.counters["retention_updates"] += len(closes)
 

@@ -64,6 +64,7 @@ from streams.retention_blocks import BlockStore
 from streams.retention_book import ActionBook, Close
 from streams.retention_partitions import Partition, Partitions, risk_model
 from streams.retention_review import Reviews
+from streams.segment_lru import CleanLRU
 from streams.retention_state import (DAY_S, TICK, OpenAction, UserRow, budget_key, from_days,
                                      partition_budget_config, read_never_contact, to_days)
 from streams.edge import Decoder, RawMessage, Source, dead_letter
@@ -118,6 +119,8 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._horizon = settings.idle_horizon_s / DAY_S
         self._epoch = artifacts.uplift.version.encode()
         self._parts: dict[int, Partition] = {}
+        # (partition, segment) pairs whose posterior is in memory, least recently used first
+        self._segments: CleanLRU[tuple[int, str], None] = CleanLRU(settings.max_cached_segments)
         self._watermark: dict[int, float] = {}
         # The skew rule's watermark per partition (days): the latest accepted event time, persisted.
         self.event_time = EventClock(storage.max_event_time_skew_s, clock, unit_s=DAY_S)
@@ -367,13 +370,16 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
             return
         self._last_flush = now
         self._fold()
+        changed: dict[int, list[str]] = {}
+        for partition, segment in self._segments.changed():
+            changed.setdefault(partition, []).append(segment)
+        self._segments.written()
         for partition, part in self._parts.items():
-            for segment in part.dirty_segments:
+            for segment in changed.get(partition, ()):
                 adapter_state = part.adapter.state_bytes(segment)
                 value = (bytes([len(self._epoch)]) + self._epoch + len(adapter_state).to_bytes(4, "little")
                          + adapter_state + part.risk.state_bytes(segment))
                 self.store.put("segments", f"{partition}/{segment}", partition, value)
-            part.dirty_segments.clear()
             puts, deletes = part.budget.drain_changes()
             for record, value in puts.items():
                 self.store.put("partitions", budget_key(partition, record), partition, value)
@@ -403,8 +409,14 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
             self.store.delete("actions", did, partition)
         self._deletes.clear()
         self.store.commit()  # every key changed since the last flush, once, in one block per partition
+        self._evict_segments()  # those written are current in the store: the least recently used may leave
+        self.counters["retention_segments_cached"] = len(self._segments)
         self.counters.update(self.store.drain_counters())
         self.counters["retention_blocks"] = self.store.blocks()
+        size, live = self.store.block_bytes()
+        self.counters["retention_block_bytes"] = size
+        self.counters["retention_block_live_bytes"] = live
+        self.counters["retention_block_index_keys"] = self.store.indexed()
 
     def swap(self, artifacts: RetentionArtifacts, on_swap: str) -> None:
         """Serve ``artifacts`` from the next decision on; ``on_swap`` is "keep" or "reset".
@@ -439,6 +451,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._apply_learning()
         self.flush(force=True)
         self._parts.clear()
+        self._segments.clear()
         self._watermark.clear()
         self.event_time.clear()
         self._open.clear()

@@ -13,6 +13,12 @@ Learning per partition. Segment posteriors and risk offsets are kept per (partit
 partition learns from its own users only, so state never needs merging and moves with its partition on
 a rebalance. (Combining partitions exactly is possible — Gaussian evidence adds in natural parameters —
 but is left out.)
+
+Segments in memory. At most ``retention.max_cached_segments`` (partition, segment) pairs keep their posterior
+and risk offset in memory, with the bound the ads engine keeps (:class:`streams.segment_lru.CleanLRU`): after
+each flush the least recently used ones whose stored state is current leave (``retention_segments_evicted``)
+and are read back from the ``segments`` records when next used, with the same posterior. Segments of a
+partition whose review is paused between slices stay: the rest of the review decides with them.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class Partition:
     budget: Budget
     last_tick: float | None
     loaded: set[str] = field(default_factory=set)
-    dirty_segments: set[str] = field(default_factory=set)
+    """Its segments in memory (posterior in ``adapter``, offset in ``risk``)."""
     dirty: bool = False
     watermark_dirty: bool = False
     users: int = 0
@@ -80,10 +86,14 @@ class Partitions:
                                                         self.store.items("partitions", prefix)))
 
     def _load_segment(self, partition: int, segment: str) -> None:
+        """Bring the segment's posterior and risk offset into memory (from its record; a new one starts
+        from the prior) and make it the most recently used."""
         part = self._part(partition)
         if segment in part.loaded:
+            self._segments.get((partition, segment))
             return
         part.loaded.add(segment)
+        self._segments.put((partition, segment), None)
         raw = self.store.get("segments", f"{partition}/{segment}", partition)
         if raw is None:
             self.counters["retention_segments_new"] += 1
@@ -97,6 +107,17 @@ class Partitions:
         part.adapter.load_state(segment, raw[at + 4:at + 4 + size])
         part.risk.load_state(segment, raw[at + 4 + size:])
         self.counters["retention_segments_restored"] += 1
+
+    def _evict_segments(self) -> None:
+        """Drop the least recently used segments beyond the bound whose stored state is current, except
+        those of a partition whose review is under way (see the module docstring)."""
+        victims = self._segments.evict(pinned=lambda key: self._parts[key[0]].reviewing)
+        for (partition, segment), _ in victims:
+            part = self._parts[partition]
+            part.loaded.discard(segment)
+            part.adapter.evict(segment)
+            part.risk.evict(segment)
+        self.counters["retention_segments_evicted"] += len(victims)
 
 
 def risk_model(artifacts: RetentionArtifacts) -> RiskModel:

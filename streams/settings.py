@@ -194,6 +194,10 @@ class RetentionSettings(BaseModel):
     max_cached_actions: int = Field(
         4096, ge=1, description="open retention actions kept decoded in memory (least recently used); the others "
         "are read back from the actions table when their outcome arrives or their window ends")
+    max_cached_segments: int = Field(
+        512, ge=1, description="segment posteriors and risk offsets (per partition and segment) kept in memory; "
+        "beyond it the least recently used ones already written are evicted and reloaded from the table when "
+        "next used (a segment of a partition whose review is under way stays)")
     review_step: int = Field(
         64, ge=1, description="a review pauses after this many actions so the worker's other agents run "
         "(the same decisions; bounds how long a review holds the event loop)")

@@ -44,7 +44,10 @@ DAY_S = 86400.0
 ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retention_actions_read_back",
                  "retention_closed_ids", "retention_budget_records", "retention_pauses", "retention_pause_wait_s",
                  "retention_pause_changelog_pending", "retention_blocks", "retention_blocks_written",
-                 "retention_blocks_deleted", "retention_block_bytes_written")
+                 "retention_blocks_deleted", "retention_block_bytes_written", "retention_segments_cached",
+                 "retention_block_bytes", "retention_block_live_bytes",
+                 "retention_block_index_keys",
+                 "retention_segments_evicted", "segments_evicted")
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,10 @@ class Sample:
     retention_engine: dict[str, float] | None = None
     """The retention engine's sizes and pause counters (``ENGINE_GAUGES``; pause figures are totals so far)."""
     rocksdb_mb: dict[str, float] | None = None
-    """RocksDB memory by table group (``retention``, ``ads``) and kind (memtables, block cache, readers)."""
+    """RocksDB memory by table group (``retention``, ``ads``) and kind (memtables, block cache, readers), and
+    its SST bytes and estimate of live data in them (``sst``, ``live_data``)."""
+    disk_mb: dict[str, float] | None = None
+    """Bytes under the data dir per table (its partition databases together: SST, WAL, manifests)."""
 
 
 # --- pure parts ------------------------------------------------------------------------------------
@@ -298,7 +304,26 @@ def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[floa
                   answered=len(lat), dead_letters=get("dead_letters"), retention_actions=counts["actions"],
                   load_average_1m=round(os.getloadavg()[0], 2), open_retention=get("retention_open_actions"),
                   budget_records=get("retention_budget_records"), rocksdb_mb=rocksdb_mb(m),
-                  retention_engine={k: round(m[k], 3) for k in ENGINE_GAUGES if k in m} or None)
+                  retention_engine={k: round(m[k], 3) for k in ENGINE_GAUGES if k in m} or None,
+                  disk_mb=table_disk_mb(worker.settings.store.data_dir))
+
+
+def table_disk_mb(data_dir: Path) -> dict[str, float] | None:
+    """MB on disk per table under ``data_dir``: the directories ``<table>-<partition>.db`` Faust's RocksDB store
+    opens, summed over partitions (None when there are none yet)."""
+    out: dict[str, float] = {}
+    for db in Path(data_dir).rglob("*.db"):
+        if not db.is_dir():
+            continue
+        table = db.name[:-3].rsplit("-", 1)[0]
+        size = 0
+        for f in db.rglob("*"):
+            try:
+                size += f.stat().st_size if f.is_file() else 0
+            except OSError:  # compacted away meanwhile
+                pass
+        out[table] = out.get(table, 0.0) + size / 1e6
+    return {k: round(v, 1) for k, v in sorted(out.items())} or None
 
 
 def rocksdb_mb(m: dict[str, float]) -> dict[str, float] | None:
@@ -322,7 +347,7 @@ def sample_line(s: Sample) -> str:
             f"open {f(s.open_decisions)}  {s.decisions_per_s:,.0f} decisions/s  p50/p99 {f(s.p50_ms, '{:.1f}')}/"
             f"{f(s.p99_ms, '{:.1f}')} ms  dead letters {f(s.dead_letters)}  actions {s.retention_actions:,}  "
             f"load {s.load_average_1m}  open retention {f(s.open_retention)}  budget records {f(s.budget_records)}  "
-            f"rocksdb MB {s.rocksdb_mb or '—'}")
+            f"rocksdb MB {s.rocksdb_mb or '—'}  disk MB {s.disk_mb or '—'}")
 
 
 def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root: Path = Path("var")) -> dict:

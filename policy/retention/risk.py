@@ -123,6 +123,11 @@ class RiskModel:
         st = self._offsets.get(segment)
         return (0.0, self.tau2, 0) if st is None else (st[0], st[1], int(st[2]))
 
+    def evict(self, segment: Hashable) -> bool:
+        """Drop a segment's offset from memory (the caller keeps :meth:`state_bytes` to :meth:`load_state` it
+        back); an evicted segment seen again starts from the prior offset. False if it held none."""
+        return self._offsets.pop(segment, None) is not None
+
     def state_bytes(self, segment: Hashable) -> bytes:
         m, v, n = self.offset(segment)
         return _STATE.pack(_MAGIC, n, m, v)

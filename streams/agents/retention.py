@@ -254,12 +254,14 @@ def messages_between(kafka: KafkaSettings, holes: list[tuple[str, int, int, int]
 
 
 ROCKSDB_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables", "block_cache": "rocksdb.block-cache-usage",
-                      "readers": "rocksdb.estimate-table-readers-mem"}
+                      "readers": "rocksdb.estimate-table-readers-mem",
+                      "sst": "rocksdb.total-sst-files-size", "live_data": "rocksdb.estimate-live-data-size"}
 
 
 def rocksdb_memory(app: faust.App) -> dict[str, int]:
     """Bytes RocksDB holds in memory for each table of the worker (memtables, block caches, index and filter
-    blocks of table readers), summed over its open partition databases, as
+    blocks of table readers), and on disk (SST files, and RocksDB's estimate of the live data in them: the
+    rest is garbage awaiting compaction), summed over its open partition databases, as
     ``retention_rocksdb_<what>_bytes:<table>`` (the ads agent's table included), plus the number of databases.
 
     Reads each partition database of Faust's RocksDB store (``Store._dbs``, not a public attribute: a store
