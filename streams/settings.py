@@ -144,7 +144,8 @@ class AdsSettings(BaseModel):
         0.01, gt=0, description="longest wait for a message when none is queued; a batch is what the "
         "consumer holds, up to batch_max, taken without waiting (bench stream at saturation: batches of 786-826 "
         "requests, 79-83 µs CPU per decision, against 660-892 and 82-91 µs when every fetch waited this long "
-        "to fill a batch; at 1,000/s request to decided_at p50 2.1-4.5 ms against 10.4-13.4 ms)")
+        "to fill a batch; at 1,000/s request to decided_at p50 2.1-4.5 ms against 10.4-13.4 ms, but the "
+        "decisions then wait for the commit in flight: end to end not faster, see README, Stream, session 6)")
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="larger messages are dead-lettered")
     max_open_decisions: int = Field(
         1_000_000, ge=1, description="open attribution windows kept; beyond it the oldest close early")
