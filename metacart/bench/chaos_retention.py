@@ -56,6 +56,7 @@ from pathlib import Path
 
 from metacart.bench.chaos import RETENTION_FAULTS, _has_assignment, _offsets_done, _wait, latest_values
 from metacart.processes import WorkerProcess
+from policy.adapter import decode_state
 from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_consumer, make_producer
 from streams.pseudonyms import pseudonyms_for
@@ -64,7 +65,6 @@ from streams.settings import KafkaSettings, Settings
 from streams.store import DictStore
 
 DAY = 86400.0
-_ADAPTER_HEADER = 16  # b"MCPS", uint16 layout, uint16 d, int64 n_updates (policy.adapter's state bytes)
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,9 @@ def learned(kafka: KafkaSettings, topic: str) -> dict[tuple[int, str], int]:
     out: dict[tuple[int, str], int] = {}
     for key, raw in BlockStore(base).items("segments"):
         partition, segment = key.split("/", 1)
-        at = 1 + raw[0] + 4  # epoch length, epoch, uint32 size of the adapter state
-        out[(int(partition), segment)] = int.from_bytes(raw[at + 8:at + _ADAPTER_HEADER], "little", signed=True)
+        at = 1 + raw[0]  # epoch length, epoch, then the uint32 size of the adapter state and the state
+        size = int.from_bytes(raw[at:at + 4], "little")
+        out[(int(partition), segment)] = decode_state(raw[at + 4:at + 4 + size])[2]
     return out
 
 
