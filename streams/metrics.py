@@ -24,6 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COMMIT_PHASES = ("state", "changelog", "outputs")
+"""A commit's phases, timed by ``streams.agents.delivery`` in the engine counters (``commit_<phase>_s``) and in
+``metacart_commit_phase_seconds``: the engine's state written into the table; its changelog messages sent and
+acknowledged; the outputs committed with the ledger (one transaction, or the producer flush and the offsets
+commit)."""
+
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 # (metric kind label, outcome label) of each reward counter the engines keep.
@@ -44,6 +50,7 @@ REWARD_COUNTERS = {
 # Every metric this module can export (the dashboard test checks its queries against this list).
 EXPORTED = (
     "metacart_decisions_total", "metacart_decision_latency_seconds", "metacart_batch_processing_seconds",
+    "metacart_commit_phase_seconds",
     "metacart_updates_total", "metacart_rewards_total",
     "metacart_dead_letters_total", "metacart_open_decisions", "metacart_segments_in_state",
     "metacart_users_in_state", "metacart_state_bytes", "metacart_retention_spend_total",
@@ -64,6 +71,10 @@ class WorkerMetrics:
                                  registry=self.registry, buckets=LATENCY_BUCKETS)
         self.batch_seconds = Histogram("metacart_batch_processing_seconds", "engine time per batch",
                                        ["agent"], registry=self.registry, buckets=BATCH_BUCKETS)
+        self.commit_seconds = Histogram(
+            "metacart_commit_phase_seconds", "time per commit phase: state (the engine's state into the table), "
+            "changelog (sent and acknowledged), outputs (committed with the ledger)", ["agent", "phase"],
+            registry=self.registry, buckets=BATCH_BUCKETS)
         self.engines = engines
         self.consumer_state = consumer_state or ConsumerState()
         self.registry.register(_EngineCollector(worker, engines, data_dir, consumer_state))
@@ -77,6 +88,11 @@ class WorkerMetrics:
 
     def observe_batch(self, agent: str, seconds: float) -> None:
         self.batch_seconds.labels(agent).observe(seconds)
+
+    def observe_commit(self, agent: str, phases: Sequence[float]) -> None:
+        """One commit's (state, changelog, outputs) seconds."""
+        for name, seconds in zip(COMMIT_PHASES, phases):
+            self.commit_seconds.labels(agent, name).observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

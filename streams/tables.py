@@ -17,26 +17,42 @@ import asyncio
 from typing import Any
 
 import faust
+from faust.types import CodecArg, FutureMessage
 
 
 class TrackedTable(faust.Table):
-    """A ``faust.Table`` that remembers its unacknowledged changelog messages."""
+    """A ``faust.Table`` whose changelog messages are sent, in order, and acknowledged at ``changelog_acked``."""
 
     def __init__(self, app: faust.App, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
+        self._unsent: list[FutureMessage] = []
         self._unacked: list[asyncio.Future] = []
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        fut = super().send_changelog(*args, **kwargs)
+    def send_changelog(self, partition: int | None, key: Any, value: Any,
+                       key_serializer: CodecArg | None = None,
+                       value_serializer: CodecArg | None = None) -> FutureMessage:
+        """The message Faust's ``send_changelog`` builds (same serializers, partition and callback), held
+        for ``changelog_acked`` instead of the app producer's buffer."""
+        fut = self.changelog_topic.as_future_message(
+            key=key, value=value, partition=partition,
+            key_serializer=self.key_serializer if key_serializer is None else key_serializer,
+            value_serializer=self.value_serializer if value_serializer is None else value_serializer,
+            callback=self._on_changelog_sent, eager_partitioning=True)
+        self._unsent.append(fut)
         self._unacked.append(fut)
         return fut
 
     def unacked(self) -> int:
-        """Changelog messages sent since the last ``changelog_acked``."""
+        """Changelog messages written since the last ``changelog_acked``."""
         return len(self._unacked)
 
     async def changelog_acked(self) -> None:
-        """Return once every changelog message sent so far is acknowledged by the broker."""
+        """Hand every changelog message written so far to the Kafka client, in write order, then return once
+        the broker acknowledged all of them (or raise the first failure)."""
+        unsent, self._unsent = self._unsent, []
+        topic = self.changelog_topic
+        for fut in unsent:
+            await topic.publish_message(fut, wait=False)
         pending, self._unacked = self._unacked, []
         if pending:
             await asyncio.gather(*pending)

@@ -39,6 +39,7 @@ import numpy as np
 from metacart.bench.profile import record, summarise
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
+from streams.metrics import COMMIT_PHASES
 from streams.kafka_io import client_config, ensure_topics, make_producer, tail_consumer, wait_for_broker
 from metacart.live.ads import request_payloads
 from streams.pseudonyms import with_run_key
@@ -429,7 +430,21 @@ def _scrape(worker: WorkerProcess) -> dict:
 
 
 _REPORTED = ("decisions", "updates", "clicks_applied", "clicks_late_or_unknown", "zero_updates", "batches",
-             "batch_events", "engine_s", "dead_letters")
+             "batch_events", "engine_s", "dead_letters", "commits", "commit_s",
+             *(f"commit_{phase}_s" for phase in COMMIT_PHASES))
+
+
+def commit_phases(before: dict, after: dict, seconds: float) -> dict:
+    """Commits per second and the mean milliseconds of each commit phase between two scrapes of the worker's
+    counters (``streams.agents.delivery.COMMIT_PHASES``): where a decision's wait for its commit goes."""
+    commits = after.get("commits", 0.0) - before.get("commits", 0.0)
+    if commits <= 0 or seconds <= 0:
+        return {}
+    out = {"per_s": round(commits / seconds, 1)}
+    for phase in ("", *(f"{p}_" for p in COMMIT_PHASES)):
+        key = f"commit_{phase}s"
+        out[f"mean_{phase or 'total_'}ms"] = round((after.get(key, 0.0) - before.get(key, 0.0)) / commits * 1e3, 2)
+    return out
 
 
 def _settle(s: Settings, worker: WorkerProcess) -> None:
@@ -540,7 +555,10 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
         console.print(f"  {worker_result['per_s']:,.0f} decisions/s over {worker_result['span_s']} s")
         _settle(s, worker)
         console.print(f"latency at {load_rate:.0f} requests/s for {load_s:.0f}s ...")
+        before = _scrape(worker)
+        t_latency = time.monotonic()
         latency = _latency(s, load_rate, load_s)
+        latency["commits"] = commit_phases(before, _scrape(worker), time.monotonic() - t_latency)
     finally:
         worker.stop()
     base_result = None
@@ -601,6 +619,10 @@ def _print_table(console, result: dict, load_rate: float) -> None:
     fmt = (lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}")
     table.add_row(f"p50 / p99 latency at {load_rate:.0f}/s", f"{fmt(lat['p50_ms'])} / {fmt(lat['p99_ms'])} ms "
                   f"({lat['answered']}/{lat['requests']} answered)")
+    commits = lat.get("commits") or {}
+    if commits:
+        table.add_row(f"commits at {load_rate:.0f}/s", f"{commits['per_s']:.0f}/s, mean {commits['mean_total_ms']:.1f} ms: "
+                      + " + ".join(f"{p} {commits[f'mean_{p}_ms']:.1f}" for p in COMMIT_PHASES))
     table.add_row("generator achieved", f"{gen.get('achieved_per_s', 0):,.0f}/s, p99 "
                   f"{gen.get('behind_schedule_p99_ms', 0)} ms behind schedule")
     table.add_row("ceiling (plain client loop)", f"{result['ceiling_per_s']:,.0f} msg/s")

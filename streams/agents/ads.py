@@ -79,7 +79,8 @@ def _install_faust_path(app: faust.App, settings: Settings, topics: Topics, engi
                        key_type=bytes, value_type=bytes, partitions=settings.kafka.segment_partitions)
     # Decisions and dead letters go out through librdkafka (aiokafka's pure-Python producer was the
     # largest cost per request in profiles), committed together with the state and the input offsets.
-    delivery = Delivery(app, settings, topics, engine, changelog_acked=store.tables[SEGMENTS].changelog_acked)
+    delivery = Delivery(app, settings, topics, engine, changelog_acked=store.tables[SEGMENTS].changelog_acked,
+                        metrics=metrics)
     delivery.install(on_revoked=store.events.clear)
 
     @app.agent(source, name="ads")

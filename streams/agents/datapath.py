@@ -124,7 +124,8 @@ class DataPath:
             # (1 s by default, which capped a worker near 2,500 decisions/s): 5 ms.
             "queued.min.messages": settings.ads.batch_max, "queued.max.messages.kbytes": 4096,
             "max.partition.fetch.bytes": 256 * 1024, "fetch.queue.backoff.ms": 5})
-        self.delivery = Delivery(app, settings, topics, engine, changelog_acked, consumer=self.consumer)
+        self.delivery = Delivery(app, settings, topics, engine, changelog_acked, consumer=self.consumer,
+                                 metrics=metrics)
         self._kafka = settings.kafka
         self._wanted: set[int] | None = None  # assigned by Faust, not yet read
         self._held: set[int] = set()  # partitions the consumer reads

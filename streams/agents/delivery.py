@@ -40,6 +40,7 @@ from faust.exceptions import ProducerSendError
 from streams.ads_engine import AdsEngine, Outputs
 from streams.agents.precommit import before_offsets_commit, precommit
 from streams.kafka_io import make_consumer, make_producer
+from streams.metrics import COMMIT_PHASES, WorkerMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -55,12 +56,15 @@ class Delivery:
     """The output producer, the ledger and the commit order of one ad worker process."""
 
     def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: AdsEngine,
-                 changelog_acked: Callable[[], Awaitable[None]], consumer: Consumer | None = None) -> None:
+                 changelog_acked: Callable[[], Awaitable[None]], consumer: Consumer | None = None,
+                 metrics: WorkerMetrics | None = None) -> None:
         """``changelog_acked``: waits until every changelog write of the table so far is acknowledged.
         ``consumer``: the data path's consumer of the ledger group (``ads.data_path="direct"``): it reads
         the ledger, gives the group metadata of the transactions and (``at_least_once``) commits positions.
-        None: a consumer of its own reads the ledger (the Faust data path)."""
+        None: a consumer of its own reads the ledger (the Faust data path). ``metrics``: each commit's
+        phases are observed there (``metacart_commit_phase_seconds``)."""
         self.app = app
+        self.metrics = metrics
         self._changelog_acked = changelog_acked
         self.engine = engine
         self.topics = topics
@@ -135,10 +139,12 @@ class Delivery:
             time.sleep(0.2)
 
     def produce(self, out: Outputs) -> None:
-        """Send a batch's outputs; while a commit is in flight they wait for the next transaction."""
+        """Send a batch's outputs. Exactly-once: while a commit is in flight they wait for the next
+        transaction (the one in flight holds the outputs its state covers, no others). At least once they are
+        sent at once: the commit's positions, taken before, do not cover them, so a crash replays them."""
         if not (out.decisions or out.dead_letters):
             return
-        if self._committing:
+        if self._committing and self.exactly_once:
             self._held.append(out)
             return
         if self.exactly_once and not self._in_txn:
@@ -174,19 +180,27 @@ class Delivery:
         self._committing = True
         try:
             self.engine.flush()
+            t_state = time.perf_counter()
             positions = self.engine.commit_positions()  # what the state just written covers, never below the ledger
             await self._flush_changelog()
+            t_changelog = time.perf_counter()
             if positions != self._committed_positions or self._produced:
                 await self._commit_outputs(positions)
         finally:
             self._committing = False
+        t_end = time.perf_counter()
         held, self._held = self._held, []
         self.held_outputs = bool(held)
         for out in held:
             self.produce(out)
         counters = self.engine.counters
         counters["commits"] += 1
-        counters["commit_s"] += time.perf_counter() - t0
+        counters["commit_s"] += t_end - t0
+        phases = (t_state - t0, t_changelog - t_state, t_end - t_changelog)
+        for name, seconds in zip(COMMIT_PHASES, phases):
+            counters[f"commit_{name}_s"] += seconds
+        if self.metrics is not None:
+            self.metrics.observe_commit("ads", phases)
 
     async def _flush_changelog(self) -> None:
         """Hand the table writes to the Kafka client and wait until the broker acknowledged each of them.

@@ -67,6 +67,7 @@ def test_every_family_is_listed_and_values_follow_the_engines(tmp_path):
     now = time.time()
     metrics.observe_requests([now - 0.004, now - 0.2, None], now_s=now)
     metrics.observe_batch("ads", 0.003)
+    metrics.observe_commit("ads", (0.002, 0.004, 0.03))
     samples = scrape(metrics)
     exported = {n[: -len("_total")] if n.endswith("_total") else n for n in EXPORTED}
     assert {n[: -len("_total")] if n.endswith("_total") else n for n in families(samples)} == exported
@@ -86,6 +87,8 @@ def test_every_family_is_listed_and_values_follow_the_engines(tmp_path):
     assert one(samples, "metacart_decision_latency_seconds_count") == 2
     assert one(samples, "metacart_decision_latency_seconds_bucket", le="0.005") == 1
     assert one(samples, "metacart_batch_processing_seconds_count", agent="ads") == 1
+    assert one(samples, "metacart_commit_phase_seconds_bucket", agent="ads", phase="changelog", le="0.005") == 1
+    assert one(samples, "metacart_commit_phase_seconds_bucket", agent="ads", phase="outputs", le="0.025") == 0
     assert one(samples, "metacart_consumer_lag", topic="t-ad-requests", partition="0") == 5
     assert one(samples, "metacart_ready") == 1 and one(samples, "metacart_assigned_partitions") == 2
     assert one(samples, "metacart_state_bytes") == 1000
