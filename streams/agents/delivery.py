@@ -3,9 +3,8 @@
 A commit (commits never overlap: one asyncio lock; the agent never waits for it, see ``_commit_locked``):
 
 1. ``engine.flush()`` writes new pending blocks, then every changed segment head, into the Faust table;
-2. Faust's producer is flushed and every changelog message of the table is acknowledged by the broker
-   (``streams.tables.TrackedTable``; Faust's flush alone is no barrier: faust 0.15.3's
-   ``ProducerBuffer.flush`` returns once 0.1 s pass without a hand-over, with table writes still queued):
+2. Faust's producer is flushed, then the table's changelog messages are sent in write order and every one
+   is acknowledged by the broker (``streams.tables.TrackedTable``; Faust's flush alone is no barrier):
    the changelog holds that state;
 3. ``exactly_once``: one Kafka transaction holds every decision and dead letter produced since the last
    commit *and* the input positions, sent with ``send_offsets_to_transaction`` for the separate *ledger*
