@@ -689,7 +689,8 @@ def bench_chaos(
     faults: str = typer.Option("kill9x3,rebalance_sigterm,rebalance_sigkill,broker_restart",
                                help="comma-separated faults of kill9x3, rebalance_sigterm, rebalance_sigkill, "
                                "rebalance_chain, broker_restart (stops the local broker launcher's broker), "
-                               "retention_kill9x3, retention_rebalance_sigkill (the retention agent)"),
+                               "retention_kill9x3, retention_rebalance_sigterm, retention_rebalance_sigkill, "
+                               "retention_rebalance_chain, retention_broker_restart (the retention agent)"),
     rate: float = typer.Option(1000.0, help="offered ad requests per second (the retention faults offer "
                                "their own 400 sessions/s)"),
     workdir: Path = typer.Option(Path("var/bench-chaos"), help="worker data directories and logs"),

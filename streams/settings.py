@@ -205,6 +205,10 @@ class RetentionSettings(BaseModel):
     max_block_bytes: int = Field(
         256 * 1024, ge=4096, le=768 * 1024, description="retention state is written in blocks of at most this "
         "many bytes (one changelog record each), below the producer's 1 MB request limit")
+    stall_exit_s: float = Field(
+        60.0, ge=0, description="the worker exits (status 76, for its supervisor to restart it) when the retention "
+        "agent received nothing for this long while its input partitions hold messages: a Faust consumer back "
+        "from a broker outage without fetching (streams.agents.stall); 0 turns the watch off")
 
 
 class PrivacySettings(BaseModel):

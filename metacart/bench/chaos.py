@@ -14,8 +14,8 @@ is visible. Mid-stream the fault is injected:
 - ``broker_restart``: the broker is stopped and started again (a worker that died meanwhile is
   restarted, as a supervisor would).
 
-- ``retention_kill9x3`` / ``retention_rebalance_sigkill``: the retention agent's faults, with their own
-  traffic and accounting (:mod:`metacart.bench.chaos_retention`; the same JSON keys, mapped there).
+- ``retention_kill9x3``, ``retention_rebalance_sigterm`` / ``_sigkill`` / ``_chain``,
+  ``retention_broker_restart``: the same faults for the retention agent, with their own traffic and accounting (:mod:`metacart.bench.chaos_retention`; the same JSON keys, mapped there).
 
 Then every request must have a decision; once the workers have consumed every click, one late request
 per segment closes every attribution window, and the segments' head records are read back from the
@@ -51,7 +51,8 @@ from streams.settings import KafkaSettings, Settings
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 ADS_FAULTS = ("kill9x3", "rebalance_sigterm", "rebalance_sigkill", "rebalance_chain", "broker_restart")
-RETENTION_FAULTS = ("retention_kill9x3", "retention_rebalance_sigkill")
+RETENTION_FAULTS = ("retention_kill9x3", "retention_rebalance_sigterm", "retention_rebalance_sigkill",
+                    "retention_rebalance_chain", "retention_broker_restart")
 """The retention agent's faults: :mod:`metacart.bench.chaos_retention`."""
 FAULTS = ADS_FAULTS + RETENTION_FAULTS
 BROKER = REPO / "deploy" / "kafka" / "broker.sh"

@@ -31,8 +31,10 @@ second. The ads keys ``ledger_moved_back`` and ``undecided_at`` have no retentio
 lists the first (user, review day) pairs without an action instead.
 
 Faults: ``retention_kill9x3`` (SIGKILL three times, each replacement with an empty data directory, its
-state restored from the changelogs) and ``retention_rebalance_sigkill`` (a second worker joins, then the
-first is killed with SIGKILL). A worker that exits by itself (the retention agent exits when its input
+state restored from the changelogs); ``retention_rebalance_sigterm`` / ``retention_rebalance_sigkill`` (a
+second worker joins, then the first is stopped with SIGTERM / SIGKILL); ``retention_rebalance_chain``
+(1 -> 2 -> 3 workers, each joining under load, then the two oldest stopped with SIGTERM one after the
+other); ``retention_broker_restart`` (the broker is stopped and started again under load). A worker that exits by itself (the retention agent exits when its input
 skipped messages, :mod:`streams.agents.retention`) is restarted, as a supervisor would, and counted in
 ``worker_restarts``; ``workers`` counts every worker process of the run.
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import threading
 import time
 import uuid
@@ -54,7 +57,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from metacart.bench.chaos import RETENTION_FAULTS, _has_assignment, _offsets_done, _wait, latest_values
+from metacart.bench.chaos import BROKER, RETENTION_FAULTS, _has_assignment, _offsets_done, _wait, latest_values
 from metacart.processes import WorkerProcess
 from policy.adapter import decode_state
 from streams.app import topics_for
@@ -259,6 +262,10 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
         alive.remove(w)
         w.kill()
 
+    def stop(w: WorkerProcess) -> None:
+        alive.remove(w)
+        w.stop()
+
     def supervised(predicate):
         """``predicate``, after restarting (as a supervisor would) a worker that exited by itself."""
         def check() -> bool:
@@ -292,13 +299,24 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
                 kill(alive[-1])
                 start(f"w{i + 1}")
                 more(cfg.between_faults, "actions after the restart")
+        elif fault == "retention_broker_restart":
+            subprocess.check_call([str(BROKER), "stop"])
+            time.sleep(3.0)
+            subprocess.check_call([str(BROKER), "start"])
+            more(cfg.between_faults, "actions after the broker restart")
         else:
-            second = start("w1")
-            more(cfg.between_faults, "actions with two workers")
-            _wait(lambda: _has_assignment(second), cfg.timeout_s, "the second worker's assignment", workers)
-            time.sleep(2.0)
-            kill(first)
-            more(cfg.between_faults, "actions after the rebalance")
+            joined = [first]
+            for i in range(2 if fault == "retention_rebalance_chain" else 1):
+                joined.append(start(f"w{i + 1}"))
+                more(cfg.between_faults, f"actions with {len(joined)} workers")
+                _wait(lambda: _has_assignment(joined[-1]), cfg.timeout_s, "the new worker's assignment", workers)
+                time.sleep(2.0)  # every member holds partitions before one leaves
+            for w in joined[:-1]:
+                if fault == "retention_rebalance_sigkill":
+                    kill(w)
+                else:
+                    stop(w)
+                more(cfg.between_faults, "actions after the rebalance")
         time.sleep(cfg.after_s)
         traffic.stop.set()
         generator.join(60)

@@ -45,6 +45,7 @@ from streams.agents import policy_watch
 from streams.agents.lifecycle import install_state_hooks
 from streams.agents.precommit import before_offsets_commit
 from streams.agents.retention_outbox import resend_unsent
+from streams.agents.stall import StallWatch
 from streams.app import TABLE_OPTIONS
 from streams.edge import RawMessage
 from streams.events import DeadLetter
@@ -90,10 +91,13 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                                               "on_delivery": on_failed_delivery})
 
     next_offset: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset expected next
+    watch = StallWatch(app, settings.kafka, "retention", r.stall_exit_s)
+    watch.install()
 
     @app.on_partitions_revoked.connect
     async def _forget_offsets(app_: faust.App, revoked: set, **kwargs: object) -> None:
         next_offset.clear()
+        watch.progressed(next_offset)
 
     @app.agent(source, name="retention")
     async def retain(stream: faust.StreamT) -> None:
@@ -135,7 +139,7 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 busy += time.perf_counter() - t0
                 counters = engine.counters
                 counters["retention_pauses"] += 1
-                counters["retention_pause_changelog_pending"] += app.producer.buffer.size
+                counters["retention_pause_changelog_pending"] += sum(t.unacked() for t in tables.values())
                 waited = time.perf_counter()
                 # That changelog is delivered first: through app.producer.flush, which with the ads agent is its
                 # commit (state, changelog, one transaction; streams.agents.delivery). Draining Faust's buffer
@@ -144,6 +148,7 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                 await app.producer.flush()
                 t0 = time.perf_counter()
                 counters["retention_pause_wait_s"] += t0 - waited
+                watch.progressed(next_offset)
             busy += time.perf_counter() - t0
             if metrics is not None:
                 metrics.observe_batch("retention", busy)
@@ -164,6 +169,7 @@ def install(app: faust.App, settings: Settings, topics: Topics,
                                        "not acknowledging the batch")
             if out.actions:  # delivered: their outbox entries go at the next flush (every other entry of these
                 engine.sent_all(store.events.keys())  # partitions was sent again before the batch)
+            watch.progressed(next_offset)
 
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)
 
