@@ -6,9 +6,11 @@ readers see it (``read_committed``), every click applied exactly once, and every
 closed with exactly one posterior update, and the ledger's committed offsets (read back from
 ``__consumer_offsets``) never moved back.
 
-The retention fault (``metacart.bench.chaos_retention``) kills the retention worker three times under
-steady session traffic with outcomes fed back: every due (user, review) must get exactly one visible action,
-every outcome sent must be learned exactly once, and every window closed exactly once.
+The retention faults (``metacart.bench.chaos_retention``) kill the retention worker three times, or stop the
+first of two with SIGTERM, under steady session traffic with outcomes fed back: every due (user, review) must
+get exactly one visible action, every outcome sent must be learned exactly once, and every window closed
+exactly once. (``retention_rebalance_chain`` and ``retention_broker_restart`` are not here yet: see
+docs/ARCHITECTURE.md, "Delivery guarantee", for what they measured.)
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ def test_fault_loses_and_duplicates_nothing(settings, tmp_path, fault):
     assert exact == dict.fromkeys(exact, 0), result
 
 
-def test_retention_kill9x3_loses_and_duplicates_nothing(settings, tmp_path, retention_artifact):
+@pytest.mark.parametrize("fault, workers", [("retention_kill9x3", 4), ("retention_rebalance_sigterm", 2)])
+def test_retention_fault_loses_and_duplicates_nothing(settings, tmp_path, retention_artifact, fault, workers):
     settings.retention.artifact = retention_artifact
-    result = run_fault(settings, "retention_kill9x3", tmp_path)
+    result = run_fault(settings, fault, tmp_path)
     print(result)
     assert result["requests"] >= 10_000, "too few reviews for the fault to matter"
     assert result["offered_per_s"] >= 350, "the generator fell behind the offered sessions"
-    assert result["clicks_sent"] > 0 and result["workers"] >= 4
+    assert result["clicks_sent"] > 0 and result["workers"] >= workers
     exact = {k: result[k] for k in ("no_decision", "multi_decision", "different_ad", "unexpected_decision",
                                     "clicks_lost", "clicks_double", "updates_lost", "updates_double")}
     assert exact == dict.fromkeys(exact, 0), result
