@@ -4,7 +4,8 @@ new users and new segments keep arriving; every ``sample_s`` a sample of what wo
 Traffic (one process, paced every 20 ms):
 
 - ad requests at ``ad_rate``/s; every ``segment_every_s`` a new generation of the held-out segments
-  (``m05-c12.g7``) starts, and each request picks a generation uniformly among those so far, so the
+  (``m05-c12.g7``) starts, and each request picks a generation uniformly among those so far (among the
+  latest ``ad_generations`` only, when set: older segments then go quiet, as real ones do), so the
   number of segments grows throughout; every request has a new user id. ``click_share`` of the decisions
   read back are clicked (with the decided ad). Ad event time runs ``ad_speed`` × the wall clock, so
   attribution windows close as the run goes;
@@ -64,6 +65,8 @@ class SoakConfig:
     """Share of decisions clicked."""
     segment_every_s: float = 10.0
     """A new generation of segments starts this often (wall clock)."""
+    ad_generations: int = 0
+    """Requests pick among this many latest generations (0: all so far, every segment stays in use)."""
     recent_users: int = 5000
     """Returning session users are drawn from this many most recent users."""
     ad_speed: float = 60.0
@@ -181,6 +184,11 @@ def segment_name(base: str, generation: int) -> str:
     return f"{base}.g{generation}"
 
 
+def pick_generation(rng: random.Random, latest: int, live: int) -> int:
+    """A generation drawn uniformly from ``0..latest``, or from the ``live`` latest ones when ``live > 0``."""
+    return rng.randint(0 if live == 0 else max(0, latest - live + 1), latest)
+
+
 # --- traffic ---------------------------------------------------------------------------------------
 
 class _Traffic:
@@ -214,7 +222,8 @@ class _Traffic:
         rid = f"{self.run}-r{self.n_requests}"
         self.n_requests += 1
         body["request_id"], body["user_id"] = rid, f"{self.run}-a{self.n_requests}"
-        body["segment"] = segment_name(body["segment"], self.rng.randint(0, self.generation(now)))
+        generation = pick_generation(self.rng, self.generation(now), self.cfg.ad_generations)
+        body["segment"] = segment_name(body["segment"], generation)
         t = self.t0_wall + (now - self.t0_wall) * self.cfg.ad_speed
         body["event_time"] = datetime.fromtimestamp(t, timezone.utc).isoformat()
         return body["segment"].encode(), json.dumps(body, separators=(",", ":")).encode(), rid
