@@ -8,6 +8,12 @@ memory by dropping the least recently used ones whose stored head is current (th
 :mod:`streams.segment_lru`, which the retention engine keeps too). An evicted segment comes back from its
 head when next seen.
 
+Heads carry the event time the segment was last seen (a decision or feedback): a segment idle for
+``ads.segment_idle_ttl_s`` of its partition's event time, with no decision a replay could need, *expires*
+(:mod:`streams.segment_expiry`): ``expire_one`` deletes its head (a changelog tombstone, committed with the
+rest of the flush) and forgets it; seen again it starts from the prior (``segments_new``), counted as
+``segments_expired``. ``rebuild_idle`` finds the stored heads' last-seen times after a restart or rebalance.
+
 Heads carry the *epoch* (the version of the artifact whose prior the posterior grew from): a head of
 another epoch is reset to the current prior when loaded (``segments_reset_by_swap``), and one that cannot
 be decoded restarts from the prior (``segments_unreadable``) instead of failing every batch that touches it.
@@ -16,11 +22,13 @@ be decoded restarts from the prior (``segments_unreadable``) instead of failing 
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections import Counter
 
 from policy.adapter import Adapter
 from streams.ads_state import SegmentHead
+from streams.segment_expiry import IdleSegments
 from streams.segment_lru import CleanLRU
 from streams.store import PartitionStore
 
@@ -37,12 +45,13 @@ class SegmentCache:
     """Heads and posteriors of the segments in memory (see the module docstring)."""
 
     def __init__(self, adapter: Adapter, store: PartitionStore, max_cached: int, counters: Counter[str],
-                 epoch: bytes) -> None:
+                 epoch: bytes, idle_ttl_s: float = 0.0) -> None:
         self.adapter = adapter
         self.store = store
         self.counters = counters
         self.epoch = epoch
         self._heads: CleanLRU[str, SegmentHead] = CleanLRU(max_cached)
+        self.idle: IdleSegments[str] = IdleSegments(idle_ttl_s)
 
     @property
     def max_cached(self) -> int:
@@ -76,7 +85,37 @@ class SegmentCache:
         if head.state is not None:
             self.adapter.load_state(segment, head.state)  # a bad state raises before the head is cached
         self.counters["segments_restored"] += 1
+        if math.isfinite(head.last_seen):
+            self.idle.seen_one(segment, partition, head.last_seen)
         return self._cache(segment, head, changed=False)
+
+    def seen_one(self, segment: str, partition: int, t: float) -> None:
+        """Traffic (a decision, feedback) touched the segment (loaded) at event time ``t``. Not a change: the
+        head carries ``t`` at its next write (every decision's window close writes it)."""
+        head = self._heads.peek(segment)
+        head.last_seen = max(head.last_seen, t)
+        self.idle.seen_one(segment, partition, t)
+
+    def expire_one(self, segment: str, partition: int) -> None:
+        """Delete the segment's stored head and forget it (memory, posterior, last-seen time)."""
+        self.store.delete(SEGMENTS, HEAD + segment, partition)
+        self._heads.discard(segment)
+        self.adapter.evict(segment)
+        self.idle.forget(segment)
+        self.counters["segments_expired"] += 1
+
+    def rebuild_idle(self) -> None:
+        """Track the last-seen time of every stored head (after a restart or a rebalance)."""
+        self.idle.clear()
+        if not self.idle.enabled:
+            return
+        for key, raw in self.store.items(SEGMENTS, HEAD):
+            try:
+                partition, last_seen = SegmentHead.last_seen_of(raw)
+            except struct.error:
+                continue  # unreadable: restarted from the prior when next loaded
+            if math.isfinite(last_seen):
+                self.idle.seen_one(key[len(HEAD):], partition, last_seen)
 
     def _cache(self, segment: str, head: SegmentHead, changed: bool) -> SegmentHead:
         self._heads.put(segment, head, changed)
@@ -116,3 +155,4 @@ class SegmentCache:
     def clear(self) -> None:
         """Forget every segment (the adapter's posteriors are reset by the caller)."""
         self._heads.clear()
+        self.idle.clear()

@@ -48,7 +48,8 @@ ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retentio
                  "retention_blocks_deleted", "retention_block_bytes_written", "retention_segments_cached",
                  "retention_block_bytes", "retention_block_live_bytes",
                  "retention_block_index_keys",
-                 "retention_segments_evicted", "segments_evicted")
+                 "retention_segments_evicted", "segments_evicted", "retention_segments_expired",
+                 "segments_expired")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ class SoakConfig:
     """Retention event-time seconds per wall-clock second."""
     idle_horizon_days: float = 5.0
     """The worker evicts retention users idle this long (event time), so state has a bound to keep."""
+    ads_segment_ttl_s: float | None = None
+    """``ads.segment_idle_ttl_s`` of the worker (event seconds; None: its setting). A soak minute is
+    ``ad_speed`` event minutes (an hour by default)."""
+    retention_segment_ttl_s: float | None = None
+    """``retention.segment_idle_ttl_s`` of the worker (event seconds; None: its setting). A soak minute is
+    ``retention_speed`` event minutes (two days by default)."""
 
 
 @dataclass
@@ -276,6 +283,10 @@ def _soak_settings(settings: Settings, tag: str, cfg: SoakConfig, data_root: Pat
     s.store.data_dir = data_root / f"soak-{tag}"
     s.agents = "ads,retention"
     s.retention.idle_horizon_s = cfg.idle_horizon_days * DAY_S
+    if cfg.ads_segment_ttl_s is not None:
+        s.ads.segment_idle_ttl_s = cfg.ads_segment_ttl_s
+    if cfg.retention_segment_ttl_s is not None:
+        s.retention.segment_idle_ttl_s = cfg.retention_segment_ttl_s
     return s
 
 
@@ -371,7 +382,9 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
     ensure_topics(s.kafka, topics.all())
     console.print(f"[bold]bench soak[/]: {cfg.minutes:g} min, {cfg.ad_rate:.0f} ad requests/s + "
                   f"{cfg.session_rate:.0f} sessions/s, new segments every {cfg.segment_every_s:g} s, "
-                  f"a sample every {cfg.sample_s:g} s; worker {s.worker_id} (ads + retention)")
+                  f"a sample every {cfg.sample_s:g} s; worker {s.worker_id} (ads + retention); segments expire "
+                  f"after {s.ads.segment_idle_ttl_s:g} s (ads) / {s.retention.segment_idle_ttl_s:g} s (retention) "
+                  "idle in event time")
     worker = WorkerProcess(s, data_root / f"soak-{tag}.log").start()
     producer = make_producer(s.kafka)
     samples: list[dict] = []
