@@ -139,7 +139,6 @@ class Partitions:
             part.risk.evict(segment)
         self.counters["retention_segments_evicted"] += len(victims)
 
-
     def _segment_record(self, partition: int, segment: str) -> bytes:
         """The segment's record: last-seen time, epoch, posterior bytes, risk offset (module docstring)."""
         part = self._parts[partition]
