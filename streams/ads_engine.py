@@ -101,7 +101,6 @@ class AdsEngine:
         # Heads and posteriors in memory; the epoch is the version of the artifact whose prior they grew from.
         self.segments = SegmentCache(adapter, store, ads.max_cached_segments, self.counters, adapter.version.encode(),
                                      ads.segment_idle_ttl_s)
-        self._last_request: dict[str, tuple[int, str]] = {}  # segment -> (offset, id) of its latest decision
 
     # --- the batch entry point -------------------------------------------------------------------
 
@@ -259,7 +258,7 @@ class AdsEngine:
                 expected=1.0 / (1.0 + math.exp(-score)) if bernoulli else score,
                 decided_at=now.timestamp(), policy_version=version)
             opened.append((req.request_id, pending))
-            self._last_request[req.segment] = (msg.offset, req.request_id)
+            self.segments.decided_one(req.segment, msg.offset, req.request_id)
             emitted.append((req.segment.encode(), self._decision_bytes(req, pending)))
         out.decisions.extend(emitted)  # only once the whole group decided
         self.book.add_many(opened, self._tag)
@@ -406,8 +405,7 @@ class AdsEngine:
         self._rebuild_needed = False
 
         def current(request_id: str, pending: Pending) -> Pending | None:
-            if pending.offset >= self._last_request.get(pending.segment, (-1, ""))[0]:
-                self._last_request[pending.segment] = (pending.offset, request_id)
+            self.segments.decided_one(pending.segment, pending.offset, request_id)
             head = self.segments.load(pending.segment, pending.partition)
             if pending.decided_t + self.settings.attribution_window_s <= head.closed_through:
                 return None
@@ -415,7 +413,6 @@ class AdsEngine:
             return pending if not (clicked or value) else replace(pending, clicked=clicked, value=value)
 
         self.segments.rebuild_idle()
-        self._last_request.clear()
         self.book.rebuild(self.store, current)
 
     def flush(self, force: bool = True) -> None:
@@ -430,39 +427,14 @@ class AdsEngine:
         requests = self.topics.ad_requests.name
         self.counters["blocks_deleted"] += self.book.delete_done(
             self.store, lambda p: self.committed.get((requests, p), -1))
-        self._expire_idle()
-
-    # --- expiry (streams.segment_expiry) ---------------------------------------------------------
-
-    def _needed(self, segment: str) -> bool:
-        """Whether a retained block holds a decision of the segment (a replay could need it, and a rebuild
-        reads its open/closed state from the head). Blocks of a partition go in request order, and every
-        decision of a segment idle for longer than the window is closed: the latest one is enough."""
-        last = self._last_request.get(segment)
-        return last is not None and self.book.known(last[1]) is not None
+        self.segments.expire_due_many(self.event_time.items(), self.book.known)
 
     def _seen(self, segment: str, partition: int, t: float) -> None:
-        """A request of the segment at event time ``t``. One idle past the TTL expires first, as a flush at
-        ``t`` would have expired it: the state a replay reaches does not depend on when flushes ran."""
-        if self.segments.idle.is_idle(segment, t) and not self._needed(segment):
+        """A request of the segment at event time ``t`` (``SegmentCache.touch_one``: one idle past its TTL
+        expires first); queued rewards are applied before a posterior may go."""
+        if self.segments.idle.is_idle(segment, t):
             self._learn_now()
-            self._expire_one(segment, partition)
-        self.segments.load(segment, partition)
-        self.segments.seen_one(segment, partition, t)
-
-    def _expire_idle(self) -> None:
-        """Expire the segments idle at their partition's watermark (flush time; heap, no scan)."""
-        idle = self.segments.idle
-        for partition, watermark in self.event_time.items():
-            for segment in idle.due_many(partition, watermark):
-                if self._needed(segment):
-                    idle.hold(segment)
-                else:
-                    self._expire_one(segment, partition)
-
-    def _expire_one(self, segment: str, partition: int) -> None:
-        self.segments.expire_one(segment, partition)
-        self._last_request.pop(segment, None)
+        self.segments.touch_one(segment, partition, t, self.book.known)
 
     def cached_segments(self) -> int:
         """Segments whose head and posterior are in memory."""
@@ -513,7 +485,6 @@ class AdsEngine:
         self.adapter.reset_all()
         self._to_learn.clear()  # empty: the revoke commit's flush applied it
         self.segments.clear()
-        self._last_request.clear()
         self.book.clear()
         self.event_time.clear()
         self.positions.clear()

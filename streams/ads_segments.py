@@ -10,9 +10,14 @@ head when next seen.
 
 Heads carry the event time the segment was last seen (a decision or feedback): a segment idle for
 ``ads.segment_idle_ttl_s`` of its partition's event time, with no decision a replay could need, *expires*
-(:mod:`streams.segment_expiry`): ``expire_one`` deletes its head (a changelog tombstone, committed with the
-rest of the flush) and forgets it; seen again it starts from the prior (``segments_new``), counted as
-``segments_expired``. ``rebuild_idle`` finds the stored heads' last-seen times after a restart or rebalance.
+(:mod:`streams.segment_expiry`): ``expire_due_many`` (the engine's flush, after the block deletes) deletes its
+head (a changelog tombstone, committed with the rest of the flush) and forgets it, counted as
+``segments_expired``; seen again it starts from the prior (``segments_new``). ``touch_one`` expires an idle
+segment a request reaches before any flush did, so the state does not depend on when flushes ran. A segment
+whose latest decision is still in a retained pending block is held instead: a replay could need the decision,
+and a rebuild reads its open/closed state from the head (blocks of a partition go in request order and every
+decision of a segment idle longer than the window is closed, so the latest decision is enough).
+``rebuild_idle`` finds the stored heads' last-seen times after a restart or rebalance.
 
 Heads carry the *epoch* (the version of the artifact whose prior the posterior grew from): a head of
 another epoch is reset to the current prior when loaded (``segments_reset_by_swap``), and one that cannot
@@ -25,6 +30,7 @@ import logging
 import math
 import struct
 from collections import Counter
+from collections.abc import Callable, Iterable
 
 from policy.adapter import Adapter
 from streams.ads_state import SegmentHead
@@ -52,6 +58,7 @@ class SegmentCache:
         self.epoch = epoch
         self._heads: CleanLRU[str, SegmentHead] = CleanLRU(max_cached)
         self.idle: IdleSegments[str] = IdleSegments(idle_ttl_s)
+        self._latest: dict[str, tuple[int, str]] = {}  # segment -> (offset, request id) of its latest decision
 
     @property
     def max_cached(self) -> int:
@@ -96,17 +103,47 @@ class SegmentCache:
         head.last_seen = max(head.last_seen, t)
         self.idle.seen_one(segment, partition, t)
 
-    def expire_one(self, segment: str, partition: int) -> None:
+    def decided_one(self, segment: str, offset: int, request_id: str) -> None:
+        """A decision of the segment (new, or reloaded with its block): the latest one guards its expiry."""
+        if self.idle.enabled and offset >= self._latest.get(segment, (-1, ""))[0]:
+            self._latest[segment] = (offset, request_id)
+
+    def touch_one(self, segment: str, partition: int, t: float, retained: Callable[[str], object]) -> None:
+        """A request of the segment at event time ``t``: expire it first when idle past its TTL (and its
+        latest decision is not ``retained``), then load it and mark it seen."""
+        if self.idle.is_idle(segment, t) and not self._held(segment, retained):
+            self._expire_one(segment, partition)
+        self.load(segment, partition)
+        self.seen_one(segment, partition, t)
+
+    def expire_due_many(self, watermarks: Iterable[tuple[int, float]], retained: Callable[[str], object]) -> None:
+        """Expire the segments idle at their partition's watermark (from the heap, no scan); one whose
+        latest decision is ``retained`` (a request id -> its pending or None) is held for the next flush."""
+        for partition, watermark in watermarks:
+            for segment in self.idle.due_many(partition, watermark):
+                if self._held(segment, retained):
+                    self.idle.hold(segment)
+                else:
+                    self._expire_one(segment, partition)
+
+    def _held(self, segment: str, retained: Callable[[str], object]) -> bool:
+        latest = self._latest.get(segment)
+        return latest is not None and retained(latest[1]) is not None
+
+    def _expire_one(self, segment: str, partition: int) -> None:
         """Delete the segment's stored head and forget it (memory, posterior, last-seen time)."""
         self.store.delete(SEGMENTS, HEAD + segment, partition)
         self._heads.discard(segment)
         self.adapter.evict(segment)
         self.idle.forget(segment)
+        self._latest.pop(segment, None)
         self.counters["segments_expired"] += 1
 
     def rebuild_idle(self) -> None:
-        """Track the last-seen time of every stored head (after a restart or a rebalance)."""
+        """Track the last-seen time of every stored head (after a restart or a rebalance; the pending book's
+        rebuild then reports the retained decisions with ``decided_one``)."""
         self.idle.clear()
+        self._latest.clear()
         if not self.idle.enabled:
             return
         for key, raw in self.store.items(SEGMENTS, HEAD):
@@ -156,3 +193,4 @@ class SegmentCache:
         """Forget every segment (the adapter's posteriors are reset by the caller)."""
         self._heads.clear()
         self.idle.clear()
+        self._latest.clear()
