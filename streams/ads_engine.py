@@ -48,6 +48,7 @@ from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_state import Pending
 from streams.ads_segments import SegmentCache
+from streams.segment_expiry import idle_ttl
 from streams.event_time import EventClock
 from streams.pending import PendingBook
 from streams.store import PartitionStore
@@ -100,7 +101,7 @@ class AdsEngine:
         self.counters: Counter[str] = Counter()
         # Heads and posteriors in memory; the epoch is the version of the artifact whose prior they grew from.
         self.segments = SegmentCache(adapter, store, ads.max_cached_segments, self.counters, adapter.version.encode(),
-                                     ads.segment_idle_ttl_s)
+                                     idle_ttl(ads.segment_idle_ttl_s, ads.attribution_window_s))
 
     # --- the batch entry point -------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ from streams.retention_blocks import BlockStore
 from streams.retention_book import ActionBook, Close
 from streams.retention_partitions import Partition, Partitions, risk_model
 from streams.retention_review import Reviews
-from streams.segment_expiry import IdleSegments
+from streams.segment_expiry import IdleSegments, idle_ttl
 from streams.segment_lru import CleanLRU
 from streams.retention_state import (DAY_S, TICK, OpenAction, UserRow, budget_key, from_days,
                                      partition_budget_config, read_never_contact, to_days)
@@ -122,7 +122,8 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._parts: dict[int, Partition] = {}
         # (partition, segment) pairs whose posterior is in memory, least recently used first
         self._segments: CleanLRU[tuple[int, str], None] = CleanLRU(settings.max_cached_segments)
-        self._idle: IdleSegments[tuple[int, str]] = IdleSegments(settings.segment_idle_ttl_s / DAY_S)
+        self._idle: IdleSegments[tuple[int, str]] = IdleSegments(idle_ttl(
+            settings.segment_idle_ttl_s, settings.outcome_window_s + settings.outcome_grace_s) / DAY_S)
         self._watermark: dict[int, float] = {}
         # The skew rule's watermark per partition (days): the latest accepted event time, persisted.
         self.event_time = EventClock(storage.max_event_time_skew_s, clock, unit_s=DAY_S)

@@ -13,7 +13,8 @@ time), so a flush costs O(expired + re-pushed · log n), never a scan of all seg
 cannot expire yet (something open that a replay could need) is ``hold``-ed and offered again at the next
 ``due_many`` of its partition until it expires or is seen.
 
-``ttl`` 0 turns expiry off (nothing is tracked). The ads engine keys it by segment, the retention engine by
+``ttl`` 0 turns expiry off (nothing is tracked). The engines use ``idle_ttl``: never shorter than what can
+stay open (an attribution window, an outcome window and its grace), so an idle segment has nothing open. The ads engine keys it by segment, the retention engine by
 ``(partition, segment)``, as :mod:`streams.segment_lru`.
 """
 
@@ -25,6 +26,11 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+
+
+def idle_ttl(ttl_s: float, open_s: float) -> float:
+    """The TTL an engine keeps: ``ttl_s`` (0: off), at least ``open_s``, the longest a decision stays open."""
+    return 0.0 if ttl_s == 0 else max(ttl_s, open_s)
 
 
 class IdleSegments(Generic[K]):

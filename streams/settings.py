@@ -172,16 +172,9 @@ class AdsSettings(BaseModel):
         "oldest windows close early (counted as windows_forced_by_head), so the head stays far below 1 MB")
     segment_idle_ttl_s: float = Field(
         30 * 86400.0, ge=0, description="a segment with no request or feedback for this long of its partition's "
-        "event time, and no decision a replay could need, has its stored head deleted (segments_expired); "
-        "seen again it starts from the prior. 0: never. Longer than attribution_window_s (streams.segment_expiry)")
-
-    @model_validator(mode="after")
-    def _ttl_beyond_window(self) -> "AdsSettings":
-        if 0 < self.segment_idle_ttl_s <= self.attribution_window_s:
-            raise ValueError(f"ads.segment_idle_ttl_s ({self.segment_idle_ttl_s:g}) must be 0 or longer than "
-                             f"ads.attribution_window_s ({self.attribution_window_s:g}): a segment idle that long "
-                             "has no open window")
-        return self
+        "event time (at least attribution_window_s: then none of its windows is open), and no decision a replay "
+        "could need, has its stored head deleted (segments_expired); seen again it starts from the prior. 0: never "
+        "(streams.segment_expiry)")
 
 
 class RetentionSettings(BaseModel):
@@ -218,18 +211,10 @@ class RetentionSettings(BaseModel):
         256 * 1024, ge=4096, le=768 * 1024, description="retention state is written in blocks of at most this "
         "many bytes (one changelog record each), below the producer's 1 MB request limit")
     segment_idle_ttl_s: float = Field(
-        30 * 86400.0, ge=0, description="a (partition, segment) with no decision and no outcome for this long of "
-        "its partition's event time has its stored record deleted (retention_segments_expired); used again it "
-        "starts from the prior. 0: never. Longer than outcome_window_s + outcome_grace_s (streams.segment_expiry)")
-
-    @model_validator(mode="after")
-    def _ttl_beyond_window(self) -> "RetentionSettings":
-        open_s = self.outcome_window_s + self.outcome_grace_s
-        if 0 < self.segment_idle_ttl_s <= open_s:
-            raise ValueError(f"retention.segment_idle_ttl_s ({self.segment_idle_ttl_s:g}) must be 0 or longer than "
-                             f"outcome_window_s + outcome_grace_s ({open_s:g}): a segment idle that long has no "
-                             "open action")
-        return self
+        30 * 86400.0, ge=0, description="a (partition, segment) with no decision and no outcome for this long of its "
+        "partition's event time (at least outcome_window_s + outcome_grace_s: then none of its actions is open) "
+        "has its stored record deleted (retention_segments_expired); used again it starts from the prior. "
+        "0: never (streams.segment_expiry)")
 
 
 class PrivacySettings(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.segment_expiry import IdleSegments
+from streams.segment_expiry import IdleSegments, idle_ttl
 from streams.settings import AdsSettings, RetentionSettings
 
 DAY = 86400.0
@@ -45,10 +45,17 @@ def test_ttl_zero_tracks_nothing():
         IdleSegments(-1.0)
 
 
-def test_the_ttl_must_outlast_what_can_be_open():
-    with pytest.raises(ValueError, match="attribution_window_s"):
-        AdsSettings(attribution_window_s=600.0, segment_idle_ttl_s=600.0)
-    with pytest.raises(ValueError, match="outcome_window_s"):
-        RetentionSettings(outcome_window_s=7 * DAY, segment_idle_ttl_s=7 * DAY)
+def test_the_ttl_an_engine_keeps_outlasts_what_can_be_open():
+    from tests.unit.streams.test_retention_engine import engine as retention_engine
+    from tests.unit.streams.test_segment_expiry import ads_engine
+    from streams.store import DictStore
+
+    assert idle_ttl(0.0, 600.0) == 0.0  # off
+    assert idle_ttl(3600.0, 600.0) == 3600.0
+    assert idle_ttl(300.0, 600.0) == 600.0  # never shorter than a window
     assert AdsSettings().segment_idle_ttl_s == RetentionSettings().segment_idle_ttl_s == 30 * DAY
-    AdsSettings(attribution_window_s=600.0, segment_idle_ttl_s=0.0)  # 0: never
+    # a window longer than the TTL (chaos_retention: 400 days) is valid; the engines wait for it
+    assert RetentionSettings(outcome_window_s=400 * DAY).segment_idle_ttl_s == 30 * DAY
+    assert ads_engine(DictStore(), ttl=300.0).segments.idle.ttl == 600.0  # its window (test_segment_expiry.py)
+    long = retention_engine(DictStore(), outcome_window_s=400 * DAY, segment_idle_ttl_s=30 * DAY)
+    assert long._idle.ttl == 400.0  # days: the outcome window (grace 0 there)
