@@ -612,13 +612,22 @@ def bench_soak(
     sample_s: float = typer.Option(30.0, min=1.0, help="seconds between samples"),
     ad_rate: float = typer.Option(300.0, min=1.0, help="ad requests per second"),
     session_rate: float = typer.Option(100.0, min=0.0, help="retention session events per second"),
+    ad_generations: int = typer.Option(0, min=0, help="ad requests pick among this many latest segment "
+                                       "generations (0: all so far)"),
+    ads_segment_ttl_s: Optional[float] = typer.Option(
+        None, min=0.0, help="the worker's ads.segment_idle_ttl_s (event seconds; a soak minute is an event hour)"),
+    retention_segment_ttl_s: Optional[float] = typer.Option(
+        None, min=0.0, help="the worker's retention.segment_idle_ttl_s (event seconds; a soak minute is two "
+        "event days)"),
 ) -> None:
     """A worker with ads and retention under traffic where new users and segments keep arriving: RSS, state,
     p99 latency, decisions/s and dead letters every SAMPLE_S seconds."""
     from metacart.bench.soak import SoakConfig, ensure_artifacts, run
 
     settings = ensure_artifacts(_connected(Settings()))
-    run(settings, SoakConfig(minutes=minutes, sample_s=sample_s, ad_rate=ad_rate, session_rate=session_rate), out=out)
+    run(settings, SoakConfig(minutes=minutes, sample_s=sample_s, ad_rate=ad_rate, session_rate=session_rate,
+                             ad_generations=ad_generations, ads_segment_ttl_s=ads_segment_ttl_s,
+                             retention_segment_ttl_s=retention_segment_ttl_s), out=out)
 
 
 @bench.command("retention-records")

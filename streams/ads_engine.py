@@ -48,6 +48,7 @@ from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
 from streams.ads_state import Pending
 from streams.ads_segments import SegmentCache
+from streams.segment_expiry import idle_ttl
 from streams.event_time import EventClock
 from streams.pending import PendingBook
 from streams.store import PartitionStore
@@ -99,7 +100,8 @@ class AdsEngine:
         self.committed: dict[tuple[str, int], int] = {}
         self.counters: Counter[str] = Counter()
         # Heads and posteriors in memory; the epoch is the version of the artifact whose prior they grew from.
-        self.segments = SegmentCache(adapter, store, ads.max_cached_segments, self.counters, adapter.version.encode())
+        self.segments = SegmentCache(adapter, store, ads.max_cached_segments, self.counters, adapter.version.encode(),
+                                     idle_ttl(ads.segment_idle_ttl_s, ads.attribution_window_s))
 
     # --- the batch entry point -------------------------------------------------------------------
 
@@ -232,6 +234,8 @@ class AdsEngine:
     def _decide_group(self, group: list[tuple[AdRequest, RawMessage, list[list[float]]]], out: Outputs,
                       now: datetime) -> None:
         segments = [req.segment for req, _, _ in group]
+        for req, msg, _ in group:
+            self._seen(req.segment, msg.partition, _epoch(req.event_time))
         heads = [self.segments.load(req.segment, msg.partition) for req, msg, _ in group]
         context = np.array([req.context for req, _, _ in group], dtype=np.float64)
         k, da = len(group[0][2]), len(group[0][2][0])  # one group: one candidate count; shapes were checked
@@ -255,6 +259,7 @@ class AdsEngine:
                 expected=1.0 / (1.0 + math.exp(-score)) if bernoulli else score,
                 decided_at=now.timestamp(), policy_version=version)
             opened.append((req.request_id, pending))
+            self.segments.decided_one(req.segment, msg.offset, req.request_id)
             emitted.append((req.segment.encode(), self._decision_bytes(req, pending)))
         out.decisions.extend(emitted)  # only once the whole group decided
         self.book.add_many(opened, self._tag)
@@ -292,6 +297,7 @@ class AdsEngine:
             self.counters[f"{event.type}s_late_or_unknown"] += 1
             return
         head = self.segments.load(pending.segment, pending.partition)
+        self.segments.seen_one(pending.segment, pending.partition, _epoch(event.event_time))
         if isinstance(event, Click):
             if pending.clicked:
                 self.counters["clicks_duplicate"] += 1
@@ -382,6 +388,7 @@ class AdsEngine:
 
     def _close_one(self, request_id: str, pending: Pending) -> None:
         head = self.segments.load(pending.segment, pending.partition)
+        self.segments.seen_one(pending.segment, pending.partition, pending.decided_t)  # written with the close
         head.closed_through = max(head.closed_through, pending.decided_t + self.settings.attribution_window_s)
         head.feedback.pop(request_id, None)
         self.segments.mark(pending.segment)
@@ -399,12 +406,14 @@ class AdsEngine:
         self._rebuild_needed = False
 
         def current(request_id: str, pending: Pending) -> Pending | None:
+            self.segments.decided_one(pending.segment, pending.offset, request_id)
             head = self.segments.load(pending.segment, pending.partition)
             if pending.decided_t + self.settings.attribution_window_s <= head.closed_through:
                 return None
             clicked, value = head.feedback.get(request_id, (False, 0.0))
             return pending if not (clicked or value) else replace(pending, clicked=clicked, value=value)
 
+        self.segments.rebuild_idle()
         self.book.rebuild(self.store, current)
 
     def flush(self, force: bool = True) -> None:
@@ -419,6 +428,14 @@ class AdsEngine:
         requests = self.topics.ad_requests.name
         self.counters["blocks_deleted"] += self.book.delete_done(
             self.store, lambda p: self.committed.get((requests, p), -1))
+        self.segments.expire_due_many(self.event_time.items(), self.book.known)
+
+    def _seen(self, segment: str, partition: int, t: float) -> None:
+        """A request of the segment at event time ``t`` (``SegmentCache.touch_one``: one idle past its TTL
+        expires first); queued rewards are applied before a posterior may go."""
+        if self.segments.idle.is_idle(segment, t):
+            self._learn_now()
+        self.segments.touch_one(segment, partition, t, self.book.known)
 
     def cached_segments(self) -> int:
         """Segments whose head and posterior are in memory."""

@@ -108,9 +108,11 @@ class Pending:
 
 
 # version, partition, n_updates, clicks, zero_updates, closed_through, |epoch|, |state|, feedback entries
-_HEAD = struct.Struct("<BiIIIdHII")
+_HEAD_V1 = struct.Struct("<BiIIIdHII")
+# version 2 adds last_seen after closed_through
+_HEAD = struct.Struct("<BiIIIddHII")
 _FEEDBACK = struct.Struct("<HBd")  # |request id|, clicked, value
-_HEAD_VERSION = 1
+_HEAD_VERSION = 2
 
 
 @dataclass
@@ -129,6 +131,9 @@ class SegmentHead:
         Every decision of the segment whose window ends at or before this event time is closed.
     feedback : dict
         Request id -> (clicked, value) of the segment's open decisions that received feedback.
+    last_seen : float
+        Event time of the segment's latest decision or feedback this head covers (``streams.segment_expiry``;
+        a head of version 1 reads it as ``closed_through``, which is later than the decisions it closed).
     """
 
     epoch: bytes
@@ -139,11 +144,12 @@ class SegmentHead:
     zero_updates: int = 0
     closed_through: float = -math.inf
     feedback: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    last_seen: float = -math.inf
 
     def encode(self) -> bytes:
         state = self.state or b""
         parts = [_HEAD.pack(_HEAD_VERSION, self.partition, self.n_updates, self.clicks, self.zero_updates,
-                            self.closed_through, len(self.epoch), len(state), len(self.feedback)),
+                            self.closed_through, self.last_seen, len(self.epoch), len(state), len(self.feedback)),
                  self.epoch, state]
         for rid, (clicked, value) in self.feedback.items():
             b = rid.encode()
@@ -152,10 +158,16 @@ class SegmentHead:
 
     @classmethod
     def decode(cls, raw: bytes) -> "SegmentHead":
-        version, partition, n_updates, clicks, zeros, closed, n_epoch, n_state, n_fb = _HEAD.unpack_from(raw)
-        if version != _HEAD_VERSION:
-            raise ValueError(f"segment record version {version} is not {_HEAD_VERSION}")
-        at = _HEAD.size
+        version = struct.unpack_from("<B", raw)[0]
+        if version == 1:
+            _, partition, n_updates, clicks, zeros, closed, n_epoch, n_state, n_fb = _HEAD_V1.unpack_from(raw)
+            last_seen, at = closed, _HEAD_V1.size
+        elif version == _HEAD_VERSION:
+            (_, partition, n_updates, clicks, zeros, closed, last_seen, n_epoch, n_state,
+             n_fb) = _HEAD.unpack_from(raw)
+            at = _HEAD.size
+        else:
+            raise ValueError(f"segment record version {version} is not 1 or {_HEAD_VERSION}")
         epoch = bytes(raw[at:at + n_epoch])
         at += n_epoch
         state = bytes(raw[at:at + n_state]) or None
@@ -166,4 +178,13 @@ class SegmentHead:
             at += _FEEDBACK.size
             feedback[raw[at:at + n_rid].decode()] = (bool(clicked), value)
             at += n_rid
-        return cls(epoch, partition, state, n_updates, clicks, zeros, closed, feedback)
+        return cls(epoch, partition, state, n_updates, clicks, zeros, closed, feedback, last_seen)
+
+    @staticmethod
+    def last_seen_of(raw: bytes) -> tuple[int, float]:
+        """``(partition, last_seen)`` of an encoded head, without decoding the rest."""
+        if struct.unpack_from("<B", raw)[0] == 1:
+            fields = _HEAD_V1.unpack_from(raw)
+            return fields[1], fields[5]
+        fields = _HEAD.unpack_from(raw)
+        return fields[1], fields[6]

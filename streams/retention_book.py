@@ -291,3 +291,4 @@ class ActionBook:
         self._user_counts = Counter({p: len(m) for p, m in self._members.items()})
         for partition, part in self._parts.items():
             part.users = self._user_counts.get(partition, 0)
+        self._rebuild_idle()  # streams.retention_partitions: the stored segments' last-seen times

@@ -64,6 +64,7 @@ from streams.retention_blocks import BlockStore
 from streams.retention_book import ActionBook, Close
 from streams.retention_partitions import Partition, Partitions, risk_model
 from streams.retention_review import Reviews
+from streams.segment_expiry import IdleSegments, idle_ttl
 from streams.segment_lru import CleanLRU
 from streams.retention_state import (DAY_S, TICK, OpenAction, UserRow, budget_key, from_days,
                                      partition_budget_config, read_never_contact, to_days)
@@ -121,6 +122,8 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._parts: dict[int, Partition] = {}
         # (partition, segment) pairs whose posterior is in memory, least recently used first
         self._segments: CleanLRU[tuple[int, str], None] = CleanLRU(settings.max_cached_segments)
+        self._idle: IdleSegments[tuple[int, str]] = IdleSegments(idle_ttl(
+            settings.segment_idle_ttl_s, settings.outcome_window_s + settings.outcome_grace_s) / DAY_S)
         self._watermark: dict[int, float] = {}
         # The skew rule's watermark per partition (days): the latest accepted event time, persisted.
         self.event_time = EventClock(storage.max_event_time_skew_s, clock, unit_s=DAY_S)
@@ -376,10 +379,8 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._segments.written()
         for partition, part in self._parts.items():
             for segment in changed.get(partition, ()):
-                adapter_state = part.adapter.state_bytes(segment)
-                value = (bytes([len(self._epoch)]) + self._epoch + len(adapter_state).to_bytes(4, "little")
-                         + adapter_state + part.risk.state_bytes(segment))
-                self.store.put("segments", f"{partition}/{segment}", partition, value)
+                self.store.put("segments", f"{partition}/{segment}", partition,
+                               self._segment_record(partition, segment))
             puts, deletes = part.budget.drain_changes()
             for record, value in puts.items():
                 self.store.put("partitions", budget_key(partition, record), partition, value)
@@ -408,6 +409,7 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         for did, partition in self._deletes:
             self.store.delete("actions", did, partition)
         self._deletes.clear()
+        self._expire_idle_segments()
         self.store.commit()  # every key changed since the last flush, once, in one block per partition
         self._evict_segments()  # those written are current in the store: the least recently used may leave
         self.counters["retention_segments_cached"] = len(self._segments)

@@ -19,10 +19,20 @@ and risk offset in memory, with the bound the ads engine keeps (:class:`streams.
 each flush the least recently used ones whose stored state is current leave (``retention_segments_evicted``)
 and are read back from the ``segments`` records when next used, with the same posterior. Segments of a
 partition whose review is paused between slices stay: the rest of the review decides with them.
+
+Segments in the store. A (partition, segment) that no review decided for and no outcome reached for
+``retention.segment_idle_ttl_s`` of its partition's event time *expires* (:mod:`streams.segment_expiry`,
+the rule the ads engine keeps): the flush deletes its record (a tombstone in the partition's next block) and
+forgets it (``retention_segments_expired``); used again, it starts from the prior. The TTL is longer than an
+action's outcome window and grace, so an idle segment has no open action. Its record carries the last-seen
+time (days): ``0x00``, float64, then the layout before it (epoch length, epoch, posterior, risk offset), which
+is still read (last seen: unknown until used again).
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass, field
 
 from policy.adapter import Adapter
@@ -87,17 +97,27 @@ class Partitions:
 
     def _load_segment(self, partition: int, segment: str) -> None:
         """Bring the segment's posterior and risk offset into memory (from its record; a new one starts
-        from the prior) and make it the most recently used."""
+        from the prior) and make it the most recently used; a use (a decision, an outcome) at the partition's
+        watermark. A segment idle past the TTL expires first, as the flush would have expired it."""
         part = self._part(partition)
+        key = (partition, segment)
+        now = self.event_time.mark(partition)
+        if now is not None and self._idle.is_idle(key, now):
+            self._expire_segment(partition, segment)
+        if now is not None:
+            self._idle.seen_one(key, partition, now)
         if segment in part.loaded:
-            self._segments.get((partition, segment))
+            self._segments.get(key)
             return
         part.loaded.add(segment)
-        self._segments.put((partition, segment), None)
+        self._segments.put(key, None)
         raw = self.store.get("segments", f"{partition}/{segment}", partition)
         if raw is None:
             self.counters["retention_segments_new"] += 1
             return
+        last_seen, raw = split_last_seen(raw)
+        if math.isfinite(last_seen):
+            self._idle.seen_one(key, partition, last_seen)
         n = raw[0]
         if raw[1:1 + n] != self._epoch:
             self.counters["retention_segments_reset_by_swap"] += 1
@@ -118,6 +138,60 @@ class Partitions:
             part.adapter.evict(segment)
             part.risk.evict(segment)
         self.counters["retention_segments_evicted"] += len(victims)
+
+    def _segment_record(self, partition: int, segment: str) -> bytes:
+        """The segment's record: last-seen time, epoch, posterior bytes, risk offset (module docstring)."""
+        part = self._parts[partition]
+        last = self._idle.last_seen((partition, segment))
+        adapter_state = part.adapter.state_bytes(segment)
+        return (b"\x00" + _LAST.pack(-math.inf if last is None else last) + bytes([len(self._epoch)])
+                + self._epoch + len(adapter_state).to_bytes(4, "little") + adapter_state
+                + part.risk.state_bytes(segment))
+
+    def _expire_idle_segments(self) -> None:
+        """Delete the records of the segments idle at their partition's watermark (flush time, from the
+        heap; a partition under review keeps its segments until the review is done)."""
+        for partition, part in self._parts.items():
+            now = self.event_time.mark(partition)
+            if now is None:
+                continue
+            for key in self._idle.due_many(partition, now):
+                if part.reviewing:
+                    self._idle.hold(key)
+                else:
+                    self._expire_segment(*key)
+
+    def _expire_segment(self, partition: int, segment: str) -> None:
+        part = self._part(partition)
+        self.store.delete("segments", f"{partition}/{segment}", partition)
+        self._segments.discard((partition, segment))
+        if segment in part.loaded:
+            part.loaded.discard(segment)
+            part.adapter.evict(segment)
+            part.risk.evict(segment)
+        self._idle.forget((partition, segment))
+        self.counters["retention_segments_expired"] += 1
+
+    def _rebuild_idle(self) -> None:
+        """Track the last-seen time of every stored segment record (start, rebalance)."""
+        self._idle.clear()
+        if not self._idle.enabled:
+            return
+        for name, raw in self.store.items("segments"):
+            last_seen, _ = split_last_seen(raw)
+            if math.isfinite(last_seen):
+                partition, segment = name.split("/", 1)
+                self._idle.seen_one((int(partition), segment), int(partition), last_seen)
+
+
+_LAST = struct.Struct("<d")
+
+
+def split_last_seen(raw: bytes) -> tuple[float, bytes]:
+    """``(last seen, the rest)`` of a segment record; a record of the layout before it: ``(-inf, raw)``."""
+    if raw[:1] == b"\x00":
+        return _LAST.unpack_from(raw, 1)[0], raw[1 + _LAST.size:]
+    return -math.inf, raw
 
 
 def risk_model(artifacts: RetentionArtifacts) -> RiskModel:

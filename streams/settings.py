@@ -170,6 +170,11 @@ class AdsSettings(BaseModel):
     max_head_feedback: int = Field(
         2048, ge=2, description="open decisions with feedback one segment head may hold; beyond it the segment's "
         "oldest windows close early (counted as windows_forced_by_head), so the head stays far below 1 MB")
+    segment_idle_ttl_s: float = Field(
+        30 * 86400.0, ge=0, description="a segment with no request or feedback for this long of its partition's "
+        "event time (at least attribution_window_s: then none of its windows is open), and no decision a replay "
+        "could need, has its stored head deleted (segments_expired); seen again it starts from the prior. 0: never "
+        "(streams.segment_expiry)")
 
 
 class RetentionSettings(BaseModel):
@@ -209,6 +214,11 @@ class RetentionSettings(BaseModel):
         60.0, ge=0, description="the worker exits (status 76, for its supervisor to restart it) when the retention "
         "agent received nothing for this long while its input partitions hold messages: a Faust consumer back "
         "from a broker outage without fetching (streams.agents.stall); 0 turns the watch off")
+    segment_idle_ttl_s: float = Field(
+        30 * 86400.0, ge=0, description="a (partition, segment) with no decision and no outcome for this long of its "
+        "partition's event time (at least outcome_window_s + outcome_grace_s: then none of its actions is open) "
+        "has its stored record deleted (retention_segments_expired); used again it starts from the prior. "
+        "0: never (streams.segment_expiry)")
 
 
 class PrivacySettings(BaseModel):

@@ -4,7 +4,8 @@ new users and new segments keep arriving; every ``sample_s`` a sample of what wo
 Traffic (one process, paced every 20 ms):
 
 - ad requests at ``ad_rate``/s; every ``segment_every_s`` a new generation of the held-out segments
-  (``m05-c12.g7``) starts, and each request picks a generation uniformly among those so far, so the
+  (``m05-c12.g7``) starts, and each request picks a generation uniformly among those so far (among the
+  latest ``ad_generations`` only, when set: older segments then go quiet, as real ones do), so the
   number of segments grows throughout; every request has a new user id. ``click_share`` of the decisions
   read back are clicked (with the decided ad). Ad event time runs ``ad_speed`` × the wall clock, so
   attribution windows close as the run goes;
@@ -47,7 +48,8 @@ ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retentio
                  "retention_blocks_deleted", "retention_block_bytes_written", "retention_segments_cached",
                  "retention_block_bytes", "retention_block_live_bytes",
                  "retention_block_index_keys",
-                 "retention_segments_evicted", "segments_evicted")
+                 "retention_segments_evicted", "segments_evicted", "retention_segments_expired",
+                 "segments_expired")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class SoakConfig:
     """Share of decisions clicked."""
     segment_every_s: float = 10.0
     """A new generation of segments starts this often (wall clock)."""
+    ad_generations: int = 0
+    """Requests pick among this many latest generations (0: all so far, every segment stays in use)."""
     recent_users: int = 5000
     """Returning session users are drawn from this many most recent users."""
     ad_speed: float = 60.0
@@ -72,6 +76,12 @@ class SoakConfig:
     """Retention event-time seconds per wall-clock second."""
     idle_horizon_days: float = 5.0
     """The worker evicts retention users idle this long (event time), so state has a bound to keep."""
+    ads_segment_ttl_s: float | None = None
+    """``ads.segment_idle_ttl_s`` of the worker (event seconds; None: its setting). A soak minute is
+    ``ad_speed`` event minutes (an hour by default)."""
+    retention_segment_ttl_s: float | None = None
+    """``retention.segment_idle_ttl_s`` of the worker (event seconds; None: its setting). A soak minute is
+    ``retention_speed`` event minutes (two days by default)."""
 
 
 @dataclass
@@ -181,6 +191,11 @@ def segment_name(base: str, generation: int) -> str:
     return f"{base}.g{generation}"
 
 
+def pick_generation(rng: random.Random, latest: int, live: int) -> int:
+    """A generation drawn uniformly from ``0..latest``, or from the ``live`` latest ones when ``live > 0``."""
+    return rng.randint(0 if live == 0 else max(0, latest - live + 1), latest)
+
+
 # --- traffic ---------------------------------------------------------------------------------------
 
 class _Traffic:
@@ -214,7 +229,8 @@ class _Traffic:
         rid = f"{self.run}-r{self.n_requests}"
         self.n_requests += 1
         body["request_id"], body["user_id"] = rid, f"{self.run}-a{self.n_requests}"
-        body["segment"] = segment_name(body["segment"], self.rng.randint(0, self.generation(now)))
+        generation = pick_generation(self.rng, self.generation(now), self.cfg.ad_generations)
+        body["segment"] = segment_name(body["segment"], generation)
         t = self.t0_wall + (now - self.t0_wall) * self.cfg.ad_speed
         body["event_time"] = datetime.fromtimestamp(t, timezone.utc).isoformat()
         return body["segment"].encode(), json.dumps(body, separators=(",", ":")).encode(), rid
@@ -267,6 +283,10 @@ def _soak_settings(settings: Settings, tag: str, cfg: SoakConfig, data_root: Pat
     s.store.data_dir = data_root / f"soak-{tag}"
     s.agents = "ads,retention"
     s.retention.idle_horizon_s = cfg.idle_horizon_days * DAY_S
+    if cfg.ads_segment_ttl_s is not None:
+        s.ads.segment_idle_ttl_s = cfg.ads_segment_ttl_s
+    if cfg.retention_segment_ttl_s is not None:
+        s.retention.segment_idle_ttl_s = cfg.retention_segment_ttl_s
     return s
 
 
@@ -362,7 +382,9 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
     ensure_topics(s.kafka, topics.all())
     console.print(f"[bold]bench soak[/]: {cfg.minutes:g} min, {cfg.ad_rate:.0f} ad requests/s + "
                   f"{cfg.session_rate:.0f} sessions/s, new segments every {cfg.segment_every_s:g} s, "
-                  f"a sample every {cfg.sample_s:g} s; worker {s.worker_id} (ads + retention)")
+                  f"a sample every {cfg.sample_s:g} s; worker {s.worker_id} (ads + retention); segments expire "
+                  f"after {s.ads.segment_idle_ttl_s:g} s (ads) / {s.retention.segment_idle_ttl_s:g} s (retention) "
+                  "idle in event time")
     worker = WorkerProcess(s, data_root / f"soak-{tag}.log").start()
     producer = make_producer(s.kafka)
     samples: list[dict] = []

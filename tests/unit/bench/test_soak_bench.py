@@ -66,6 +66,15 @@ def test_new_segment_names_are_valid_segments():
     assert re.match(SEGMENT_PATTERN, soak.segment_name("m05-c12", 173))
 
 
+def test_ad_generations_bound_which_segments_requests_pick():
+    import random
+
+    rng = random.Random(0)
+    assert {soak.pick_generation(rng, 9, 0) for _ in range(500)} == set(range(10))  # every generation so far
+    assert {soak.pick_generation(rng, 9, 3) for _ in range(500)} == {7, 8, 9}  # older ones go quiet
+    assert {soak.pick_generation(rng, 1, 3) for _ in range(100)} == {0, 1}
+
+
 def test_sample_line_shows_missing_values_as_dashes():
     s = soak.Sample(t_s=30.0, alive=False, rss_mb=None, state_mb=None, segments_ads=None, segments_retention=None,
                     users_retention=None, open_decisions=None, decisions_per_s=0.0, requests_per_s=300.0,

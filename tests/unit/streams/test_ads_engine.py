@@ -51,7 +51,8 @@ def feedback(kind: str, rid: str, t: float, segment: str = "m00-c00", value: flo
 def engine(store: DictStore | None = None, window: float = 600.0, value_weight: float = 0.0,
            max_open: int = 1_000_000, artifact=None) -> AdsEngine:
     art = artifact or make_artifact(dx=DX, da=DA, d=5)
-    ads = AdsSettings(attribution_window_s=window, value_weight=value_weight, max_open_decisions=max_open)
+    ads = AdsSettings(attribution_window_s=window, value_weight=value_weight, max_open_decisions=max_open,
+                      segment_idle_ttl_s=0.0 if window >= 30 * 86400 else 30 * 86400.0)
     return AdsEngine(Adapter(art, seed=1), store if store is not None else DictStore(), TOPICS, ads,
                      StoreSettings(state_flush_interval_s=0.0))
 
