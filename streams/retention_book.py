@@ -23,8 +23,8 @@ action) until the agent has delivered it (:meth:`ActionBook.sent_all`). After a 
 Bounded work and memory. Open actions wait in the deadline book of :mod:`streams.outcome_book` (shared
 with the ad engine's decisions; a heap per partition of (deadline, opening order, id)): a batch pops the
 windows that end instead of scanning every open action, and they close in opening order; closed ids are
-remembered until one window after their deadline, then forgotten through a second heap. In memory an open action is its id and partition
-plus a heap entry; the decoded actions (features, ``phi``) are an LRU of ``max_cached_actions``, the others
+remembered until one window after their deadline, then forgotten through a second heap. In memory an open
+action is its id and partition plus a heap entry; the decoded actions (features, ``phi``) are an LRU of ``max_cached_actions``, the others
 are read back from the ``actions`` table when their outcome arrives or their window ends.
 """
 
