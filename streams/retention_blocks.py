@@ -4,7 +4,7 @@
 or dicts). The engine still reads and writes one key at a time (``users``, ``segments``, ``partitions``,
 ``actions``); here those writes are held until :meth:`BlockStore.commit`, which writes what each partition
 changed since the last commit as one *block* (split before ``max_block_bytes``): every changed key once, its
-latest value or a tombstone, in the codec of :mod:`streams.pending` (``encode_pairs``). A key changed ten
+latest value or a tombstone, in the codec of :mod:`streams.pairs` (``encode_pairs``). A key changed ten
 times between two commits costs nothing more than a key changed once, and a commit of a partition costs one
 record, whatever the number of keys.
 
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from streams.exceptions import StateFormatError
-from streams.pending import encode_pairs, iter_pairs, split_pairs
+from streams.pairs import encode_pairs, iter_pairs, split_pairs
 from streams.retention_state import TABLES
 from streams.store import PartitionStore
 

@@ -20,16 +20,16 @@ action) until the agent has delivered it (:meth:`ActionBook.sent_all`). After a 
 :meth:`ActionBook.unsent` and sends again those that ``retention-actions`` does not hold
 (:mod:`streams.agents.retention_outbox`), so each decision is visible once.
 
-Bounded work and memory. Open actions wait in a deadline heap per partition (deadline, opening order,
-id): a batch pops the windows that end instead of scanning every open action, and they close in opening
-order; closed ids are forgotten through a second heap. In memory an open action is its id and partition
-plus a heap entry; the decoded actions (features, ``phi``) are an LRU of ``max_cached_actions``, the others
+Bounded work and memory. Open actions wait in the deadline book of :mod:`streams.outcome_book` (shared
+with the ad engine's decisions; a heap per partition of (deadline, opening order, id)): a batch pops the
+windows that end instead of scanning every open action, and they close in opening order; closed ids are
+remembered until one window after their deadline, then forgotten through a second heap. In memory an open
+action is its id and partition plus a heap entry; the decoded actions (features, ``phi``) are an LRU of ``max_cached_actions``, the others
 are read back from the ``actions`` table when their outcome arrives or their window ends.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import struct
 import time
@@ -77,8 +77,7 @@ class ActionBook:
         did = event.decision_id
         act = self._action(did)
         if act is None:
-            closed = self._closed.get(did)
-            if closed is not None and not closed[2]:
+            if self._book.closed_by_outcome(did):
                 self.counters["retention_outcomes_duplicate"] += 1
             else:
                 self.counters["retention_outcomes_late_or_unknown"] += 1
@@ -98,29 +97,24 @@ class ActionBook:
         return None
 
     def _close(self, did: str, act: OpenAction, retained: bool, value: float, expired: bool = False) -> None:
-        del self._open[did]
+        self._book.close_one(did, remember_until=act.decided_t + self._window + self._grace + self._window,
+                             by_outcome=not expired)
         self._cached.pop(did, None)
         if self._new_open.pop(did, None) is None:
             self._deletes.append((did, act.partition))
-        until = act.decided_t + self._window + self._grace + self._window
-        self._closed[did] = (act.partition, until, expired)
-        heapq.heappush(self._forgets.setdefault(act.partition, []), (until, did))
         self._learn.append(Close(did, act, retained, value))
 
     def _open_one(self, did: str, act: OpenAction, cache: bool = True) -> OpenAction:
         """Hold ``act`` open and schedule its window's end (plus grace) in its partition's deadline heap."""
-        self._open[did] = act.partition
+        self._book.open_one(did, act.partition, act.decided_t + self._window + self._grace)
         if cache:
             self._cached[did] = act
-        self._seq += 1
-        heapq.heappush(self._expiry.setdefault(act.partition, []),
-                       (act.decided_t + self._window + self._grace, self._seq, did))
         return act
 
     def _action(self, did: str, cache: bool = True) -> OpenAction | None:
         """The open action ``did``: from memory (the last ``max_cached_actions`` used, and those not yet
         flushed), else read back from the store (and cached when ``cache``); None when it is not open."""
-        partition = self._open.get(did)
+        partition = self._book.partition_of(did)
         if partition is None:
             return None
         act = self._cached.get(did)
@@ -171,17 +165,11 @@ class ActionBook:
         """Ids of the open actions whose window (plus grace) ended before ``marks[partition]``, in opening order.
 
         Pops each partition's deadline heap (entries of actions closed by their outcome meanwhile are
-        skipped), so the cost is that of the windows that end, not of every open action.
+        skipped), so the cost is that of the windows that end, not of every open action. They stay open
+        until ``_close_due`` closes them. (A deadline before the mark is one at or before the float just
+        below it, the book's "through".)
         """
-        due: list[tuple[int, str]] = []
-        for partition, mark in marks.items():
-            heap = self._expiry.get(partition)
-            while heap and heap[0][0] < mark:
-                _, seq, did = heapq.heappop(heap)
-                if self._open.get(did) == partition:
-                    due.append((seq, did))
-        due.sort()
-        return [did for _, did in due]
+        return self._book.pop_due_many({p: math.nextafter(mark, -math.inf) for p, mark in marks.items()})
 
     def _close_due(self, due: list[str]) -> None:
         for did in due:
@@ -192,13 +180,7 @@ class ActionBook:
 
     def _forget_closed(self) -> None:
         """Forget closed ids one window after their deadline (a duplicate outcome is recognised until then)."""
-        for partition, heap in self._forgets.items():
-            mark = self._watermark.get(partition, -math.inf)
-            while heap and heap[0][0] < mark:
-                until, did = heapq.heappop(heap)
-                closed = self._closed.get(did)
-                if closed is not None and closed[1] == until:
-                    del self._closed[did]
+        self._book.forget_closed({p: math.nextafter(mark, -math.inf) for p, mark in self._watermark.items()})
 
     def _apply_learning(self) -> None:
         """Closed actions into the posteriors, risk offsets and budgets of their partitions."""
@@ -280,9 +262,8 @@ class ActionBook:
             partition, did = name[len(OUTBOX_PREFIX):].split("/", 1)
             _, n = _OUTBOX.unpack_from(raw)
             self._outbox[did] = (int(partition), raw[_OUTBOX.size:_OUTBOX.size + n])
-        self._open.clear()
+        self._book.clear()
         self._cached.clear()
-        self._expiry.clear()
         for did, raw in self.store.items("actions"):
             self._open_one(did, OpenAction.decode(raw), cache=len(self._cached) < self._max_cached)
         self._members = {}

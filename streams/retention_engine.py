@@ -61,6 +61,7 @@ from policy.retention.artifacts import RetentionArtifacts
 from policy.retention.features import new_states, update_many
 from policy.retention.schema import PURCHASE, SESSION, EventBatch
 from streams.retention_blocks import BlockStore
+from streams.outcome_book import OutcomeBook
 from streams.retention_book import ActionBook, Close
 from streams.retention_partitions import Partition, Partitions, risk_model
 from streams.retention_review import Reviews
@@ -130,15 +131,11 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._users: dict[str, UserRow] = {}
         self._dirty_users: set[str] = set()
         self._folds: list[tuple[str, float, int, float]] = []  # (user, t, kind, value) not yet folded
-        self._open: dict[str, int] = {}  # decision id -> partition, of every action whose window is open
+        self._book = OutcomeBook(ties_by_opening=True)  # open actions' deadlines, recently closed ids
         self._cached: OrderedDict[str, OpenAction] = OrderedDict()  # open actions in memory (LRU)
         self._max_cached = settings.max_cached_actions
         self._new_open: dict[str, OpenAction] = {}  # opened since the last flush (not yet in the store)
         self._outbox: dict[str, tuple[int, bytes]] = {}  # decision id -> (partition, key) not yet delivered
-        self._closed: dict[str, tuple[int, float, bool]] = {}  # id -> (partition, forget after, expired)
-        self._expiry: dict[int, list[tuple[float, int, str]]] = {}  # partition -> heap (deadline, seq, id)
-        self._forgets: dict[int, list[tuple[float, str]]] = {}  # partition -> heap (forget after, id)
-        self._seq = 0  # opening order of actions: expired windows close in it, as a scan of _open would
         self._members: dict[int, set[str]] = {}  # partition -> its users (ids only; rows live in the store)
         self._deletes: list[tuple[str, int]] = []
         self._learn: list[Close] = []
@@ -234,9 +231,9 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         yield from self._expire_steps()
         self._apply_learning()
         self._forget_closed()
-        self.counters["retention_open_actions"] = len(self._open)
+        self.counters["retention_open_actions"] = len(self._book)
         self.counters["retention_actions_cached"] = len(self._cached)
-        self.counters["retention_closed_ids"] = len(self._closed)
+        self.counters["retention_closed_ids"] = self._book.remembered()
         self.counters["retention_budget_records"] = sum(p.budget.n_decisions for p in self._parts.values())
         self.counters["retention_users"] = sum(p.users for p in self._parts.values())
         # State before output: when a batch emits actions, everything (budgets above all) is written
@@ -304,9 +301,9 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
             self._members.get(row.partition, set()).discard(user)
             part = self._part(partition)
             part.users = max(0, part.users - 1)
-        stored = ((did, OpenAction.decode(raw)) for did, raw in self.store.items("actions") if did in self._open)
+        stored = ((did, OpenAction.decode(raw)) for did, raw in self.store.items("actions") if did in self._book)
         for did, act in [(d, a) for d, a in [*stored, *self._new_open.items()] if a.user == user]:
-            if self._open.pop(did, None) is None:
+            if self._book.close_one(did) is None:
                 continue
             self._cached.pop(did, None)
             if self._new_open.pop(did, None) is None:
@@ -456,18 +453,15 @@ class RetentionEngine(Reviews, ActionBook, Partitions):
         self._segments.clear()
         self._watermark.clear()
         self.event_time.clear()
-        self._open.clear()
+        self._book.clear()
         self._cached.clear()
-        self._expiry.clear()
-        self._closed.clear()
-        self._forgets.clear()
         self._members.clear()
         self.store.invalidate()
         self._rebuild_needed = True
 
     def pending_count(self) -> int:
         """Actions whose outcome window is still open."""
-        return len(self._open)
+        return len(self._book)
 
     def _dead(self, out: Outputs, letter: DeadLetter) -> None:
         if self.pseudonyms is not None:

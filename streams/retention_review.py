@@ -112,7 +112,7 @@ class Reviews:
                 self.counters["retention_once_per_period_skips"] += 1
                 continue
             did = decision_id(users[i], tick)
-            if did in self._open or did in self._closed:
+            if self._book.knows(did):
                 self.counters["retention_decisions_replayed"] += 1
                 continue
             chosen.append((j, i, did))

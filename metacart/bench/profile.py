@@ -29,7 +29,8 @@ PARTS = (
     ("decoding and encoding", ("pydantic", "json/", "msgspec", "streams/edge.py", "streams/events.py",
                                "datetime")),
     ("policy (serving maths)", ("policy/",)),
-    ("engine bookkeeping", ("streams/ads_engine.py", "streams/pending.py", "streams/ads_state.py",
+    ("engine bookkeeping", ("streams/ads_engine.py", "streams/pending.py", "streams/outcome_book.py",
+                            "streams/pairs.py", "streams/ads_state.py",
                             "streams/retention", "streams/pseudonyms.py")),
     ("agent glue and metrics", ("streams/agents/", "streams/metrics.py", "prometheus_client")),
 )

@@ -38,7 +38,8 @@ def test_inclusive_counts_each_stack_once_and_drops_the_ubiquitous():
 
 @pytest.mark.parametrize("path, part", [
     ("faust/streams.py", "faust stream machinery"), ("/x/site-packages/aiokafka/conn.py", "aiokafka"),
-    ("streams/pending.py", "engine bookkeeping"), ("kernels/posterior.py", "numpy/numba kernels"),
+    ("streams/pending.py", "engine bookkeeping"), ("streams/outcome_book.py", "engine bookkeeping"),
+    ("streams/pairs.py", "engine bookkeeping"), ("kernels/posterior.py", "numpy/numba kernels"),
     ("unknown/thing.py", None)])
 def test_part_of(path, part):
     assert profile.part_of(path) == part

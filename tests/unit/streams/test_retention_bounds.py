@@ -72,8 +72,8 @@ def test_batches_never_scan_every_open_action():
     warm(eng, users)
     eng.process_many([session("u0", 1.2)])  # the review at day 1 opens 20 actions
     assert eng.pending_count() == 20
-    eng._open = _CountingDict(eng._open)
-    eng._closed = _CountingDict(eng._closed)
+    eng._book._open = _CountingDict(eng._book._open)
+    eng._book._closed = _CountingDict(eng._book._closed)
     _CountingDict.scans = 0
     for k in range(10):  # batches within day 1: no review, no window ends
         eng.process_many([session(f"u{k}", 1.3 + 0.01 * k)])
