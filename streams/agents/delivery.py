@@ -8,8 +8,8 @@ A commit (commits never overlap: one asyncio lock; the agent never waits for it,
    the changelog holds that state;
 3. ``exactly_once``: one Kafka transaction holds every decision and dead letter produced since the last
    commit *and* the input positions, sent with ``send_offsets_to_transaction`` for the separate *ledger*
-   consumer group ``<app id>-ledger`` (while step 2 waits: only the transaction's commit waits for the
-   changelog); it commits atomically. ``at_least_once``: the idempotent producer is flushed instead;
+   consumer group ``<app id>-ledger``; it commits atomically. ``at_least_once``: the idempotent producer
+   is flushed instead;
 4. only then may Faust commit its own consumer offsets (this runs inside Faust's pre-commit
    ``producer.flush``, so Faust never commits past the ledger).
 
@@ -181,13 +181,9 @@ class Delivery:
             self.engine.flush()
             t_state = time.perf_counter()
             positions = self.engine.commit_positions()  # what the state just written covers, never below the ledger
-            needed = positions != self._committed_positions or self._produced
-            # The ledger offsets join the transaction while the changelog is acknowledged (two broker round
-            # trips fewer on the way to visibility); only its commit must wait for the changelog.
-            offsets_sent = self._send_offsets(positions) if needed and self.exactly_once else None
-            await self._flush_changelog(offsets_sent)
+            await self._flush_changelog()
             t_changelog = time.perf_counter()
-            if needed:
+            if positions != self._committed_positions or self._produced:
                 await self._commit_outputs(positions)
         finally:
             self._committing = False
@@ -205,21 +201,8 @@ class Delivery:
         if self.metrics is not None:
             self.metrics.observe_commit("ads", phases)
 
-    def _send_offsets(self, positions: dict[tuple[str, int], int]) -> asyncio.Future | None:
-        """Start adding the ledger offsets to the open transaction (begun here if none is), in a thread."""
-        if not positions:
-            return None
-        if not self._in_txn:
-            self.output.begin_transaction()
-            self._in_txn = True
-        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        step = lambda: self.output.send_offsets_to_transaction(offsets, self._metadata, 30)  # noqa: E731
-        return asyncio.get_running_loop().run_in_executor(None, self._retrying, [step])
-
-    async def _flush_changelog(self, offsets_sent: asyncio.Future | None = None) -> None:
-        """Hand the table writes to the Kafka client and wait until the broker acknowledged each of them
-        (and until ``offsets_sent``, the ledger offsets joining the transaction, is done: a failure is
-        handled only then, so that an abort never races it).
+    async def _flush_changelog(self) -> None:
+        """Hand the table writes to the Kafka client and wait until the broker acknowledged each of them.
 
         faust 0.15.3's ``ProducerBuffer.flush`` returns as soon as 0.1 s pass without a message handed to
         aiokafka, with table writes still in the buffer: the commit would then record positions past state
@@ -227,40 +210,33 @@ class Delivery:
         clicks under SIGKILL x3 that way). Waiting for the futures of this table's own writes is exact and
         does not wait for other tables' writes queued after them (retention reviews write in bursts).
         """
-        error = None
+        await self._faust_flush()
         try:
-            await self._faust_flush()
             await asyncio.wait_for(self._changelog_acked(), self.stuck_s)
         except asyncio.TimeoutError:
-            error = f"table changelog not acknowledged within {self.stuck_s:.0f}s: not committing"
+            await self._fail(f"table changelog not acknowledged within {self.stuck_s:.0f}s: not committing")
         except Exception as exc:
-            error = f"table changelog not written: {type(exc).__name__}: {exc}"
-        if offsets_sent is not None:
-            try:
-                await asyncio.wait_for(offsets_sent, self.stuck_s)
-            except KafkaException as exc:
-                error = error or f"ledger offsets not added to the transaction: {exc}"
-            except asyncio.TimeoutError:
-                self._stuck("ledger offsets not added to the transaction")
-        if error is not None:
-            await self._fail(error)
+            await self._fail(f"table changelog not written: {type(exc).__name__}: {exc}")
 
     async def _commit_outputs(self, positions: dict[tuple[str, int], int]) -> None:
-        """Exactly-once: commit the transaction (its ledger offsets were added by ``_send_offsets``); at least
-        once: flush the producer, then commit the positions to the ledger group."""
         loop = asyncio.get_running_loop()
         before = self.failed
         if self.exactly_once:
             if not self._in_txn:
                 self.output.begin_transaction()
                 self._in_txn = True
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
             try:
-                await asyncio.wait_for(loop.run_in_executor(
-                    None, self._retrying, [lambda: self.output.commit_transaction(30)]), self.stuck_s)
+                await asyncio.wait_for(loop.run_in_executor(None, self._commit_transaction, offsets),
+                                       self.stuck_s)
             except KafkaException as exc:
                 await self._fail(f"transaction not committed: {exc}")
             except asyncio.TimeoutError:
-                self._stuck("transaction not committed")
+                # Seen after a broker restart: librdkafka's send_offsets_to_transaction never returned.
+                # Exit like a crash (the broker aborts the transaction; a restarted worker replays it).
+                log.critical("transaction not committed within %.0fs: exiting", self.stuck_s)
+                logging.shutdown()
+                os._exit(70)
             self._in_txn = False
         else:
             left = await loop.run_in_executor(None, self.output.flush, 30.0)
@@ -279,17 +255,11 @@ class Delivery:
         self._committed_positions = positions
         self.engine.on_committed(positions)
 
-    def _stuck(self, what: str) -> None:
-        """Seen after a broker restart: librdkafka's send_offsets_to_transaction never returned. Exit like a
-        crash (the broker aborts the transaction; a restarted worker replays it)."""
-        log.critical("%s within %.0fs: exiting", what, self.stuck_s)
-        logging.shutdown()
-        os._exit(70)
-
-    @staticmethod
-    def _retrying(steps: list[Callable[[], object]], timeout_s: float = 60.0) -> None:
-        """Run the transaction ``steps`` in order; retriable errors (a broker away) are retried."""
+    def _commit_transaction(self, offsets: list[TopicPartition], timeout_s: float = 60.0) -> None:
+        """Ledger offsets into the transaction, then commit; retriable errors (a broker away) are retried."""
         deadline = time.monotonic() + timeout_s
+        steps = ([lambda: self.output.send_offsets_to_transaction(offsets, self._metadata, 30)] if offsets else [])
+        steps.append(lambda: self.output.commit_transaction(30))
         for step in steps:
             while True:
                 try:
