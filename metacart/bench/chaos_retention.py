@@ -239,6 +239,9 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
     r.outcome_window_s = cfg.window_days * DAY
     r.outcome_grace_s = 0.0
     r.idle_horizon_s = 30 * DAY
+    # The closing phase jumps event time window_days + 40 days ahead and then reads every posterior back:
+    # segment expiry (streams.segment_expiry) would by then have deleted them. Expiry is not under test here.
+    r.segment_idle_ttl_s = 0.0
     # Event time starts four years before now, aligned to a day: the whole run, closing included, stays
     # behind the wall clock (the event-time skew rule never applies).
     t0 = math.floor((time.time() - 4 * 365 * DAY) / DAY) * DAY
