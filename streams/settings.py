@@ -122,6 +122,9 @@ class FaustSettings(BaseModel):
     producer_max_batch_bytes: int = Field(
         256 * 1024, ge=16 * 1024, le=900 * 1024,
         description="largest changelog batch per partition (below aiokafka's 1 MB request limit)")
+    changelog_producer: Literal["librdkafka", "faust"] = Field(
+        "librdkafka", description="who sends the tables' changelog writes: a librdkafka producer per table "
+        "(its I/O off the event loop), or Faust's aiokafka producer (the design before session 8)")
 
 
 class PolicySettings(BaseModel):

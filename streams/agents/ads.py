@@ -32,7 +32,7 @@ from streams.pseudonyms import Pseudonyms
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.store import FaustStore
-from streams.tables import tracked_table
+from streams.tables import changelog_producer, tracked_table
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.ads")
@@ -49,7 +49,7 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
     parts = settings.kafka.segment_partitions
     dead_letters = app.topic(topics.dead_letters.name, key_type=bytes, value_type=bytes, partitions=1)
     table = tracked_table(app, SEGMENTS, partitions=parts, key_type=bytes, value_type=bytes,
-                          options=TABLE_OPTIONS)
+                          options=TABLE_OPTIONS, changelog_producer=changelog_producer(settings))
     store = FaustStore({SEGMENTS: table})
     engine = AdsEngine(adapter, store, topics, ads, settings.store, pseudonyms)
     if ads.data_path == "direct":

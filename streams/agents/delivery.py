@@ -96,7 +96,9 @@ class Delivery:
             self._metadata = self._ledger.consumer_group_metadata()
         else:
             self.output = make_producer(kafka, **options | {"delivery.report.only.error": True})
-        self._faust_flush = precommit(app).faust_flush  # Faust's own flush, not the hook chain around it
+        # Faust's own flush (not the hook chain around it), needed only while Faust's producer sends the changelog
+        self._faust_flush = (precommit(app).faust_flush if settings.faust.changelog_producer == "faust"
+                             else None)
 
     def _on_delivery(self, err: object, msg: object) -> None:
         if err is not None:
@@ -210,7 +212,8 @@ class Delivery:
         clicks under SIGKILL x3 that way). Waiting for the futures of this table's own writes is exact and
         does not wait for other tables' writes queued after them (retention reviews write in bursts).
         """
-        await self._faust_flush()
+        if self._faust_flush is not None:
+            await self._faust_flush()
         try:
             await asyncio.wait_for(self._changelog_acked(), self.stuck_s)
         except asyncio.TimeoutError:

@@ -56,7 +56,7 @@ from streams.retention_state import TABLES
 from streams.pseudonyms import Pseudonyms
 from streams.settings import KafkaSettings, Settings
 from streams.store import FaustStore
-from streams.tables import tracked_table
+from streams.tables import changelog_producer, tracked_table
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.retention")
@@ -76,7 +76,7 @@ def install(app: faust.App, settings: Settings, topics: Topics,
     source = app.topic(topics.sessions.name, topics.retention_outcomes.name, topics.erasure_requests.name,
                        key_type=bytes, value_type=bytes, partitions=parts)
     tables = {name: tracked_table(app, f"retention-{name}", partitions=parts, key_type=bytes, value_type=bytes,
-                                  options=TABLE_OPTIONS)
+                                  options=TABLE_OPTIONS, changelog_producer=changelog_producer(settings))
               for name in TABLES}
     store = FaustStore(tables)
     engine = RetentionEngine(artifacts, store, topics, r, settings.store, settings.policy,

@@ -9,9 +9,12 @@ import uuid
 import faust
 import pytest
 from confluent_kafka import TopicPartition
+from faust.types import TP
 
-from streams.kafka_io import consume, ensure_topics, make_consumer
-from streams.tables import TrackedTable, tracked_table
+from streams.kafka_io import consume, ensure_topics, make_consumer, make_producer
+from streams.agents.datapath import PartitionEvent
+from streams.store import FaustStore
+from streams.tables import ChangelogError, TrackedTable, tracked_table
 from streams.topics import TopicSpec
 
 
@@ -57,3 +60,44 @@ def test_changelog_messages_leave_at_changelog_acked_in_write_order(broker):
     for m in records:
         by_partition[m.partition()].append(int(m.value()))
     assert by_partition[0] == list(range(0, 300, 2)) and by_partition[1] == list(range(1, 300, 2))
+
+
+def test_a_librdkafka_changelog_keeps_write_order_and_records_the_persisted_offset(broker, tmp_path):
+    """``faust.changelog_producer = "librdkafka"``: writes leave at once through the table's own producer,
+    in write order per partition; ``changelog_acked`` returns once all are acknowledged and records each
+    partition's last offset as the table's persisted offset (recovery reads the changelog after it); a write
+    the client refuses fails it."""
+    app_id = f"t-rdk-{uuid.uuid4().hex[:8]}"
+    topic = f"{app_id}-t-changelog"
+    ensure_topics(broker, [TopicSpec(topic, "key", 2, bytes, "test changelog")], compacted=True, create=True)
+
+    async def main() -> tuple[list[int], list[int | None]]:
+        app = faust.App(app_id, broker=f"kafka://{broker.bootstrap}", store="rocksdb://", datadir=str(tmp_path))
+        table = tracked_table(app, "t", partitions=2, key_type=bytes, value_type=bytes,
+                              changelog_producer=make_producer(broker, **{"linger.ms": 1}))
+        store = FaustStore({"t": table}, events={p: PartitionEvent("requests", p) for p in range(2)})
+        # Faust checks once that the source topic is co-partitioned, through a consumer this test never
+        # starts (the workers' checks pass on the real topics)
+        table._verified_source_topics_for_partitions.add("requests")
+        for i in range(300):  # through the table, as the engines write (Faust's on_key_set)
+            store.put("t", f"k{i % 2}", i % 2, b"%d" % i)
+        store.put("t", "gone", 1, b"x")
+        store.delete("t", "gone", 1)  # a delete is a tombstone
+        assert table.unacked() == 302
+        await table.changelog_acked()
+        assert table.unacked() == 0
+        after = _end_offsets(broker, topic, 2)  # read right away: acknowledged means written
+        persisted = [table.data.persisted_offset(TP(topic, p)) for p in range(2)]
+        table.send_changelog(0, b"big", b"x" * (2 * 1024 * 1024))  # past the client's message size
+        with pytest.raises(ChangelogError, match="(?i)too large|size"):
+            await table.changelog_acked()
+        return after, persisted
+
+    after, persisted = asyncio.run(main())
+    assert after == [150, 152]
+    assert persisted == [149, 151]
+    records = consume(broker, [topic], f"t-{uuid.uuid4().hex[:6]}", 302, 30, **{"auto.offset.reset": "earliest"})
+    by_partition: dict[int, list] = {0: [], 1: []}
+    for m in records:
+        by_partition[m.partition()].append(None if m.value() is None else -1 if m.value() == b"x" else int(m.value()))
+    assert by_partition[0] == list(range(0, 300, 2)) and by_partition[1] == list(range(1, 300, 2)) + [-1, None]
