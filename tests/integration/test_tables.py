@@ -26,13 +26,16 @@ def _end_offsets(broker, topic: str, partitions: int) -> list[int]:
         consumer.close()
 
 
-def test_changelog_messages_leave_at_changelog_acked_in_write_order(broker):
+def test_changelog_messages_leave_at_changelog_acked_in_write_order(broker, tmp_path):
+    """``faust.changelog_producer = "faust"``: held until ``changelog_acked``, then sent through Faust's producer
+    in write order, acknowledged when it returns, each one's offset recorded by Faust's callback as the
+    table's persisted offset."""
     app_id = f"t-tracked-{uuid.uuid4().hex[:8]}"
     topic = f"{app_id}-t-changelog"
     ensure_topics(broker, [TopicSpec(topic, "key", 2, bytes, "test changelog")], compacted=True, create=True)
 
-    async def main() -> tuple[list[int], list[int]]:
-        app = faust.App(app_id, broker=f"kafka://{broker.bootstrap}", store="memory://")
+    async def main() -> tuple[list[int], list[int], list[int | None]]:
+        app = faust.App(app_id, broker=f"kafka://{broker.bootstrap}", store="rocksdb://", datadir=str(tmp_path))
         table = tracked_table(app, "t", partitions=2, key_type=bytes, value_type=bytes)
         assert isinstance(table, TrackedTable) and table.changelog_topic.get_topic_name() == topic
         await app.producer.start()
@@ -45,16 +48,18 @@ def test_changelog_messages_leave_at_changelog_acked_in_write_order(broker):
             await table.changelog_acked()
             assert table.unacked() == 0
             after = _end_offsets(broker, topic, 2)  # read right away: acknowledged means written
+            persisted = [table.data.persisted_offset(TP(topic, p)) for p in range(2)]
             table.send_changelog(0, b"big", b"x" * (2 * 1024 * 1024))  # past the client's request size
             with pytest.raises(Exception, match="(?i)too large|size"):
                 await table.changelog_acked()
         finally:
             await app.producer.stop()
-        return before, after
+        return before, after, persisted
 
-    before, after = asyncio.run(main())
+    before, after, persisted = asyncio.run(main())
     assert before == [0, 0]
     assert after == [150, 150]
+    assert persisted == [149, 149]
     records = consume(broker, [topic], f"t-{uuid.uuid4().hex[:6]}", 300, 30, **{"auto.offset.reset": "earliest"})
     by_partition: dict[int, list[int]] = {0: [], 1: []}
     for m in records:
