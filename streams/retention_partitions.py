@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from policy.adapter import Adapter
 from policy.retention.artifacts import RetentionArtifacts
@@ -115,17 +116,14 @@ class Partitions:
         if raw is None:
             self.counters["retention_segments_new"] += 1
             return
-        last_seen, raw = split_last_seen(raw)
-        if math.isfinite(last_seen):
-            self._idle.seen_one(key, partition, last_seen)
-        n = raw[0]
-        if raw[1:1 + n] != self._epoch:
+        record = split_segment_record(raw)
+        if math.isfinite(record.last_seen):
+            self._idle.seen_one(key, partition, record.last_seen)
+        if record.epoch != self._epoch:
             self.counters["retention_segments_reset_by_swap"] += 1
             return
-        at = 1 + n
-        size = int.from_bytes(raw[at:at + 4], "little")
-        part.adapter.load_state(segment, raw[at + 4:at + 4 + size])
-        part.risk.load_state(segment, raw[at + 4 + size:])
+        part.adapter.load_state(segment, record.adapter_state)
+        part.risk.load_state(segment, record.risk_state)
         self.counters["retention_segments_restored"] += 1
 
     def _evict_segments(self) -> None:
@@ -192,6 +190,24 @@ def split_last_seen(raw: bytes) -> tuple[float, bytes]:
     if raw[:1] == b"\x00":
         return _LAST.unpack_from(raw, 1)[0], raw[1 + _LAST.size:]
     return -math.inf, raw
+
+
+class SegmentRecord(NamedTuple):
+    """The parts of a stored (partition, segment) record (``RetentionPartitions._segment_record``)."""
+
+    last_seen: float  # -inf: the layout before last-seen times, or never seen
+    epoch: bytes
+    adapter_state: bytes
+    risk_state: bytes
+
+
+def split_segment_record(raw: bytes) -> SegmentRecord:
+    """A stored segment record, either layout, in its parts."""
+    last_seen, raw = split_last_seen(raw)
+    n = raw[0]
+    at = 1 + n
+    size = int.from_bytes(raw[at:at + 4], "little")
+    return SegmentRecord(last_seen, raw[1:at], raw[at + 4:at + 4 + size], raw[at + 4 + size:])
 
 
 def risk_model(artifacts: RetentionArtifacts) -> RiskModel:

@@ -64,7 +64,7 @@ from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_consumer, make_producer
 from streams.pseudonyms import pseudonyms_for
 from streams.retention_blocks import BlockStore
-from streams.retention_partitions import split_last_seen
+from streams.retention_partitions import split_segment_record
 from streams.settings import KafkaSettings, Settings
 from streams.store import DictStore
 
@@ -211,10 +211,7 @@ def learned(kafka: KafkaSettings, topic: str) -> dict[tuple[int, str], int]:
     out: dict[tuple[int, str], int] = {}
     for key, raw in BlockStore(base).items("segments"):
         partition, segment = key.split("/", 1)
-        _, raw = split_last_seen(raw)  # the record after its last-seen time (either layout)
-        at = 1 + raw[0]  # epoch length, epoch, then the uint32 size of the adapter state and the state
-        size = int.from_bytes(raw[at:at + 4], "little")
-        out[(int(partition), segment)] = decode_state(raw[at + 4:at + 4 + size])[2]
+        out[(int(partition), segment)] = decode_state(split_segment_record(raw).adapter_state)[2]
     return out
 
 
