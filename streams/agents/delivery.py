@@ -3,9 +3,10 @@
 A commit (commits never overlap: one asyncio lock; the agent never waits for it, see ``_commit_locked``):
 
 1. ``engine.flush()`` writes new pending blocks, then every changed segment head, into the Faust table;
-2. Faust's producer is flushed, then the table's changelog messages are sent in write order and every one
-   is acknowledged by the broker (``streams.tables.TrackedTable``; Faust's flush alone is no barrier):
-   the changelog holds that state;
+2. every changelog write of the table is acknowledged by the broker (``streams.tables.TrackedTable``,
+   through its own librdkafka producer; with ``faust.changelog_producer = "faust"``, Faust's producer is
+   flushed and the held messages sent in write order, as Faust's flush alone is no barrier): the
+   changelog holds that state;
 3. ``exactly_once``: one Kafka transaction holds every decision and dead letter produced since the last
    commit *and* the input positions, sent with ``send_offsets_to_transaction`` for the separate *ledger*
    consumer group ``<app id>-ledger``; it commits atomically. ``at_least_once``: the idempotent producer
