@@ -68,7 +68,8 @@ class OutcomeBook:
         self._seq += 1
         token = self._seq
         self._open[item_id] = (partition, token)
-        heapq.heappush(self._heaps.setdefault(partition, []), (deadline, token if self.ties_by_opening else 0, item_id, token))
+        order = token if self.ties_by_opening else 0
+        heapq.heappush(self._heaps.setdefault(partition, []), (deadline, order, item_id, token))
 
     def open_many(self, partition: int, items: Iterable[tuple[str, float]]) -> None:
         """``open_one`` for each ``(id, deadline)`` of ``partition``."""

@@ -26,6 +26,27 @@ def _end_offsets(broker, topic: str, partitions: int) -> list[int]:
         consumer.close()
 
 
+async def _acknowledged(broker, table: TrackedTable, topic: str, refused: type[Exception]) -> tuple[list, list]:
+    """``changelog_acked``, then the end offsets read right away (acknowledged means written) and the persisted
+    offsets; then a write past the client's size limit must fail the next ``changelog_acked``."""
+    await table.changelog_acked()
+    assert table.unacked() == 0
+    after = _end_offsets(broker, topic, 2)
+    persisted = [table.data.persisted_offset(TP(topic, p)) for p in range(2)]
+    table.send_changelog(0, b"big", b"x" * (2 * 1024 * 1024))
+    with pytest.raises(refused, match="(?i)too large|size"):
+        await table.changelog_acked()
+    return after, persisted
+
+
+def _values_by_partition(broker, topic: str, n: int) -> dict[int, list[bytes | None]]:
+    """The first ``n`` records of the two-partition ``topic``: their values, per partition, in log order."""
+    by_partition: dict[int, list[bytes | None]] = {0: [], 1: []}
+    for m in consume(broker, [topic], f"t-{uuid.uuid4().hex[:6]}", n, 30, **{"auto.offset.reset": "earliest"}):
+        by_partition[m.partition()].append(m.value())
+    return by_partition
+
+
 def test_changelog_messages_leave_at_changelog_acked_in_write_order(broker, tmp_path):
     """``faust.changelog_producer = "faust"``: held until ``changelog_acked``, then sent through Faust's producer
     in write order, acknowledged when it returns, each one's offset recorded by Faust's callback as the
@@ -45,13 +66,7 @@ def test_changelog_messages_leave_at_changelog_acked_in_write_order(broker, tmp_
             assert table.unacked() == 300
             await asyncio.sleep(0.5)
             before = _end_offsets(broker, topic, 2)  # nothing has left yet
-            await table.changelog_acked()
-            assert table.unacked() == 0
-            after = _end_offsets(broker, topic, 2)  # read right away: acknowledged means written
-            persisted = [table.data.persisted_offset(TP(topic, p)) for p in range(2)]
-            table.send_changelog(0, b"big", b"x" * (2 * 1024 * 1024))  # past the client's request size
-            with pytest.raises(Exception, match="(?i)too large|size"):
-                await table.changelog_acked()
+            after, persisted = await _acknowledged(broker, table, topic, Exception)
         finally:
             await app.producer.stop()
         return before, after, persisted
@@ -60,11 +75,9 @@ def test_changelog_messages_leave_at_changelog_acked_in_write_order(broker, tmp_
     assert before == [0, 0]
     assert after == [150, 150]
     assert persisted == [149, 149]
-    records = consume(broker, [topic], f"t-{uuid.uuid4().hex[:6]}", 300, 30, **{"auto.offset.reset": "earliest"})
-    by_partition: dict[int, list[int]] = {0: [], 1: []}
-    for m in records:
-        by_partition[m.partition()].append(int(m.value()))
-    assert by_partition[0] == list(range(0, 300, 2)) and by_partition[1] == list(range(1, 300, 2))
+    by_partition = _values_by_partition(broker, topic, 300)
+    assert by_partition[0] == [b"%d" % i for i in range(0, 300, 2)]
+    assert by_partition[1] == [b"%d" % i for i in range(1, 300, 2)]
 
 
 def test_a_librdkafka_changelog_keeps_write_order_and_records_the_persisted_offset(broker, tmp_path):
@@ -89,20 +102,11 @@ def test_a_librdkafka_changelog_keeps_write_order_and_records_the_persisted_offs
         store.put("t", "gone", 1, b"x")
         store.delete("t", "gone", 1)  # a delete is a tombstone
         assert table.unacked() == 302
-        await table.changelog_acked()
-        assert table.unacked() == 0
-        after = _end_offsets(broker, topic, 2)  # read right away: acknowledged means written
-        persisted = [table.data.persisted_offset(TP(topic, p)) for p in range(2)]
-        table.send_changelog(0, b"big", b"x" * (2 * 1024 * 1024))  # past the client's message size
-        with pytest.raises(ChangelogError, match="(?i)too large|size"):
-            await table.changelog_acked()
-        return after, persisted
+        return await _acknowledged(broker, table, topic, ChangelogError)
 
     after, persisted = asyncio.run(main())
     assert after == [150, 152]
     assert persisted == [149, 151]
-    records = consume(broker, [topic], f"t-{uuid.uuid4().hex[:6]}", 302, 30, **{"auto.offset.reset": "earliest"})
-    by_partition: dict[int, list] = {0: [], 1: []}
-    for m in records:
-        by_partition[m.partition()].append(None if m.value() is None else -1 if m.value() == b"x" else int(m.value()))
-    assert by_partition[0] == list(range(0, 300, 2)) and by_partition[1] == list(range(1, 300, 2)) + [-1, None]
+    by_partition = _values_by_partition(broker, topic, 302)
+    assert by_partition[0] == [b"%d" % i for i in range(0, 300, 2)]
+    assert by_partition[1] == [b"%d" % i for i in range(1, 300, 2)] + [b"x", None]
