@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
@@ -22,14 +21,16 @@ from typing import Optional
 
 import typer
 
-from metacart.console import finite, run_cli, setting_variables, unknown_variables
+from metacart.cli_bench import bench
+from metacart.cli_logs import logs_app
+from metacart.console import connected, finite, need_training_extra, run_cli, setting_variables, unknown_variables
 from metacart.exceptions import UserError
 from streams.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="metacart: Kafka + Faust agents serving a meta-learned, per-segment adapted policy.")
-bench = typer.Typer(no_args_is_help=True, help="Benchmarks (results as a table and JSON).")
 app.add_typer(bench, name="bench")
+app.add_typer(logs_app, name="logs")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,24 +90,6 @@ def _main(
         typer.echo(f"metacart: warning: {warning}", err=True)
 
 
-def _need_training_extra(command: str) -> None:
-    """One line instead of an ImportError when a serving-only install runs a command that trains."""
-    from importlib.util import find_spec
-
-    missing = [m for m in ("torch", "matplotlib") if find_spec(m) is None]
-    if missing:
-        raise UserError(f"`metacart {command}` needs {' and '.join(missing)}, which a serving install leaves "
-                        "out: pip install 'metacart[train]'")
-
-
-def _connected(settings: Settings) -> Settings:
-    """``settings`` once a broker answers at its address (one-line error within ``broker_wait_s``)."""
-    from streams.kafka_io import wait_for_broker
-
-    wait_for_broker(settings.kafka, timeout_s=settings.broker_wait_s)
-    return settings
-
-
 @app.command()
 def settings(show_secrets: bool = typer.Option(
         False, help="print secrets too (otherwise a comment says which are set)")) -> None:
@@ -141,90 +124,6 @@ def schema(out: Path = typer.Option(Path("schemas"), help="directory for one JSO
     for name, sch in json_schemas().items():
         (out / f"{name}.schema.json").write_text(json.dumps(sch, indent=2))
         typer.echo(f"wrote {out / f'{name}.schema.json'}")
-
-
-logs_app = typer.Typer(help="Logged-bandit data: simulate, import, export (formats in policy/logs.py, "
-                             "policy/logformat).")
-app.add_typer(logs_app, name="logs")
-
-
-@logs_app.callback(invoke_without_command=True)
-def logs(
-    ctx: typer.Context,
-    out: Optional[Path] = typer.Option(None, help="output: an .npz file (v1) or, with --format v2, a directory"),
-    n_per_segment: int = typer.Option(2000, help="logged decisions per training segment"),
-    seed: int = typer.Option(0),
-    value_weight: float = typer.Option(0.0, help="reward = click + value_weight * purchase value"),
-    fmt: str = typer.Option("npz", "--format", help="npz (v1) | v2 (Parquet + item table)"),
-) -> None:
-    """Write simulator logs (uniform logging policy) for the training segments; or run a subcommand."""
-    if ctx.invoked_subcommand is not None:
-        return
-    if out is None:
-        raise typer.BadParameter("give --out PATH (or a subcommand: import-obd, export)")
-    from policy.simulator.market import Market
-
-    market = Market()
-    if fmt == "v2":
-        from policy.logformat.simulated import simulate_v2
-
-        n = n_per_segment * len(market.train_segments)
-        simulate_v2(market, market.train_segments, n, seed, out, value_weight=value_weight)
-        typer.echo(f"wrote {n} rows over {len(market.train_segments)} segments to {out} (v2)")
-        return
-    if fmt != "npz":
-        raise typer.BadParameter(f"--format must be npz or v2, got {fmt!r}")
-    from policy.logs import write_logs
-    from policy.simulator.datasets import simulate_logs
-
-    data = simulate_logs(market, market.train_segments, n_per_segment, seed, value_weight=value_weight)
-    write_logs(out, data)
-    typer.echo(f"wrote {len(data.reward)} rows over {len(market.train_segments)} segments to {out}")
-
-
-@logs_app.command("import-obd")
-def logs_import_obd(
-    directory: Path = typer.Argument(..., help="an Open Bandit Dataset campaign directory, or a folder of them"),
-    out: Path = typer.Option(..., help="v2 log directory to write"),
-) -> None:
-    """Import the Open Bandit Dataset's CSV layout (ZOZO Research, CC BY 4.0) into log format v2."""
-    from policy.exceptions import LogFormatError
-    from policy.logformat.obd import import_obd
-    from policy.logformat.reader import LogReader
-
-    try:
-        import_obd(directory, out)
-    except (LogFormatError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    log = LogReader(out)
-    size = sum(f.stat().st_size for f in out.iterdir())
-    typer.echo(f"wrote {log.n_rows} rows, {len(log.segment_names)} segments, up to {log.max_k} candidates, "
-               f"{size / log.n_rows:.1f} bytes/row to {out}")
-
-
-@logs_app.command("export")
-def logs_export(
-    out: Path = typer.Option(..., help="v2 log directory to write"),
-    since: Optional[datetime] = typer.Option(None, help="keep decisions whose request time is >= this (UTC)"),
-    until: Optional[datetime] = typer.Option(None, help="keep decisions whose request time is < this (UTC)"),
-    value_weight: float = typer.Option(0.0, help="reward = click + value_weight * purchase value"),
-) -> None:
-    """Join ad-decisions with their requests and feedback over the attribution window into log format v2."""
-    from streams.export import export_ads
-
-    def aware(t: Optional[datetime]) -> Optional[datetime]:
-        return None if t is None or t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-    from streams.pseudonyms import PrivacyConfigError
-
-    try:
-        summary = export_ads(Settings(), out, since=aware(since), until=aware(until), value_weight=value_weight)
-    except (ValueError, PrivacyConfigError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"wrote {summary.rows} decisions ({summary.clicks} clicked, {summary.purchases} purchases; "
-               f"{summary.open} still inside their window, {summary.no_request} without a request, "
-               f"{summary.duplicate_decisions} duplicates skipped) over {summary.items} ads to {out}")
 
 
 @app.command()
@@ -289,7 +188,7 @@ def train(
     initialisation, a pooled logistic regression, the prior mean alone and the base rate. When it does not
     beat all of them it says so, writes nothing and exits 1, unless --allow-no-gain.
     """
-    _need_training_extra("train")
+    need_training_extra("train")
     if kind is Kind.retention:
         if simulate:
             raise UserError("--simulate is for --kind ads; retention trains on its simulator's randomised "
@@ -417,7 +316,7 @@ def status(
     """What the running system is doing: workers, consumer groups and lag, what each segment has learned."""
     from metacart.status import collect, render
 
-    state = collect(_connected(Settings()), decisions=decisions)
+    state = collect(connected(Settings()), decisions=decisions)
     if as_json:
         typer.echo(json.dumps(finite(state), indent=2, allow_nan=False))
     else:
@@ -453,7 +352,7 @@ def publish_policy(
 
     checked = artifact_version(artifact, kind.value)  # the wrong kind fails here, before any I/O
     version = version or checked
-    s = _connected(Settings())
+    s = connected(Settings())
     record = None
     if gate is not None:
         from metacart.gate import gate_check
@@ -509,7 +408,7 @@ def simulate(
     """
     from metacart.live.ads import LiveConfig, run_live
 
-    summary = run_live(_connected(Settings()), LiveConfig(rate=rate, duration_s=duration_s, speed=speed,
+    summary = run_live(connected(Settings()), LiveConfig(rate=rate, duration_s=duration_s, speed=speed,
                                                           seed=seed, segments=segments.value))
     summary.pop("series")
     summary.pop("latencies_ms")
@@ -529,219 +428,11 @@ def demo(
     keep: bool = typer.Option(False, help="keep the run's topics, worker state and artifacts (deleted by default)"),
 ) -> None:
     """The closed loop: train small policies, start two workers (ads, retention), run both worlds live, report."""
-    _need_training_extra("demo")
+    need_training_extra("demo")
     from metacart.demo import run_demo
 
-    run_demo(_connected(Settings()), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds,
+    run_demo(connected(Settings()), duration_s=duration_s, rate=rate, out_dir=out_dir, train_seconds=train_seconds,
              keep=keep)
-
-
-@bench.command("kernels")
-def bench_kernels(out: Optional[Path] = typer.Option(None, help="JSON output")) -> None:
-    """One decision + one posterior update, numba vs numpy; batched decisions/s."""
-    from metacart.bench.kernels import run
-
-    run(out=out)
-
-
-@bench.command("adapt")
-def bench_adapt(
-    quick: bool = typer.Option(False, help="fewer segments and decisions"),
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-    plot: Optional[Path] = typer.Option(None, help="PNG of regret curves (and STEM-worlds.png: lift per window)"),
-    seed: int = typer.Option(0),
-    artifact: Optional[Path] = typer.Option(None, help="use this artifact for the market instead of training one"),
-    worlds: str = typer.Option("market,recsys,logistic",
-                               help="world families to play besides the market regret table (comma list, or none)"),
-    cache_dir: Path = typer.Option(REPO / "reports" / "bench-cache",
-                                   help="trained artifacts are cached here (keyed by world, sizes, seed, code)"),
-    no_cache: bool = typer.Option(False, help="train every artifact afresh, do not read or write the cache"),
-    dp_epsilon: Optional[str] = typer.Option(
-        None, "--dp-epsilon", help="instead: the DP cost table, regret of artifacts trained with these segment-level "
-        "epsilons (comma list, e.g. 1,4,8) and without DP, on --worlds (default here market,logistic)"),
-) -> None:
-    """Regret on held-out segments (meta vs scratch, pooled, random, oracle), then every world family
-    against a practitioner's baselines (lift = fraction of the random->oracle gap, paired 95 % CIs)."""
-    _need_training_extra("bench adapt")
-    from metacart.bench.adapt import run
-    from metacart.bench.worlds import WORLDS
-
-    chosen = [] if worlds.strip().lower() == "none" else [w.strip() for w in worlds.split(",") if w.strip()]
-    bad = [w for w in chosen if w not in WORLDS]
-    if bad:
-        typer.echo(f"error: unknown world {bad[0]!r}; choose from {', '.join(WORLDS)} or none", err=True)
-        raise typer.Exit(2)
-    if dp_epsilon is not None:
-        from metacart.bench.adapt import run_dp
-
-        try:
-            levels = [float(x) for x in dp_epsilon.split(",") if x.strip()]
-        except ValueError:
-            levels = []
-        if not levels or any(not (e > 0 and e < float("inf")) for e in levels):
-            raise UserError(f"--dp-epsilon takes positive numbers separated by commas, got {dp_epsilon!r}")
-        dp_worlds = chosen if worlds != "market,recsys,logistic" else ["market", "logistic"]
-        run_dp(levels, dp_worlds, seed=seed, out=out, cache_dir=None if no_cache else cache_dir)
-        return
-    run(quick=quick, out=out, plot=plot, seed=seed, artifact=artifact, worlds=chosen,
-        cache_dir=None if no_cache else cache_dir)
-
-
-@bench.command("stream")
-def bench_stream(
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-    n: Optional[int] = typer.Option(None, min=1000, help="backlog requests (default: ~25 s of the worker's calibrated speed)"),
-    load_rate: float = typer.Option(1000.0, min=1.0, help="offered load for the latency run (requests/s)"),
-    load_s: float = typer.Option(15.0, min=1.0, help="length of the latency run"),
-    baseline: bool = typer.Option(True, help="also run a worker on the Faust data path (ads.data_path=faust)"),
-    click_share: float = typer.Option(0.05, min=0.0, max=1.0, help="share of decisions clicked"),
-    profile: Optional[Path] = typer.Option(None, help="py-spy the worker on the backlog (collapsed stacks here)"),
-) -> None:
-    """Worker decisions/s on a pre-produced backlog (worker clock) and latency at a fixed load, against a
-    plain-client ceiling on the same backlog."""
-    from metacart.bench.stream import run
-
-    run(_connected(Settings()), out=out, n=n, load_rate=load_rate, load_s=load_s, baseline=baseline,
-        click_share=click_share, profile=profile)
-
-
-@bench.command("soak")
-def bench_soak(
-    minutes: float = typer.Option(30.0, min=0.1, help="how long traffic runs"),
-    out: Optional[Path] = typer.Option(None, help="JSON output (rewritten after every sample)"),
-    sample_s: float = typer.Option(30.0, min=1.0, help="seconds between samples"),
-    ad_rate: float = typer.Option(300.0, min=1.0, help="ad requests per second"),
-    session_rate: float = typer.Option(100.0, min=0.0, help="retention session events per second"),
-    ad_generations: int = typer.Option(0, min=0, help="ad requests pick among this many latest segment "
-                                       "generations (0: all so far)"),
-    ads_segment_ttl_s: Optional[float] = typer.Option(
-        None, min=0.0, help="the worker's ads.segment_idle_ttl_s (event seconds; a soak minute is an event hour)"),
-    retention_segment_ttl_s: Optional[float] = typer.Option(
-        None, min=0.0, help="the worker's retention.segment_idle_ttl_s (event seconds; a soak minute is two "
-        "event days)"),
-) -> None:
-    """A worker with ads and retention under traffic where new users and segments keep arriving: RSS, state,
-    p99 latency, decisions/s and dead letters every SAMPLE_S seconds."""
-    from metacart.bench.soak import SoakConfig, ensure_artifacts, run
-
-    settings = ensure_artifacts(_connected(Settings()))
-    run(settings, SoakConfig(minutes=minutes, sample_s=sample_s, ad_rate=ad_rate, session_rate=session_rate,
-                             ad_generations=ad_generations, ads_segment_ttl_s=ads_segment_ttl_s,
-                             retention_segment_ttl_s=retention_segment_ttl_s), out=out)
-
-
-@bench.command("retention-records")
-def bench_retention_records(
-    days: float = typer.Option(11.0, min=0.1, help="simulated days of the soak's retention traffic"),
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-) -> None:
-    """Changelog records the retention engine writes per action, offline (the engine fed from memory)."""
-    from metacart.bench.retention_records import RecordsConfig, run
-
-    run(RecordsConfig(days=days), out=out)
-
-
-@bench.command("edge")
-def bench_edge(
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-    n: int = typer.Option(5000, min=1, help="calls per timed round"),
-    repeats: int = typer.Option(7, min=1, help="timed rounds (the median is reported)"),
-) -> None:
-    """Per-message CPU cost at the edge: decoding (pydantic before, msgspec now) and encoding decisions."""
-    from metacart.bench.edge import run
-
-    run(out=out, n=n, repeats=repeats)
-
-
-@bench.command("retention")
-def bench_retention(
-    quick: bool = typer.Option(False),
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-    seed: int = typer.Option(0),
-) -> None:
-    """Incremental retained value at equal spend: ours vs risk_top, random, oracle."""
-    _need_training_extra("bench retention")
-    from metacart.bench.retention import run
-
-    run(quick=quick, out=out, seed=seed)
-
-
-@bench.command("ope")
-def bench_ope(
-    quick: bool = typer.Option(False, help="30 logs of 1,000 rows instead of 200 of 2,000"),
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-    seed: int = typer.Option(0),
-    n_logs: Optional[int] = typer.Option(None, help="logs per logging policy (overrides the preset)"),
-) -> None:
-    """Coverage, bias and RMSE of every off-policy estimator on simulator logs with known true values."""
-    from metacart.bench.ope import run
-
-    run(quick=quick, out=out, seed=seed, n_logs=n_logs)
-
-
-@bench.command("logs")
-def bench_logs(
-    rows: int = typer.Option(10_000_000, help="simulated rows in the v2 log"),
-    path: Path = typer.Option(Path("var/bench-logs"), help="where the log is written (removed afterwards)"),
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-    keep: bool = typer.Option(False, help="keep the log"),
-) -> None:
-    """Write, read and evaluate a large simulated v2 log: rows/s, bytes/row and peak RSS per phase."""
-    from metacart.bench.logscale import run
-
-    run(rows, path, out=out, keep=keep)
-
-
-@bench.command("chaos")
-def bench_chaos(
-    out: Optional[Path] = typer.Option(None, help="JSON output"),
-    faults: str = typer.Option("kill9x3,rebalance_sigterm,rebalance_sigkill,broker_restart",
-                               help="comma-separated faults of kill9x3, rebalance_sigterm, rebalance_sigkill, "
-                               "rebalance_chain, broker_restart (stops the local broker launcher's broker), "
-                               "retention_kill9x3, retention_rebalance_sigterm, retention_rebalance_sigkill, "
-                               "retention_rebalance_chain, retention_broker_restart (the retention agent)"),
-    rate: float = typer.Option(1000.0, help="offered ad requests per second (the retention faults offer "
-                               "their own 400 sessions/s)"),
-    workdir: Path = typer.Option(Path("var/bench-chaos"), help="worker data directories and logs"),
-) -> None:
-    """Faults injected into real workers under load: requests without / with several decisions, clicks lost / doubled."""
-    from metacart.bench.chaos import FAULTS, ChaosConfig, run
-    from metacart.demo import ensure_artifact
-    from streams.pseudonyms import with_run_key
-
-    chosen = [f.strip() for f in faults.split(",") if f.strip()]
-    unknown = [f for f in chosen if f not in FAULTS]
-    if unknown or not chosen:
-        raise typer.BadParameter(f"unknown fault(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FAULTS)}",
-                                 param_hint="--faults")
-    settings = with_run_key(_connected(Settings()))
-    ensure_artifact(settings.policy.artifact)
-    if any(f.startswith("retention_") for f in chosen) and not Path(settings.retention.artifact).exists():
-        built = workdir / "retention-artifact"
-        if not built.exists():
-            from policy.retention.train import build_artifacts
-
-            build_artifacts(built, max_seconds=20.0, seed=0)
-        settings.retention.artifact = built
-    run(settings, chosen, workdir, out=out, cfg=ChaosConfig(rate=rate))
-
-
-@bench.command("all")
-def bench_all(
-    out_dir: Path = typer.Option(Path("reports"), help="one JSON per benchmark goes here"),
-    quick: bool = typer.Option(False, help="the quick variants of adapt and retention"),
-) -> None:
-    """Every benchmark in turn (kernels, adapt, retention, stream), writing OUT_DIR/bench-<name>.json."""
-    _need_training_extra("bench all")
-    from metacart.bench import adapt, kernels, retention, stream
-
-    settings = _connected(Settings())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kernels.run(out=out_dir / "bench-kernels.json")
-    adapt.run(quick=quick, out=out_dir / "bench-adapt.json", plot=out_dir / "bench-adapt.png")
-    retention.run(quick=quick, out=out_dir / "bench-retention.json")
-    stream.run(settings, out=out_dir / "bench-stream.json")
-    typer.echo(f"wrote {', '.join(sorted(p.name for p in out_dir.glob('bench-*')))} to {out_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import math
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -21,6 +22,9 @@ from pydantic import BaseModel, ValidationError
 from metacart.exceptions import UserError
 from policy.exceptions import PolicyError
 from streams.exceptions import StreamsError
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 USAGE_EXIT = 2
 USER_ERRORS = (UserError, PolicyError, StreamsError, ValidationError,
@@ -110,3 +114,21 @@ def finite(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+def need_training_extra(command: str) -> None:
+    """One line instead of an ImportError when a serving-only install runs a command that trains."""
+    from importlib.util import find_spec
+
+    missing = [m for m in ("torch", "matplotlib") if find_spec(m) is None]
+    if missing:
+        raise UserError(f"`metacart {command}` needs {' and '.join(missing)}, which a serving install leaves "
+                        "out: pip install 'metacart[train]'")
+
+
+def connected(settings: "Settings") -> "Settings":
+    """``settings`` once a broker answers at its address (one-line error within ``broker_wait_s``)."""
+    from streams.kafka_io import wait_for_broker
+
+    wait_for_broker(settings.kafka, timeout_s=settings.broker_wait_s)
+    return settings
