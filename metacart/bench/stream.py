@@ -584,7 +584,7 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
         console.print(f"  cleaned up {topics_gone} topics and the workers' state")
     used = {"ads.data_path": s.ads.data_path, "ads.batch_max": s.ads.batch_max,
             "ads.batch_within_s": s.ads.batch_within_s, "ads.commit_interval_s": s.ads.commit_interval_s,
-            "ads.delivery": s.ads.delivery,
+            "ads.delivery": s.ads.delivery, "ads.transaction_retry_backoff_ms": s.ads.transaction_retry_backoff_ms,
             **{f"faust.{k}": v for k, v in s.faust.model_dump().items()},
             "ads.attribution_window_s": ATTRIBUTION_WINDOW_S, "click_share": click_share}
     result = result_json(worker=worker_result, latency=latency, ceiling=ceiling, baseline=base_result,

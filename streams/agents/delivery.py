@@ -83,20 +83,23 @@ class Delivery:
         self._last = time.monotonic()
         self._committed_positions: dict[tuple[str, int], int] = {}
         kafka = settings.kafka
-        options: dict[str, object] = {"linger.ms": 1, "on_delivery": self._on_delivery}
+        # Delivery reports for failures only: a report is a Python call that needs the GIL inside the flush.
+        options: dict[str, object] = {"linger.ms": 1, "on_delivery": self._on_delivery,
+                                      "delivery.report.only.error": True}
         self.group = ledger_group(settings)
         self._owns_ledger = consumer is None and self.exactly_once
         self._offsets_consumer = consumer  # commits positions itself when there is no transaction
         if self.exactly_once:
             options |= {"transactional.id": f"{settings.worker_id}-ads-{instance_id(settings)}",
-                        "transaction.timeout.ms": int(settings.ads.transaction_timeout_s * 1000)}
+                        "transaction.timeout.ms": int(settings.ads.transaction_timeout_s * 1000),
+                        "retry.backoff.ms": settings.ads.transaction_retry_backoff_ms}
             self._ledger = consumer if consumer is not None else make_consumer(
                 kafka, self.group, **{"enable.auto.commit": False, "isolation.level": "read_committed"})
             self.output = make_producer(kafka, **options)
             self.output.init_transactions(30)
             self._metadata = self._ledger.consumer_group_metadata()
         else:
-            self.output = make_producer(kafka, **options | {"delivery.report.only.error": True})
+            self.output = make_producer(kafka, **options)
         # Faust's own flush (not the hook chain around it), needed only while Faust's producer sends the changelog
         self._faust_flush = (precommit(app).faust_flush if settings.faust.changelog_producer == "faust"
                              else None)
