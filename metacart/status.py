@@ -210,7 +210,7 @@ def _group(settings: Settings, group: str, timeout_s: float) -> GroupView:
 
 def _posteriors(messages: list) -> dict[str, tuple[int, float]]:
     """Newest posterior per segment from the changelog: (updates absorbed, trace of the covariance)."""
-    from policy.adapter import decode_state
+    from policy.segment_state import decode_state
 
     from streams.ads_state import SegmentHead
 

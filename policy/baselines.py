@@ -1,4 +1,4 @@
-"""Reference policies for the adaptation benchmark, all with the :class:`policy.adapter.SegmentBandit` API.
+"""Reference policies for the adaptation benchmark, all with the :class:`policy.segment_bandit.SegmentBandit` API.
 
 =============  ================================================================================================
 ``random``     uniform over the candidates
@@ -23,9 +23,10 @@ from typing import Protocol
 
 import numpy as np
 
-from policy.adapter import Adapter, Decisions, SegmentBandit
+from policy.adapter import Adapter
 from policy.artifact import PolicyArtifact
 from policy.features import build_inputs
+from policy.segment_bandit import Decisions, SegmentBandit
 
 
 class ExpectedReward(Protocol):

@@ -59,7 +59,7 @@ from pathlib import Path
 
 from metacart.bench.chaos import BROKER, RETENTION_FAULTS, _has_assignment, _offsets_done, _wait, latest_values
 from metacart.processes import WorkerProcess
-from policy.adapter import decode_state
+from policy.segment_state import decode_state
 from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_consumer, make_producer
 from streams.pseudonyms import pseudonyms_for

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from policy.adapter import decode_state
+from policy.segment_state import decode_state
 from policy.artifact import PolicyArtifact
 from streams.ads_state import SegmentHead
 from streams.app import topics_for

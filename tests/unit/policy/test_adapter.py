@@ -171,18 +171,18 @@ def test_thompson_draws_are_the_generators_standard_normals_then_its_uniforms(ar
     """The draws come from the policy's generator in numpy's order (normals of the whole batch, then its
     uniforms), whether they fill the reused buffer or, past it, an array of their own."""
     from kernels.glm import glm_decide_many
-    from policy import adapter as adapter_module
+    from policy import segment_bandit as bandit_module
 
     ctx, cand = requests(np.random.default_rng(5), 9)
-    for buffer in (adapter_module.NORMALS_BUFFER, 8):
-        saved = adapter_module.NORMALS_BUFFER
-        adapter_module.NORMALS_BUFFER = buffer
+    for buffer in (bandit_module.NORMALS_BUFFER, 8):
+        saved = bandit_module.NORMALS_BUFFER
+        bandit_module.NORMALS_BUFFER = buffer
         try:
             adapter = Adapter(artifact, eps=0.1, n_draws=16, seed=4)
             first = adapter.decide_many(np.arange(9) % 2, ctx, cand)
             second = adapter.decide_many(np.arange(9) % 2, ctx, cand)  # the buffer is reused
         finally:
-            adapter_module.NORMALS_BUFFER = saved
+            bandit_module.NORMALS_BUFFER = saved
         rng = np.random.default_rng(4)
         phis = adapter.phi_many(ctx, cand)
         fresh = Adapter(artifact, eps=0.1, n_draws=16, seed=4)
