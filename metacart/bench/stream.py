@@ -18,6 +18,9 @@ Everything runs in one invocation, on one broker, one process at a time:
 4. **Ceiling**: the same backlog through a plain confluent-kafka loop in its own process: consume →
    validate (``streams.edge.Decoder``, the worker's edge) → produce a reply, timed from the replies'
    record timestamps exactly as the worker is.
+
+The load around the worker (payloads, the backlog, the feedback, generator and ceiling processes) lives in
+:mod:`metacart.bench.stream_load`.
 """
 
 from __future__ import annotations
@@ -26,22 +29,20 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import time
 import uuid
-import zlib
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
+from metacart.bench import stream_load as load
 from metacart.bench.profile import record, summarise
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.metrics import COMMIT_PHASES
-from streams.kafka_io import client_config, ensure_topics, make_producer, tail_consumer, wait_for_broker
-from metacart.live.ads import request_payloads
+from streams.kafka_io import client_config, ensure_topics, tail_consumer, wait_for_broker
 from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 from streams.topics import TopicSpec
@@ -58,8 +59,6 @@ ATTRIBUTION_WINDOW_S = 20.0
 """Event-time attribution window of the benchmark's workers: with one backlog request per event-time ms,
 windows close 20,000 requests after they open, so closing and zero updates are part of the work."""
 
-_PLACEHOLDER_TIME = "1970-01-01T00:00:00+00:00"
-_REQUEST_ID = re.compile(rb'"request_id":"([^"]+)"')
 
 
 # --- pure parts ------------------------------------------------------------------------------------
@@ -87,11 +86,6 @@ def rate_from_timestamps(timestamps_ms: Sequence[int]) -> tuple[float, float]:
     return (ts.size - 1) / span_s, span_s
 
 
-def clicked(request_id: bytes, share: float) -> bool:
-    """Whether the feedback process clicks this decision: a stable hash of the id, ``share`` of them."""
-    return zlib.crc32(request_id) % 10_000 < share * 10_000
-
-
 def result_json(*, worker: dict, latency: dict, ceiling: dict, baseline: dict | None, settings: dict) -> dict:
     """The benchmark's JSON: :data:`RESULT_KEYS` first, then what each figure was measured on."""
     rate = worker["per_s"]
@@ -117,203 +111,6 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-# --- payloads --------------------------------------------------------------------------------------
-
-def _payloads(n: int, seed: int, t0: float, prefix: str, step_s: float = 1e-3,
-              pool: int = 20_000) -> list[tuple[bytes, bytes]]:
-    """``n`` ad requests of held-out segments, one per ``step_s`` of event time from ``t0``.
-
-    ``pool`` distinct requests are drawn from the simulator; beyond that they repeat with their own
-    request id and event time (spliced into the JSON, so that a large backlog is cheap to build).
-    """
-    from policy.simulator.market import Market
-
-    market = Market()
-    rng = np.random.default_rng(seed)
-    m = min(n, pool)
-    reqs = market.sample_requests(rng.choice(market.heldout_segments, size=m), rng)
-    base = request_payloads(market, reqs, np.zeros(m), [f"{prefix}-x{i}" for i in range(m)])
-    out = []
-    for i in range(n):
-        key, value = base[i % m]
-        t = _PLACEHOLDER_TIME if step_s == 0 else datetime.fromtimestamp(t0 + i * step_s, timezone.utc).isoformat()
-        value = value.replace(f'"{prefix}-x{i % m}"'.encode(), f'"{prefix}-{i}"'.encode(), 1)
-        out.append((key, value.replace(_PLACEHOLDER_TIME.encode(), t.encode(), 1)))
-    return out
-
-
-def _produce(settings: Settings, topic: str, payloads: list[tuple[bytes, bytes]]) -> None:
-    producer = make_producer(settings.kafka, **{"linger.ms": 20, "batch.size": 1_000_000})
-    for key, value in payloads:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    left = producer.flush(60)
-    if left:
-        raise RuntimeError(f"{left} backlog messages not delivered to {topic}")
-
-
-def _end_offsets(settings: Settings, topic: str, attempts: int = 20) -> dict[int, int]:
-    """End offset of every partition of ``topic`` (retried while a new topic's leaders are elected)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    consumer = Consumer(client_config(settings.kafka) | {"group.id": f"bench-offsets-{uuid.uuid4().hex[:6]}"})
-    try:
-        for attempt in range(attempts):
-            try:
-                parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-                return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-            except KafkaException:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.5)
-        raise AssertionError("unreachable")
-    finally:
-        consumer.close()
-
-
-def _wait_for(settings: Settings, topic: str, start: dict[int, int], n: int, stall_s: float,
-              alive=lambda: True) -> int:
-    """Wait until ``n`` records were appended to ``topic`` after ``start`` (or none came for ``stall_s``)."""
-    got, last_change, last_got = 0, time.monotonic(), -1
-    while got < n and time.monotonic() - last_change < stall_s and alive():
-        time.sleep(0.5)
-        end = _end_offsets(settings, topic)
-        got = sum(end[p] - start.get(p, 0) for p in end)
-        if got != last_got:
-            last_got, last_change = got, time.monotonic()
-    return got
-
-
-def _timestamps(settings: Settings, topic: str, start: dict[int, int], n: int) -> np.ndarray:
-    """Record timestamps (ms) of the ``n`` records after ``start`` on ``topic``."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(client_config(settings.kafka) | {"group.id": f"bench-ts-{uuid.uuid4().hex[:6]}",
-                                                         "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
-    out: list[int] = []
-    idle = time.monotonic()
-    while len(out) < n and time.monotonic() - idle < 10:
-        msgs = consumer.consume(num_messages=10000, timeout=0.5)
-        if msgs:
-            idle = time.monotonic()
-        out.extend(m.timestamp()[1] for m in msgs if m.error() is None)
-    consumer.close()
-    return np.array(out, dtype=np.int64)
-
-
-# --- child processes -------------------------------------------------------------------------------
-
-def _feedback_loop(connection: dict, decisions: str, feedback: str, share: float, delay_s: float,
-                   stop, counts) -> None:
-    """Click ``share`` of the decisions read (decided ad, event time = request time + ``delay_s``)."""
-    from confluent_kafka import Consumer, Producer
-
-    consumer = Consumer(connection | {"group.id": f"bench-feedback-{uuid.uuid4().hex[:6]}",
-                                      "auto.offset.reset": "latest", "fetch.wait.max.ms": 20})
-    producer = Producer(connection | {"linger.ms": 5})
-    consumer.subscribe([decisions])
-    seen = sent = 0
-    while not stop.is_set():
-        msgs = consumer.consume(num_messages=5000, timeout=0.1)
-        for m in msgs:
-            if m.error() is not None:
-                continue
-            seen += 1
-            rid = _REQUEST_ID.search(m.value())
-            if rid is None or not clicked(rid.group(1), share):
-                continue
-            d = json.loads(m.value())
-            t = datetime.fromisoformat(d["request_time"]).timestamp() + delay_s
-            body = {"schema_version": 1, "type": "click", "request_id": d["request_id"], "segment": d["segment"],
-                    "ad_id": d["ad_id"], "event_time": datetime.fromtimestamp(t, timezone.utc).isoformat()}
-            producer.produce(feedback, key=m.key(), value=json.dumps(body, separators=(",", ":")).encode())
-            sent += 1
-        producer.poll(0)
-        counts[0], counts[1] = seen, sent
-    producer.flush(10)
-    consumer.close()
-    counts[0], counts[1] = seen, sent
-
-
-def _generator_loop(connection: dict, topic: str, payloads: list, rate: float, ready, go, report) -> None:
-    """Produce ``payloads`` at ``rate``/s, each stamped with its send time; report the achieved pace."""
-    from confluent_kafka import Producer
-
-    producer = Producer(connection | {"linger.ms": 0})
-    ready.set()
-    go.wait(120)
-    n = len(payloads)
-    behind: list[float] = []
-    t_start = time.perf_counter()
-    first = last = None
-    i = 0
-    while i < n:
-        now = time.perf_counter()
-        due = min(n, int((now - t_start) * rate) + 1)
-        if due > i:
-            behind.append((now - (t_start + (due - 1) / rate)) * 1e3)
-        while i < due:
-            key, value = payloads[i]
-            stamp = datetime.now(timezone.utc).isoformat()
-            producer.produce(topic, key=key, value=value.replace(_PLACEHOLDER_TIME.encode(), stamp.encode(), 1))
-            last = time.perf_counter()
-            first = first or last
-            i += 1
-        producer.poll(0)
-        time.sleep(max(0.0, t_start + i / rate - time.perf_counter()))
-    producer.flush(30)
-    report.put({"sent": n, "achieved_per_s": round((n - 1) / max(last - first, 1e-9), 1),
-                "behind_schedule_p99_ms": round(float(np.percentile(behind, 99)), 2) if behind else 0.0,
-                "behind_schedule_max_ms": round(float(max(behind, default=0.0)), 2)})
-
-
-def _ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready, cpu) -> None:
-    """The plain loop: consume → validate (the worker's edge decoder) → produce a reply, batched polls."""
-    from confluent_kafka import Consumer, Producer
-
-    from streams.edge import Decoder, Source
-    from streams.events import AdRequest, DeadLetter
-
-    decoder = Decoder(AdRequest)
-    consumer = Consumer(connection | {"group.id": f"ceiling-{uuid.uuid4().hex[:6]}",
-                                      "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
-    producer = Producer(connection | {"linger.ms": 2, "partitioner": "murmur2_random"})
-    consumer.subscribe([in_topic])
-    ready.set()
-    done = 0
-    idle_since = time.monotonic()
-    cpu0 = None
-    while done < n and time.monotonic() - idle_since < 60:
-        msgs = consumer.consume(num_messages=1000, timeout=0.1)
-        if msgs:
-            idle_since = time.monotonic()
-            cpu0 = time.process_time() if cpu0 is None else cpu0
-        for m in msgs:
-            if m.error():
-                continue
-            event = decoder.decode_one(m.value(), Source(m.topic(), m.partition(), m.offset(), m.key()))
-            if isinstance(event, DeadLetter):
-                continue
-            reply = {"request_id": event.request_id, "ad_id": event.candidates[0].ad_id}
-            while True:
-                try:
-                    producer.produce(out_topic, key=m.key(), value=json.dumps(reply).encode())
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-            done += 1
-        producer.poll(0)
-    producer.flush(30)
-    cpu.value = (time.process_time() - cpu0) / max(done, 1) if cpu0 is not None else 0.0
-    consumer.close()
-
-
 # --- phases ----------------------------------------------------------------------------------------
 
 def _bench_settings(settings: Settings, tag: str, overrides: dict | None = None) -> Settings:
@@ -337,7 +134,7 @@ def _start_worker(s: Settings, log: Path, warm_n: int = 2000) -> WorkerProcess:
     topics = topics_for(s)
     ensure_topics(s.kafka, topics.all())
     worker = WorkerProcess(s, log).start()
-    rate = _timed(s, worker, _payloads(warm_n, 99, time.time() - 3600.0, "warm"), stall_s=120)
+    rate = _timed(s, worker, load.payloads(warm_n, 99, time.time() - 3600.0, "warm"), stall_s=120)
     if rate is None:
         worker.stop()
         raise RuntimeError(f"worker did not answer the warm-up; log:\n{worker.log_tail()}")
@@ -357,17 +154,17 @@ def _cpu_of(pid: int) -> float:
 def _timed(s: Settings, worker: WorkerProcess, requests: list, stall_s: float = 30) -> float | None:
     """Decisions/s (worker clock) on ``requests`` produced at once; None when not all were answered."""
     topics = topics_for(s)
-    start = _end_offsets(s, topics.ad_decisions.name)
-    _produce(s, topics.ad_requests.name, requests)
-    got = _wait_for(s, topics.ad_decisions.name, start, len(requests), stall_s=stall_s, alive=worker.alive)
+    start = load.end_offsets(s, topics.ad_decisions.name)
+    load.produce(s, topics.ad_requests.name, requests)
+    got = load.wait_for(s, topics.ad_decisions.name, start, len(requests), stall_s=stall_s, alive=worker.alive)
     if got < len(requests):
         return None
-    return rate_from_timestamps(_timestamps(s, topics.ad_decisions.name, start, got))[0]
+    return rate_from_timestamps(load.record_timestamps(s, topics.ad_decisions.name, start, got))[0]
 
 
 def _calibrate(s: Settings, worker: WorkerProcess, n: int = 10_000) -> float:
     """The worker's decisions/s on a small backlog, to size the measured one."""
-    rate = _timed(s, worker, _payloads(n, 98, time.time() - 3000.0, "cal"))
+    rate = _timed(s, worker, load.payloads(n, 98, time.time() - 3000.0, "cal"))
     if rate is None:
         raise RuntimeError(f"worker did not answer the calibration backlog; log:\n{worker.log_tail()}")
     return rate
@@ -387,17 +184,17 @@ def _worker_throughput(s: Settings, worker: WorkerProcess, backlog: list, click_
     topics = topics_for(s)
     ctx = multiprocessing.get_context("spawn")
     stop, counts = ctx.Event(), ctx.Array("q", 2)
-    feedback = ctx.Process(target=_feedback_loop, args=(
+    feedback = ctx.Process(target=load.feedback_loop, args=(
         client_config(s.kafka), topics.ad_decisions.name, topics.ad_feedback.name, click_share, 0.5, stop, counts))
     feedback.start()
     time.sleep(3.0)  # the feedback consumer joins its group
-    start = _end_offsets(s, topics.ad_decisions.name)
+    start = load.end_offsets(s, topics.ad_decisions.name)
     spy = record(worker.pid, 15, profile) if profile else None
     cpu0 = _cpu_of(worker.pid)
-    _produce(s, topics.ad_requests.name, backlog)
-    got = _wait_for(s, topics.ad_decisions.name, start, len(backlog), stall_s=30, alive=worker.alive)
+    load.produce(s, topics.ad_requests.name, backlog)
+    got = load.wait_for(s, topics.ad_decisions.name, start, len(backlog), stall_s=30, alive=worker.alive)
     cpu = _cpu_of(worker.pid) - cpu0  # includes up to ~0.5 s idle polling after the last decision
-    ts = _timestamps(s, topics.ad_decisions.name, start, got)
+    ts = load.record_timestamps(s, topics.ad_decisions.name, start, got)
     time.sleep(2.0)  # the last clicks reach the worker
     if spy is not None:
         spy.wait(60)
@@ -457,7 +254,7 @@ def _settle(s: Settings, worker: WorkerProcess) -> None:
     not of production traffic, whose event time does not jump).
     """
     try:
-        answered = _timed(s, worker, _payloads(400, 3, time.time() - 1.0, "settle", step_s=1e-6), stall_s=120)
+        answered = _timed(s, worker, load.payloads(400, 3, time.time() - 1.0, "settle", step_s=1e-6), stall_s=120)
     except ValueError:  # all 400 decided within one millisecond: answered, too fast to time (not needed here)
         answered = True
     if answered is None:
@@ -473,10 +270,10 @@ def _latency(s: Settings, rate: float, seconds: float, warm_s: float = 5.0) -> d
     """
     topics = topics_for(s)
     n = int(rate * seconds)
-    payloads = _payloads(int(rate * warm_s), 2, 0.0, "lw", step_s=0.0) + _payloads(n, 1, 0.0, "load", step_s=0.0)
+    payloads = load.payloads(int(rate * warm_s), 2, 0.0, "lw", step_s=0.0) + load.payloads(n, 1, 0.0, "load", step_s=0.0)
     ctx = multiprocessing.get_context("spawn")
     ready, go, report = ctx.Event(), ctx.Event(), ctx.Queue()
-    gen = ctx.Process(target=_generator_loop, args=(
+    gen = ctx.Process(target=load.generator_loop, args=(
         client_config(s.kafka), topics.ad_requests.name, payloads, rate, ready, go, report))
     gen.start()
     consumer = tail_consumer(s.kafka, topics.ad_decisions.name, **{"fetch.wait.max.ms": 5})
@@ -518,16 +315,16 @@ def _ceiling(s: Settings, backlog: list, tag: str) -> dict:
     parts = topics_for(s).ad_requests.partitions
     ensure_topics(s.kafka, [TopicSpec(in_topic, "segment", parts, bytes, "ceiling input"),
                             TopicSpec(out_topic, "segment", parts, bytes, "ceiling output")])
-    _produce(s, in_topic, backlog)
-    start = _end_offsets(s, out_topic)
+    load.produce(s, in_topic, backlog)
+    start = load.end_offsets(s, out_topic)
     ctx = multiprocessing.get_context("spawn")
     ready, cpu = ctx.Event(), ctx.Value("d", 0.0)
-    proc = ctx.Process(target=_ceiling_loop, args=(client_config(s.kafka), in_topic, out_topic, len(backlog),
+    proc = ctx.Process(target=load.ceiling_loop, args=(client_config(s.kafka), in_topic, out_topic, len(backlog),
                                                    ready, cpu))
     proc.start()
-    got = _wait_for(s, out_topic, start, len(backlog), stall_s=30, alive=proc.is_alive)
+    got = load.wait_for(s, out_topic, start, len(backlog), stall_s=30, alive=proc.is_alive)
     proc.join(60)
-    ts = _timestamps(s, out_topic, start, got)
+    ts = load.record_timestamps(s, out_topic, start, got)
     per_s, span = rate_from_timestamps(ts)
     return {"per_s": per_s, "answered": int(ts.size), "span_s": round(span, 2),
             "cpu_us_per_message": round(cpu.value * 1e6, 1)}
@@ -550,7 +347,7 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
         calibrated = _calibrate(s, worker)
         n = n or backlog_size(calibrated)
         console.print(f"  calibration: {calibrated:,.0f} decisions/s → backlog of {n:,} requests")
-        backlog = _payloads(n, 0, time.time() - n * 1e-3 - 600.0, f"b{tag}")
+        backlog = load.payloads(n, 0, time.time() - n * 1e-3 - 600.0, f"b{tag}")
         console.print("worker on the backlog, clicks fed back ...")
         worker_result = _worker_throughput(s, worker, backlog, click_share, profile)
         worker_result["calibration_per_s"] = round(calibrated, 1)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from metacart.bench import stream
+from metacart.bench import stream, stream_load
 from streams.edge import Decoder, Source
 from streams.events import AdRequest, DeadLetter
 
@@ -40,11 +40,11 @@ def test_percentiles_match_numpy_and_empty_is_none():
 
 def test_clicked_takes_the_share_and_is_stable():
     ids = [f"b1-{i}".encode() for i in range(20000)]
-    chosen = [stream.clicked(i, 0.05) for i in ids]
+    chosen = [stream_load.clicked(i, 0.05) for i in ids]
     assert 0.04 < np.mean(chosen) < 0.06
-    assert chosen == [stream.clicked(i, 0.05) for i in ids]
-    assert not any(stream.clicked(i, 0.0) for i in ids)
-    assert all(stream.clicked(i, 1.0) for i in ids)
+    assert chosen == [stream_load.clicked(i, 0.05) for i in ids]
+    assert not any(stream_load.clicked(i, 0.0) for i in ids)
+    assert all(stream_load.clicked(i, 1.0) for i in ids)
 
 
 def test_backlog_size_is_seconds_of_the_rate_within_bounds():
@@ -54,7 +54,7 @@ def test_backlog_size_is_seconds_of_the_rate_within_bounds():
 
 
 def test_payloads_are_valid_unique_requests_in_event_time_order():
-    payloads = stream._payloads(30, seed=0, t0=1_767_225_600.0, prefix="bt", pool=7)
+    payloads = stream_load.payloads(30, seed=0, t0=1_767_225_600.0, prefix="bt", pool=7)
     decoder = Decoder(AdRequest)
     events = [decoder.decode_one(v, Source("t", 0, i, k)) for i, (k, v) in enumerate(payloads)]
     assert not any(isinstance(e, DeadLetter) for e in events)
@@ -65,8 +65,8 @@ def test_payloads_are_valid_unique_requests_in_event_time_order():
 
 
 def test_load_payloads_carry_the_placeholder_the_generator_replaces():
-    (_, value), = stream._payloads(1, seed=1, t0=0.0, prefix="load", step_s=0.0)
-    assert json.loads(value)["event_time"] == stream._PLACEHOLDER_TIME
+    (_, value), = stream_load.payloads(1, seed=1, t0=0.0, prefix="load", step_s=0.0)
+    assert json.loads(value)["event_time"] == stream_load.PLACEHOLDER_TIME
 
 
 def _parts(per_s=4000.0, ceiling=40000.0, offered=1000.0):
