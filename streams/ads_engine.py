@@ -54,8 +54,8 @@ from streams.pending import PendingBook
 from streams.store import PartitionStore
 from streams.edge import Decoder, RawMessage, dead_letter, encode_one
 from streams.pseudonyms import Pseudonyms
-from streams.events import (AdDecisionRecord, AdRequest, Click, DeadLetter, ExplanationRecord, Impression,
-                            Purchase)
+from streams.events import AdRequest, Click, DeadLetter, Impression, Purchase
+from streams.wire import AdDecisionRecord, ExplanationRecord
 from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
 

@@ -10,7 +10,7 @@ machine-readable ``error_type`` plus a human-readable message:
 - ``key_mismatch``: the Kafka key is not the field the topic is keyed by (``segment`` for the ad topics,
   ``user_id`` for the user topics), so the message sits on a partition that does not own its state.
 
-Decoding uses the msgspec mirrors of the event models (``streams.events.WIRE``); the decoded event is a
+Decoding uses the msgspec mirrors of the event models (``streams.wire.WIRE``); the decoded event is a
 frozen struct with the model's attributes. The dead-letter envelope (``dead_letter``) always fits in one
 Kafka message: see ``DEAD_LETTER_MAX_BYTES``.
 """
@@ -26,7 +26,8 @@ from typing import Any, Generic, NamedTuple, TypeVar, get_args
 import msgspec
 from pydantic import TypeAdapter, ValidationError
 
-from streams.events import SCHEMA_VERSION, WIRE, AdRequest, DeadLetter
+from streams.events import SCHEMA_VERSION, AdRequest, DeadLetter
+from streams.wire import WIRE
 
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ class Decoder(Generic[T]):
                  letter_max_bytes: int = DEAD_LETTER_MAX_BYTES, models: bool | None = None) -> None:
         wire = next((w for p, w in WIRE.items() if p is payload), None)
         if wire is None:
-            raise TypeError(f"no wire struct decodes {payload!r}; streams.events.WIRE lists the input payloads")
+            raise TypeError(f"no wire struct decodes {payload!r}; streams.wire.WIRE lists the input payloads")
         self._decoder = msgspec.json.Decoder(wire)
         if models is None:
             models = payload is not AdRequest

@@ -32,8 +32,8 @@ from pydantic import TypeAdapter
 
 from policy.simulator.market import Market
 from streams.edge import Decoder, Source, encode_one
-from streams.events import (AdDecision, AdDecisionRecord, AdRequest, Explanation, ExplanationRecord,
-                            SessionEvent)
+from streams.events import AdDecision, AdRequest, Explanation, SessionEvent
+from streams.wire import AdDecisionRecord, ExplanationRecord
 from metacart.live.ads import feedback_payload, request_payloads
 from streams.topics import Topics
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from streams.edge import Decoder, Source, original_bytes
-from streams.events import AdRequest, AdRequestWire, Click, ClickWire, DeadLetter, Purchase, SessionEvent
+from streams.events import AdRequest, Click, DeadLetter, Purchase, SessionEvent
+from streams.wire import AdRequestWire, ClickWire
 from streams.topics import Topics
 
 TOPICS = Topics("t")

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from streams.edge import encode_one
-from streams.events import AdDecision, AdDecisionRecord, Explanation, ExplanationRecord
+from streams.events import AdDecision, Explanation
+from streams.wire import AdDecisionRecord, ExplanationRecord
 
 T = datetime(2026, 1, 1, 12, 30, 5, 123456, tzinfo=timezone.utc)
 

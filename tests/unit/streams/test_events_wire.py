@@ -204,7 +204,7 @@ def test_sub_microsecond_digits_round_where_the_models_truncate():
 def test_each_wire_struct_checks_the_key_its_topic_is_keyed_by():
     from typing import get_args
 
-    from streams.events import WIRE
+    from streams.wire import WIRE
 
     for spec in VALID:
         wire = next(w for p, w in WIRE.items() if p is spec.payload)
