@@ -6,6 +6,7 @@ The benchmark code lives in ``metacart.bench``; each command imports its module 
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -89,6 +90,13 @@ def bench_stream(
         click_share=click_share, profile=profile)
 
 
+class SoakWorkers(str, Enum):
+    """How the soak runs its agents: one worker process with both, or one per agent (as deployed)."""
+
+    one = "one"
+    per_agent = "per-agent"
+
+
 @bench.command("soak")
 def bench_soak(
     minutes: float = typer.Option(30.0, min=0.1, help="how long traffic runs"),
@@ -103,6 +111,8 @@ def bench_soak(
     retention_segment_ttl_s: Optional[float] = typer.Option(
         None, min=0.0, help="the worker's retention.segment_idle_ttl_s (event seconds; a soak minute is two "
         "event days)"),
+    workers: SoakWorkers = typer.Option(SoakWorkers.one, help="one worker with both agents, or one per agent "
+                                        "(the layout docker-compose.yml deploys)"),
 ) -> None:
     """A worker with ads and retention under traffic where new users and segments keep arriving: RSS, state,
     p99 latency, decisions/s and dead letters every SAMPLE_S seconds."""
@@ -111,7 +121,8 @@ def bench_soak(
     settings = ensure_artifacts(connected(Settings()))
     run(settings, SoakConfig(minutes=minutes, sample_s=sample_s, ad_rate=ad_rate, session_rate=session_rate,
                              ad_generations=ad_generations, ads_segment_ttl_s=ads_segment_ttl_s,
-                             retention_segment_ttl_s=retention_segment_ttl_s), out=out)
+                             retention_segment_ttl_s=retention_segment_ttl_s,
+                             workers=workers.value.replace("-", "_")), out=out)
 
 
 @bench.command("retention-records")

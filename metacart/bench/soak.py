@@ -1,5 +1,7 @@
 """``metacart bench soak --minutes N``: one worker (ads and retention agents) under steady traffic in which
 new users and new segments keep arriving; every ``sample_s`` a sample of what would grow if it leaked.
+With ``workers="per_agent"`` the agents run in a worker process each, as docker-compose.yml deploys them, and
+a sample sums the two (RSS also per worker).
 
 Traffic (one process, paced every 20 ms):
 
@@ -24,24 +26,25 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
+from metacart.bench.soak_traffic import Traffic
 from metacart.bench.stream import percentiles_ms
 from metacart.processes import WorkerProcess
 from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_producer, tail_consumer, wait_for_broker
-from metacart.live.ads import feedback_payload, request_payloads
+from metacart.live.ads import feedback_payload
 from streams.pseudonyms import with_run_key
 from streams.settings import Settings
 
 DAY_S = 86400.0
+WORKER_LAYOUTS = ("one", "per_agent")
 ENGINE_GAUGES = ("retention_open_actions", "retention_actions_cached", "retention_actions_read_back",
                  "retention_closed_ids", "retention_budget_records", "retention_pauses", "retention_pause_wait_s",
                  "retention_pause_changelog_pending", "retention_blocks", "retention_blocks_written",
@@ -82,6 +85,12 @@ class SoakConfig:
     retention_segment_ttl_s: float | None = None
     """``retention.segment_idle_ttl_s`` of the worker (event seconds; None: its setting). A soak minute is
     ``retention_speed`` event minutes (two days by default)."""
+    workers: str = "one"
+    """``"one"``: one worker process with both agents; ``"per_agent"``: one per agent (the deployed layout)."""
+
+    def __post_init__(self) -> None:
+        if self.workers not in WORKER_LAYOUTS:
+            raise ValueError(f"workers must be one of {', '.join(WORKER_LAYOUTS)}, got {self.workers!r}")
 
 
 @dataclass
@@ -116,6 +125,8 @@ class Sample:
     its SST bytes and estimate of live data in them (``sst``, ``live_data``)."""
     disk_mb: dict[str, float] | None = None
     """Bytes under the data dir per table (its partition databases together: SST, WAL, manifests)."""
+    rss_mb_by_worker: dict[str, float] | None = None
+    """RSS of each worker process by its agents (``rss_mb`` is their sum)."""
 
 
 # --- pure parts ------------------------------------------------------------------------------------
@@ -187,73 +198,6 @@ def _slope_per_min(samples: list[dict], key: str) -> float | None:
     return round(float(np.polyfit(t / 60.0, y, 1)[0]), 3)
 
 
-def segment_name(base: str, generation: int) -> str:
-    return f"{base}.g{generation}"
-
-
-def pick_generation(rng: random.Random, latest: int, live: int) -> int:
-    """A generation drawn uniformly from ``0..latest``, or from the ``live`` latest ones when ``live > 0``."""
-    return rng.randint(0 if live == 0 else max(0, latest - live + 1), latest)
-
-
-# --- traffic ---------------------------------------------------------------------------------------
-
-class _Traffic:
-    """Builds ad requests and session events; keeps what is needed to answer and time them."""
-
-    def __init__(self, cfg: SoakConfig, settings: Settings, t0_wall: float) -> None:
-        from policy.retention.artifacts import load_artifacts
-        from policy.simulator.market import Market
-        from policy.simulator.retention import draw_segments
-
-        self.cfg = cfg
-        self.rng = random.Random(0)
-        self.t0_wall = t0_wall
-        self.run = uuid.uuid4().hex[:6]
-        market = Market()
-        gen = np.random.default_rng(0)
-        reqs = market.sample_requests(gen.choice(market.heldout_segments, size=2000), gen)
-        self.ad_pool = [json.loads(v) for _, v in request_payloads(market, reqs, np.zeros(2000),
-                                                                     [f"p{i}" for i in range(2000)])]
-        spec = load_artifacts(settings.retention.artifact).world
-        names, _ = draw_segments(int(spec["n_markets"]), int(spec["n_cohorts"]), seed=int(spec["seed"]))
-        self.retention_bases = [names[i] for i in spec["heldout_index"]]
-        self.n_requests = self.n_sessions = self.n_users = 0
-        self.sent_at: dict[str, float] = {}
-
-    def generation(self, now: float) -> int:
-        return int((now - self.t0_wall) / self.cfg.segment_every_s)
-
-    def ad_request(self, now: float) -> tuple[bytes, bytes, str]:
-        body = dict(self.rng.choice(self.ad_pool))
-        rid = f"{self.run}-r{self.n_requests}"
-        self.n_requests += 1
-        body["request_id"], body["user_id"] = rid, f"{self.run}-a{self.n_requests}"
-        generation = pick_generation(self.rng, self.generation(now), self.cfg.ad_generations)
-        body["segment"] = segment_name(body["segment"], generation)
-        t = self.t0_wall + (now - self.t0_wall) * self.cfg.ad_speed
-        body["event_time"] = datetime.fromtimestamp(t, timezone.utc).isoformat()
-        return body["segment"].encode(), json.dumps(body, separators=(",", ":")).encode(), rid
-
-    def session(self, now: float) -> tuple[bytes, bytes]:
-        if self.n_users == 0 or self.rng.random() < 0.5:
-            self.n_users += 1
-            user = self.n_users
-        else:
-            user = self.rng.randint(max(1, self.n_users - self.cfg.recent_users), self.n_users)
-        uid = f"{self.run}-s{user}"
-        base = self.retention_bases[user % len(self.retention_bases)]
-        segment = segment_name(base, user // 2000)  # a new retention segment every 2,000 users
-        purchase = self.rng.random() < 0.1
-        t = self.t0_wall + (now - self.t0_wall) * self.cfg.retention_speed
-        self.n_sessions += 1
-        body = {"schema_version": 1, "user_id": uid, "segment": segment, "session_id": f"{self.run}-x{self.n_sessions}",
-                "kind": "purchase" if purchase else "session_start",
-                "value": round(self.rng.uniform(5, 80), 2) if purchase else 0.0,
-                "event_time": datetime.fromtimestamp(t, timezone.utc).isoformat()}
-        return uid.encode(), json.dumps(body, separators=(",", ":")).encode()
-
-
 def ensure_artifacts(settings: Settings) -> Settings:
     """Settings whose ads and retention artifacts exist, trained where missing (torch needed then).
 
@@ -306,14 +250,40 @@ def _rss(pid: int) -> float | None:
         return None
 
 
-def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[float], interval: float) -> Sample:
-    m = _scrape(worker) if worker.alive() else {}
+def _worker_settings(s: Settings, cfg: SoakConfig) -> dict[str, Settings]:
+    """The soak's workers by their agents: one with both, or one per agent (own app id and data dir)."""
+    if cfg.workers == "one":
+        return {s.agents: s}
+    out = {}
+    for agent in s.agents.split(","):
+        w = s.model_copy(deep=True)
+        w.agents, w.worker_id, w.store.data_dir = agent, f"{s.worker_id}-{agent}", s.store.data_dir / agent
+        out[agent] = w
+    return out
+
+
+def _merged(parts: list[dict[str, float] | None], digits: int | None = None) -> dict[str, float] | None:
+    """Per-worker figures summed key by key (each agent reports its own; shared keys add up)."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in (part or {}).items():
+            out[k] = out.get(k, 0.0) + v
+    return {k: v if digits is None else round(v, digits) for k, v in sorted(out.items())} or None
+
+
+def _take_sample(t_s: float, workers: dict[str, WorkerProcess], counts: dict, lat: list[float],
+                 interval: float) -> Sample:
+    alive = all(w.alive() for w in workers.values())
+    m = _merged([_scrape(w) for w in workers.values() if w.alive()]) or {}
+    rss = {name: _rss(w.pid) for name, w in workers.items() if w.alive()}
     p50, p99 = percentiles_ms(lat)
 
     def get(key: str) -> int | None:
         return int(m[key]) if key in m else None
 
-    return Sample(t_s=round(t_s, 1), alive=worker.alive(), rss_mb=_rss(worker.pid) if worker.alive() else None,
+    return Sample(t_s=round(t_s, 1), alive=alive,
+                  rss_mb=round(sum(rss.values()), 1) if alive and None not in rss.values() else None,
+                  rss_mb_by_worker={k: round(v, 1) for k, v in rss.items() if v is not None} or None,
                   state_mb=round(m["state_bytes"] / 1e6, 2) if "state_bytes" in m else None,
                   segments_ads=get("segments_ads"), segments_retention=get("segments_retention"),
                   users_retention=get("users_retention"), open_decisions=get("open_decisions"),
@@ -325,7 +295,7 @@ def _take_sample(t_s: float, worker: WorkerProcess, counts: dict, lat: list[floa
                   load_average_1m=round(os.getloadavg()[0], 2), open_retention=get("retention_open_actions"),
                   budget_records=get("retention_budget_records"), rocksdb_mb=rocksdb_mb(m),
                   retention_engine={k: round(m[k], 3) for k in ENGINE_GAUGES if k in m} or None,
-                  disk_mb=table_disk_mb(worker.settings.store.data_dir))
+                  disk_mb=_merged([table_disk_mb(w.settings.store.data_dir) for w in workers.values()], 1))
 
 
 def table_disk_mb(data_dir: Path) -> dict[str, float] | None:
@@ -380,23 +350,27 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
     s = _soak_settings(settings, tag, cfg, data_root)
     topics = topics_for(s)
     ensure_topics(s.kafka, topics.all())
+    layout = (f"worker {s.worker_id} (ads + retention)" if cfg.workers == "one"
+              else f"workers {s.worker_id}-ads and {s.worker_id}-retention (one per agent)")
     console.print(f"[bold]bench soak[/]: {cfg.minutes:g} min, {cfg.ad_rate:.0f} ad requests/s + "
                   f"{cfg.session_rate:.0f} sessions/s, new segments every {cfg.segment_every_s:g} s, "
-                  f"a sample every {cfg.sample_s:g} s; worker {s.worker_id} (ads + retention); segments expire "
+                  f"a sample every {cfg.sample_s:g} s; {layout}; segments expire "
                   f"after {s.ads.segment_idle_ttl_s:g} s (ads) / {s.retention.segment_idle_ttl_s:g} s (retention) "
                   "idle in event time")
-    worker = WorkerProcess(s, data_root / f"soak-{tag}.log").start()
+    workers = {agents: WorkerProcess(w, data_root / f"{w.worker_id}.log").start()
+               for agents, w in _worker_settings(s, cfg).items()}
     producer = make_producer(s.kafka)
     samples: list[dict] = []
     consumers: list = []
     try:
-        _wait_ready(worker)  # topics have leaders by then: the tail consumers can read their ends
+        for worker in workers.values():
+            _wait_ready(worker)  # topics have leaders by then: the tail consumers can read their ends
         decisions = tail_consumer(s.kafka, topics.ad_decisions.name, **{"fetch.wait.max.ms": 10})
         consumers.append(decisions)
         actions = tail_consumer(s.kafka, topics.retention_actions.name)
         consumers.append(actions)
         t0 = time.monotonic()
-        traffic = _Traffic(cfg, s, time.time())
+        traffic = Traffic(cfg, s, time.time())
         counts = {"decided": 0, "requests": 0, "sessions": 0, "actions": 0}
         lat: list[float] = []
         credit_ads = credit_sessions = 0.0
@@ -421,7 +395,7 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
             _read_decisions(decisions, traffic, producer, topics, cfg, counts, lat)
             counts["actions"] += sum(1 for m in actions.consume(num_messages=5000, timeout=0) if m.error() is None)
             if time.monotonic() >= next_sample:
-                sample = _take_sample(time.monotonic() - t0, worker, counts, lat, cfg.sample_s)
+                sample = _take_sample(time.monotonic() - t0, workers, counts, lat, cfg.sample_s)
                 samples.append(asdict(sample))
                 console.print(sample_line(sample), soft_wrap=True)
                 console.file.flush()  # progress reaches a log file as it is taken
@@ -430,7 +404,9 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
                 lat = []
                 next_sample += cfg.sample_s
                 if not sample.alive:
-                    console.print(f"[red]worker died[/]:\n{worker.log_tail()}")
+                    for name, worker in workers.items():
+                        if not worker.alive():
+                            console.print(f"[red]worker {name} died[/]:\n{worker.log_tail()}")
                     break
             next_tick += tick
             time.sleep(max(0.0, next_tick - time.monotonic()))
@@ -438,7 +414,8 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
         producer.flush(10)
         for consumer in consumers:
             consumer.close()
-        worker.stop()
+        for worker in workers.values():
+            worker.stop()
         from metacart.demo import cleanup
 
         cleanup(s, f"soak-{tag}", [s.store.data_dir])  # the samples are the result; the state was only load
@@ -465,7 +442,7 @@ def _wait_ready(worker: WorkerProcess, timeout_s: float = 180.0) -> None:
     raise RuntimeError(f"the worker was not ready after {timeout_s:.0f}s:\n{worker.log_tail()}")
 
 
-def _read_decisions(consumer, traffic: _Traffic, producer, topics, cfg: SoakConfig, counts: dict,
+def _read_decisions(consumer, traffic: Traffic, producer, topics, cfg: SoakConfig, counts: dict,
                     lat: list[float]) -> None:
     for m in consumer.consume(num_messages=5000, timeout=0):
         if m.error() is not None:

@@ -1,25 +1,33 @@
-"""``metacart bench soak`` for half a minute against the real broker and a real worker (ads + retention)."""
+"""``metacart bench soak`` for half a minute against the real broker and real workers: one with both agents, or
+one per agent (the deployed layout)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from metacart.bench.soak import SoakConfig, run
 from streams.settings import Settings
 
 
-def test_short_soak_samples_a_live_worker_while_segments_and_users_arrive(
-        settings: Settings, retention_artifact: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["one", "per_agent"])
+def test_short_soak_samples_live_workers_while_segments_and_users_arrive(
+        settings: Settings, retention_artifact: Path, tmp_path: Path, workers: str) -> None:
     settings.retention.artifact = retention_artifact
     out = tmp_path / "soak.json"
-    cfg = SoakConfig(minutes=0.5, sample_s=10.0, ad_rate=100.0, session_rate=50.0, segment_every_s=2.0)
+    cfg = SoakConfig(minutes=0.5, sample_s=10.0, ad_rate=100.0, session_rate=50.0, segment_every_s=2.0,
+                     workers=workers)
     result = run(settings, cfg, out=out, data_root=tmp_path)
     samples = result["samples"]
     assert json.loads(out.read_text())["samples"] == samples
     assert [round(s["t_s"] / 10) for s in samples] == [1, 2, 3]  # every 10 s of a 30 s run
     assert all(s["alive"] for s in samples) and result["summary"]["alive_throughout"]
     assert all(s["rss_mb"] > 50 for s in samples)
+    agents = ["ads,retention"] if workers == "one" else ["ads", "retention"]
+    assert all(sorted(s["rss_mb_by_worker"]) == agents for s in samples)
+    assert all(abs(sum(s["rss_mb_by_worker"].values()) - s["rss_mb"]) < 0.2 for s in samples)
     assert all(s["decisions_per_s"] > 50 and s["p99_ms"] is not None for s in samples)
     assert all(s["requests_per_s"] > 90 for s in samples)
     assert samples[-1]["segments_ads"] > samples[0]["segments_ads"] > 0  # new segments keep arriving

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metacart.bench import soak
+from metacart.bench import soak, soak_traffic
 from streams.events import SEGMENT_PATTERN
 
 STATUS = "Name:\tpython\nVmPeak:\t  900000 kB\nVmRSS:\t  264000 kB\nThreads:\t12\n"
@@ -63,16 +63,16 @@ def test_summary_reports_a_dead_worker_and_no_samples():
 def test_new_segment_names_are_valid_segments():
     import re
 
-    assert re.match(SEGMENT_PATTERN, soak.segment_name("m05-c12", 173))
+    assert re.match(SEGMENT_PATTERN, soak_traffic.segment_name("m05-c12", 173))
 
 
 def test_ad_generations_bound_which_segments_requests_pick():
     import random
 
     rng = random.Random(0)
-    assert {soak.pick_generation(rng, 9, 0) for _ in range(500)} == set(range(10))  # every generation so far
-    assert {soak.pick_generation(rng, 9, 3) for _ in range(500)} == {7, 8, 9}  # older ones go quiet
-    assert {soak.pick_generation(rng, 1, 3) for _ in range(100)} == {0, 1}
+    assert {soak_traffic.pick_generation(rng, 9, 0) for _ in range(500)} == set(range(10))  # every generation so far
+    assert {soak_traffic.pick_generation(rng, 9, 3) for _ in range(500)} == {7, 8, 9}  # older ones go quiet
+    assert {soak_traffic.pick_generation(rng, 1, 3) for _ in range(100)} == {0, 1}
 
 
 def test_sample_line_shows_missing_values_as_dashes():
@@ -100,3 +100,28 @@ def test_engine_sizes_and_rocksdb_memory_per_table_are_sampled():
     assert "retention_sessions" not in m  # a counter, not one of the sizes a sample keeps
     assert soak.rocksdb_mb(m) == {"ads-segments.block_cache": 8.0, "retention-users.memtables": 4.2}
     assert soak.rocksdb_mb({}) is None
+
+
+def test_per_agent_layout_runs_each_agent_in_its_own_app_and_data_dir(tmp_path):
+    from pathlib import Path
+
+    from streams.settings import Settings
+
+    s = Settings()
+    s.agents, s.worker_id, s.store.data_dir = "ads,retention", "soak-t", tmp_path / "soak-t"
+    assert soak._worker_settings(s, soak.SoakConfig()) == {"ads,retention": s}
+    split = soak._worker_settings(s, soak.SoakConfig(workers="per_agent"))
+    assert {k: (w.agents, w.worker_id, Path(w.store.data_dir)) for k, w in split.items()} == {
+        "ads": ("ads", "soak-t-ads", tmp_path / "soak-t" / "ads"),
+        "retention": ("retention", "soak-t-retention", tmp_path / "soak-t" / "retention")}
+    assert all(w.kafka.topic_prefix == s.kafka.topic_prefix for w in split.values())  # one set of topics
+    assert s.agents == "ads,retention" and s.worker_id == "soak-t"  # copies, the base is unchanged
+    with pytest.raises(ValueError, match="workers must be one of one, per_agent"):
+        soak.SoakConfig(workers="two")
+
+
+def test_figures_of_several_workers_add_up_key_by_key():
+    merged = soak._merged([{"state_bytes": 5.0, "segments_ads": 3.0}, None, {"state_bytes": 2.25, "users": 9.0}])
+    assert merged == {"segments_ads": 3.0, "state_bytes": 7.25, "users": 9.0}
+    assert soak._merged([{"ads-segments": 0.14}, {"ads-segments": 0.12}], 1) == {"ads-segments": 0.3}
+    assert soak._merged([None, {}]) is None
