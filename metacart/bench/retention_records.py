@@ -38,7 +38,8 @@ class RecordsConfig:
 
 
 def run(cfg: RecordsConfig = RecordsConfig(), out: Path | None = None) -> dict:
-    from metacart.bench.soak import SoakConfig, _Traffic, ensure_artifacts
+    from metacart.bench.soak import SoakConfig, ensure_artifacts
+    from metacart.bench.soak_traffic import Traffic
     from streams.edge import RawMessage
     from streams.app import topics_for
     from streams.retention_engine import RetentionEngine, load_engine_artifacts
@@ -74,7 +75,7 @@ def run(cfg: RecordsConfig = RecordsConfig(), out: Path | None = None) -> dict:
     engine = RetentionEngine(load_engine_artifacts(settings.retention.artifact), store, topics, settings.retention,
                              settings.store, settings.policy, clock=lambda: t_now)
     t0 = 1_800_000_000.0  # a fixed start (2027-01-15): the same event times in every run
-    traffic = _Traffic(soak, settings, t0)
+    traffic = Traffic(soak, settings, t0)
     traffic.run = "replay"  # fixed user ids (the soak draws a run id): the same users on the same partitions
     digest = hashlib.blake2b(digest_size=8)
     per_batch = max(1, round(cfg.session_rate * cfg.batch_s))
