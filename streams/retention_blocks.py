@@ -16,9 +16,16 @@ changelog partition, so the changelog never lacks a live entry). Write amplifica
 live entry moves when half its block died, by count or by size), and so are the number of blocks and the bytes
 they retain: at most about twice the live bytes. (Counting entries alone is not enough: a block that keeps a
 few small live records, e.g. budget records, beside many large dead ones, e.g. segment posteriors rewritten
-at every flush, was never compacted, and a soak's retained blocks grew without bound.) A tombstone is kept only while an older block still holds a copy of its key, so a
-restore never brings a deleted key back: :meth:`BlockStore.load` applies the blocks of every partition in
-``seq`` order, the newest entry of a key winning.
+at every flush, was never compacted, and a soak's retained blocks grew without bound.)
+
+A tombstone is kept only while an older block still holds a copy of its key, so a restore never brings a
+deleted key back: :meth:`BlockStore.load` applies the blocks of every partition in ``seq`` order, the newest
+entry of a key winning. When the last older copy's block is dropped, the tombstone's own entry dies too and
+its key leaves the index (``retention_tombstones_released``); its block is then compacted like any other. (A
+tombstone counted as a copy of itself was never released: every outbox record written, flushed, then deleted
+left one live tombstone for good, and the session-9 soak's retention index grew by 14,500 keys a minute.) A
+key's ``copies`` count only blocks from the one that held it when it was last unknown (``born``): an older
+block may still hold the dead tombstone of an earlier life of the key, which brings nothing back.
 
 Format, epoch-tagged: a block starts with ``(format version, partition, seq)``; a block of another version
 is refused with :class:`streams.exceptions.StateFormatError` (a newer worker's format cannot be guessed).
@@ -79,7 +86,11 @@ class _Loc:
     offset: int
     length: int
     copies: int
-    """Retained blocks holding an entry (live or dead) of this key."""
+    """Retained blocks of ``partition`` from ``born`` on holding an entry (live or dead) of this key."""
+    born: int = 0
+    """The first block counted in ``copies``. Older blocks may still hold a dead tombstone of the key, left
+    from before the key was forgotten (a tombstone that hid nothing): such an entry can bring nothing back,
+    and dropping its block must not lower ``copies``."""
     value: bytes | None = None
 
 
@@ -193,7 +204,8 @@ class BlockStore:
                 entries[(table, key)] = loc.value
         compact = sorted(seq for p, seq in self._sparse if p == partition)
         decoded = {seq: self._entries_of(partition, seq) for seq in compact}
-        inside = Counter(name for block_entries in decoded.values() for name, _, _ in block_entries)
+        inside = Counter(name for seq, block_entries in decoded.items() for name, _, _ in block_entries
+                         if self._counted(name, partition, seq))
         for block_entries in decoded.values():
             for name, value, is_live in block_entries:
                 if not is_live or name in entries:
@@ -240,8 +252,10 @@ class BlockStore:
         loc = self._index[table].get(key)
         if loc is not None and loc.seq >= 0:
             self._kill(loc.partition, loc.seq, _entry_size(name_length, loc.length))
-        copies = 0 if loc is None else loc.copies
-        self._index[table][key] = _Loc(partition, seq, offset, length, copies + 1)
+        if loc is None or loc.copies == 0:  # in no block yet (new, or a record of the format before blocks)
+            self._index[table][key] = _Loc(partition, seq, offset, length, 1, born=seq)
+        else:
+            self._index[table][key] = _Loc(partition, seq, offset, length, loc.copies + 1, born=loc.born)
         size = _entry_size(name_length, length)
         block.entries += 1
         block.live += 1
@@ -263,7 +277,7 @@ class BlockStore:
         self._cache.pop((partition, seq), None)
         for table, key in keys:
             loc = self._index[table].get(key)
-            if loc is None:
+            if loc is None or not self._counted((table, key), partition, seq):
                 continue
             loc.copies -= 1
             if loc.seq == seq and loc.partition == partition:
@@ -271,13 +285,29 @@ class BlockStore:
                     raise StateFormatError(f"block {block_key(partition, seq)} dropped with the live entry "
                                            f"{table}/{key}")
                 loc.seq = -2  # a tombstone that hid nothing more
-            if loc.copies <= 0 and loc.length < 0:
-                self._forget(table, key)
+            if loc.length < 0:
+                if loc.copies <= 0:
+                    self._forget(table, key)
+                else:
+                    self._release_if_idle(table, key, loc)
         self.base.delete(BLOCK_TABLE, block_key(partition, seq), partition)
         self.counters["retention_blocks_deleted"] += 1
 
     def _forget(self, table: str, key: str) -> None:
         self._index[table].pop(key, None)
+
+    def _counted(self, name: tuple[str, str], partition: int, seq: int) -> bool:
+        """Whether block ``seq`` of ``partition`` is one of the copies counted for key ``name``."""
+        loc = self._index[name[0]].get(name[1])
+        return loc is not None and loc.partition == partition and seq >= loc.born
+
+    def _release_if_idle(self, table: str, key: str, loc: _Loc) -> None:
+        """A tombstone whose own block is the last one holding its key hides nothing: its entry dies (so that
+        block can be compacted like any other) and the key leaves the index."""
+        if loc.length < 0 and loc.seq >= 0 and loc.copies == 1:
+            self._kill(loc.partition, loc.seq, _entry_size(1 + len(key), loc.length))
+            self._forget(table, key)
+            self.counters["retention_tombstones_released"] += 1
 
     def _entries_of(self, partition: int, seq: int) -> list[tuple[tuple[str, str], bytes | None, bool]]:
         """Block ``seq``'s entries as ``((table, key), value, live)``."""
@@ -333,7 +363,7 @@ class BlockStore:
                     blocks.append((partition, seq, value))
                     continue
                 partition = legacy_partition(table, key, value)
-                self._index[table][key] = _Loc(partition, -1, 0, len(value), 0, value)
+                self._index[table][key] = _Loc(partition, -1, 0, len(value), 0, value=value)
                 self._legacy.setdefault(partition, []).append((table, key))
                 self.counters["retention_legacy_records_read"] += 1
         for partition, seq, raw in sorted(blocks, key=lambda b: (b[0], b[1])):
@@ -345,6 +375,9 @@ class BlockStore:
                 if legacy is not None and legacy.seq < 0:
                     del self._index[table][key]  # the block's entry is newer than an old-format record
                 self._place(name[0], key, partition, seq, at, n, block, len(name))
+        for table, keys in self._index.items():
+            for key, loc in list(keys.items()):
+                self._release_if_idle(table, key, loc)
         for partition, blocks_of in self._blocks.items():
             for seq, block in blocks_of.items():
                 if _sparse(block):

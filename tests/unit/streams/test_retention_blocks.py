@@ -86,6 +86,28 @@ def test_a_deleted_key_never_comes_back_though_the_block_that_hid_it_is_compacte
     assert b"old" not in b"".join(base.tables["partitions"].values())  # no dead copy left either
 
 
+def test_tombstones_that_hide_nothing_leave_the_index_and_their_blocks():
+    """Keys written, committed, then deleted (an outbox record, an action closed after a flush): once no block
+    holds an older copy, a tombstone hides nothing and must not stay live, or a long run retains one tombstone
+    per key it ever deleted (the session-9 soak's retention index grew by 14,500 keys a minute)."""
+    base = DictStore()
+    store = BlockStore(base, max_block_bytes=4096)
+    store.put("users", "stays", 0, b"s")
+    for i in range(2000):
+        store.put("partitions", f"outbox:0/{i}", 0, bytes(30))
+        store.commit()
+        store.delete("partitions", f"outbox:0/{i}", 0)
+        store.commit()
+    assert store.indexed() == 2  # "stays", and the last tombstone: its value's block is compacted next commit
+    store.put("users", "next", 0, b"n")
+    store.commit()
+    assert store.indexed() == 2  # "stays" and "next"
+    assert store.blocks() <= 3
+    restored = BlockStore(base, max_block_bytes=4096)
+    assert dict(restored.items("partitions")) == {} and restored.get("users", "stays", 0) == b"s"
+    assert restored.indexed() == 2
+
+
 _OPS = st.lists(st.tuples(st.sampled_from(["put", "put", "put", "delete", "commit", "reload"]),
                           st.sampled_from(["users", "actions"]), st.integers(0, 7), st.integers(0, 1),
                           st.binary(min_size=0, max_size=60)), max_size=120)
