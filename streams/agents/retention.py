@@ -37,7 +37,7 @@ import tracemalloc
 import uuid
 
 import faust
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from rocksdict import DbClosedError
 
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
@@ -105,6 +105,12 @@ def install(app: faust.App, settings: Settings, topics: Topics,
         async for events in stream.take_events(r.batch_max, within=r.batch_within_s):
             batch = []
             holes = []
+            fresh = {(e.message.topic, e.message.partition) for e in events} - next_offset.keys()
+            if fresh:  # the first messages since the assignment: they must start at the group's committed offset
+                start = await loop.run_in_executor(None, committed_offsets, settings.kafka, app.conf.id, fresh)
+                for tp, offset in start.items():
+                    log.info("retention input %s/%d: committed offset %d", tp[0], tp[1], offset)
+                    next_offset.setdefault(tp, offset)
             for event in events:
                 msg = event.message
                 expected = in_order(next_offset, msg.topic, msg.partition, msg.offset, engine.counters)
@@ -219,7 +225,9 @@ def in_order(next_offset: dict[tuple[str, int], int], topic: str, partition: int
 
     Faust's consumer stands between the broker and this agent: right after a start it was seen to drop
     messages it had fetched before seeking to the committed offsets (``metacart bench chaos``,
-    ``retention_kill9x3``), and to deliver messages twice."""
+    ``retention_kill9x3``), and to deliver messages twice. The agent seeds ``next_offset`` with the group's
+    committed offsets (:func:`committed_offsets`) before the first messages of an assignment, so a start above
+    the committed offset is a gap too."""
     expected = next_offset.get((topic, partition))
     if expected is None:
         log.info("retention input %s/%d starts at offset %d", topic, partition, offset)
@@ -233,6 +241,27 @@ def in_order(next_offset: dict[tuple[str, int], int], topic: str, partition: int
         return expected
     next_offset[(topic, partition)] = offset + 1
     return None
+
+
+def committed_offsets(kafka: KafkaSettings, group: str, tps: set[tuple[str, int]],
+                      timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` committed for ``tps`` (those without one left out; {} when they cannot be read,
+    logged: the first messages are then taken as they come).
+
+    After an assignment Faust seeks to these offsets, but while its tables recover it can fetch, then drop,
+    the first messages of a partition (faust-streaming/faust#596, a race in recovery): the agent then starts
+    above the committed offset, Faust never acknowledges the offsets in between, and it never commits that
+    partition again (its commits need consecutive acknowledged offsets). Checked against the committed offset,
+    such a start is a hole like any other (:func:`in_order`, :func:`messages_between`)."""
+    consumer = make_consumer(kafka, group, **{"enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(t, p) for t, p in sorted(tps)], timeout=timeout_s)
+    except KafkaException as exc:
+        log.warning("committed offsets of %s unreadable (%s): the first messages are not checked", sorted(tps), exc)
+        return {}
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in got if tp.error is None and tp.offset >= 0}
 
 
 def messages_between(kafka: KafkaSettings, holes: list[tuple[str, int, int, int]], timeout_s: float = 30.0) -> int:
