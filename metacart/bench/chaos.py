@@ -166,15 +166,21 @@ def _payloads(n: int, prefix: str, rate: float, seed: int) -> tuple[list, list]:
 
 def _offsets_done(kafka: KafkaSettings, group: str, topic: str, partitions: int) -> bool:
     """Whether ``group`` committed the end of every partition of ``topic``."""
+    return not lagging(kafka, group, topic, partitions)
+
+
+def lagging(kafka: KafkaSettings, group: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    """``{partition: (committed offset, end offset)}`` for the partitions of ``topic`` whose end ``group`` has
+    not committed (a negative offset: nothing committed)."""
     c = make_consumer(kafka, group, **{"enable.auto.commit": False})
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
-        committed = c.committed(tps, timeout=10)
-        for tp in committed:
+        behind = {}
+        for tp in c.committed(tps, timeout=10):
             _, high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
             if high > 0 and tp.offset < high:
-                return False
-        return True
+                behind[tp.partition] = (tp.offset, high)
+        return behind
     finally:
         c.close()
 

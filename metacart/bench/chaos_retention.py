@@ -57,7 +57,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from metacart.bench.chaos import BROKER, RETENTION_FAULTS, _has_assignment, _offsets_done, _wait, latest_values
+from metacart.bench.chaos import (BROKER, RETENTION_FAULTS, _has_assignment, _offsets_done, _wait, lagging,
+                                  latest_values)
 from metacart.processes import WorkerProcess
 from policy.segment_state import decode_state
 from streams.app import topics_for
@@ -331,8 +332,12 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
         done.set()
         feeder.join(60)
         for topic in (topics.sessions.name, topics.retention_outcomes.name):
+            before = len(missed)
             _wait(supervised(lambda: _offsets_done(s.kafka, s.worker_id, topic, parts)), cfg.timeout_s,
                   f"every message of {topic} consumed", workers, missed)
+            if len(missed) > before:  # which partitions' commits stuck, and where
+                behind = lagging(s.kafka, s.worker_id, topic, parts)
+                missed[-1] += f" (partition: committed, end offsets of those behind: {behind})"
         by_outcome = learned(s.kafka, changelog)
         # Closing: one session per user far ahead expires every open window and evicts every user.
         close_day = max(traffic.last_day.values()) + cfg.window_days + 40
