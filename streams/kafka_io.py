@@ -79,6 +79,7 @@ def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
 
 # librdkafka logs every failed connection attempt (about every 50 ms); wait_for_broker reports once.
 _QUIET = logging.getLogger("metacart.librdkafka.probe")
+log = logging.getLogger("metacart.kafka")
 _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
 
@@ -190,3 +191,18 @@ def tail_consumer(kafka: KafkaSettings, topic: str, **overrides: object) -> Cons
         tps.append(TopicPartition(topic, p, high))
     consumer.assign(tps)
     return consumer
+
+
+def committed_offsets(kafka: KafkaSettings, group: str, tps: set[tuple[str, int]],
+                      timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` committed for ``tps`` (partitions without one left out; {} when they cannot be
+    read, logged). Reading them does not join the group."""
+    consumer = make_consumer(kafka, group, **{"enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(t, p) for t, p in sorted(tps)], timeout=timeout_s)
+    except KafkaException as exc:
+        log.warning("committed offsets of %s for %s unreadable: %s", sorted(tps), group, exc)
+        return {}
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in got if tp.error is None and tp.offset >= 0}

@@ -103,6 +103,11 @@ class _Block:
     live_size: int = 0
 
 
+def _counted(loc: _Loc | None, partition: int, seq: int) -> bool:
+    """Whether block ``seq`` of ``partition`` is one of the copies counted in ``loc`` (a key's location)."""
+    return loc is not None and loc.partition == partition and seq >= loc.born
+
+
 def _entry_size(name_length: int, value_length: int) -> int:
     return name_length + max(value_length, 0)
 
@@ -205,7 +210,7 @@ class BlockStore:
         compact = sorted(seq for p, seq in self._sparse if p == partition)
         decoded = {seq: self._entries_of(partition, seq) for seq in compact}
         inside = Counter(name for seq, block_entries in decoded.items() for name, _, _ in block_entries
-                         if self._counted(name, partition, seq))
+                         if _counted(self._index[name[0]].get(name[1]), partition, seq))
         for block_entries in decoded.values():
             for name, value, is_live in block_entries:
                 if not is_live or name in entries:
@@ -277,7 +282,7 @@ class BlockStore:
         self._cache.pop((partition, seq), None)
         for table, key in keys:
             loc = self._index[table].get(key)
-            if loc is None or not self._counted((table, key), partition, seq):
+            if not _counted(loc, partition, seq):
                 continue
             loc.copies -= 1
             if loc.seq == seq and loc.partition == partition:
@@ -295,11 +300,6 @@ class BlockStore:
 
     def _forget(self, table: str, key: str) -> None:
         self._index[table].pop(key, None)
-
-    def _counted(self, name: tuple[str, str], partition: int, seq: int) -> bool:
-        """Whether block ``seq`` of ``partition`` is one of the copies counted for key ``name``."""
-        loc = self._index[name[0]].get(name[1])
-        return loc is not None and loc.partition == partition and seq >= loc.born
 
     def _release_if_idle(self, table: str, key: str, loc: _Loc) -> None:
         """A tombstone whose own block is the last one holding its key hides nothing: its entry dies (so that

@@ -45,7 +45,7 @@ from confluent_kafka import TopicPartition
 from metacart.processes import REPO, WorkerProcess
 from streams.ads_state import SegmentHead
 from streams.app import topics_for
-from streams.kafka_io import ensure_topics, make_consumer, make_producer
+from streams.kafka_io import committed_offsets, ensure_topics, make_consumer, make_producer
 from metacart.live.ads import feedback_payload, request_payloads
 from streams.settings import KafkaSettings, Settings
 
@@ -172,14 +172,15 @@ def _offsets_done(kafka: KafkaSettings, group: str, topic: str, partitions: int)
 def lagging(kafka: KafkaSettings, group: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
     """``{partition: (committed offset, end offset)}`` for the partitions of ``topic`` whose end ``group`` has
     not committed (a negative offset: nothing committed)."""
+    committed = committed_offsets(kafka, group, {(topic, p) for p in range(partitions)})
     c = make_consumer(kafka, group, **{"enable.auto.commit": False})
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
         behind = {}
-        for tp in c.committed(tps, timeout=10):
-            _, high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-            if high > 0 and tp.offset < high:
-                behind[tp.partition] = (tp.offset, high)
+        for p in range(partitions):
+            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            at = committed.get((topic, p), -1)
+            if high > 0 and at < high:
+                behind[p] = (at, high)
         return behind
     finally:
         c.close()

@@ -37,7 +37,7 @@ import tracemalloc
 import uuid
 
 import faust
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 from rocksdict import DbClosedError
 
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
@@ -49,7 +49,7 @@ from streams.agents.stall import StallWatch
 from streams.app import TABLE_OPTIONS
 from streams.edge import RawMessage
 from streams.events import DeadLetter
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import committed_offsets, make_consumer, make_producer
 from streams.metrics import WorkerMetrics
 from streams.retention_engine import Outputs, RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
@@ -226,8 +226,10 @@ def in_order(next_offset: dict[tuple[str, int], int], topic: str, partition: int
     Faust's consumer stands between the broker and this agent: right after a start it was seen to drop
     messages it had fetched before seeking to the committed offsets (``metacart bench chaos``,
     ``retention_kill9x3``), and to deliver messages twice. The agent seeds ``next_offset`` with the group's
-    committed offsets (:func:`committed_offsets`) before the first messages of an assignment, so a start above
-    the committed offset is a gap too."""
+    committed offsets (:func:`streams.kafka_io.committed_offsets`) before the first messages of an assignment,
+    so a start above the committed offset is a gap too: while its tables recover Faust can fetch, then drop, the
+    first messages of a partition (faust-streaming/faust#596), and it never commits a partition past offsets it
+    did not deliver (its commits need consecutive acknowledged offsets)."""
     expected = next_offset.get((topic, partition))
     if expected is None:
         log.info("retention input %s/%d starts at offset %d", topic, partition, offset)
@@ -241,27 +243,6 @@ def in_order(next_offset: dict[tuple[str, int], int], topic: str, partition: int
         return expected
     next_offset[(topic, partition)] = offset + 1
     return None
-
-
-def committed_offsets(kafka: KafkaSettings, group: str, tps: set[tuple[str, int]],
-                      timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
-    """The offsets ``group`` committed for ``tps`` (those without one left out; {} when they cannot be read,
-    logged: the first messages are then taken as they come).
-
-    After an assignment Faust seeks to these offsets, but while its tables recover it can fetch, then drop,
-    the first messages of a partition (faust-streaming/faust#596, a race in recovery): the agent then starts
-    above the committed offset, Faust never acknowledges the offsets in between, and it never commits that
-    partition again (its commits need consecutive acknowledged offsets). Checked against the committed offset,
-    such a start is a hole like any other (:func:`in_order`, :func:`messages_between`)."""
-    consumer = make_consumer(kafka, group, **{"enable.auto.commit": False})
-    try:
-        got = consumer.committed([TopicPartition(t, p) for t, p in sorted(tps)], timeout=timeout_s)
-    except KafkaException as exc:
-        log.warning("committed offsets of %s unreadable (%s): the first messages are not checked", sorted(tps), exc)
-        return {}
-    finally:
-        consumer.close()
-    return {(tp.topic, tp.partition): tp.offset for tp in got if tp.error is None and tp.offset >= 0}
 
 
 def messages_between(kafka: KafkaSettings, holes: list[tuple[str, int, int, int]], timeout_s: float = 30.0) -> int:

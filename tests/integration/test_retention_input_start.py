@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from confluent_kafka import TopicPartition
 
-from streams.agents.retention import committed_offsets, in_order, messages_between
+from streams.agents.retention import in_order, messages_between
 from streams.app import topics_for
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import committed_offsets, make_consumer, make_producer
 
 
 def test_a_start_above_the_committed_offset_is_a_hole_holding_the_messages_skipped(settings):
