@@ -49,7 +49,7 @@ from streams.agents.stall import StallWatch
 from streams.app import TABLE_OPTIONS
 from streams.edge import RawMessage
 from streams.events import DeadLetter
-from streams.kafka_io import committed_offsets, make_consumer, make_producer
+from streams.kafka_io import make_consumer, make_producer
 from streams.metrics import WorkerMetrics
 from streams.retention_engine import Outputs, RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
@@ -105,12 +105,6 @@ def install(app: faust.App, settings: Settings, topics: Topics,
         async for events in stream.take_events(r.batch_max, within=r.batch_within_s):
             batch = []
             holes = []
-            fresh = {(e.message.topic, e.message.partition) for e in events} - next_offset.keys()
-            if fresh:  # the first messages since the assignment: they must start at the group's committed offset
-                start = await loop.run_in_executor(None, committed_offsets, settings.kafka, app.conf.id, fresh)
-                for tp, offset in start.items():
-                    log.info("retention input %s/%d: committed offset %d", tp[0], tp[1], offset)
-                    next_offset.setdefault(tp, offset)
             for event in events:
                 msg = event.message
                 expected = in_order(next_offset, msg.topic, msg.partition, msg.offset, engine.counters)
@@ -225,11 +219,10 @@ def in_order(next_offset: dict[tuple[str, int], int], topic: str, partition: int
 
     Faust's consumer stands between the broker and this agent: right after a start it was seen to drop
     messages it had fetched before seeking to the committed offsets (``metacart bench chaos``,
-    ``retention_kill9x3``), and to deliver messages twice. The agent seeds ``next_offset`` with the group's
-    committed offsets (:func:`streams.kafka_io.committed_offsets`) before the first messages of an assignment,
-    so a start above the committed offset is a gap too: while its tables recover Faust can fetch, then drop, the
-    first messages of a partition (faust-streaming/faust#596), and it never commits a partition past offsets it
-    did not deliver (its commits need consecutive acknowledged offsets)."""
+    ``retention_kill9x3``), and to deliver messages twice. Where a partition starts after an assignment is not
+    checked: seeding ``next_offset`` with the group's committed offsets (``streams.kafka_io.committed_offsets``)
+    would make a start above it a gap too (faust-streaming/faust#596), but the lookup, made in the first batch,
+    was followed by a restart loop in one fresh-clone ``make test`` (session 11), so it is not wired in."""
     expected = next_offset.get((topic, partition))
     if expected is None:
         log.info("retention input %s/%d starts at offset %d", topic, partition, offset)

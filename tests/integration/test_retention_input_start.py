@@ -1,6 +1,8 @@
-"""The retention agent's check of where a partition starts after an assignment, on the real broker: the
-group's committed offsets are what the first message is checked against (faust-streaming/faust#596: Faust
-can drop the first messages it fetched while its tables recover, and then never commits that partition)."""
+"""The pieces of a check of where a partition starts after an assignment, on the real broker: the group's
+committed offsets (``streams.kafka_io.committed_offsets``, also the chaos bench's lag check) and the agent's
+order check and hole reader (faust-streaming/faust#596: Faust can drop the first messages it fetched while its
+tables recover, and then never commits that partition). The agent does not make this check yet (see
+``streams.agents.retention.in_order``)."""
 
 from __future__ import annotations
 
