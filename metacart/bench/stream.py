@@ -310,6 +310,37 @@ def _latency(s: Settings, rate: float, seconds: float, warm_s: float = 5.0) -> d
             "decided_at_to_record_p99_ms": percentiles_ms(to_record)[1], "generator": generator}
 
 
+def _transaction_floor(s: Settings, tag: str, rate: float, seconds: float) -> dict:
+    """Message → visible latency (``read_committed``) of the worker's commit cadence with no engine at all:
+    a plain transactional producer at ``rate``/s, one transaction per ``ads.commit_interval_s`` with the
+    messages and ledger-like offsets (:func:`metacart.bench.stream_load.transaction_floor_loop`). What the
+    worker's exactly-once latency cannot go below on this broker and box."""
+    topic = f"bench-{tag}.floor"
+    ensure_topics(s.kafka, [TopicSpec(topic, "segment", 4, bytes, "transaction floor")])
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, report = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=load.transaction_floor_loop, args=(
+        client_config(s.kafka), topic, rate, seconds, s.ads.commit_interval_s,
+        s.ads.transaction_retry_backoff_ms, ready, go, report))
+    proc.start()
+    consumer = tail_consumer(s.kafka, topic, **{"fetch.wait.max.ms": 5, "isolation.level": "read_committed"})
+    ready.wait(60)
+    go.set()
+    n = int(rate * seconds)
+    lat: list[float] = []
+    deadline = time.monotonic() + seconds + 30
+    while len(lat) < n and time.monotonic() < deadline:
+        m = consumer.poll(0.05)  # one message per poll, as the latency run reads
+        if m is not None and m.error() is None:
+            lat.append((time.time() - json.loads(m.value())["t"]) * 1e3)
+    consumer.close()
+    proc.join(30)
+    commits = report.get(timeout=10) if not report.empty() else {}
+    p50, p99 = percentiles_ms(lat)
+    return {"offered_per_s": rate, "messages": n, "visible": len(lat), "p50_ms": _round(p50), "p99_ms": _round(p99),
+            **commits}
+
+
 def _ceiling(s: Settings, backlog: list, tag: str) -> dict:
     in_topic, out_topic = f"bench-{tag}.ceiling-in", f"bench-{tag}.ceiling-out"
     parts = topics_for(s).ad_requests.partitions
@@ -360,6 +391,10 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
         latency["commits"] = commit_phases(before, _scrape(worker), time.monotonic() - t_latency)
     finally:
         worker.stop()
+    floor = None
+    if s.ads.delivery == "exactly_once":
+        console.print(f"transaction floor at {load_rate:.0f} messages/s (plain producer, no engine) ...")
+        floor = _transaction_floor(s, tag, load_rate, load_s)
     base_result = None
     if baseline:
         sb = _bench_settings(base, f"{tag}-base", BASELINE_SETTINGS)
@@ -386,6 +421,8 @@ def run(settings: Settings, out: Path | None = None, n: int | None = None, load_
             "ads.attribution_window_s": ATTRIBUTION_WINDOW_S, "click_share": click_share}
     result = result_json(worker=worker_result, latency=latency, ceiling=ceiling, baseline=base_result,
                          settings=used)
+    if floor is not None:
+        result["latency_floor"] = floor
     result["load_average_1m"] = {"start": load_start, "end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     if profile and profile.exists():
         result["profile"] = summarise(profile) | {"raw": str(profile)}
@@ -418,6 +455,11 @@ def _print_table(console, result: dict, load_rate: float) -> None:
     fmt = (lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}")
     table.add_row(f"p50 / p99 latency at {load_rate:.0f}/s", f"{fmt(lat['p50_ms'])} / {fmt(lat['p99_ms'])} ms "
                   f"({lat['answered']}/{lat['requests']} answered)")
+    floor = result.get("latency_floor")
+    if floor:
+        table.add_row(f"transaction floor at {load_rate:.0f}/s (no engine)",
+                      f"{fmt(floor['p50_ms'])} / {fmt(floor['p99_ms'])} ms (commit p50 / p99 "
+                      f"{fmt(floor.get('commit_p50_ms'))} / {fmt(floor.get('commit_p99_ms'))} ms)")
     commits = lat.get("commits") or {}
     if commits:
         table.add_row(f"commits at {load_rate:.0f}/s", f"{commits['per_s']:.0f}/s, mean {commits['mean_total_ms']:.1f} ms: "

@@ -225,3 +225,44 @@ def ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready,
     producer.flush(30)
     cpu.value = (time.process_time() - cpu0) / max(done, 1) if cpu0 is not None else 0.0
     consumer.close()
+
+
+def transaction_floor_loop(connection: dict, topic: str, rate: float, seconds: float, interval_s: float,
+                           retry_backoff_ms: int, ready, go, report) -> None:
+    """The exactly-once commit cadence with no engine: ``rate`` messages/s (each stamped with its due time),
+    one transaction (messages + offsets of a ledger-like group) as soon as ``interval_s`` passed since the
+    last one began. Messages due while a commit is in flight are produced after it, into the next
+    transaction, as the worker holds them (``streams.agents.delivery``). Reports commit durations."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    group = f"bench-floor-{uuid.uuid4().hex[:6]}"
+    producer = Producer(connection | {"linger.ms": 1, "transactional.id": group,
+                                      "retry.backoff.ms": retry_backoff_ms})
+    producer.init_transactions(30)
+    metadata = Consumer(connection | {"group.id": group}).consumer_group_metadata()
+    ready.set()
+    go.wait(120)
+    n = int(rate * seconds)
+    commits: list[float] = []
+    t_start = time.perf_counter()
+    last_commit = t_start
+    i = 0
+    producer.begin_transaction()
+    while i < n:
+        now = time.perf_counter()
+        while i < n and t_start + i / rate <= now:
+            stamp = time.time() - (now - (t_start + i / rate))
+            producer.produce(topic, value=json.dumps({"i": i, "t": stamp}).encode(), partition=i % 4)
+            i += 1
+        if now - last_commit >= interval_s:
+            last_commit = now
+            producer.send_offsets_to_transaction([TopicPartition(topic, 0, i)], metadata, 30)
+            producer.commit_transaction(30)
+            commits.append(time.perf_counter() - now)
+            producer.begin_transaction()
+        time.sleep(0.0005)
+    producer.commit_transaction(30)
+    arr = np.asarray(commits) * 1e3
+    report.put({"messages": n, "commits": len(commits),
+                "commit_p50_ms": round(float(np.percentile(arr, 50)), 2) if arr.size else None,
+                "commit_p99_ms": round(float(np.percentile(arr, 99)), 2) if arr.size else None})

@@ -187,10 +187,14 @@ class Delivery:
             self.engine.flush()
             t_state = time.perf_counter()
             positions = self.engine.commit_positions()  # what the state just written covers, never below the ledger
-            await self._flush_changelog()
+            send = positions != self._committed_positions or bool(self._produced)
+            # The ledger offsets join the transaction while the changelog is awaited (two broker round trips
+            # off each commit): they take effect only with commit_transaction, which waits for the changelog.
+            offsets_sent = self._send_offsets(positions) if send and self.exactly_once else None
+            await self._flush_changelog(offsets_sent)
             t_changelog = time.perf_counter()
-            if positions != self._committed_positions or self._produced:
-                await self._commit_outputs(positions)
+            if send:
+                await self._commit_outputs(positions, offsets_sent)
         finally:
             self._committing = False
         t_end = time.perf_counter()
@@ -207,7 +211,7 @@ class Delivery:
         if self.metrics is not None:
             self.metrics.observe_commit("ads", phases)
 
-    async def _flush_changelog(self) -> None:
+    async def _flush_changelog(self, offsets_sent: asyncio.Future | None = None) -> None:
         """Hand the table writes to the Kafka client and wait until the broker acknowledged each of them.
 
         faust 0.15.3's ``ProducerBuffer.flush`` returns as soon as 0.1 s pass without a message handed to
@@ -215,35 +219,64 @@ class Delivery:
         that is not in the changelog, and a kill -9 right after loses it (the chaos suite lost 528 of 13,973
         clicks under SIGKILL x3 that way). Waiting for the futures of this table's own writes is exact and
         does not wait for other tables' writes queued after them (retention reviews write in bursts).
+
+        ``offsets_sent``: the ledger offsets on their way into the transaction; a failure here waits for
+        that call before the transaction is aborted (librdkafka refuses overlapping transaction calls).
         """
         if self._faust_flush is not None:
             await self._faust_flush()
         try:
             await asyncio.wait_for(self._changelog_acked(), self.stuck_s)
         except asyncio.TimeoutError:
+            await self._settle(offsets_sent)
             await self._fail(f"table changelog not acknowledged within {self.stuck_s:.0f}s: not committing")
         except Exception as exc:
+            await self._settle(offsets_sent)
             await self._fail(f"table changelog not written: {type(exc).__name__}: {exc}")
 
-    async def _commit_outputs(self, positions: dict[tuple[str, int], int]) -> None:
+    def _send_offsets(self, positions: dict[tuple[str, int], int]) -> asyncio.Future | None:
+        """Begin the transaction if need be and start adding the ledger offsets to it (in a thread)."""
+        if not self._in_txn:
+            self.output.begin_transaction()
+            self._in_txn = True
+        if not positions:
+            return None
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        step = lambda: self.output.send_offsets_to_transaction(offsets, self._metadata, 30)  # noqa: E731
+        return asyncio.get_running_loop().run_in_executor(None, _retrying, step)
+
+    async def _settle(self, pending: asyncio.Future | None) -> None:
+        """Wait for a transaction call in flight, whatever its outcome."""
+        if pending is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), self.stuck_s)
+        except asyncio.TimeoutError:
+            self._exit_stuck()
+        except Exception:  # the caller fails the commit anyway
+            pass
+
+    def _exit_stuck(self) -> None:
+        # Seen after a broker restart: librdkafka's send_offsets_to_transaction never returned.
+        # Exit like a crash (the broker aborts the transaction; a restarted worker replays it).
+        log.critical("transaction not committed within %.0fs: exiting", self.stuck_s)
+        logging.shutdown()
+        os._exit(70)
+
+    async def _commit_outputs(self, positions: dict[tuple[str, int], int],
+                              offsets_sent: asyncio.Future | None = None) -> None:
         loop = asyncio.get_running_loop()
         before = self.failed
         if self.exactly_once:
-            if not self._in_txn:
-                self.output.begin_transaction()
-                self._in_txn = True
-            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
             try:
-                await asyncio.wait_for(loop.run_in_executor(None, self._commit_transaction, offsets),
-                                       self.stuck_s)
+                if offsets_sent is not None:
+                    await asyncio.wait_for(offsets_sent, self.stuck_s)
+                await asyncio.wait_for(loop.run_in_executor(
+                    None, _retrying, lambda: self.output.commit_transaction(30)), self.stuck_s)
             except KafkaException as exc:
                 await self._fail(f"transaction not committed: {exc}")
             except asyncio.TimeoutError:
-                # Seen after a broker restart: librdkafka's send_offsets_to_transaction never returned.
-                # Exit like a crash (the broker aborts the transaction; a restarted worker replays it).
-                log.critical("transaction not committed within %.0fs: exiting", self.stuck_s)
-                logging.shutdown()
-                os._exit(70)
+                self._exit_stuck()
             self._in_txn = False
         else:
             left = await loop.run_in_executor(None, self.output.flush, 30.0)
@@ -261,22 +294,6 @@ class Delivery:
         self._produced = 0
         self._committed_positions = positions
         self.engine.on_committed(positions)
-
-    def _commit_transaction(self, offsets: list[TopicPartition], timeout_s: float = 60.0) -> None:
-        """Ledger offsets into the transaction, then commit; retriable errors (a broker away) are retried."""
-        deadline = time.monotonic() + timeout_s
-        steps = ([lambda: self.output.send_offsets_to_transaction(offsets, self._metadata, 30)] if offsets else [])
-        steps.append(lambda: self.output.commit_transaction(30))
-        for step in steps:
-            while True:
-                try:
-                    step()
-                    break
-                except KafkaException as exc:
-                    if not exc.args[0].retriable() or time.monotonic() > deadline:
-                        raise
-                    log.warning("transaction step failed, retrying: %s", exc)
-                    time.sleep(0.5)
 
     async def fail(self, reason: str) -> None:
         """Stop the worker without committing again: what was not committed is processed again after a
@@ -347,3 +364,17 @@ class Delivery:
 def ledger_group(settings: Settings) -> str:
     """The consumer group whose committed offsets are the ledger: ``<app id>-ledger``."""
     return f"{settings.worker_id}-ledger"
+
+
+def _retrying(step: Callable[[], None], timeout_s: float = 60.0) -> None:
+    """Run one transaction call; retriable errors (a broker away) are retried for ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            step()
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            log.warning("transaction step failed, retrying: %s", exc)
+            time.sleep(0.5)
