@@ -261,12 +261,16 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
         alive.append(w)
         return w
 
+    # A worker the fault means to end may have exited by itself and been replaced already (``supervised``):
+    # then it is no longer in ``alive``, and ending it again is a no-op.
     def kill(w: WorkerProcess) -> None:
-        alive.remove(w)
+        if w in alive:
+            alive.remove(w)
         w.kill()
 
     def stop(w: WorkerProcess) -> None:
-        alive.remove(w)
+        if w in alive:
+            alive.remove(w)
         w.stop()
 
     def supervised(predicate):
