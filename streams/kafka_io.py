@@ -206,3 +206,25 @@ def committed_offsets(kafka: KafkaSettings, group: str, tps: set[tuple[str, int]
     finally:
         consumer.close()
     return {(tp.topic, tp.partition): tp.offset for tp in got if tp.error is None and tp.offset >= 0}
+
+
+def ledger_offsets(consumer: Consumer, tps: list[tuple[str, int]],
+                   timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+    """The offsets ``consumer``'s group committed for ``tps`` (partitions without one left out), read until
+    they can be: while a transaction holding offsets for the group is open the broker answers
+    ``UNSTABLE_OFFSET_COMMIT``, and a broker away answers nothing. ``RuntimeError`` after ``timeout_s``: a
+    data path must never guess where to start."""
+    asked = [TopicPartition(t, p) for t, p in tps]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            got = consumer.committed(asked, timeout=10)
+            if not any(tp.error for tp in got):
+                return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
+            error = next(tp.error for tp in got if tp.error)
+        except KafkaException as exc:
+            error = exc.args[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"committed offsets of {sorted(tps)} unreadable: {error}")
+        log.warning("committed offsets not stable yet (%s); retrying", error)
+        time.sleep(0.2)

@@ -220,9 +220,8 @@ class RetentionSettings(BaseModel):
         "many bytes (one changelog record each), below the producer's 1 MB request limit")
     stall_exit_s: float = Field(
         60.0, ge=0, description="the worker exits (status 76, for its supervisor to restart it) when the retention "
-        "agent received nothing for this long while its input partitions hold messages: a Faust consumer back "
-        "from a broker outage without fetching (streams.agents.stall); and (status 77) when Faust's committed offset of an "
-        "input partition stayed the same this long while the agent had processed past it; 0 turns both off")
+        "agent processed nothing for this long while its input partitions hold messages (streams.agents.stall); "
+        "0 turns it off")
     segment_idle_ttl_s: float = Field(
         30 * 86400.0, ge=0, description="a (partition, segment) with no decision and no outcome for this long of its "
         "partition's event time (at least outcome_window_s + outcome_grace_s: then none of its actions is open) "

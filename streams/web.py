@@ -22,9 +22,9 @@ class FaustConsumerState(ConsumerState):
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self.started = time.monotonic()
-        # The direct ad data path reads its topics with a consumer of its own: it answers for them, and
-        # Faust's never-written membership topic is left out.
-        self.data_path: ConsumerState | None = None
+        # A direct data path (streams.agents.datapath) reads its topics with a consumer of its own: it
+        # answers for them, and Faust's never-written membership topic is left out.
+        self.data_paths: list[ConsumerState] = []
         self.hidden: set[str] = set()
 
     def _changelogs(self) -> set[str]:
@@ -41,7 +41,7 @@ class FaustConsumerState(ConsumerState):
     def assigned(self) -> int:
         skip = self._changelogs() | self.hidden
         faust_owned = sum(1 for tp in self._assignment() if tp.topic not in skip)
-        return faust_owned + (self.data_path.assigned() if self.data_path is not None else 0)
+        return faust_owned + sum(path.assigned() for path in self.data_paths)
 
     def ready(self) -> bool:
         recovery = self.app.tables.recovery
@@ -54,7 +54,9 @@ class FaustConsumerState(ConsumerState):
         """
         monitor = self.app.monitor
         changelogs = self._changelogs() | self.hidden
-        out: dict[tuple[str, int], int] = {} if self.data_path is None else dict(self.data_path.lag())
+        out: dict[tuple[str, int], int] = {}
+        for path in self.data_paths:
+            out.update(path.lag())
         for tp in self._assignment():
             if tp.topic in changelogs:
                 continue

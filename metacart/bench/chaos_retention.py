@@ -34,8 +34,8 @@ Faults: ``retention_kill9x3`` (SIGKILL three times, each replacement with an emp
 state restored from the changelogs); ``retention_rebalance_sigterm`` / ``retention_rebalance_sigkill`` (a
 second worker joins, then the first is stopped with SIGTERM / SIGKILL); ``retention_rebalance_chain``
 (1 -> 2 -> 3 workers, each joining under load, then the two oldest stopped with SIGTERM one after the
-other); ``retention_broker_restart`` (the broker is stopped and started again under load). A worker that exits by itself (the retention agent exits when its input
-skipped messages, :mod:`streams.agents.retention`) is restarted, as a supervisor would, and counted in
+other); ``retention_broker_restart`` (the broker is stopped and started again under load). A worker that exits by itself (the stall watch
+exits a worker whose agent processes nothing while its input waits, :mod:`streams.agents.stall`) is restarted, as a supervisor would, and counted in
 ``worker_restarts``; ``workers`` counts every worker process of the run.
 
 Traffic: ``users`` users in ``segments`` segments send ``session_start`` events in turn at ``rate`` per
@@ -61,6 +61,7 @@ from metacart.bench.chaos import (BROKER, RETENTION_FAULTS, _has_assignment, _of
                                   latest_values)
 from metacart.processes import WorkerProcess
 from policy.segment_state import decode_state
+from streams.agents.retention import retention_ledger_group
 from streams.app import topics_for
 from streams.kafka_io import ensure_topics, make_consumer, make_producer
 from streams.pseudonyms import pseudonyms_for
@@ -294,6 +295,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
                                  daemon=True)
     missed: list[str] = []
     changelog = f"{s.worker_id}-retention-partitions-changelog"
+    ledger = retention_ledger_group(s)  # where the retention data path commits its input positions
     parts = s.kafka.user_partitions
     t_start = time.monotonic()
     try:
@@ -337,10 +339,10 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
         feeder.join(60)
         for topic in (topics.sessions.name, topics.retention_outcomes.name):
             before = len(missed)
-            _wait(supervised(lambda: _offsets_done(s.kafka, s.worker_id, topic, parts)), cfg.timeout_s,
+            _wait(supervised(lambda: _offsets_done(s.kafka, ledger, topic, parts)), cfg.timeout_s,
                   f"every message of {topic} consumed", workers, missed)
             if len(missed) > before:  # which partitions' commits stuck, and where
-                behind = lagging(s.kafka, s.worker_id, topic, parts)
+                behind = lagging(s.kafka, ledger, topic, parts)
                 missed[-1] += f" (partition: committed, end offsets of those behind: {behind})"
         by_outcome = learned(s.kafka, changelog)
         # Closing: one session per user far ahead expires every open window and evicts every user.
@@ -350,7 +352,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
             key, value = _session(u, t0 + close_day * DAY + u, cfg, tag, cfg.max_sessions + u)
             producer.produce(topics.sessions.name, key=key, value=value)
         producer.flush(30)
-        _wait(supervised(lambda: _offsets_done(s.kafka, s.worker_id, topics.sessions.name, parts)), cfg.timeout_s,
+        _wait(supervised(lambda: _offsets_done(s.kafka, ledger, topics.sessions.name, parts)), cfg.timeout_s,
               "the closing sessions consumed", workers, missed)
         time.sleep(1.0)
         final = learned(s.kafka, changelog)

@@ -22,9 +22,9 @@ from policy.adapter import Adapter, check_serves
 from policy.artifact import PolicyArtifact
 from streams.ads_engine import AdsEngine
 from streams.ads_segments import SEGMENTS
-from streams.agents.delivery import Delivery
+from streams.agents.delivery import Delivery, ledger_group
 from streams.agents import policy_watch
-from streams.agents.datapath import DataPath, process_batch
+from streams.agents.datapath import AdsWork, DataPath, data_consumer, process_batch
 from streams.app import TABLE_OPTIONS
 from streams.edge import RawMessage
 from streams.events import DeadLetter
@@ -53,8 +53,13 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
     store = FaustStore({SEGMENTS: table})
     engine = AdsEngine(adapter, store, topics, ads, settings.store, pseudonyms)
     if ads.data_path == "direct":
-        DataPath(app, settings, topics, engine, store.events, metrics,
-                 changelog_acked=table.changelog_acked).install()
+        consumer = data_consumer(settings.kafka, ledger_group(settings), ads.batch_max)
+        delivery = Delivery(app, settings, topics, engine, table.changelog_acked, consumer=consumer, metrics=metrics)
+        path = DataPath(app, settings.kafka, "ads", parts, consumer, AdsWork(engine, delivery, topics, metrics),
+                        store.events, batch_max=ads.batch_max, within_s=ads.batch_within_s,
+                        idle_s=max(ads.commit_interval_s, 0.01), metrics=metrics)
+        delivery.install(on_revoked=path._forget, rebalance_hooks=False)  # its commit timer, its pre-commit hook
+        path.install()
     else:
         _install_faust_path(app, settings, topics, engine, store, metrics)
 

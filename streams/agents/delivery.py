@@ -39,7 +39,7 @@ from faust.exceptions import ProducerSendError
 
 from streams.ads_engine import AdsEngine, Outputs
 from streams.agents.precommit import before_offsets_commit, precommit
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import ledger_offsets, make_consumer, make_producer
 from streams.metrics import COMMIT_PHASES, WorkerMetrics
 from streams.settings import Settings
 from streams.topics import Topics
@@ -126,22 +126,8 @@ class Delivery:
 
     def _read_ledger(self, partitions: set[int], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
         names = (self.topics.ad_requests.name, self.topics.ad_feedback.name)
-        tps = [TopicPartition(t, p) for t in names for p in sorted(partitions)]
         ledger = self._ledger if self.exactly_once else self._offsets_consumer
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                got = ledger.committed(tps, timeout=10)
-                if not any(tp.error for tp in got):
-                    return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
-                error = next(tp.error for tp in got if tp.error)
-            except KafkaException as exc:
-                error = exc.args[0]
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ledger offsets of partitions {sorted(partitions)} unreadable: {error}")
-            # UNSTABLE_OFFSET_COMMIT: a transaction with offsets for this group is still open.
-            log.warning("ledger offsets not stable yet (%s); retrying", error)
-            time.sleep(0.2)
+        return ledger_offsets(ledger, [(t, p) for t in names for p in sorted(partitions)], timeout_s)
 
     def produce(self, out: Outputs) -> None:
         """Send a batch's outputs. Exactly-once: while a commit is in flight they wait for the next
@@ -243,7 +229,7 @@ class Delivery:
             return None
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         step = lambda: self.output.send_offsets_to_transaction(offsets, self._metadata, 30)  # noqa: E731
-        return asyncio.get_running_loop().run_in_executor(None, _retrying, step)
+        return asyncio.get_running_loop().run_in_executor(None, retrying, step)
 
     async def _settle(self, pending: asyncio.Future | None) -> None:
         """Wait for a transaction call in flight, whatever its outcome."""
@@ -272,7 +258,7 @@ class Delivery:
                 if offsets_sent is not None:
                     await asyncio.wait_for(offsets_sent, self.stuck_s)
                 await asyncio.wait_for(loop.run_in_executor(
-                    None, _retrying, lambda: self.output.commit_transaction(30)), self.stuck_s)
+                    None, retrying, lambda: self.output.commit_transaction(30)), self.stuck_s)
             except KafkaException as exc:
                 await self._fail(f"transaction not committed: {exc}")
             except asyncio.TimeoutError:
@@ -366,7 +352,7 @@ def ledger_group(settings: Settings) -> str:
     return f"{settings.worker_id}-ledger"
 
 
-def _retrying(step: Callable[[], None], timeout_s: float = 60.0) -> None:
+def retrying(step: Callable[[], None], timeout_s: float = 60.0) -> None:
     """Run one transaction call; retriable errors (a broker away) are retried for ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:

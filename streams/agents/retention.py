@@ -1,26 +1,35 @@
-"""Faust glue for retention: topics, RocksDB tables, the agent loop and rebalances.
+"""Faust glue for retention: topics, RocksDB tables, the data path and rebalances.
 
-One agent reads session events and retention outcomes (both keyed by ``user_id``, co-partitioned over
-``user_partitions``) as a single stream, in batches (``take_events``), and hands each batch to
+The retention agent reads session events, retention outcomes and erasure requests (all keyed by
+``user_id``, co-partitioned over ``user_partitions``) on the direct data path
+(:mod:`streams.agents.datapath`, the mechanism the ad agent uses): Faust assigns the partitions of a
+never-written membership topic and recovers the tables; a librdkafka consumer of the *retention ledger*
+group (``<app id>-retention-ledger``, assign only, ``read_committed``) reads the input from that group's
+committed offsets; :class:`RetentionWork` hands each batch to
 :class:`streams.retention_engine.RetentionEngine`. Its state (users, segments, budgets and review marks,
 open actions) is written in blocks (:mod:`streams.retention_blocks`) to ``retention-partitions`` (rocksdict
 driver); ``retention-users``, ``retention-segments`` and ``retention-actions`` are still registered so that
 records of the format before blocks are read (and moved into blocks) after an upgrade.
 
-As in :mod:`streams.agents.ads`, Faust routes a table read or write to the RocksDB partition and the
-changelog partition of the *current event*; a batch spans partitions, so the shared
-:class:`streams.store.FaustStore` sets the current event to one from the key's own partition before each
-access.
+Commit. Every ``faust.commit_interval_s`` (after a batch, or on the data path's idle timer), and before
+partitions are revoked or the worker stops: the engine writes what changed, the tables' changelogs
+acknowledge it, then the positions (the offset after the last message processed, per input partition) are
+committed to the ledger group, synchronously. A crash replays from the last commit onto state at least as
+new as that commit: decisions are idempotent on replay (decision ids are a hash of user and review tick),
+an outcome closes its open action once. A partition the ledger group has no offset for starts where the
+app's Faust group had committed it (the place before this data path, so an upgrade does not replay the
+topics), else at the beginning.
 
-Ordering. When a batch emits actions the engine has already written its state (budgets included); the
-agent waits for Faust's producer to deliver those changelog writes, then sends actions and dead letters
-through a confluent-kafka producer and waits for them, and only then lets the batch be acknowledged. A
-crash in between cannot lose an action: each one waits in the state's outbox until it is delivered, and
-after a restore the actions found there that ``retention-actions`` does not hold are sent again
-(:mod:`streams.agents.retention_outbox`); a contact the budget did not account for is never sent. A batch that reviews runs as
-:meth:`RetentionEngine.process_steps`: at each pause (every ``retention.review_step`` actions, state written)
-the agent delivers that changelog through ``app.producer.flush`` (with the ads agent, its commit) before
-going on, so one review never queues tens of thousands of changelog records in front of the ads commit.
+Ordering of outputs. When a batch emits actions the engine has already written its state (budgets
+included); the work waits for Faust's producer to deliver those changelog writes, then sends actions and
+dead letters through a confluent-kafka producer and waits for them, before the batch's positions can be
+committed. A crash in between cannot lose an action: each one waits in the state's outbox until it is
+delivered, and after a restore the actions found there that ``retention-actions`` does not hold are sent
+again (:mod:`streams.agents.retention_outbox`); a contact the budget did not account for is never sent. A
+batch that reviews runs as :meth:`RetentionEngine.process_steps`: at each pause (every
+``retention.review_step`` actions, state written) the work delivers that changelog through
+``app.producer.flush`` (with the ads agent, its commit) before going on, so one review never queues tens of
+thousands of changelog records in front of the ads commit.
 
 Artifact directory (``settings.retention.artifact``): see :mod:`policy.retention.artifacts`
 (``retention.json`` + ``uplift/`` + ``risk/``); a missing or bad one, or one that fails a probe batch,
@@ -31,50 +40,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import tracemalloc
-import uuid
+from collections.abc import Callable, Mapping
 
 import faust
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from rocksdict import DbClosedError
 
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
 from streams.agents import policy_watch
+from streams.agents.datapath import DataPath, data_consumer, raw
+from streams.agents.delivery import retrying
 from streams.agents.lifecycle import install_state_hooks
-from streams.agents.precommit import before_offsets_commit
 from streams.agents.retention_outbox import resend_unsent
 from streams.agents.stall import StallWatch
 from streams.app import TABLE_OPTIONS
-from streams.edge import RawMessage
 from streams.events import DeadLetter
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import ledger_offsets, make_consumer, make_producer
 from streams.metrics import WorkerMetrics
 from streams.retention_engine import Outputs, RetentionEngine, load_engine_artifacts
 from streams.retention_state import TABLES
 from streams.pseudonyms import Pseudonyms
-from streams.settings import KafkaSettings, Settings
+from streams.settings import Settings
 from streams.store import FaustStore
 from streams.tables import changelog_producer, tracked_table
 from streams.topics import Topics
 
 log = logging.getLogger("metacart.retention")
-SKIPPED_INPUT_EXIT = 75
-"""Exit status of a worker whose retention input skipped messages (a supervisor restarts it)."""
+
+
+def retention_ledger_group(settings: Settings) -> str:
+    """The consumer group whose committed offsets are the retention input's ledger."""
+    return f"{settings.worker_id}-retention-ledger"
 
 
 def install(app: faust.App, settings: Settings, topics: Topics,
             pseudonyms: Pseudonyms | None = None, metrics: WorkerMetrics | None = None) -> RetentionEngine:
-    """Register the retention agent and its tables on ``app``; returns the engine (for its counters).
+    """Register the retention data path and its tables on ``app``; returns the engine (for its counters).
 
     With ``metrics``, each batch's engine time is observed.
     """
     r = settings.retention
     artifacts = load_engine_artifacts(r.artifact)
     parts = settings.kafka.user_partitions
-    source = app.topic(topics.sessions.name, topics.retention_outcomes.name, topics.erasure_requests.name,
-                       key_type=bytes, value_type=bytes, partitions=parts)
     tables = {name: tracked_table(app, f"retention-{name}", partitions=parts, key_type=bytes, value_type=bytes,
                                   options=TABLE_OPTIONS, changelog_producer=changelog_producer(settings))
               for name in TABLES}
@@ -89,99 +98,13 @@ def install(app: faust.App, settings: Settings, topics: Topics,
 
     output = make_producer(settings.kafka, **{"linger.ms": 5, "delivery.report.only.error": True,
                                               "on_delivery": on_failed_delivery})
-
-    next_offset: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset expected next
     watch = StallWatch(app, settings.kafka, "retention", r.stall_exit_s)
     watch.install()
-
-    @app.on_partitions_revoked.connect
-    async def _forget_offsets(app_: faust.App, revoked: set, **kwargs: object) -> None:
-        next_offset.clear()
-        watch.progressed(next_offset)
-
-    @app.agent(source, name="retention")
-    async def retain(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(r.batch_max, within=r.batch_within_s):
-            batch = []
-            holes = []
-            for event in events:
-                msg = event.message
-                expected = in_order(next_offset, msg.topic, msg.partition, msg.offset, engine.counters)
-                if expected is not None and msg.offset < expected:
-                    continue  # processed before, in this assignment
-                if expected is not None:
-                    holes.append((msg.topic, msg.partition, expected, msg.offset))
-                store.events[msg.partition] = event
-                batch.append(RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
-            if holes:
-                missed = await loop.run_in_executor(None, messages_between, settings.kafka, holes)
-                if missed:  # never delivered: exit before any commit can pass them (Faust commits acked offsets
-                    # up to the first one missing), so the replacement reads them from the last commit. At once, as
-                    # a kill -9 would: a clean stop waits for this agent's stream (awaiting it here hangs).
-                    log.error("retention input skipped %d messages (%s/%d offsets %d..%d, %d holes): exiting for "
-                              "a restart", missed, holes[0][0], holes[0][1], holes[0][2], holes[0][3] - 1, len(holes))
-                    logging.shutdown()
-                    os._exit(SKIPPED_INPUT_EXIT)
-            engine.restore()  # after a start or a rebalance: the state as stored, its outbox included
-            unsent = engine.unsent(store.events.keys())  # partitions with an event to write under
-            if unsent:  # decided before a crash, delivery never confirmed: sent again unless already in the topic
-                found, sent = await loop.run_in_executor(None, resend_unsent, settings.kafka, output,
-                                                         topics.retention_actions.name, unsent)
-                engine.sent_all(store.events.keys())
-                engine.counters["retention_outbox_found"] += found
-                engine.counters["retention_outbox_resent"] += sent
-                log.warning("retention outbox after a restore: %d actions already sent, %d sent again", found, sent)
-            out = Outputs()
-            busy = 0.0
-            t0 = time.perf_counter()
-            for _ in engine.process_steps(batch, out):  # a review pauses after each slice, its state written:
-                busy += time.perf_counter() - t0
-                counters = engine.counters
-                counters["retention_pauses"] += 1
-                counters["retention_pause_changelog_pending"] += sum(t.unacked() for t in tables.values())
-                waited = time.perf_counter()
-                # That changelog is delivered first: through app.producer.flush, which with the ads agent is its
-                # commit (state, changelog, one transaction; streams.agents.delivery). Draining Faust's buffer
-                # alone starved that commit (it waits for an empty buffer, each slice refilled it) until the
-                # broker aborted the open transaction and fenced the worker (bench soak, load 9).
-                await app.producer.flush()
-                t0 = time.perf_counter()
-                counters["retention_pause_wait_s"] += t0 - waited
-                watch.progressed(next_offset)
-            busy += time.perf_counter() - t0
-            if metrics is not None:
-                metrics.observe_batch("retention", busy)
-            if out.actions:
-                await app.producer.flush()  # the state behind these actions is in the changelogs first
-            if engine.partitions_moved():  # a rebalance meanwhile: whoever holds the partitions now sends them
-                engine.counters["retention_actions_left_in_outbox"] += len(out.actions)
-                out.actions.clear()
-                out.action_partitions.clear()
-            for (key, value), partition in zip(out.actions, out.action_partitions):
-                output.produce(topics.retention_actions.name, key=key, value=value, partition=partition)
-            for key, value in out.dead_letters:
-                output.produce(topics.dead_letters.name, key=key, value=value)
-            if out.actions or out.dead_letters:
-                left = await loop.run_in_executor(None, output.flush, 30.0)
-                if left:
-                    raise RuntimeError(f"{left} retention outputs not delivered in 30 s; "
-                                       "not acknowledging the batch")
-            if out.actions:  # delivered: their outbox entries go at the next flush (every other entry of these
-                engine.sent_all(store.events.keys())  # partitions was sent again before the batch)
-            watch.progressed(next_offset)
-
+    consumer = data_consumer(settings.kafka, retention_ledger_group(settings), r.batch_max)
+    work = RetentionWork(app, settings, topics, engine, store, tables, output, consumer, watch, metrics)
+    DataPath(app, settings.kafka, "retention", parts, consumer, work, store.events, batch_max=r.batch_max,
+             within_s=r.batch_within_s, idle_s=settings.faust.commit_interval_s, metrics=metrics).install()
     install_state_hooks(app, engine, settings.store.state_flush_interval_s)
-
-    async def state_in_changelog() -> None:
-        """Before Faust commits retention offsets (and before the agent sends actions, through the same
-        flush): what the processed batches changed is written and acknowledged in the tables' changelogs.
-        A paused batch wrote its state at the pause, and its events are not acknowledged yet."""
-        if not engine.paused():
-            engine.flush(force=True)
-        await asyncio.gather(*(table.changelog_acked() for table in tables.values()))
-
-    before_offsets_commit(app, state_in_changelog)
     heap: list[tracemalloc.Snapshot] = []
 
     @app.timer(interval=60.0)
@@ -211,55 +134,136 @@ def install(app: faust.App, settings: Settings, topics: Topics,
     return engine
 
 
-def in_order(next_offset: dict[tuple[str, int], int], topic: str, partition: int, offset: int,
-             counters) -> int | None:
-    """None when ``offset`` is the next one of its input partition (or the first after a start or rebalance,
-    logged); else the offset expected, counted as ``retention_offset_repeats`` (``offset`` is below it:
-    processed before) or ``retention_offset_gaps`` (above it: the ones between were not delivered).
+class RetentionWork:
+    """The retention agent's part of the data path: process a batch, send its outputs, commit positions
+    (module docstring)."""
 
-    Faust's consumer stands between the broker and this agent: right after a start it was seen to drop
-    messages it had fetched before seeking to the committed offsets (``metacart bench chaos``,
-    ``retention_kill9x3``), and to deliver messages twice. Where a partition starts after an assignment is not
-    checked: seeding ``next_offset`` with the group's committed offsets (``streams.kafka_io.committed_offsets``)
-    would make a start above it a gap too (faust-streaming/faust#596), but the lookup, made in the first batch,
-    was followed by a restart loop in one fresh-clone ``make test`` (session 11), so it is not wired in."""
-    expected = next_offset.get((topic, partition))
-    if expected is None:
-        log.info("retention input %s/%d starts at offset %d", topic, partition, offset)
-    elif offset < expected:
-        counters["retention_offset_repeats"] += 1
-        return expected
-    elif offset > expected:
-        counters["retention_offset_gaps"] += 1
-        log.warning("retention input %s/%d: offset %d after %d", topic, partition, offset, expected - 1)
-        next_offset[(topic, partition)] = offset + 1
-        return expected
-    next_offset[(topic, partition)] = offset + 1
-    return None
+    def __init__(self, app: faust.App, settings: Settings, topics: Topics, engine: RetentionEngine,
+                 store: FaustStore, tables: dict, output: Producer, consumer: Consumer, watch: StallWatch,
+                 metrics: WorkerMetrics | None) -> None:
+        self.app = app
+        self.settings = settings
+        self.topics = topics
+        self.engine = engine
+        self.store = store
+        self.tables = tables
+        self.output = output
+        self.consumer = consumer
+        self.watch = watch
+        self.metrics = metrics
+        self.inputs = (topics.sessions.name, topics.retention_outcomes.name, topics.erasure_requests.name)
+        self.interval_s = settings.faust.commit_interval_s
+        self.positions: dict[tuple[str, int], int] = {}  # next offset to process
+        self.committed: dict[tuple[str, int], int] = {}  # positions at the last commit
+        self._last = time.monotonic()
+
+    async def prepare(self, partitions: set[int]) -> Mapping[tuple[str, int], int]:
+        tps = [(t, p) for t in self.inputs for p in sorted(partitions)]
+        loop = asyncio.get_running_loop()
+        starts = await loop.run_in_executor(None, ledger_offsets, self.consumer, tps)
+        before = [tp for tp in tps if tp not in starts]
+        if before:  # never committed by this data path: where the app's Faust consumer had committed them
+            faust_group = make_consumer(self.settings.kafka, self.app.conf.id, **{"enable.auto.commit": False})
+            try:
+                older = await loop.run_in_executor(None, ledger_offsets, faust_group, before)
+            finally:
+                faust_group.close()
+            if older:
+                log.warning("retention ledger: %d partitions start at the Faust group's offsets %s",
+                            len(older), sorted(older.items()))
+            starts = {**starts, **older}
+        self.positions.update(starts)
+        self.committed.update(starts)
+        self.engine.counters["retention_ledger_reads"] += 1
+        return starts
+
+    async def process(self, messages: list[Message]) -> None:
+        batch = [raw(m) for m in messages]
+        for m in messages:
+            self.positions[(m.topic(), m.partition())] = m.offset() + 1
+        engine, loop, counters = self.engine, asyncio.get_running_loop(), self.engine.counters
+        partitions = self.store.events.keys()
+        engine.restore()  # after a start or a rebalance: the state as stored, its outbox included
+        unsent = engine.unsent(partitions)
+        if unsent:  # decided before a crash, delivery never confirmed: sent again unless already in the topic
+            found, sent = await loop.run_in_executor(None, resend_unsent, self.settings.kafka, self.output,
+                                                     self.topics.retention_actions.name, unsent)
+            engine.sent_all(partitions)
+            counters["retention_outbox_found"] += found
+            counters["retention_outbox_resent"] += sent
+            log.warning("retention outbox after a restore: %d actions already sent, %d sent again", found, sent)
+        out = Outputs()
+        busy = 0.0
+        t0 = time.perf_counter()
+        for _ in engine.process_steps(batch, out):  # a review pauses after each slice, its state written:
+            busy += time.perf_counter() - t0
+            counters["retention_pauses"] += 1
+            counters["retention_pause_changelog_pending"] += sum(t.unacked() for t in self.tables.values())
+            waited = time.perf_counter()
+            # That changelog is delivered first: through app.producer.flush, which with the ads agent is its
+            # commit (state, changelog, one transaction; streams.agents.delivery). Draining Faust's buffer
+            # alone starved that commit (it waits for an empty buffer, each slice refilled it) until the
+            # broker aborted the open transaction and fenced the worker (bench soak, load 9).
+            await self.app.producer.flush()
+            t0 = time.perf_counter()
+            counters["retention_pause_wait_s"] += t0 - waited
+            self.watch.progressed(self.positions)
+        busy += time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.observe_batch("retention", busy)
+        await self._send(out)
+        self.watch.progressed(self.positions)
+
+    async def _send(self, out: Outputs) -> None:
+        """The batch's actions (once the state behind them is in the changelogs) and dead letters, delivered."""
+        if out.actions:
+            await self.app.producer.flush()
+        name = self.topics.retention_actions.name
+        for (key, value), partition in zip(out.actions, out.action_partitions):
+            self.output.produce(name, key=key, value=value, partition=partition)
+        for key, value in out.dead_letters:
+            self.output.produce(self.topics.dead_letters.name, key=key, value=value)
+        if out.actions or out.dead_letters:
+            left = await asyncio.get_running_loop().run_in_executor(None, self.output.flush, 30.0)
+            if left:
+                raise RuntimeError(f"{left} retention outputs not delivered in 30 s; not committing the batch")
+        if out.actions:  # delivered: their outbox entries go at the next flush (every other entry of these
+            self.engine.sent_all(self.store.events.keys())  # partitions was sent again before the batch)
+
+    async def after_step(self) -> None:
+        if self.positions != self.committed and time.monotonic() - self._last >= self.interval_s:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """State, then its changelog acknowledged, then the positions, committed to the ledger group."""
+        positions = dict(self.positions)
+        self.engine.flush(force=True)
+        await asyncio.gather(*(table.changelog_acked() for table in self.tables.values()))
+        if positions != self.committed:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+            await asyncio.get_running_loop().run_in_executor(None, retrying, lambda: _commit(self.consumer, offsets))
+            self.committed = positions
+            self.engine.counters["retention_commits"] += 1
+        self._last = time.monotonic()
+
+    async def revoke(self, forget: Callable[[], None]) -> None:
+        if self.store.events:
+            await self.commit()
+        self.engine.on_rebalance()
+        forget()
+        self.positions.clear()
+        self.committed.clear()
+        self.watch.progressed({})
+
+    def position(self, topic: str, partition: int) -> int:
+        return self.positions.get((topic, partition), 0)
 
 
-def messages_between(kafka: KafkaSettings, holes: list[tuple[str, int, int, int]], timeout_s: float = 30.0) -> int:
-    """Messages a ``read_committed`` reader finds in each ``(topic, partition, start, end)`` range (``end``
-    excluded): 0 when the offsets between are transaction markers only."""
-    consumer = make_consumer(kafka, f"retention-holes-{uuid.uuid4().hex[:8]}",
-                             **{"enable.auto.commit": False, "isolation.level": "read_committed"})
-    found = 0
-    try:
-        for topic, partition, start, end in holes:
-            consumer.assign([TopicPartition(topic, partition, start)])
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                batch = consumer.consume(num_messages=1000, timeout=0.5)
-                found += sum(1 for m in batch if m.error() is None and m.offset() < end)
-                if any(m.error() is None and m.offset() >= end - 1 for m in batch):
-                    break
-                if not batch and consumer.position([TopicPartition(topic, partition)])[0].offset >= end:
-                    break
-            else:
-                raise TimeoutError(f"{topic}/{partition} offsets {start}..{end - 1} not read within {timeout_s:g}s")
-    finally:
-        consumer.close()
-    return found
+def _commit(consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    """Commit ``offsets`` to ``consumer``'s group and wait; a partition's error raises (retried when retriable)."""
+    for tp in consumer.commit(offsets=offsets, asynchronous=False) or ():
+        if tp.error is not None:
+            raise KafkaException(tp.error)
 
 
 ROCKSDB_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables", "block_cache": "rocksdb.block-cache-usage",

@@ -1,11 +1,14 @@
-"""Exit a worker whose Faust consumer stopped delivering input that the broker holds, or stopped committing.
+"""Exit a worker whose agent stopped taking input that the broker holds.
 
 After a broker outage faust-streaming's consumer can come back without ever fetching again: the heartbeat
-session expires, the coordinator is marked dead, and the agent then receives nothing while its input
-grows (faust-streaming issues #175 and #523; ``metacart bench chaos --faults retention_broker_restart``
-saw it: no retention action for 110 s after the broker was back, and none until the worker was stopped).
-Nothing inside the worker brings that consumer back, but a restart does, and a restart is what the design
-already survives (state from the changelogs, the ledger and the outbox; crash-tested under kill -9).
+session expires, the coordinator is marked dead, and an agent fed by it then receives nothing while its
+input grows (faust-streaming issues #175 and #523; ``metacart bench chaos --faults retention_broker_restart``
+saw it when the retention agent read through Faust's consumer: no retention action for 110 s after the
+broker was back, and none until the worker was stopped). The retention agent now reads through its own
+librdkafka consumer (``streams.agents.datapath``), which reconnects by itself; the watch stays as the
+guard for anything else that stops a data path while it holds partitions. Nothing inside the worker would
+bring it back, but a restart does, and a restart is what the design already survives (state from the
+changelogs, the ledger and the outbox; crash-tested under kill -9).
 
 :class:`StallWatch` therefore watches the agent's progress: the agent calls :meth:`StallWatch.progressed`
 after each batch (and each pause of a long one) with the offsets it expects next. Every ``check_s``, when
@@ -14,10 +17,6 @@ client (``read_committed``, so transaction markers are not input) looks for a me
 offset the agent expects in each of those partitions; if it finds one, the worker exits with :data:`STALLED_INPUT_EXIT` for its
 supervisor to restart it. When the broker cannot be asked (still away), nothing happens: a restart would
 not help.
-
-The same watch ends a worker whose Faust consumer stopped *committing*: when a partition's committed offset
-stays the same for ``stall_s`` while the agent has processed past it (:func:`stuck_commits`,
-:meth:`StallWatch.check_commits`), the worker exits with :data:`STUCK_COMMIT_EXIT`.
 """
 
 from __future__ import annotations
@@ -32,37 +31,13 @@ from collections.abc import Mapping
 import faust
 from confluent_kafka import KafkaException, TopicPartition
 
-from streams.kafka_io import committed_offsets, make_consumer
+from streams.kafka_io import make_consumer
 from streams.settings import KafkaSettings
 
 log = logging.getLogger("metacart.stall")
 
 STALLED_INPUT_EXIT = 76
 """Exit status of a worker whose agent received nothing for ``stall_s`` while its input held messages."""
-STUCK_COMMIT_EXIT = 77
-"""Exit status of a worker whose Faust consumer committed no progress for ``stall_s`` on a partition whose
-input the agent had processed past its committed offset."""
-
-
-def stuck_commits(seen: dict[tuple[str, int], tuple[int, float]], committed: Mapping[tuple[str, int], int],
-                  expected: Mapping[tuple[str, int], int], now: float, stall_s: float) -> list[tuple[str, int]]:
-    """Partitions whose committed offset stayed the same, below the offset the agent expects next, for
-    ``stall_s`` or more. ``seen`` (updated here) holds, per partition behind, its committed offset and since
-    when; a partition whose committed offset is unknown, moved, or caught up starts over."""
-    stuck = []
-    for tp, next_offset in expected.items():
-        offset = committed.get(tp)
-        if offset is None or offset >= next_offset:
-            seen.pop(tp, None)
-            continue
-        before = seen.get(tp)
-        if before is None or before[0] != offset:
-            seen[tp] = (offset, now)
-        elif now - before[1] >= stall_s:
-            stuck.append(tp)
-    for tp in set(seen) - set(expected):
-        del seen[tp]
-    return stuck
 
 
 class StallWatch:
@@ -78,7 +53,6 @@ class StallWatch:
         self._exit = exit
         self._last = time.monotonic()
         self._expected: dict[tuple[str, int], int] = {}
-        self._behind: dict[tuple[str, int], tuple[int, float]] = {}
 
     def progressed(self, expected: Mapping[tuple[str, int], int]) -> None:
         """The agent handled input; ``expected``: the offset it expects next per (topic, partition)."""
@@ -91,33 +65,7 @@ class StallWatch:
 
         @self.app.timer(interval=self.check_s)
         async def watch_for_stalled_input() -> None:
-            if not await self.check():
-                await self.check_commits()
-
-    async def check_commits(self) -> bool:
-        """True (after asking for the exit) when Faust's consumer committed no progress for ``stall_s`` on a
-        partition the agent had processed past its committed offset.
-
-        Seen in the retention chaos faults after rebalances: Faust's list of acknowledged offsets held some
-        offsets twice (the offsets of a gap it registered are added to it at each commit without a check
-        against those already acknowledged), and Faust commits only the first run of consecutive offsets in
-        it, so its commits stopped for good (docs/ARCHITECTURE.md, "Input order"). A restarted worker starts
-        from the committed offsets with that bookkeeping empty, and its effects are idempotent on replay."""
-        if self.app.rebalancing or not self._expected:
-            self._behind.clear()
-            return False
-        expected = dict(self._expected)
-        committed = await asyncio.get_running_loop().run_in_executor(
-            None, committed_offsets, self.kafka, self.app.conf.id, set(expected))
-        stuck = stuck_commits(self._behind, committed, expected, time.monotonic(), self.stall_s)
-        if not stuck or self.app.rebalancing:
-            return False
-        log.error("%s agent: Faust committed no progress for %.0f s on %s (committed %s, processed to %s): "
-                  "exiting for a restart", self.name, self.stall_s, sorted(stuck),
-                  [committed[tp] for tp in sorted(stuck)], [expected[tp] for tp in sorted(stuck)])
-        logging.shutdown()
-        self._exit(STUCK_COMMIT_EXIT)
-        return True
+            await self.check()
 
     async def check(self) -> bool:
         """True (after asking for the exit) when the agent is stalled behind input the broker holds."""

@@ -1,38 +1,47 @@
-"""The pieces of a check of where a partition starts after an assignment, on the real broker: the group's
-committed offsets (``streams.kafka_io.committed_offsets``, also the chaos bench's lag check) and the agent's
-order check and hole reader (faust-streaming/faust#596: Faust can drop the first messages it fetched while its
-tables recover, and then never commits that partition). The agent does not make this check yet (see
-``streams.agents.retention.in_order``)."""
+"""Where the retention data path starts each input partition, on the real broker: the retention ledger group's
+committed offset; for a partition that group never committed, the offset the app's Faust group had committed
+(the place an upgrade from the Faust data path left it); else the beginning (left out of the answer)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+from types import SimpleNamespace
+
 from confluent_kafka import TopicPartition
 
-from streams.agents.retention import in_order, messages_between
+from streams.agents.datapath import data_consumer
+from streams.agents.delivery import retrying
+from streams.agents.retention import RetentionWork, retention_ledger_group
 from streams.app import topics_for
-from streams.kafka_io import committed_offsets, make_consumer, make_producer
+from streams.kafka_io import committed_offsets, make_consumer
 
 
-def test_a_start_above_the_committed_offset_is_a_hole_holding_the_messages_skipped(settings):
-    topic = topics_for(settings).sessions.name
-    producer = make_producer(settings.kafka)
-    for i in range(10):
-        producer.produce(topic, key=b"u%d" % i, value=b"{}", partition=0)
-    producer.flush(10)
-    group = settings.worker_id
+def _commit(settings, group: str, topic: str, partition: int, offset: int) -> None:
     committer = make_consumer(settings.kafka, group, **{"enable.auto.commit": False})
-    committer.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
+    # retried: right after the broker starts a new group's coordinator may still be loading
+    retrying(lambda: committer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False))
     committer.close()
 
-    start = committed_offsets(settings.kafka, group, {(topic, 0), (topic, 1)})
-    assert start == {(topic, 0): 7}  # partition 1 has no committed offset: left out, its first message taken
 
-    next_offset = dict(start)
-    counters = {"retention_offset_gaps": 0, "retention_offset_repeats": 0}
-    assert in_order(next_offset, topic, 0, 9, counters) == 7  # Faust delivered 9 first: 7 and 8 never came
-    assert counters["retention_offset_gaps"] == 1
-    assert messages_between(settings.kafka, [(topic, 0, 7, 9)]) == 2  # real messages: the agent exits to replay
-    assert in_order(next_offset, topic, 1, 0, counters) is None
+def test_a_partition_starts_at_the_ledger_else_at_the_faust_groups_offset_else_at_the_beginning(settings):
+    topics = topics_for(settings)
+    sessions, outcomes = topics.sessions.name, topics.retention_outcomes.name
+    ledger = retention_ledger_group(settings)
+    _commit(settings, ledger, sessions, 0, 7)
+    _commit(settings, settings.worker_id, sessions, 0, 3)  # older than the ledger: not used
+    _commit(settings, settings.worker_id, outcomes, 0, 5)  # never in the ledger: the upgrade's start
+    consumer = data_consumer(settings.kafka, ledger, 16)
+    engine = SimpleNamespace(counters=Counter())
+    work = RetentionWork(SimpleNamespace(conf=SimpleNamespace(id=settings.worker_id)), settings, topics, engine,
+                         store=None, tables={}, output=None, consumer=consumer, watch=None, metrics=None)
+    try:
+        starts = asyncio.run(work.prepare({0, 1}))
+    finally:
+        consumer.close()
+    assert dict(starts) == {(sessions, 0): 7, (outcomes, 0): 5}  # partition 1 and erasures/0: the beginning
+    assert work.positions == work.committed == dict(starts)
+    assert engine.counters["retention_ledger_reads"] == 1
 
 
 def test_committed_offsets_of_an_unreachable_broker_are_empty_not_an_error(settings):
