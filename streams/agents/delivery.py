@@ -352,15 +352,24 @@ def ledger_group(settings: Settings) -> str:
     return f"{settings.worker_id}-ledger"
 
 
-def retrying(step: Callable[[], None], timeout_s: float = 60.0) -> None:
-    """Run one transaction call; retriable errors (a broker away) are retried for ``timeout_s``."""
+COORDINATOR_ERRORS = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._WAIT_COORD,
+                                KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT})
+"""Errors of a group's coordinator moving or away (a broker restart) that librdkafka does not flag retriable
+on an offset commit (``NOT_COORDINATOR`` crashed a retention worker in ``retention_broker_restart``)."""
+
+
+def retrying(step: Callable[[], None], timeout_s: float = 60.0, also: frozenset[int] = frozenset()) -> None:
+    """Run one Kafka call; retriable errors (a broker away), and those with a code in ``also``, are retried
+    for ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             step()
             return
         except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in also) or time.monotonic() > deadline:
                 raise
-            log.warning("transaction step failed, retrying: %s", exc)
+            log.warning("Kafka call failed, retrying: %s", exc)
             time.sleep(0.5)

@@ -51,7 +51,7 @@ from rocksdict import DbClosedError
 from policy.retention.artifacts import RetentionArtifacts, check_serves, load_artifacts
 from streams.agents import policy_watch
 from streams.agents.datapath import DataPath, data_consumer, raw
-from streams.agents.delivery import retrying
+from streams.agents.delivery import COORDINATOR_ERRORS, retrying
 from streams.agents.lifecycle import install_state_hooks
 from streams.agents.retention_outbox import resend_unsent
 from streams.agents.stall import StallWatch
@@ -241,7 +241,8 @@ class RetentionWork:
         await asyncio.gather(*(table.changelog_acked() for table in self.tables.values()))
         if positions != self.committed:
             offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-            await asyncio.get_running_loop().run_in_executor(None, retrying, lambda: _commit(self.consumer, offsets))
+            await asyncio.get_running_loop().run_in_executor(
+                None, retrying, lambda: _commit(self.consumer, offsets), 60.0, COORDINATOR_ERRORS)
             self.committed = positions
             self.engine.counters["retention_commits"] += 1
         self._last = time.monotonic()
