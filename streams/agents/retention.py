@@ -175,6 +175,8 @@ class RetentionWork:
         self.positions.update(starts)
         self.committed.update(starts)
         self.engine.counters["retention_ledger_reads"] += 1
+        # partitions never committed start at their beginning: the watch looks there
+        self.watch.progressed({**{tp: 0 for tp in tps}, **self.positions})
         return starts
 
     async def process(self, messages: list[Message]) -> None:

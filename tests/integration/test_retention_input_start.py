@@ -13,6 +13,7 @@ from confluent_kafka import TopicPartition
 from streams.agents.datapath import data_consumer
 from streams.agents.delivery import retrying
 from streams.agents.retention import RetentionWork, retention_ledger_group
+from streams.agents.stall import StallWatch
 from streams.app import topics_for
 from streams.kafka_io import committed_offsets, make_consumer
 
@@ -33,8 +34,10 @@ def test_a_partition_starts_at_the_ledger_else_at_the_faust_groups_offset_else_a
     _commit(settings, settings.worker_id, outcomes, 0, 5)  # never in the ledger: the upgrade's start
     consumer = data_consumer(settings.kafka, ledger, 16)
     engine = SimpleNamespace(counters=Counter())
-    work = RetentionWork(SimpleNamespace(conf=SimpleNamespace(id=settings.worker_id)), settings, topics, engine,
-                         store=None, tables={}, output=None, consumer=consumer, watch=None, metrics=None)
+    app = SimpleNamespace(conf=SimpleNamespace(id=settings.worker_id), rebalancing=False)
+    watch = StallWatch(app, settings.kafka, "retention", stall_s=60)
+    work = RetentionWork(app, settings, topics, engine, store=None, tables={}, output=None, consumer=consumer,
+                         watch=watch, metrics=None)
     try:
         starts = asyncio.run(work.prepare({0, 1}))
     finally:
@@ -42,6 +45,8 @@ def test_a_partition_starts_at_the_ledger_else_at_the_faust_groups_offset_else_a
     assert dict(starts) == {(sessions, 0): 7, (outcomes, 0): 5}  # partition 1 and erasures/0: the beginning
     assert work.positions == work.committed == dict(starts)
     assert engine.counters["retention_ledger_reads"] == 1
+    erasures = topics.erasure_requests.name
+    assert watch._expected == {**{(t, p): 0 for t in (sessions, outcomes, erasures) for p in (0, 1)}, **starts}
 
 
 def test_committed_offsets_of_an_unreachable_broker_are_empty_not_an_error(settings):
