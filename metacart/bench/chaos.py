@@ -76,6 +76,27 @@ class ChaosConfig:
     """Longest wait for each phase (every decision, every click consumed, the windows closed)."""
 
 
+class Records:
+    """The (partition, offset) of every record a reader took. A reader in a consumer group reads records
+    again when its group restarts from an older committed offset (auto commit every 5 s; seen after a broker
+    restart: its group rejoined and re-read from the beginning, which counted every decision before the
+    restart twice). The same record read again is the reader's, not a second decision: a second decision is
+    a second record."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[int, int]] = set()
+        self.rereads = 0
+
+    def first(self, partition: int, offset: int) -> bool:
+        """True the first time this record is read; counts the repeats."""
+        where = (partition, offset)
+        if where in self._seen:
+            self.rereads += 1
+            return False
+        self._seen.add(where)
+        return True
+
+
 @dataclass
 class _Traffic:
     """What was sent and what was seen, shared by the generator, the feeder and the run."""
@@ -83,10 +104,12 @@ class _Traffic:
     payloads: list[tuple[bytes, bytes]]
     meta: list[tuple[str, str, float]]  # (request id, segment, event time) per payload
     sent: int = 0
+    generated_s: float = 0.0  # how long the generator took to send them (it stops early when told, or runs out)
     where: dict[int, tuple[int, int]] = field(default_factory=dict)  # payload index -> (partition, offset)
     decisions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     clicks: dict[str, int] = field(default_factory=Counter)  # clicks sent per segment
     clicked: set[str] = field(default_factory=set)
+    records: Records = field(default_factory=Records)  # decision records read
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -119,6 +142,7 @@ def _generate(kafka: KafkaSettings, topic: str, traffic: _Traffic, rate: float) 
         producer.produce(topic, key=key, value=value, on_delivery=delivered(i))
         producer.poll(0)
         traffic.sent = i + 1
+    traffic.generated_s = time.perf_counter() - t0
     producer.flush(60)
 
 
@@ -131,7 +155,7 @@ def _feed(kafka: KafkaSettings, topics, traffic: _Traffic, share: float, done: t
     try:
         while not done.is_set():
             for msg in consumer.consume(num_messages=2000, timeout=0.2):
-                if msg.error():
+                if msg.error() or not traffic.records.first(msg.partition(), msg.offset()):
                     continue
                 d = json.loads(msg.value())
                 rid = d["request_id"]
@@ -444,10 +468,13 @@ def _account(fault: str, n: int, meta: list, traffic: _Traffic, heads: dict[str,
         updates = head.n_updates if head else 0
         updates_lost += max(count - updates, 0)
         updates_double += max(updates - count, 0)
-    return {"fault": fault, "requests": n, "offered_per_s": round(n / elapsed, 1), "no_decision": no_decision,
+    return {"fault": fault, "requests": n,
+            # the generator's own rate: when a slow fault outlasts the payloads it stops sending, not falling behind
+            "offered_per_s": round(n / (traffic.generated_s or elapsed), 1), "no_decision": no_decision,
             "multi_decision": multi, "different_ad": different, "clicks_sent": sum(traffic.clicks.values()),
             "clicks_lost": lost, "clicks_double": double, "updates_lost": updates_lost,
             "updates_double": updates_double, "worker_restarts": restarts,
+            "reader_rereads": traffic.records.rereads,  # records the reader took twice (not counted twice)
             # where the first undecided requests sit, to read the workers' logs around them
             "undecided_at": [[ids[i], *traffic.where.get(i, (-1, -1))] for i in undecided[:20]]}
 

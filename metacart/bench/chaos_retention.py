@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from metacart.bench.chaos import (BROKER, RETENTION_FAULTS, _has_assignment, _offsets_done, _wait, lagging,
+from metacart.bench.chaos import (BROKER, RETENTION_FAULTS, Records, _has_assignment, _offsets_done, _wait, lagging,
                                   latest_values)
 from metacart.processes import WorkerProcess
 from policy.segment_state import decode_state
@@ -107,6 +107,7 @@ class _Traffic:
     actions: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
     decisions: dict[str, tuple[int, str]] = field(default_factory=dict)  # decision id -> (partition, segment)
     outcomes: Counter = field(default_factory=Counter)  # outcomes sent per (partition, segment)
+    records: Records = field(default_factory=Records)  # action records read
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -178,7 +179,7 @@ def _feed(kafka: KafkaSettings, topics, traffic: _Traffic, cfg: RetentionChaosCo
     try:
         while not done.is_set():
             for msg in consumer.consume(num_messages=2000, timeout=0.2):
-                if msg.error():
+                if msg.error() or not traffic.records.first(msg.partition(), msg.offset()):
                     continue
                 a = json.loads(msg.value())
                 did, user = a["decision_id"], raw_of.get(a["user_id"], a["user_id"])
@@ -365,6 +366,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
     result["timed_out"] = missed
     result["worker_restarts"] = exits  # workers that exited by themselves (restarted), beyond the fault's own
     result["workers"] = len(workers)
+    result["reader_rereads"] = traffic.records.rereads  # action records the reader took twice (not counted twice)
     return result
 
 

@@ -316,11 +316,12 @@ def _transaction_floor(s: Settings, tag: str, rate: float, seconds: float) -> di
     messages and ledger-like offsets (:func:`metacart.bench.stream_load.transaction_floor_loop`). What the
     worker's exactly-once latency cannot go below on this broker and box."""
     topic = f"bench-{tag}.floor"
-    ensure_topics(s.kafka, [TopicSpec(topic, "segment", 4, bytes, "transaction floor")])
+    parts = s.kafka.segment_partitions  # as many as the decisions are spread over
+    ensure_topics(s.kafka, [TopicSpec(topic, "segment", parts, bytes, "transaction floor")])
     ctx = multiprocessing.get_context("spawn")
     ready, go, report = ctx.Event(), ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=load.transaction_floor_loop, args=(
-        client_config(s.kafka), topic, rate, seconds, s.ads.commit_interval_s,
+        client_config(s.kafka), topic, parts, rate, seconds, s.ads.commit_interval_s,
         s.ads.transaction_retry_backoff_ms, ready, go, report))
     proc.start()
     consumer = tail_consumer(s.kafka, topic, **{"fetch.wait.max.ms": 5, "isolation.level": "read_committed"})

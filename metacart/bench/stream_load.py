@@ -227,12 +227,13 @@ def ceiling_loop(connection: dict, in_topic: str, out_topic: str, n: int, ready,
     consumer.close()
 
 
-def transaction_floor_loop(connection: dict, topic: str, rate: float, seconds: float, interval_s: float,
-                           retry_backoff_ms: int, ready, go, report) -> None:
+def transaction_floor_loop(connection: dict, topic: str, partitions: int, rate: float, seconds: float,
+                           interval_s: float, retry_backoff_ms: int, ready, go, report) -> None:
     """The exactly-once commit cadence with no engine: ``rate`` messages/s (each stamped with its due time),
     one transaction (messages + offsets of a ledger-like group) as soon as ``interval_s`` passed since the
     last one began. Messages due while a commit is in flight are produced after it, into the next
-    transaction, as the worker holds them (``streams.agents.delivery``). Reports commit durations."""
+    transaction, as the worker holds them (``streams.agents.delivery``); messages spread over ``topic``'s
+    ``partitions`` as decisions over the segment partitions. Reports commit durations."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     group = f"bench-floor-{uuid.uuid4().hex[:6]}"
@@ -252,7 +253,7 @@ def transaction_floor_loop(connection: dict, topic: str, rate: float, seconds: f
         now = time.perf_counter()
         while i < n and t_start + i / rate <= now:
             stamp = time.time() - (now - (t_start + i / rate))
-            producer.produce(topic, value=json.dumps({"i": i, "t": stamp}).encode(), partition=i % 4)
+            producer.produce(topic, value=json.dumps({"i": i, "t": stamp}).encode(), partition=i % partitions)
             i += 1
         if now - last_commit >= interval_s:
             last_commit = now
