@@ -248,11 +248,6 @@ class ActionBook:
         if self._rebuild_needed:
             self._rebuild()
 
-    def partitions_moved(self) -> bool:
-        """Whether a rebalance happened since the last batch began (its outputs are then left in the outbox
-        for whoever holds the partitions now)."""
-        return self._rebuild_needed
-
     def _rebuild(self) -> None:
         """Reload open actions, the outbox and per-partition user counts from the store (start, rebalance)."""
         self._rebuild_needed = False
