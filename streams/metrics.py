@@ -8,18 +8,24 @@ data directory's size. Only two histograms are observed on the hot path, once pe
   to the moment its decision is handed to the output producer, per ad request consumed;
 - ``metacart_batch_processing_seconds``: engine time per batch, per agent.
 
+And one observed off the hot path: ``metacart_gc_pause_seconds``, each pause of CPython's cyclic garbage
+collector by generation (``gc.callbacks``): the whole process, agents and Kafka callbacks included, stops
+while it runs, so a long pause shows in every latency percentile above it. The process's CPU seconds, RSS and
+open files (``process_*``) and the collector's counts (``python_gc_*``) come from prometheus_client.
+
 Every engine counter is also exported unchanged as ``metacart_engine_counter{agent, name}`` so that
 nothing the worker counts is invisible; the named metrics below are the ones a dashboard needs.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,6 +37,7 @@ acknowledged; the outputs committed with the ledger (one transaction, or the pro
 commit)."""
 
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # (metric kind label, outcome label) of each reward counter the engines keep.
 REWARD_COUNTERS = {
@@ -56,7 +63,7 @@ EXPORTED = (
     "metacart_users_in_state", "metacart_state_bytes", "metacart_retention_spend_total",
     "metacart_retention_reserved_total", "metacart_retention_cap", "metacart_retention_actions_total",
     "metacart_consumer_lag", "metacart_assigned_partitions", "metacart_ready", "metacart_policy",
-    "metacart_engine_counter", "metacart_policy_swaps_total",
+    "metacart_engine_counter", "metacart_policy_swaps_total", "metacart_gc_pause_seconds",
 )
 
 
@@ -75,9 +82,23 @@ class WorkerMetrics:
             "metacart_commit_phase_seconds", "time per commit phase: state (the engine's state into the table), "
             "changelog (sent and acknowledged), outputs (committed with the ledger)", ["agent", "phase"],
             registry=self.registry, buckets=BATCH_BUCKETS)
+        self.gc_pauses = GcPauses(Histogram("metacart_gc_pause_seconds",
+                                            "pauses of the cyclic garbage collector (the process stops)",
+                                            ["generation"], registry=self.registry, buckets=GC_PAUSE_BUCKETS))
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.engines = engines
         self.consumer_state = consumer_state or ConsumerState()
         self.registry.register(_EngineCollector(worker, engines, data_dir, consumer_state))
+
+    def start_gc_watch(self) -> None:
+        """Observe every collector pause from now on (the worker calls it once; ``stop_gc_watch`` undoes it)."""
+        if self.gc_pauses not in gc.callbacks:
+            gc.callbacks.append(self.gc_pauses)
+
+    def stop_gc_watch(self) -> None:
+        if self.gc_pauses in gc.callbacks:
+            gc.callbacks.remove(self.gc_pauses)
 
     def observe_requests(self, record_timestamps_s: Iterable[float | None], now_s: float | None = None) -> None:
         """One latency per request whose decision was just produced (timestamps in epoch seconds)."""
@@ -97,6 +118,25 @@ class WorkerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class GcPauses:
+    """A ``gc.callbacks`` entry timing each collection into ``histogram`` by generation.
+
+    It runs inside the collector. prometheus_client holds each value's lock only around a float operation,
+    which allocates nothing the collector tracks, so no collection starts in a thread holding one of these
+    locks: the callback never waits on a lock its own thread holds. Its children are made here, not per pause.
+    """
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.children = [histogram.labels(str(g)) for g in range(3)]
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.children[info["generation"]].observe(time.perf_counter() - self._start)
 
 
 class ConsumerState:

@@ -75,6 +75,7 @@ def build(settings: Settings) -> tuple[faust.App, list]:
             engines.append(engine)
     if settings.web_port > 0:
         install_routes(app, metrics, metrics.consumer_state)
+        metrics.start_gc_watch()
     warm_up()
     _install_stats(app, settings, topics, engines)
     _ensure_changelogs(app, settings)

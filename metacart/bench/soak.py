@@ -127,6 +127,11 @@ class Sample:
     """Bytes under the data dir per table (its partition databases together: SST, WAL, manifests)."""
     rss_mb_by_worker: dict[str, float] | None = None
     """RSS of each worker process by its agents (``rss_mb`` is their sum)."""
+    cpu_pct_by_worker: dict[str, float] | None = None
+    """CPU of each worker process over the interval, in % of one core (its ``process_cpu_seconds_total``)."""
+    gc_by_worker: dict[str, dict[str, float]] | None = None
+    """Each worker's garbage-collector pauses in the interval (``metacart_gc_pause_seconds``): ``pauses``,
+    ``full`` (generation 2), ``over_50ms``, and ``seconds`` the process stood still for them."""
 
 
 # --- pure parts ------------------------------------------------------------------------------------
@@ -158,6 +163,16 @@ def metrics_values(text: str) -> dict[str, float]:
                 out["open_decisions"] = out.get("open_decisions", 0.0) + s.value
             elif s.name == "metacart_dead_letters_total":
                 out["dead_letters"] += s.value
+            elif s.name == "process_cpu_seconds_total":
+                out["process_cpu_s"] = s.value
+            elif s.name.startswith("metacart_gc_pause_seconds"):
+                generation = s.labels.get("generation", "")
+                if s.name.endswith("_count"):
+                    out[f"gc_pauses_{generation}"] = s.value
+                elif s.name.endswith("_sum"):
+                    out[f"gc_pause_s_{generation}"] = s.value
+                elif s.name.endswith("_bucket") and float(s.labels.get("le", "nan")) == 0.05:
+                    out[f"gc_pauses_le_50ms_{generation}"] = s.value
             elif s.name == "metacart_engine_counter" and (s.labels.get("name") in ENGINE_GAUGES
                                                           or s.labels.get("name", "").startswith("retention_rocksdb_")):
                 out[s.labels["name"]] = s.value
@@ -174,6 +189,14 @@ def summary(samples: list[dict], warm_up_samples: int = 1) -> dict:
         return [s[key] for s in steady if s.get(key) is not None]
 
     rss, p99 = series("rss_mb"), series("p99_ms")
+    cpu: dict[str, list[float]] = {}
+    gc_over, gc_seconds = 0.0, 0.0
+    for sample in steady:
+        for name, pct in (sample.get("cpu_pct_by_worker") or {}).items():
+            cpu.setdefault(name, []).append(pct)
+        for figures in (sample.get("gc_by_worker") or {}).values():
+            gc_over += figures["over_50ms"]
+            gc_seconds += figures["seconds"]
     return {
         "samples": len(samples),
         "alive_throughout": all(s["alive"] for s in samples),
@@ -187,6 +210,9 @@ def summary(samples: list[dict], warm_up_samples: int = 1) -> dict:
         "users_retention_last": samples[-1].get("users_retention"),
         "state_mb_last": samples[-1].get("state_mb"),
         "dead_letters_last": samples[-1].get("dead_letters"),
+        "cpu_pct_median_by_worker": {k: float(np.median(v)) for k, v in sorted(cpu.items())} or None,
+        "gc_pauses_over_50ms_after_warm_up": gc_over,
+        "gc_pause_s_after_warm_up": round(gc_seconds, 3),
     }
 
 
@@ -271,10 +297,38 @@ def _merged(parts: list[dict[str, float] | None], digits: int | None = None) -> 
     return {k: v if digits is None else round(v, digits) for k, v in sorted(out.items())} or None
 
 
+def interval_figures(now: dict[str, float], before: dict[str, float], seconds: float
+                     ) -> tuple[float | None, dict[str, float] | None]:
+    """A worker's CPU (% of a core) and collector pauses between two of its scrapes ``seconds`` apart."""
+    def delta(key: str) -> float:
+        return now.get(key, 0.0) - before.get(key, 0.0)
+
+    cpu = round(100.0 * delta("process_cpu_s") / seconds, 1) if "process_cpu_s" in now and before else None
+    if not any(k.startswith("gc_pauses_") for k in now):
+        return cpu, None
+    gens = ("0", "1", "2")
+    gc_figures = {"pauses": sum(delta(f"gc_pauses_{g}") for g in gens), "full": delta("gc_pauses_2"),
+                  "over_50ms": sum(delta(f"gc_pauses_{g}") - delta(f"gc_pauses_le_50ms_{g}") for g in gens),
+                  "seconds": round(sum(delta(f"gc_pause_s_{g}") for g in gens), 4)}
+    return cpu, gc_figures
+
+
 def _take_sample(t_s: float, workers: dict[str, WorkerProcess], counts: dict, lat: list[float],
-                 interval: float) -> Sample:
+                 interval: float, previous: dict[str, dict[str, float]]) -> Sample:
+    """One sample; ``previous`` holds each worker's last scrape (updated here) for the interval's figures."""
     alive = all(w.alive() for w in workers.values())
-    m = _merged([_scrape(w) for w in workers.values() if w.alive()]) or {}
+    scrapes = {name: _scrape(w) for name, w in workers.items() if w.alive()}
+    cpu: dict[str, float] = {}
+    gc_figures: dict[str, dict[str, float]] = {}
+    for name, now in scrapes.items():
+        c, g = interval_figures(now, previous.get(name, {}), interval)
+        if c is not None:
+            cpu[name] = c
+        if g is not None and previous.get(name):
+            gc_figures[name] = g
+        if now:
+            previous[name] = now
+    m = _merged(list(scrapes.values())) or {}
     rss = {name: _rss(w.pid) for name, w in workers.items() if w.alive()}
     p50, p99 = percentiles_ms(lat)
 
@@ -284,6 +338,7 @@ def _take_sample(t_s: float, workers: dict[str, WorkerProcess], counts: dict, la
     return Sample(t_s=round(t_s, 1), alive=alive,
                   rss_mb=round(sum(rss.values()), 1) if alive and None not in rss.values() else None,
                   rss_mb_by_worker={k: round(v, 1) for k, v in rss.items() if v is not None} or None,
+                  cpu_pct_by_worker=cpu or None, gc_by_worker=gc_figures or None,
                   state_mb=round(m["state_bytes"] / 1e6, 2) if "state_bytes" in m else None,
                   segments_ads=get("segments_ads"), segments_retention=get("segments_retention"),
                   users_retention=get("users_retention"), open_decisions=get("open_decisions"),
@@ -336,7 +391,7 @@ def sample_line(s: Sample) -> str:
             f"segments {f(s.segments_ads)} ads / {f(s.segments_retention)} retention  users {f(s.users_retention)}  "
             f"open {f(s.open_decisions)}  {s.decisions_per_s:,.0f} decisions/s  p50/p99 {f(s.p50_ms, '{:.1f}')}/"
             f"{f(s.p99_ms, '{:.1f}')} ms  dead letters {f(s.dead_letters)}  actions {s.retention_actions:,}  "
-            f"load {s.load_average_1m}  open retention {f(s.open_retention)}  budget records {f(s.budget_records)}  "
+            f"load {s.load_average_1m}  CPU % {s.cpu_pct_by_worker or '—'}  GC {s.gc_by_worker or '—'}  open retention {f(s.open_retention)}  budget records {f(s.budget_records)}  "
             f"rocksdb MB {s.rocksdb_mb or '—'}  disk MB {s.disk_mb or '—'}")
 
 
@@ -373,6 +428,7 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
         traffic = Traffic(cfg, s, time.time())
         counts = {"decided": 0, "requests": 0, "sessions": 0, "actions": 0}
         lat: list[float] = []
+        scraped: dict[str, dict[str, float]] = {name: _scrape(w) for name, w in workers.items()}
         credit_ads = credit_sessions = 0.0
         tick, next_tick, next_sample = 0.02, t0, t0 + cfg.sample_s
         n_samples = max(1, round(cfg.minutes * 60.0 / cfg.sample_s))  # the last one ends the run
@@ -395,7 +451,7 @@ def run(settings: Settings, cfg: SoakConfig, out: Path | None = None, data_root:
             _read_decisions(decisions, traffic, producer, topics, cfg, counts, lat)
             counts["actions"] += sum(1 for m in actions.consume(num_messages=5000, timeout=0) if m.error() is None)
             if time.monotonic() >= next_sample:
-                sample = _take_sample(time.monotonic() - t0, workers, counts, lat, cfg.sample_s)
+                sample = _take_sample(time.monotonic() - t0, workers, counts, lat, cfg.sample_s, scraped)
                 samples.append(asdict(sample))
                 console.print(sample_line(sample), soft_wrap=True)
                 console.file.flush()  # progress reaches a log file as it is taken

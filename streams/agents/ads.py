@@ -58,7 +58,7 @@ def install(app: faust.App, settings: Settings, topics: Topics, adapter: Adapter
         path = DataPath(app, settings.kafka, "ads", parts, consumer, AdsWork(engine, delivery, topics, metrics),
                         store.events, batch_max=ads.batch_max, within_s=ads.batch_within_s,
                         idle_s=max(ads.commit_interval_s, 0.01), metrics=metrics)
-        delivery.install(on_revoked=path._forget, rebalance_hooks=False)  # its commit timer, its pre-commit hook
+        delivery.install(on_revoked=path._forget, data_path=True)  # its pre-commit hook; the path commits
         path.install()
     else:
         _install_faust_path(app, settings, topics, engine, store, metrics)

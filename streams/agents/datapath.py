@@ -327,7 +327,8 @@ class AdsWork:
     """The ad agent on the direct path: decide each batch, commit outputs and ledger in one transaction
     (``streams.agents.delivery``). Its commits are started in the background: their broker round trips
     overlap the next batches, whose outputs wait for the next transaction and whose positions stay out of
-    this one (``Delivery._commit_locked``). Delivery's own timer commits when traffic is quiet."""
+    this one (``Delivery._commit_locked``). The data path's idle timer commits when traffic is quiet; a
+    worker with nothing produced and no position moved does not commit."""
 
     def __init__(self, engine: AdsEngine, delivery: Delivery, topics: Topics, metrics: WorkerMetrics | None) -> None:
         self.engine = engine
@@ -348,7 +349,7 @@ class AdsWork:
         process_batch(self.engine, self.delivery, batch, self.metrics, times)
 
     async def after_step(self) -> None:
-        if self.delivery.due():
+        if self.delivery.due() and self.delivery.has_work():
             self._start_commit()
 
     def _start_commit(self) -> None:

@@ -151,6 +151,10 @@ class Delivery:
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.interval_s
 
+    def has_work(self) -> bool:
+        """Outputs produced or input positions moved since the last commit (a quiet worker skips commits)."""
+        return bool(self._produced) or self.engine.commit_positions() != self._committed_positions
+
     # --- the commit ------------------------------------------------------------------------------
 
     async def commit(self) -> None:
@@ -305,23 +309,23 @@ class Delivery:
 
     # --- hooks -----------------------------------------------------------------------------------
 
-    def install(self, on_revoked: Callable[[], None], rebalance_hooks: bool = True) -> None:
+    def install(self, on_revoked: Callable[[], None], data_path: bool = False) -> None:
         """Commit inside Faust's pre-commit producer flush, on a timer, and before partitions go.
 
-        ``on_revoked`` runs after the revoke commit (the store forgets its events there). Without
-        ``rebalance_hooks`` the caller (the direct data path) calls ``prepare`` and ``revoke`` itself.
+        ``on_revoked`` runs after the revoke commit (the store forgets its events there). With ``data_path``
+        (the direct data path, ``streams.agents.datapath``) the data path calls ``prepare``, ``revoke`` and
+        ``commit`` itself, after each step and on its idle timer: only the pre-commit hook is installed here.
         """
         app = self.app
 
         before_offsets_commit(app, self.commit)
+        if data_path:
+            return
 
         @app.timer(interval=max(self.interval_s, 0.01))
         async def commit_outputs() -> None:
-            if self._produced or self.engine.commit_positions() != self._committed_positions:
+            if self.has_work():
                 await self.commit()
-
-        if not rebalance_hooks:
-            return
 
         @app.on_partitions_assigned.connect
         async def _assigned(app_: faust.App, assigned: set, **kwargs: object) -> None:

@@ -23,7 +23,7 @@ from streams.app import topics_for
 from streams.kafka_io import make_consumer
 
 from .conftest import Reader, produce, start_worker
-from .helpers import latest_stats, mixed_requests
+from .helpers import counter, latest_stats, mixed_requests
 
 _READING = re.compile(r"reading partitions \[([\d, ]*)\] from the ledger|partitions \[[\d, ]*\] (released)")
 
@@ -140,6 +140,31 @@ def test_heads_land_in_the_partition_of_their_segment_and_restarts_start_at_the_
     assert len(ids) == len(set(ids)) == len(requests) + len(more), "a request decided again after the restart"
     starts = {(t, int(p), int(o)) for t, p, o in re.findall(r"\('([\w-]+)', (\d+), (-?\d+)\)", _last_reading(again))}
     assert {(p, o) for t, p, o in starts if t == "ad-requests" and o >= 0} == set(ends.items())
+
+
+def test_a_quiet_worker_stops_committing_and_commits_again_when_traffic_returns(settings, workers):
+    """Commits follow traffic: every 10 ms while requests come, none while nothing was produced and no input
+    position moved (before session 14 a quiet ad worker began a commit on each of two 10 ms timers)."""
+    topics = topics_for(settings)
+    decisions = Reader(settings.kafka, topics.ad_decisions.name)
+    stats = Reader(settings.kafka, topics.worker_stats.name)
+    start_worker(workers, settings, "quiet")
+    first = mixed_requests(100, "busy", seed=8)
+    produce(settings.kafka, topics.ad_requests.name, first)
+    decisions.wait_for(lambda ms: len(ms) >= len(first), 120, "the first decisions")
+    time.sleep(3.0)  # the last commit and a stats report after it
+    stats.poll(1.0)
+    quiet_from = counter(stats.seen, "commits")
+    time.sleep(5.0)  # about 500 commit intervals of nothing
+    stats.wait_for(lambda ms: len(ms) > 0, 10, "a stats report")
+    stats.poll(1.5)
+    quiet_to = counter(stats.seen, "commits")
+    assert quiet_from > 0, "the worker never committed"
+    assert quiet_to - quiet_from <= 2, f"{quiet_to - quiet_from:g} commits in 5 s with nothing to commit"
+    more = mixed_requests(50, "back", seed=9)
+    produce(settings.kafka, topics.ad_requests.name, more)
+    decisions.wait_for(lambda ms: len(ms) >= len(first) + len(more), 60, "decisions after the quiet spell")
+    stats.wait_for(lambda ms: counter(ms, "commits") > quiet_to, 30, "a commit of the new traffic")
 
 
 def test_the_faust_data_path_stays_selectable(settings, workers):

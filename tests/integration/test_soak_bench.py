@@ -28,6 +28,11 @@ def test_short_soak_samples_live_workers_while_segments_and_users_arrive(
     agents = ["ads,retention"] if workers == "one" else ["ads", "retention"]
     assert all(sorted(s["rss_mb_by_worker"]) == agents for s in samples)
     assert all(abs(sum(s["rss_mb_by_worker"].values()) - s["rss_mb"]) < 0.2 for s in samples)
+    assert all(sorted(s["cpu_pct_by_worker"]) == agents for s in samples)  # from each worker's /metrics
+    assert all(0 < pct < 250 for s in samples for pct in s["cpu_pct_by_worker"].values())
+    # The workers' collector settings (streams.worker.tune_gc) can leave an interval without any collection.
+    assert all(sorted(s["gc_by_worker"]) == agents and all(g["pauses"] >= g["full"] >= 0 for g in
+                                                           s["gc_by_worker"].values()) for s in samples)
     assert all(s["decisions_per_s"] > 50 and s["p99_ms"] is not None for s in samples)
     assert all(s["requests_per_s"] > 90 for s in samples)
     assert samples[-1]["segments_ads"] > samples[0]["segments_ads"] > 0  # new segments keep arriving

@@ -39,6 +39,44 @@ def test_metrics_values_sum_dead_letters_and_open_decisions_over_agents():
         "open_decisions": 750.0, "dead_letters": 5.0}
 
 
+PROCESS = """\
+# TYPE process_cpu_seconds counter
+process_cpu_seconds_total 12.5
+# TYPE metacart_gc_pause_seconds histogram
+metacart_gc_pause_seconds_bucket{generation="2",le="0.025"} 1.0
+metacart_gc_pause_seconds_bucket{generation="2",le="0.05"} 1.0
+metacart_gc_pause_seconds_bucket{generation="2",le="+Inf"} 3.0
+metacart_gc_pause_seconds_count{generation="2"} 3.0
+metacart_gc_pause_seconds_sum{generation="2"} 0.31
+metacart_gc_pause_seconds_bucket{generation="0",le="0.05"} 40.0
+metacart_gc_pause_seconds_bucket{generation="0",le="+Inf"} 40.0
+metacart_gc_pause_seconds_count{generation="0"} 40.0
+metacart_gc_pause_seconds_sum{generation="0"} 0.02
+"""
+
+
+def test_interval_cpu_and_collector_pauses_from_two_scrapes():
+    now = soak.metrics_values(PROCESS)
+    assert now["process_cpu_s"] == 12.5 and now["gc_pauses_2"] == 3.0 and now["gc_pauses_le_50ms_2"] == 1.0
+    before = {"process_cpu_s": 9.5, "gc_pauses_2": 1.0, "gc_pauses_le_50ms_2": 1.0, "gc_pause_s_2": 0.01,
+              "gc_pauses_0": 30.0, "gc_pauses_le_50ms_0": 30.0, "gc_pause_s_0": 0.015}
+    cpu, gc_figures = soak.interval_figures(now, before, 30.0)
+    assert cpu == 10.0  # 3 CPU seconds in 30 s
+    assert gc_figures == {"pauses": 12.0, "full": 2.0, "over_50ms": 2.0, "seconds": 0.305}
+    assert soak.interval_figures(now, {}, 30.0)[0] is None  # no earlier scrape: no interval
+    assert soak.interval_figures({"process_cpu_s": 1.0}, {"process_cpu_s": 0.5}, 10.0) == (5.0, None)
+
+
+def test_summary_adds_cpu_medians_and_long_collector_pauses():
+    samples = [_sample(30 * k, 200.0, 10.0) for k in range(1, 4)]
+    for k, s in enumerate(samples):
+        s["cpu_pct_by_worker"] = {"ads": 40.0 + k, "retention": 20.0}
+        s["gc_by_worker"] = {"ads": {"pauses": 5.0, "full": 1.0, "over_50ms": 1.0, "seconds": 0.1}}
+    out = soak.summary(samples, warm_up_samples=1)
+    assert out["cpu_pct_median_by_worker"] == {"ads": 41.5, "retention": 20.0}
+    assert out["gc_pauses_over_50ms_after_warm_up"] == 2.0 and out["gc_pause_s_after_warm_up"] == 0.2
+
+
 def _sample(t, rss, p99, alive=True):
     return {"t_s": t, "alive": alive, "rss_mb": rss, "p99_ms": p99, "segments_ads": 10, "users_retention": 5,
             "state_mb": 1.0, "dead_letters": 0}

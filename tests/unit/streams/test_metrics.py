@@ -70,7 +70,8 @@ def test_every_family_is_listed_and_values_follow_the_engines(tmp_path):
     metrics.observe_commit("ads", (0.002, 0.004, 0.03))
     samples = scrape(metrics)
     exported = {n[: -len("_total")] if n.endswith("_total") else n for n in EXPORTED}
-    assert {n[: -len("_total")] if n.endswith("_total") else n for n in families(samples)} == exported
+    ours = {n for n in families(samples) if n.startswith("metacart_")}
+    assert {n[: -len("_total")] if n.endswith("_total") else n for n in ours} == exported
 
     assert one(samples, "metacart_decisions_total", agent="ads") == 6
     assert one(samples, "metacart_decisions_total", agent="retention") == rt.counters["retention_actions"] > 0
@@ -100,3 +101,25 @@ def test_before_assignment_the_worker_is_not_ready(tmp_path):
     samples = scrape(WorkerMetrics("w", [], tmp_path / "absent"))
     assert one(samples, "metacart_ready") == 0 and one(samples, "metacart_state_bytes") == 0
     assert "metacart_consumer_lag" not in samples
+
+
+def test_collector_pauses_and_the_process_are_exported(tmp_path):
+    import gc
+
+    metrics = WorkerMetrics("w", [], tmp_path)
+    before = one(scrape(metrics), "metacart_gc_pause_seconds_count", generation="2")
+    metrics.start_gc_watch()
+    try:
+        garbage = []
+        for _ in range(2):
+            garbage.append([garbage])  # a cycle for the collector
+            gc.collect()
+    finally:
+        metrics.stop_gc_watch()
+    gc.collect()  # not observed: the watch is off
+    samples = scrape(metrics)
+    assert one(samples, "metacart_gc_pause_seconds_count", generation="2") == before + 2
+    assert one(samples, "metacart_gc_pause_seconds_sum", generation="2") > 0
+    assert one(samples, "process_cpu_seconds_total") > 0
+    assert one(samples, "process_resident_memory_bytes") > 0
+    assert one(samples, "python_gc_collections_total", generation="2") >= 2
