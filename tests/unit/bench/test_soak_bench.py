@@ -1,4 +1,4 @@
-"""The sampling and summarising parts of ``metacart bench soak``."""
+"""The sampling and summarising parts of ``metacart bench soak`` (``soak_figures``, ``soak``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metacart.bench import soak, soak_traffic
+from metacart.bench import soak, soak_figures, soak_traffic
 from streams.events import SEGMENT_PATTERN
 
 STATUS = "Name:\tpython\nVmPeak:\t  900000 kB\nVmRSS:\t  264000 kB\nThreads:\t12\n"
@@ -29,12 +29,12 @@ metacart_dead_letters_total{agent="retention",reason="late"} 3.0
 
 
 def test_rss_from_proc_status():
-    assert soak.rss_mb(STATUS) == pytest.approx(264000 * 1024 / 1e6)
-    assert soak.rss_mb("Name:\tzombie\n") is None
+    assert soak_figures.rss_mb(STATUS) == pytest.approx(264000 * 1024 / 1e6)
+    assert soak_figures.rss_mb("Name:\tzombie\n") is None
 
 
 def test_metrics_values_sum_dead_letters_and_open_decisions_over_agents():
-    assert soak.metrics_values(METRICS) == {
+    assert soak_figures.metrics_values(METRICS) == {
         "state_bytes": 5e6, "segments_ads": 120.0, "segments_retention": 30.0, "users_retention": 4000.0,
         "open_decisions": 750.0, "dead_letters": 5.0}
 
@@ -56,15 +56,15 @@ metacart_gc_pause_seconds_sum{generation="0"} 0.02
 
 
 def test_interval_cpu_and_collector_pauses_from_two_scrapes():
-    now = soak.metrics_values(PROCESS)
+    now = soak_figures.metrics_values(PROCESS)
     assert now["process_cpu_s"] == 12.5 and now["gc_pauses_2"] == 3.0 and now["gc_pauses_le_50ms_2"] == 1.0
     before = {"process_cpu_s": 9.5, "gc_pauses_2": 1.0, "gc_pauses_le_50ms_2": 1.0, "gc_pause_s_2": 0.01,
               "gc_pauses_0": 30.0, "gc_pauses_le_50ms_0": 30.0, "gc_pause_s_0": 0.015}
-    cpu, gc_figures = soak.interval_figures(now, before, 30.0)
+    cpu, gc_figures = soak_figures.interval_figures(now, before, 30.0)
     assert cpu == 10.0  # 3 CPU seconds in 30 s
     assert gc_figures == {"pauses": 12.0, "full": 2.0, "over_50ms": 2.0, "seconds": 0.305}
-    assert soak.interval_figures(now, {}, 30.0)[0] is None  # no earlier scrape: no interval
-    assert soak.interval_figures({"process_cpu_s": 1.0}, {"process_cpu_s": 0.5}, 10.0) == (5.0, None)
+    assert soak_figures.interval_figures(now, {}, 30.0)[0] is None  # no earlier scrape: no interval
+    assert soak_figures.interval_figures({"process_cpu_s": 1.0}, {"process_cpu_s": 0.5}, 10.0) == (5.0, None)
 
 
 def test_summary_adds_cpu_medians_and_long_collector_pauses():
@@ -72,7 +72,7 @@ def test_summary_adds_cpu_medians_and_long_collector_pauses():
     for k, s in enumerate(samples):
         s["cpu_pct_by_worker"] = {"ads": 40.0 + k, "retention": 20.0}
         s["gc_by_worker"] = {"ads": {"pauses": 5.0, "full": 1.0, "over_50ms": 1.0, "seconds": 0.1}}
-    out = soak.summary(samples, warm_up_samples=1)
+    out = soak_figures.summary(samples, warm_up_samples=1)
     assert out["cpu_pct_median_by_worker"] == {"ads": 41.5, "retention": 20.0}
     assert out["gc_pauses_over_50ms_after_warm_up"] == 2.0 and out["gc_pause_s_after_warm_up"] == 0.2
 
@@ -84,7 +84,7 @@ def _sample(t, rss, p99, alive=True):
 
 def test_summary_skips_warm_up_and_measures_growth():
     samples = [_sample(30, 500.0, 900.0)] + [_sample(30 * k, 200.0 + 10 * k, 10.0 + k) for k in range(2, 8)]
-    out = soak.summary(samples, warm_up_samples=1)
+    out = soak_figures.summary(samples, warm_up_samples=1)
     assert out["alive_throughout"] is True
     assert out["rss_mb_first_after_warm_up"] == 220.0 and out["rss_mb_last"] == 270.0
     assert out["rss_growth_mb_per_min"] == pytest.approx(20.0)  # 10 MB per 30 s
@@ -94,8 +94,8 @@ def test_summary_skips_warm_up_and_measures_growth():
 
 def test_summary_reports_a_dead_worker_and_no_samples():
     samples = [_sample(30, 200.0, 5.0), _sample(60, None, None, alive=False)]
-    assert soak.summary(samples)["alive_throughout"] is False
-    assert soak.summary([]) == {"samples": 0}
+    assert soak_figures.summary(samples)["alive_throughout"] is False
+    assert soak_figures.summary([]) == {"samples": 0}
 
 
 def test_new_segment_names_are_valid_segments():
@@ -133,11 +133,11 @@ metacart_engine_counter{agent="retention",name="retention_sessions"} 77.0
 
 
 def test_engine_sizes_and_rocksdb_memory_per_table_are_sampled():
-    m = soak.metrics_values(ENGINE)
+    m = soak_figures.metrics_values(ENGINE)
     assert m["retention_open_actions"] == 900.0 and m["retention_actions_cached"] == 64.0
     assert "retention_sessions" not in m  # a counter, not one of the sizes a sample keeps
-    assert soak.rocksdb_mb(m) == {"ads-segments.block_cache": 8.0, "retention-users.memtables": 4.2}
-    assert soak.rocksdb_mb({}) is None
+    assert soak_figures.rocksdb_mb(m) == {"ads-segments.block_cache": 8.0, "retention-users.memtables": 4.2}
+    assert soak_figures.rocksdb_mb({}) is None
 
 
 def test_per_agent_layout_runs_each_agent_in_its_own_app_and_data_dir(tmp_path):
@@ -159,7 +159,7 @@ def test_per_agent_layout_runs_each_agent_in_its_own_app_and_data_dir(tmp_path):
 
 
 def test_figures_of_several_workers_add_up_key_by_key():
-    merged = soak._merged([{"state_bytes": 5.0, "segments_ads": 3.0}, None, {"state_bytes": 2.25, "users": 9.0}])
+    merged = soak_figures.merged([{"state_bytes": 5.0, "segments_ads": 3.0}, None, {"state_bytes": 2.25, "users": 9.0}])
     assert merged == {"segments_ads": 3.0, "state_bytes": 7.25, "users": 9.0}
-    assert soak._merged([{"ads-segments": 0.14}, {"ads-segments": 0.12}], 1) == {"ads-segments": 0.3}
-    assert soak._merged([None, {}]) is None
+    assert soak_figures.merged([{"ads-segments": 0.14}, {"ads-segments": 0.12}], 1) == {"ads-segments": 0.3}
+    assert soak_figures.merged([None, {}]) is None
