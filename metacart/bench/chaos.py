@@ -29,7 +29,6 @@ with exactly one update: its click, or the zero reward of its closed window). Wi
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import threading
 import time
@@ -40,12 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import TopicPartition
-
+from metacart.bench.chaos_reads import ledger_moves_back, offsets_done, segment_heads
 from metacart.processes import REPO, WorkerProcess
 from streams.ads_state import SegmentHead
 from streams.app import topics_for
-from streams.kafka_io import committed_offsets, ensure_topics, make_consumer, make_producer
+from streams.kafka_io import ensure_topics, make_consumer, make_producer
 from metacart.live.ads import feedback_payload, request_payloads
 from streams.settings import KafkaSettings, Settings
 
@@ -188,105 +186,6 @@ def _payloads(n: int, prefix: str, rate: float, seed: int) -> tuple[list, list]:
     return payloads, meta
 
 
-def _offsets_done(kafka: KafkaSettings, group: str, topic: str, partitions: int) -> bool:
-    """Whether ``group`` committed the end of every partition of ``topic``."""
-    return not lagging(kafka, group, topic, partitions)
-
-
-def lagging(kafka: KafkaSettings, group: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
-    """``{partition: (committed offset, end offset)}`` for the partitions of ``topic`` whose end ``group`` has
-    not committed (a negative offset: nothing committed)."""
-    committed = committed_offsets(kafka, group, {(topic, p) for p in range(partitions)})
-    c = make_consumer(kafka, group, **{"enable.auto.commit": False})
-    try:
-        behind = {}
-        for p in range(partitions):
-            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            at = committed.get((topic, p), -1)
-            if high > 0 and at < high:
-                behind[p] = (at, high)
-        return behind
-    finally:
-        c.close()
-
-
-def latest_values(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> dict[bytes, bytes | None]:
-    """The newest value of every key in ``topic`` (None: deleted), read from the beginning to its end."""
-    c = make_consumer(kafka, f"chaos-state-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
-    parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    latest: dict[bytes, bytes | None] = {}
-    pos = {p: 0 for p in parts}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while any(pos[p] < ends[p] for p in parts):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic} not read to its end within {timeout_s:g}s")
-            for msg in c.consume(num_messages=5000, timeout=0.5):
-                if msg.error():
-                    continue
-                pos[msg.partition()] = msg.offset() + 1
-                latest[msg.key()] = msg.value()
-    finally:
-        c.close()
-    return latest
-
-
-def _heads(kafka: KafkaSettings, topic: str) -> dict[str, SegmentHead]:
-    """The newest head record of every segment in the table changelog."""
-    return {k[2:].decode(): SegmentHead.decode(v) for k, v in latest_values(kafka, topic).items()
-            if k.startswith(b"h:") and v is not None}
-
-
-def _ledger_moves_back(kafka: KafkaSettings, group: str, timeout_s: float = 60.0) -> int:
-    """How often a committed offset of ``group`` went below the one committed before it (read_committed).
-
-    Reads ``__consumer_offsets`` (offset-commit records: key version 0/1 = group, topic, partition; value =
-    version, offset). The ledger must only move forward: a move back makes the next worker re-emit
-    decisions that are already visible.
-    """
-    c = make_consumer(kafka, f"chaos-ledger-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
-    topic = "__consumer_offsets"
-    tps = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=30).topics[topic].partitions]
-    ends = [c.get_watermark_offsets(tp, timeout=30)[1] for tp in tps]
-    c.assign([TopicPartition(topic, tp.partition, 0) for tp in tps])
-    last: dict[tuple[str, int], int] = {}
-    back = 0
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            batch = c.consume(num_messages=5000, timeout=0.5)
-            for msg in batch:
-                key, value = msg.key(), msg.value()
-                if msg.error() or key is None or value is None or struct.unpack_from(">h", key)[0] > 1:
-                    continue
-                name, i = _short_string(key, 2)
-                if name != group:
-                    continue
-                tp_topic, i = _short_string(key, i)
-                tp = (tp_topic, struct.unpack_from(">i", key, i)[0])
-                offset = struct.unpack_from(">q", value, 2)[0]
-                if tp in last and offset < last[tp]:
-                    back += 1
-                last[tp] = offset
-            # Transaction markers are never delivered, so the position (past them) tells the end.
-            if not batch and all(tp.offset >= end for tp, end in zip(c.position(tps), ends) if end > 0):
-                break
-        else:
-            raise TimeoutError(f"{topic} not read to its end within {timeout_s:g}s")
-    finally:
-        c.close()
-    if not last:
-        raise RuntimeError(f"no committed offsets of group {group} found in {topic}")
-    return back
-
-
-def _short_string(buf: bytes, i: int) -> tuple[str, int]:
-    n = struct.unpack_from(">h", buf, i)[0]
-    return buf[i + 2:i + 2 + n].decode(), i + 2 + n
-
-
 def _has_assignment(worker: WorkerProcess) -> bool:
     """The worker's consumer took partitions (aiokafka logs every assignment it sets)."""
     try:
@@ -412,7 +311,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
         feeder.join(60)
         # What was processed and committed: the ledger on the direct data path (Faust's group reads no data).
         progress = f"{s.worker_id}-ledger" if s.ads.data_path == "direct" else s.worker_id
-        _wait(lambda: _offsets_done(s.kafka, progress, topics.ad_feedback.name, s.kafka.segment_partitions),
+        _wait(lambda: offsets_done(s.kafka, progress, topics.ad_feedback.name, s.kafka.segment_partitions),
               cfg.timeout_s, "every click consumed", workers, missed)
         # One late request per segment closes every open window of its partition.
         segments = sorted({seg for _, seg, _ in meta[:n]})
@@ -422,11 +321,11 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: ChaosConfig = Chao
         for key, value in closing:
             producer.produce(topics.ad_requests.name, key=key, value=value)
         producer.flush(30)
-        _wait(lambda: _offsets_done(s.kafka, progress, topics.ad_requests.name, s.kafka.segment_partitions),
+        _wait(lambda: offsets_done(s.kafka, progress, topics.ad_requests.name, s.kafka.segment_partitions),
               cfg.timeout_s, "the closing requests consumed", workers, missed)
         time.sleep(1.0)
-        heads = _heads(s.kafka, f"{s.worker_id}-ads-segments-changelog")
-        moved_back = (_ledger_moves_back(s.kafka, f"{s.worker_id}-ledger")
+        heads = segment_heads(s.kafka, f"{s.worker_id}-ads-segments-changelog")
+        moved_back = (ledger_moves_back(s.kafka, f"{s.worker_id}-ledger")
                       if s.ads.delivery == "exactly_once" else 0)
     finally:
         traffic.stop.set()

@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from metacart.bench.chaos import (BROKER, RETENTION_FAULTS, Records, _has_assignment, _offsets_done, _wait, lagging,
-                                  latest_values)
+from metacart.bench.chaos import BROKER, RETENTION_FAULTS, Records, _has_assignment, _wait
+from metacart.bench.chaos_reads import lagging, latest_values, offsets_done
 from metacart.processes import WorkerProcess
 from policy.segment_state import decode_state
 from streams.agents.retention import retention_ledger_group
@@ -340,7 +340,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
         feeder.join(60)
         for topic in (topics.sessions.name, topics.retention_outcomes.name):
             before = len(missed)
-            _wait(supervised(lambda: _offsets_done(s.kafka, ledger, topic, parts)), cfg.timeout_s,
+            _wait(supervised(lambda: offsets_done(s.kafka, ledger, topic, parts)), cfg.timeout_s,
                   f"every message of {topic} consumed", workers, missed)
             if len(missed) > before:  # which partitions' commits stuck, and where
                 behind = lagging(s.kafka, ledger, topic, parts)
@@ -353,7 +353,7 @@ def run_fault(base: Settings, fault: str, workdir: Path, cfg: RetentionChaosConf
             key, value = _session(u, t0 + close_day * DAY + u, cfg, tag, cfg.max_sessions + u)
             producer.produce(topics.sessions.name, key=key, value=value)
         producer.flush(30)
-        _wait(supervised(lambda: _offsets_done(s.kafka, ledger, topics.sessions.name, parts)), cfg.timeout_s,
+        _wait(supervised(lambda: offsets_done(s.kafka, ledger, topics.sessions.name, parts)), cfg.timeout_s,
               "the closing sessions consumed", workers, missed)
         time.sleep(1.0)
         final = learned(s.kafka, changelog)
