@@ -27,6 +27,7 @@ never sees half an artifact. :func:`PolicyArtifact.load` checks everything it re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -431,3 +432,22 @@ def _validate_arrays(art: PolicyArtifact) -> None:
         np.linalg.cholesky(cov)
     except np.linalg.LinAlgError as exc:
         raise ArtifactError("prior_cov is not positive definite") from exc
+
+
+def default_version(kind: str, arrays: dict[str, Any]) -> str:
+    """``<kind>-<UTC time>-<first 8 hex of a SHA-256 over the arrays>``: an artifact's version when none is given."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(np.ascontiguousarray(np.asarray(arrays[name], dtype=np.float64)).tobytes())
+    return f"{kind}-{now_utc().strftime('%Y%m%dT%H%M%SZ')}-{digest.hexdigest()[:8]}"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with dict keys as strings and anything not JSON (paths, enums, arrays) as its ``str``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

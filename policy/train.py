@@ -1,25 +1,9 @@
 """Meta-training: learn the representation ``phi`` and the Gaussian prior over segment heads (torch).
 
-The model (docs/ARCHITECTURE.md): ``reward = w_s . phi(x, a) + e``, ``e ~ N(0, noise_var)``, with one head
-``w_s ~ N(mu0, Sigma0)`` per segment. For a Gaussian linear head the head integrates out in closed form, so
-``phi``, ``mu0``, ``Sigma0`` and ``noise_var`` are fitted by gradient descent on a likelihood in which the
-segment heads never appear as parameters (ALPaCA, Harrison, Sharma & Pavone 2018; the prior then drives
-Thompson sampling as in Meta-Thompson Sampling, Kveton et al. 2021).
-
-Two objectives (``TrainConfig.objective``), both computed with d×d matrices only:
-
-``"predictive"`` (ALPaCA-style, default)
-    For each sampled segment, shuffle ``n`` of its rows, take the first ``c`` (``c`` uniform in
-    ``[0, n)``) as *context*, condition the head on them and score the remaining *query* rows by the
-    posterior predictive ``N(phi^T m_c, noise_var + phi^T P_c phi)``. This trains exactly what online
-    adaptation uses: predictions after a few observations.
-``"marginal"``
-    The segment's exact log marginal likelihood ``y ~ N(Phi mu0, Phi Sigma0 Phi^T + noise_var I)``,
-    evaluated with the matrix determinant lemma and Woodbury identity.
-
-Numerics work in whitened head coordinates ``w = mu0 + L v`` (``Sigma0 = L L^T``, ``v ~ N(0, I)``,
-``psi = L^T phi``): the posterior precision of ``v`` is ``I + Psi^T Psi / noise_var`` which is always
-well conditioned, and ``log det(Phi Sigma0 Phi^T + s I) = log det(I + Psi^T Psi / s) + n log s``.
+The model and its two objectives are in ``policy.meta_model``: one Gaussian linear head per segment,
+integrated out in closed form, so that ``phi``, the prior and the noise are fitted by gradient descent on a
+likelihood in which the segment heads never appear as parameters (ALPaCA, Harrison, Sharma & Pavone 2018).
+This module prepares the logs, runs the optimisation with held-out early stopping, and writes the artifact.
 
 Rewards are centred and scaled by their standard deviation for training and the prior/noise are mapped
 back to reward units when the artifact is written, so the artifact is in the units the logs use.
@@ -33,13 +17,12 @@ the logs (Li et al. 2011) for a few multipliers of ``Sigma0`` and folds the best
 The ALPaCA-style ``"predictive"`` objective was measured too: no better held-out NLL or regret than the
 marginal likelihood, and about four times slower, so ``"marginal"`` is the default.
 
-Only this module imports torch; its settings (``policy.train_config``) and the prior calibration
+Only this module and ``policy.meta_model`` import torch; its settings (``policy.train_config``) and the prior calibration
 (``policy.calibrate``) do not.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -48,23 +31,23 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from policy.artifact import (
     ArtifactMeta,
     PolicyArtifact,
     RewardSpec,
     TrainingDataSummary,
+    default_version,
+    jsonable,
     now_utc,
 )
 from policy.calibrate import replay_rewards
 from policy.features import build_inputs
+from policy.meta_model import MetaModel, marginal_nll, predictive_nll
 from policy.train_config import TrainConfig, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from policy.logs import LoggedData
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 ProgressFn = Callable[[dict[str, float]], None]
@@ -145,83 +128,6 @@ def _prepare(logs: Any, config: TrainConfig, rng: np.random.Generator) -> _Prepa
     )
 
 
-# --------------------------------------------------------------------------- model
-class _MetaModel(nn.Module):
-    """phi (MLP on standardised inputs) + whitened Gaussian prior + noise, in standardised reward units."""
-
-    def __init__(self, d_in: int, hidden: int, d: int, config: TrainConfig) -> None:
-        super().__init__()
-        self.lin1 = nn.Linear(d_in, hidden)
-        self.lin2 = nn.Linear(hidden, d - 1)
-        self.mu0 = nn.Parameter(torch.zeros(d))
-        # Sigma0 = L L^T, L lower triangular with a positive (softplus) diagonal.
-        self.l_offdiag = nn.Parameter(torch.zeros(d, d))
-        inv_softplus = math.log(math.expm1(config.init_prior_std))
-        self.l_diag_raw = nn.Parameter(torch.full((d,), inv_softplus))
-        self.log_noise = nn.Parameter(torch.tensor(math.log(config.init_noise_var)))
-        self.d = d
-
-    def phi(self, u: torch.Tensor) -> torch.Tensor:
-        z = torch.tanh(self.lin2(torch.relu(self.lin1(u))))
-        return torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
-
-    def chol_prior(self) -> torch.Tensor:
-        return torch.tril(self.l_offdiag, -1) + torch.diag(nn.functional.softplus(self.l_diag_raw))
-
-    def noise_var(self) -> torch.Tensor:
-        return torch.exp(self.log_noise)
-
-
-def _posterior(
-    model: _MetaModel, phi: torch.Tensor, y: torch.Tensor, ctx: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Whitened posterior given the context rows ``ctx`` (bool [B, n]).
-
-    Returns ``(psi, resid, chol_lambda, m_v, eta)`` where ``psi = Phi L``, ``resid = y - Phi mu0``,
-    ``chol_lambda`` is the Cholesky factor of ``I + Psi_c^T Psi_c / s``, ``m_v = Lambda^-1 eta`` and
-    ``eta = Psi_c^T resid_c / s``.
-    """
-    s = model.noise_var()
-    psi = phi @ model.chol_prior()  # [B, n, d]  (row i is (L^T phi_i)^T)
-    resid = y - phi @ model.mu0  # [B, n]
-    w = ctx.to(phi.dtype)
-    psi_c = psi * w.unsqueeze(-1)
-    eye = torch.eye(model.d, dtype=phi.dtype, device=phi.device)
-    lam = eye + psi_c.transpose(1, 2) @ psi_c / s
-    chol = torch.linalg.cholesky(lam)
-    eta = (psi_c.transpose(1, 2) @ (resid * w).unsqueeze(-1)) / s  # [B, d, 1]
-    m_v = torch.cholesky_solve(eta, chol)  # [B, d, 1]
-    return psi, resid, chol, m_v, eta
-
-
-def _predictive_nll(
-    model: _MetaModel, phi: torch.Tensor, y: torch.Tensor, ctx: torch.Tensor, query: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of query rows' posterior-predictive NLL given the context rows, and the number of query rows."""
-    s = model.noise_var()
-    psi, resid, chol, m_v, _ = _posterior(model, phi, y, ctx)
-    mean_resid = (psi @ m_v).squeeze(-1)  # [B, n]
-    half = torch.linalg.solve_triangular(chol, psi.transpose(1, 2), upper=False)  # [B, d, n]
-    var = s + (half * half).sum(dim=1)
-    nll = 0.5 * (LOG_2PI + torch.log(var) + (resid - mean_resid) ** 2 / var)
-    q = query.to(phi.dtype)
-    return (nll * q).sum(), q.sum()
-
-
-def _marginal_nll(
-    model: _MetaModel, phi: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over segments of the negative log marginal likelihood, and the number of rows."""
-    s = model.noise_var()
-    _, resid, chol, m_v, eta = _posterior(model, phi, y, valid)
-    w = valid.to(phi.dtype)
-    n_rows = w.sum(dim=1)
-    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1) + n_rows * torch.log(s)
-    quad = (resid * resid * w).sum(dim=1) / s - (eta * m_v).sum(dim=(1, 2))
-    nll = 0.5 * (n_rows * LOG_2PI + logdet + quad)
-    return nll.sum(), n_rows.sum()
-
-
 # --------------------------------------------------------------------------- batching
 def _sample_batch(
     prep: _Prepared, segs: np.ndarray, n_rows: int, rng: np.random.Generator
@@ -252,7 +158,7 @@ class _EvalSet:
         self.position = torch.arange(n_rows, device=device).unsqueeze(0)
 
     @torch.no_grad()
-    def nll(self, model: _MetaModel, u: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
+    def nll(self, model: MetaModel, u: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
         phi = model.phi(u[self.idx])
         yy = y[self.idx]
         out: dict[int, float] = {}
@@ -261,7 +167,7 @@ class _EvalSet:
             c_eff = torch.clamp(self.n_valid - 1, max=c)
             ctx = (self.position < c_eff) & self.valid
             query = (self.position >= c_eff) & self.valid
-            total, count = _predictive_nll(model, phi, yy, ctx, query)
+            total, count = predictive_nll(model, phi, yy, ctx, query)
             out[c] = float(total / count)
         return out
 
@@ -353,7 +259,7 @@ def train(
     y_t = torch.as_tensor(((prep.y - y_mean) / y_sd).astype(np.float32), device=device)
 
     d_in = prep.u.shape[1]
-    model = _MetaModel(d_in, config.hidden, config.d, config).to(device)
+    model = MetaModel(d_in, config.hidden, config.d, config).to(device)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     decay, no_decay = [model.lin1.weight, model.lin2.weight], [
         p for n, p in model.named_parameters() if n not in ("lin1.weight", "lin2.weight")
@@ -388,9 +294,9 @@ def train(
             if config.objective == "predictive":
                 n_valid = valid_np.sum(axis=1)
                 c = torch.as_tensor(rng.integers(0, np.maximum(n_valid, 1)), device=device).unsqueeze(1)
-                total, cnt = _predictive_nll(model, phi, yy, (pos < c) & valid, (pos >= c) & valid)
+                total, cnt = predictive_nll(model, phi, yy, (pos < c) & valid, (pos >= c) & valid)
             elif config.objective == "marginal":
-                total, cnt = _marginal_nll(model, phi, yy, valid)
+                total, cnt = marginal_nll(model, phi, yy, valid)
             else:
                 raise TrainingError(f"unknown objective {config.objective!r}")
             loss = total / cnt
@@ -437,7 +343,7 @@ def train(
         "noise_var": float(arrays["noise_var"]),
     }
     metrics.update({f"heldout_nll_ctx{c}": v for c, v in by_c.items()})
-    version = config.version or _default_version(config.kind, arrays)
+    version = config.version or default_version(config.kind, arrays)
     reward_name = {"logged": "custom", "click": "click", "value": "value", "mix": "mix"}[config.reward]
     used_rows = prep.u.shape[0]
     meta = ArtifactMeta(
@@ -460,7 +366,7 @@ def train(
         ),
         metrics=metrics,
         curves=curves,
-        config={**_jsonable(asdict(config)), "device_used": str(device)},
+        config={**jsonable(asdict(config)), "device_used": str(device)},
     )
     artifact = PolicyArtifact(meta=meta, **arrays)
     if config.calibrate_prior_scales:
@@ -490,7 +396,7 @@ def train(
     return artifact
 
 
-def _with_report(artifact: PolicyArtifact, model: _MetaModel, init_state: dict, prep: _Prepared,
+def _with_report(artifact: PolicyArtifact, model: MetaModel, init_state: dict, prep: _Prepared,
                  train_segs: np.ndarray, heldout_segs: np.ndarray, config: TrainConfig,
                  scaling: tuple[np.ndarray, np.ndarray, float, float]) -> PolicyArtifact:
     """The artifact with its held-out report (``policy.training_report.gate_report``) in the metadata."""
@@ -508,11 +414,11 @@ def _with_report(artifact: PolicyArtifact, model: _MetaModel, init_state: dict, 
                      context=prep.context, candidates=prep.candidates, action=prep.action,
                      propensity=prep.propensity, candidate_ids=None, k_valid=prep.k_valid)
     report = gate_report(artifact, initial, data, train_segs, heldout_segs, config)
-    return PolicyArtifact(meta=artifact.meta.model_copy(update={"report": _jsonable(report)}), **artifact.arrays())
+    return PolicyArtifact(meta=artifact.meta.model_copy(update={"report": jsonable(report)}), **artifact.arrays())
 
 
 def _export_arrays(
-    model: _MetaModel, u_mean: np.ndarray, u_sd: np.ndarray, y_mean: float, y_sd: float, jitter: float
+    model: MetaModel, u_mean: np.ndarray, u_sd: np.ndarray, y_mean: float, y_sd: float, jitter: float
 ) -> dict[str, Any]:
     """Fold input standardisation into layer 1 and map the prior/noise back to reward units."""
     with torch.no_grad():
@@ -536,18 +442,3 @@ def _export_arrays(
     }
 
 
-def _default_version(kind: str, arrays: dict[str, Any]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        digest.update(np.ascontiguousarray(np.asarray(arrays[name], dtype=np.float64)).tobytes())
-    return f"{kind}-{now_utc().strftime('%Y%m%dT%H%M%SZ')}-{digest.hexdigest()[:8]}"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

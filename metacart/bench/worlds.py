@@ -66,7 +66,8 @@ WORLDS = ("market", "recsys", "logistic")
 BASELINES = ("most_popular", "most_viewed", "pooled_frozen", "pooled_warm", "egreedy_logistic", "scratch")
 OURS = ("ours", "ours_frozen", "ours_greedy")
 REPO = Path(__file__).resolve().parents[2]
-_TRAIN_SOURCES = ("policy/train.py", "policy/train_glm.py", "policy/training_report.py", "policy/features.py",
+_TRAIN_SOURCES = ("policy/train.py", "policy/meta_model.py", "policy/train_glm.py", "policy/glm_prior.py",
+                  "policy/training_report.py", "policy/features.py",
                   "kernels/glm.py", "policy/train_config.py", "policy/calibrate.py", "policy/artifact.py",
                   "policy/adapter.py")
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TORCH_ALLOWED = {"policy/train.py", "policy/train_glm.py", "policy/retention/train.py"}
+TORCH_ALLOWED = {"policy/train.py", "policy/meta_model.py", "policy/train_glm.py", "policy/retention/train.py"}
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -10,14 +10,8 @@ import torch
 
 from policy.adapter import Adapter
 from policy.artifact import PolicyArtifact
-from policy.train import (
-    TrainConfig,
-    TrainingError,
-    _marginal_nll,
-    _MetaModel,
-    _predictive_nll,
-    train,
-)
+from policy.meta_model import MetaModel, marginal_nll, predictive_nll
+from policy.train import TrainConfig, TrainingError, train
 
 DX, DA, K = 3, 2, 4
 
@@ -108,10 +102,10 @@ def test_same_seed_same_artifact(tmp_path: Path) -> None:
         np.testing.assert_array_equal(arr, b.arrays()[name])
 
 
-def _model(d: int = 4, seed: int = 0) -> _MetaModel:
+def _model(d: int = 4, seed: int = 0) -> MetaModel:
     torch.manual_seed(seed)
     cfg = TrainConfig(d=d, hidden=5, init_prior_std=0.7, init_noise_var=0.3)
-    model = _MetaModel(3, 5, d, cfg).double()
+    model = MetaModel(3, 5, d, cfg).double()
     with torch.no_grad():
         model.l_offdiag.normal_(0.0, 0.3)
         model.mu0.normal_(0.0, 0.5)
@@ -127,7 +121,7 @@ def test_marginal_objective_equals_dense_gaussian_likelihood() -> None:
     valid = torch.ones(2, 9, dtype=torch.bool)
     valid[1, 6:] = False  # padding rows are ignored
     with torch.no_grad():
-        total, count = _marginal_nll(model, phi, y, valid)
+        total, count = marginal_nll(model, phi, y, valid)
         L = model.chol_prior()
         sigma0, s, mu0 = L @ L.T, model.noise_var(), model.mu0
         expected = 0.0
@@ -148,7 +142,7 @@ def test_predictive_objective_equals_explicit_posterior_predictive() -> None:
     ctx = torch.zeros(1, 8, dtype=torch.bool)
     ctx[0, :5] = True
     with torch.no_grad():
-        total, count = _predictive_nll(model, phi, y, ctx, ~ctx)
+        total, count = predictive_nll(model, phi, y, ctx, ~ctx)
         L = model.chol_prior()
         sigma0, s, mu0 = L @ L.T, model.noise_var(), model.mu0
         F, yy = phi[0], y[0]

@@ -88,7 +88,7 @@ def test_simulator_training_learns_and_reports_it() -> None:
 
 
 def test_item_offsets_by_empirical_bayes_find_real_effects_and_no_spurious_ones() -> None:
-    from policy.train_glm import fit_offsets
+    from policy.glm_prior import fit_offsets
 
     rng = np.random.default_rng(5)
     n, n_items = 60000, 60
