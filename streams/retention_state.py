@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policy.retention.budget import BudgetConfig, MICRO
+from policy.retention.budget_config import MICRO, BudgetConfig
 from policy.retention.features import DX, N_STATE
 from streams.settings import RetentionSettings
 

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from policy.adapter import Adapter
-from policy.retention.budget import MICRO, Budget, BudgetConfig, to_micro_down
+from policy.retention.budget import Budget
+from policy.retention.budget_config import MICRO, BudgetConfig, to_micro_down
 from policy.retention.decide import allocate_many
 from policy.retention.features import features_many, new_states, update_many
 from policy.retention.history import heldout_split, training_logs

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from policy.retention.budget import to_micro_down, to_micro_up
+from policy.retention.budget_config import to_micro_down, to_micro_up
 from streams.app import topics_for
 from streams.pseudonyms import pseudonyms_for
 from streams.retention_state import partition_budget_config

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy.retention.budget import MICRO, Budget, BudgetConfig, to_micro_down, to_micro_up
+from policy.retention.budget import Budget
+from policy.retention.budget_config import MICRO, BudgetConfig, to_micro_down, to_micro_up
 from policy.retention.exceptions import BudgetStateError
 
 USERS = [f"u{i}" for i in range(6)]

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from policy.adapter import Adapter
 from policy.artifact import ArtifactMeta, PolicyArtifact, TrainingDataSummary, now_utc
-from policy.retention.budget import Budget, BudgetConfig, to_micro_down, to_micro_up
+from policy.retention.budget import Budget
+from policy.retention.budget_config import BudgetConfig, to_micro_down, to_micro_up
 from policy.retention.decide import allocate_many, candidates_for
 from policy.retention.features import DX
 from policy.retention.policy import RetentionPolicy

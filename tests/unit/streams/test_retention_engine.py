@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from policy.retention.artifacts import RetentionArtifacts
-from policy.retention.budget import MICRO, to_micro_down, to_micro_up
+from policy.retention.budget_config import MICRO, to_micro_down, to_micro_up
 from policy.retention.schema import RESERVE_COST, TREATMENTS
 from streams.edge import RawMessage
 from streams.events import RetentionAction
