@@ -74,23 +74,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Q = 5
-"""Dimension of the segment latent ``theta_s``."""
-BASE_DX = 8
-BASE_DA = 6
-N_CATEGORIES = 12
-
-_THETA_MEAN = np.array([0.55, 0.1, 0.25, 0.15, 0.1])
-_MARKET_SD = 0.3
-_COHORT_SD = 0.35
-_IDIO_SD = 0.25
-_TASK_SD = float(np.sqrt(_MARKET_SD**2 + _COHORT_SD**2 + _IDIO_SD**2))
-_CLICK_BIAS = -3.55
-_PURCHASE_BIAS = -3.1
-_VALUE_SIGMA = 0.5
-_LOG_PRICE_MEAN = 3.4
-_LOG_PRICE_SCALE = 0.8
-_DRIFT_TAU_H = 24.0
+from policy.simulator.market_params import (BASE_DX, CLICK_BIAS, DRIFT_TAU_H, LOG_PRICE_MEAN, LOG_PRICE_SCALE,
+                                            PURCHASE_BIAS, Q, TASK_SD, THETA_MEAN, VALUE_SIGMA, build_params,
+                                            check_config, sample_subsets)
 
 
 @dataclass(frozen=True)
@@ -159,100 +145,8 @@ class Outcomes:
     """float64[n], purchase value (0 when no purchase)."""
 
 
-@dataclass
-class _World:
-    """The fixed, seeded parameters of a market (private)."""
-
-    segment_market: np.ndarray
-    segment_cohort: np.ndarray
-    theta_base: np.ndarray
-    purchase_offset: np.ndarray
-    purchase_price_beta: np.ndarray
-    users: np.ndarray  # [S, U, 6]: taste(3), tenure, spend, device
-    ads: np.ndarray  # [M, n_ads, da]
-
-
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def _check_config(c: MarketConfig) -> None:
-    if c.n_markets < 1 or c.n_cohorts < 1:
-        raise ValueError("n_markets and n_cohorts must be >= 1")
-    if c.dx < BASE_DX or c.da < BASE_DA:
-        raise ValueError(f"the market needs dx >= {BASE_DX} and da >= {BASE_DA}, got {c.dx}, {c.da}")
-    if not 1 <= c.k_candidates <= c.n_ads:
-        raise ValueError(f"k_candidates must be in [1, n_ads], got {c.k_candidates}")
-    if not 0.0 <= c.heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction must be in [0, 1), got {c.heldout_fraction}")
-    if c.click_delay_mean_s <= 0 or c.purchase_delay_mean_s <= 0:
-        raise ValueError("delay means must be > 0")
-    if c.drift_rate < 0:
-        raise ValueError("drift_rate must be >= 0")
-    if c.users_per_segment < 1:
-        raise ValueError("users_per_segment must be >= 1")
-
-
-def _build_world(c: MarketConfig, rng: np.random.Generator) -> _World:
-    m_count, c_count = c.n_markets, c.n_cohorts
-    s_count = m_count * c_count
-    seg_m = np.repeat(np.arange(m_count, dtype=np.int64), c_count)
-    seg_c = np.tile(np.arange(c_count, dtype=np.int64), m_count)
-
-    market_eff = rng.normal(0.0, _MARKET_SD, (m_count, Q))
-    cohort_eff = rng.normal(0.0, _COHORT_SD, (c_count, Q))
-    idio = rng.normal(0.0, _IDIO_SD, (s_count, Q))
-    theta = _THETA_MEAN + market_eff[seg_m] + cohort_eff[seg_c] + idio
-
-    purchase_offset = (rng.normal(0.0, 0.3, m_count)[seg_m] + rng.normal(0.0, 0.3, c_count)[seg_c])
-    price_beta = 0.4 + rng.normal(0.0, 0.25, s_count)
-
-    # Users: cohort centres, shifted a little by market.
-    taste_centre = rng.normal(0.0, 0.8, (c_count, 3))
-    taste_shift = rng.normal(0.0, 0.3, (m_count, 3))
-    tenure_mu = rng.normal(0.0, 0.7, c_count)
-    spend_mu = rng.normal(0.0, 0.7, c_count)
-    spend_shift = rng.normal(0.0, 0.3, m_count)
-    p_mobile = rng.uniform(0.3, 0.9, c_count)
-    u_count = c.users_per_segment
-    users = np.empty((s_count, u_count, 6))
-    users[:, :, 0:3] = (taste_centre[seg_c] + taste_shift[seg_m])[:, None, :] + rng.normal(
-        0.0, 0.7, (s_count, u_count, 3)
-    )
-    users[:, :, 3] = tenure_mu[seg_c][:, None] + rng.normal(0.0, 0.8, (s_count, u_count))
-    users[:, :, 4] = (spend_mu[seg_c] + spend_shift[seg_m])[:, None] + rng.normal(0.0, 0.8, (s_count, u_count))
-    users[:, :, 5] = np.where(rng.random((s_count, u_count)) < p_mobile[seg_c][:, None], 1.0, -1.0)
-
-    # Catalogues.
-    centres = rng.normal(0.0, 1.0, (m_count, N_CATEGORIES, 3))
-    centres /= np.linalg.norm(centres, axis=2, keepdims=True)
-    cat_price = rng.normal(0.0, 0.6, (m_count, N_CATEGORIES))
-    category = rng.integers(0, N_CATEGORIES, (m_count, c.n_ads))
-    ads = np.empty((m_count, c.n_ads, c.da))
-    rows = np.arange(m_count)[:, None]
-    ads[:, :, 0:3] = centres[rows, category] + rng.normal(0.0, 0.25, (m_count, c.n_ads, 3))
-    ads[:, :, 3] = cat_price[rows, category] + rng.normal(0.0, 0.7, (m_count, c.n_ads))
-    has_discount = rng.random((m_count, c.n_ads)) < 0.4
-    ads[:, :, 4] = np.where(has_discount, rng.uniform(0.05, 0.5, (m_count, c.n_ads)), 0.0)
-    ads[:, :, 5] = rng.normal(0.0, 1.0, (m_count, c.n_ads))
-    if c.da > BASE_DA:
-        ads[:, :, BASE_DA:] = rng.normal(0.0, 1.0, (m_count, c.n_ads, c.da - BASE_DA))
-
-    return _World(seg_m, seg_c, theta, purchase_offset, price_beta, users, ads)
-
-
-def _sample_subsets(rng: np.random.Generator, n: int, n_items: int, k: int) -> np.ndarray:
-    """K distinct items out of ``n_items`` per row, uniformly over subsets and orders (Floyd's algorithm
-    vectorised over rows, then a random order within each row)."""
-    limits = np.arange(n_items - k + 1, n_items + 1)  # step i draws from [0, n_items - k + i]
-    draws = np.floor(rng.random((n, k)) * limits).astype(np.int64)
-    chosen = np.empty((n, k), dtype=np.int64)
-    for i in range(k):
-        t = draws[:, i]
-        taken = (chosen[:, :i] == t[:, None]).any(axis=1)
-        chosen[:, i] = np.where(taken, limits[i] - 1, t)
-    order = np.argsort(rng.random((n, k)), axis=1)
-    return np.take_along_axis(chosen, order, axis=1)
 
 
 class Market:
@@ -274,10 +168,10 @@ class Market:
     """
 
     def __init__(self, config: MarketConfig = MarketConfig()) -> None:
-        _check_config(config)
+        check_config(config)
         self.config = config
         world_seq, split_seq, drift_seq = np.random.SeedSequence(config.seed).spawn(3)
-        self._world = _build_world(config, np.random.default_rng(world_seq))
+        self._world = build_params(config, np.random.default_rng(world_seq))
         self._theta = self._world.theta_base.copy()
         self._drift_rng = np.random.default_rng(drift_seq)
         self.time_s = 0.0
@@ -335,7 +229,7 @@ class Market:
         context[:, 7] = np.sin(2.0 * np.pi * rng.random(n))
         if c.dx > BASE_DX:
             context[:, BASE_DX:] = rng.normal(0.0, 1.0, (n, c.dx - BASE_DX))
-        local = _sample_subsets(rng, n, c.n_ads, c.k_candidates)
+        local = sample_subsets(rng, n, c.n_ads, c.k_candidates)
         ad_ids = w.segment_market[seg][:, None] * c.n_ads + local
         candidates = np.take(w.ads.reshape(-1, c.da), ad_ids, axis=0)
         return Requests(segment=seg, context=context, candidates=candidates, ad_ids=ad_ids, user_ids=user_ids)
@@ -406,7 +300,7 @@ class Market:
 
         click = u_click < p_click
         purchase = click & (u_buy < p_buy)
-        value = mean_value * np.exp(_VALUE_SIGMA * noise - 0.5 * _VALUE_SIGMA**2)
+        value = mean_value * np.exp(VALUE_SIGMA * noise - 0.5 * VALUE_SIGMA**2)
         return Outcomes(
             click=click,
             click_delay_s=np.where(click, click_delay, 0.0),
@@ -425,8 +319,8 @@ class Market:
         rate = self.config.drift_rate
         if rate == 0.0 or dt_s == 0:
             return
-        decay = np.exp(-(dt_s / 3600.0) / _DRIFT_TAU_H)
-        stationary_sd = rate * np.sqrt(_DRIFT_TAU_H / 2.0)
+        decay = np.exp(-(dt_s / 3600.0) / DRIFT_TAU_H)
+        stationary_sd = rate * np.sqrt(DRIFT_TAU_H / 2.0)
         base = self._world.theta_base
         step_sd = stationary_sd * np.sqrt(1.0 - decay**2)
         self._theta = base + (self._theta - base) * decay + self._drift_rng.normal(0.0, step_sd, base.shape)
@@ -436,7 +330,7 @@ class Market:
         too, so drift reverts to the new value). Returns the new theta. Deterministic given ``seed``."""
         s = int(self._check_segments(np.array([segment]))[0])
         rng = np.random.default_rng(seed) if seed is not None else self._drift_rng
-        new = _THETA_MEAN + rng.normal(0.0, _TASK_SD, Q)
+        new = THETA_MEAN + rng.normal(0.0, TASK_SD, Q)
         self.set_theta(s, new)
         return new.copy()
 
@@ -465,13 +359,13 @@ class Market:
             + th[:, 4:5] * 0.5 * (device * np.tanh(-log_price) + tod * np.tanh(2.0 * a[:, :, 2]))
         )
         f = 0.3 * np.maximum(aff, 0.0) - 0.15 * log_price**2 + 0.2 * brand + 0.25 * np.tanh(3.0 * discount)
-        return _CLICK_BIAS + g_theta + f
+        return CLICK_BIAS + g_theta + f
 
     def _purchase_logit(self, seg: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
         w = self._world
         aff = np.einsum("nj,nkj->nk", x[:, 0:3], a[:, :, 0:3])
         return (
-            _PURCHASE_BIAS
+            PURCHASE_BIAS
             + w.purchase_offset[seg][:, None]
             + 0.5 * np.tanh(aff)
             + 0.4 * np.tanh(x[:, 5])[:, None]
@@ -481,7 +375,7 @@ class Market:
 
     @staticmethod
     def _price(a: np.ndarray) -> np.ndarray:
-        return np.exp(_LOG_PRICE_MEAN + _LOG_PRICE_SCALE * a[:, :, 3])
+        return np.exp(LOG_PRICE_MEAN + LOG_PRICE_SCALE * a[:, :, 3])
 
     def _check_segments(self, segments: np.ndarray) -> np.ndarray:
         seg = np.asarray(segments)
