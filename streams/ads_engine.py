@@ -46,16 +46,16 @@ import numpy as np
 from policy.adapter import Adapter
 from policy.items import item_key, item_keys
 from policy.artifact import ArtifactError, PolicyArtifact
+from streams.ads_records import decision_bytes, shape_problem
 from streams.ads_state import Pending
 from streams.ads_segments import SegmentCache
 from streams.segment_expiry import idle_ttl
 from streams.event_time import EventClock
 from streams.pending import PendingBook
 from streams.store import PartitionStore
-from streams.edge import Decoder, RawMessage, dead_letter, encode_one
+from streams.edge import Decoder, RawMessage, dead_letter
 from streams.pseudonyms import Pseudonyms
 from streams.events import AdRequest, Click, DeadLetter, Impression, Purchase
-from streams.wire import AdDecisionRecord, ExplanationRecord
 from streams.settings import AdsSettings, StoreSettings
 from streams.topics import Topics
 
@@ -193,7 +193,7 @@ class AdsEngine:
             if known is not None and known.offset == msg.offset and known.partition == msg.partition:
                 # Replayed after a crash between the state flush and the commit: the same decision again.
                 self.segments.load(req.segment, msg.partition)
-                out.decisions.append((req.segment.encode(), self._decision_bytes(req, known)))
+                out.decisions.append((req.segment.encode(), decision_bytes(req, known)))
                 self.counters["decisions_reemitted"] += 1
                 continue
             if known is not None or req.request_id in seen:
@@ -203,7 +203,7 @@ class AdsEngine:
                 continue
             features = [c.features for c in req.candidates]
             if len(req.context) != dx or any(len(f) != da for f in features):
-                self._dead(out, dead_letter(msg.value or b"", msg, "invalid", _shape_problem(req, dx, da)))
+                self._dead(out, dead_letter(msg.value or b"", msg, "invalid", shape_problem(req, dx, da)))
                 continue
             seen.add(req.request_id)
             by_k.setdefault(len(features), []).append((req, msg, features))
@@ -260,7 +260,7 @@ class AdsEngine:
                 decided_at=now.timestamp(), policy_version=version)
             opened.append((req.request_id, pending))
             self.segments.decided_one(req.segment, msg.offset, req.request_id)
-            emitted.append((req.segment.encode(), self._decision_bytes(req, pending)))
+            emitted.append((req.segment.encode(), decision_bytes(req, pending)))
         out.decisions.extend(emitted)  # only once the whole group decided
         self.book.add_many(opened, self._tag)
         for (rid, pending), head in zip(opened, heads):  # older than its segment's closed windows: closes at once
@@ -268,20 +268,6 @@ class AdsEngine:
                 self.counters["windows_forced"] += 1
                 self._close_one(rid, self.book.close(rid))  # closed in the book too: its deadline is passed
         self.counters["decisions"] += len(group)
-
-    @staticmethod
-    def _decision_bytes(req: AdRequest, p: Pending) -> bytes:
-        """The decision's JSON, written by the edge's msgspec encoder (the same document as
-        ``AdDecision(...).model_dump_json()``, ``tests/unit/streams/test_edge_encode.py``; ~7 % of a
-        worker's samples went to the pydantic model here)."""
-        return encode_one(AdDecisionRecord(
-            request_id=req.request_id, user_id=req.user_id, segment=req.segment, slot=req.slot,
-            ad_id=p.ad_id, position=p.position, propensity=p.propensity, policy_version=p.policy_version,
-            explanation=ExplanationRecord(score=p.score, prior_score=p.prior_score,
-                                          evidence_score=p.score - p.prior_score,
-                                          segment_updates=p.segment_updates, expected_reward=p.expected),
-            request_time=req.event_time, decided_at=datetime.fromtimestamp(p.decided_at, timezone.utc),
-        ))
 
     # --- feedback --------------------------------------------------------------------------------
 
@@ -503,10 +489,3 @@ class AdsEngine:
         self.counters[f"dead_letters_{letter.error_type}"] += 1
         self.counters["dead_letters"] += 1
         out.dead_letters.append((letter.source_topic.encode(), letter.model_dump_json().encode()))
-
-
-def _shape_problem(req: AdRequest, dx: int, da: int) -> str:
-    if len(req.context) != dx:
-        return f"context has {len(req.context)} features; the policy expects {dx}"
-    bad = next(c for c in req.candidates if len(c.features) != da)
-    return f"candidate {bad.ad_id} has {len(bad.features)} features; the policy expects {da}"
