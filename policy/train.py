@@ -17,8 +17,8 @@ the logs (Li et al. 2011) for a few multipliers of ``Sigma0`` and folds the best
 The ALPaCA-style ``"predictive"`` objective was measured too: no better held-out NLL or regret than the
 marginal likelihood, and about four times slower, so ``"marginal"`` is the default.
 
-Only this module and ``policy.meta_model`` import torch; its settings (``policy.train_config``) and the prior calibration
-(``policy.calibrate``) do not.
+Torch is imported here, in ``policy.meta_model`` and in ``policy.train_glm`` only; the settings
+(``policy.train_config``) and the prior calibration (``policy.calibrate``) do not import it.
 """
 
 from __future__ import annotations
