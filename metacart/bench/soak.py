@@ -242,7 +242,8 @@ def sample_line(s: Sample) -> str:
             f"segments {f(s.segments_ads)} ads / {f(s.segments_retention)} retention  users {f(s.users_retention)}  "
             f"open {f(s.open_decisions)}  {s.decisions_per_s:,.0f} decisions/s  p50/p99 {f(s.p50_ms, '{:.1f}')}/"
             f"{f(s.p99_ms, '{:.1f}')} ms  dead letters {f(s.dead_letters)}  actions {s.retention_actions:,}  "
-            f"load {s.load_average_1m}  CPU % {s.cpu_pct_by_worker or '—'}  GC {s.gc_by_worker or '—'}  open retention {f(s.open_retention)}  budget records {f(s.budget_records)}  "
+            f"load {s.load_average_1m}  CPU % {s.cpu_pct_by_worker or '—'}  GC {s.gc_by_worker or '—'}  "
+            f"open retention {f(s.open_retention)}  budget records {f(s.budget_records)}  "
             f"rocksdb MB {s.rocksdb_mb or '—'}  disk MB {s.disk_mb or '—'}")
 
 
